@@ -1,0 +1,70 @@
+"""Backends chosen by URL: the status database (peewee) and the delivery queue (huey).
+
+This is the only module that knows SQLite, PostgreSQL and Redis apart; everything else
+talks to a peewee Database and a huey instance.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlparse
+
+import peewee
+from huey import Huey, PostgresHuey, PriorityRedisHuey, SqliteHuey
+from playhouse import db_url
+
+from tessq.errors import ConfigError
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "normal",
+    "busy_timeout": 60000,
+    "foreign_keys": 1,
+}
+
+
+def sqlite_path(url: str) -> str:
+    """sqlite:////abs/path.db -> /abs/path.db; sqlite:///rel.db -> rel.db."""
+    return urlparse(url).path[1:] if url.startswith("sqlite:///") else url[len("sqlite://") :]
+
+
+def is_postgres(url: str) -> bool:
+    return urlparse(url).scheme.split("+")[0] in ("postgres", "postgresql", "psycopg3", "psycopg2")
+
+
+def make_database(url: str) -> peewee.Database:
+    """A peewee Database for the status table; SQLite in WAL with IMMEDIATE transactions."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        # IMMEDIATE: a deferred BEGIN that reads then writes fails at once with "database is locked"
+        # under concurrency, whatever the busy timeout (notes/queue-engine.md section 4).
+        return db_url.connect(url, timeout=60, lock_type="IMMEDIATE", pragmas=SQLITE_PRAGMAS)
+    if is_postgres(url):
+        dsn = "psycopg3://" + url.split("://", 1)[1]
+        return db_url.connect(dsn)
+    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
+
+
+def make_queue(url: str, name: str = "tessq") -> Huey:
+    """A huey instance delivering image ids; results are off (the status table holds outcomes)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        return SqliteHuey(name, filename=sqlite_path(url), results=False, timeout=60)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        # PriorityRedisHuey: plain RedisHuey refuses any non-zero priority.
+        return PriorityRedisHuey(name, url=url, results=False)
+    if is_postgres(parsed.geturl()):
+        dsn = "postgresql://" + url.split("://", 1)[1]
+        return PostgresHuey(name, dsn=dsn, results=False)
+    raise ConfigError(f"unsupported queue URL {url!r}: use sqlite:///PATH, redis://HOST:6379/N or postgresql://...")
+
+
+def server_now(database: peewee.Database) -> peewee.Node:
+    """The database server's clock in epoch seconds, so leases never depend on a worker's clock."""
+    if isinstance(database, peewee.PostgresqlDatabase) or "postgres" in type(database).__name__.lower():
+        return peewee.SQL("extract(epoch from clock_timestamp())::double precision")
+    return peewee.SQL("((julianday('now') - 2440587.5) * 86400.0)")
+
+
+def query_flag(url: str, key: str) -> str | None:
+    values = parse_qs(urlparse(url).query).get(key)
+    return values[0] if values else None

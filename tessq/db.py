@@ -1,0 +1,510 @@
+"""The status table: peewee models for jobs, folders, images and uploads, and every query on them.
+
+This is the source of truth. The queue only delivers image ids; claiming, leases, retries, resume,
+the report and the live status are all statements in this module. `open_database` is the one
+place a connection target is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peewee
+from peewee import (
+    BigIntegerField,
+    CharField,
+    DoubleField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from tessq import backends, defaults
+
+database = peewee.DatabaseProxy()
+
+# Image states (see DESIGN.md, "The image state machine").
+QUEUED, RUNNING, DONE, FAILED, SKIPPED, CANCELLED = "queued", "running", "done", "failed", "skipped", "cancelled"
+STATES = (QUEUED, RUNNING, DONE, FAILED, SKIPPED, CANCELLED)
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Job(BaseModel):
+    """One input root and the settings it is cut with."""
+
+    input_dir = TextField(unique=True)
+    output_dir = TextField()
+    options = TextField()  # SliceOptions as JSON
+    options_hash = CharField(max_length=64)
+    created_at = DoubleField()
+    updated_at = DoubleField()
+
+
+class Folder(BaseModel):
+    """A folder of the input tree holding images; JPG-only folders are recorded as skipped."""
+
+    job = ForeignKeyField(Job, backref="folders", on_delete="CASCADE")
+    path = TextField()  # relative to the job's input_dir, '' for the root
+    n_tiffs = IntegerField(default=0)
+    n_other_images = IntegerField(default=0)
+    skip_reason = CharField(max_length=64, null=True)
+
+    class Meta:
+        indexes = ((("job", "path"), True),)
+
+
+class Image(BaseModel):
+    """One TIFF: where it is, what state it is in, who holds it, what came out."""
+
+    job = ForeignKeyField(Job, backref="images", on_delete="CASCADE")
+    rel_path = TextField()
+    folder = TextField()
+    out_rel = TextField()  # the image's output folder, relative to output_dir
+    src_size = BigIntegerField()
+    src_mtime = DoubleField()
+    width = IntegerField(null=True)
+    height = IntegerField(null=True)
+    pixel_bytes = BigIntegerField(null=True)
+    status = CharField(max_length=16, index=True)
+    skip_reason = CharField(max_length=64, null=True)
+    attempts = IntegerField(default=0)
+    worker = CharField(max_length=255, null=True)  # host:pid of the lease holder
+    lease_until = DoubleField(null=True, index=True)  # server clock, epoch seconds
+    options_hash = CharField(max_length=64, null=True)  # settings the done output was made with
+    error_type = CharField(max_length=64, null=True)
+    error_message = TextField(null=True)
+    queued_at = DoubleField(null=True)
+    started_at = DoubleField(null=True)
+    finished_at = DoubleField(null=True, index=True)
+    duration_s = DoubleField(null=True)
+    n_slices = IntegerField(null=True)
+    bytes_out = BigIntegerField(null=True)
+    verified = IntegerField(null=True)  # 1 identical, 0 not, NULL not checked
+    verified_at = DoubleField(null=True)
+
+    class Meta:
+        indexes = ((("job", "rel_path"), True),)
+
+
+class Upload(BaseModel):
+    """One object sent to S3: what was sent, so a re-run sends only what is missing or changed."""
+
+    key = TextField(unique=True)  # s3://bucket/key
+    local_path = TextField()
+    size = BigIntegerField()
+    mtime = DoubleField()
+    checksum = CharField(max_length=128)
+    etag = CharField(max_length=128, null=True)
+    uploaded_at = DoubleField()
+
+
+MODELS = (Job, Folder, Image, Upload)
+
+
+# ---------------------------------------------------------------- connection and schema
+
+
+def open_database(url: str) -> peewee.Database:
+    """Point the models at `url` (not connected yet: connect after fork, per process)."""
+    if url.startswith("sqlite:"):
+        Path(backends.sqlite_path(url)).parent.mkdir(parents=True, exist_ok=True)
+    db = backends.make_database(url)
+    database.initialize(db)
+    return db
+
+
+def schema_statements(dialect: str) -> list[str]:
+    """The DDL in schema.sql, adapted for `dialect` ('sqlite' or 'postgresql')."""
+    text = SCHEMA_FILE.read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.strip().startswith("--"))
+    statements = [s.strip() for s in body.split(";") if s.strip()]
+    if dialect == "postgresql":
+        statements = [s.replace("INTEGER NOT NULL PRIMARY KEY", "SERIAL NOT NULL PRIMARY KEY") for s in statements]
+    return statements
+
+
+def create_schema() -> None:
+    """Create every table and index from alembic_free_schema.sql (idempotent)."""
+    dialect = "postgresql" if not isinstance(database.obj, peewee.SqliteDatabase) else "sqlite"
+    with database.connection_context(), database.atomic():
+        for statement in schema_statements(dialect):
+            database.execute_sql(statement)
+
+
+@contextmanager
+def session() -> Iterator[peewee.Database]:
+    """A short-lived connection for this thread (peewee connections are thread-local)."""
+    with database.connection_context():
+        yield database
+
+
+def now_expr() -> peewee.Node:
+    return backends.server_now(database.obj)
+
+
+def server_time() -> float:
+    """The database server's clock (epoch seconds): the clock leases are measured on."""
+    sql, params = database.get_sql_context().sql(peewee.Select(columns=[now_expr()])).query()
+    return float(database.execute_sql(sql, params).fetchone()[0])
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---------------------------------------------------------------- jobs, folders, scan records
+
+
+def upsert_job(input_dir: str, output_dir: str, options: dict[str, Any], options_hash: str) -> Job:
+    now = time.time()
+    with database.atomic():
+        job = Job.get_or_none(Job.input_dir == input_dir)
+        if job is None:
+            return Job.create(
+                input_dir=input_dir,
+                output_dir=output_dir,
+                options=json.dumps(options, sort_keys=True),
+                options_hash=options_hash,
+                created_at=now,
+                updated_at=now,
+            )
+        job.output_dir, job.options, job.options_hash, job.updated_at = (
+            output_dir,
+            json.dumps(options, sort_keys=True),
+            options_hash,
+            now,
+        )
+        job.save()
+        return job
+
+
+def jobs() -> list[Job]:
+    return list(Job.select().order_by(Job.id))
+
+
+def replace_folders(job_id: int, folders: Iterable[dict[str, Any]]) -> None:
+    rows = [dict(f, job=job_id) for f in folders]
+    with database.atomic():
+        Folder.delete().where(Folder.job == job_id).execute()
+        for batch in peewee.chunked(rows, 200):
+            Folder.insert_many(batch).execute()
+
+
+@dataclass
+class ScanOutcome:
+    new_queued: list[int]
+    requeued: list[int]
+    unchanged_done: int
+    unchanged_other: int
+
+
+def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_hash: str) -> ScanOutcome:
+    """Insert or update one row per candidate TIFF; return the ids that now need a queue message.
+
+    A done image is redone only if its source size/mtime or the job settings changed; a queued or
+    running one is left alone (its message is already in flight); failed ones wait for `retry`
+    unless their source changed.
+    """
+    existing = {
+        row.rel_path: row
+        for row in Image.select(
+            Image.id, Image.rel_path, Image.status, Image.src_size, Image.src_mtime, Image.options_hash
+        ).where(Image.job == job_id)
+    }
+    outcome = ScanOutcome([], [], 0, 0)
+    to_insert: list[dict[str, Any]] = []
+    with database.atomic():
+        for cand in candidates:
+            row = existing.get(cand["rel_path"])
+            if row is None:
+                to_insert.append(dict(cand, job=job_id))
+                continue
+            changed = row.src_size != cand["src_size"] or abs(row.src_mtime - cand["src_mtime"]) > 1e-6
+            stale = row.status == DONE and row.options_hash != options_hash
+            if cand["status"] == SKIPPED:
+                if row.status in (QUEUED, RUNNING) and not changed:
+                    outcome.unchanged_other += 1
+                    continue
+                Image.update(**_fresh(cand)).where(Image.id == row.id).execute()
+                outcome.unchanged_other += 1
+                continue
+            if row.status in (QUEUED, RUNNING) or (row.status == DONE and not changed and not stale):
+                if row.status == DONE:
+                    outcome.unchanged_done += 1
+                else:
+                    outcome.unchanged_other += 1
+                continue
+            if row.status == FAILED and not changed:
+                outcome.unchanged_other += 1
+                continue
+            Image.update(**_fresh(cand)).where(Image.id == row.id).execute()
+            if cand["status"] == QUEUED:
+                outcome.requeued.append(row.id)
+        for batch in peewee.chunked(to_insert, 200):
+            Image.insert_many(batch).execute()
+    if to_insert:
+        paths = [c["rel_path"] for c in to_insert if c["status"] == QUEUED]
+        for batch in peewee.chunked(paths, 500):
+            outcome.new_queued.extend(
+                r.id for r in Image.select(Image.id).where((Image.job == job_id) & Image.rel_path.in_(batch))
+            )
+    return outcome
+
+
+def forget_job(input_dir: str) -> None:
+    Job.delete().where(Job.input_dir == input_dir).execute()
+
+
+def forget_missing(job_id: int, seen: set[str]) -> int:
+    """Rows whose source is gone from the tree stop counting (done ones keep their output)."""
+    gone = [
+        r.id
+        for r in Image.select(Image.id, Image.rel_path).where((Image.job == job_id) & (Image.status != DONE))
+        if r.rel_path not in seen
+    ]
+    for batch in peewee.chunked(gone, 500):
+        Image.update(status=CANCELLED, skip_reason="source_removed", lease_until=None).where(
+            Image.id.in_(batch)
+        ).execute()
+    return len(gone)
+
+
+def _fresh(cand: dict[str, Any]) -> dict[str, Any]:
+    """Column values resetting a row to what a new scan found."""
+    reset = {
+        "attempts": 0,
+        "worker": None,
+        "lease_until": None,
+        "error_type": None,
+        "error_message": None,
+        "started_at": None,
+        "finished_at": None,
+        "duration_s": None,
+        "verified": None,
+        "verified_at": None,
+    }
+    reset.update({k: v for k, v in cand.items() if k not in ("job", "rel_path")})
+    return reset
+
+
+# ---------------------------------------------------------------- the claim, the lease, the finish
+
+
+@dataclass
+class Claim:
+    image_id: int
+    attempt: int
+    worker: str
+
+
+def claim(image_id: int, worker: str, lease_s: float) -> Claim | None:
+    """Atomically take a queued (or lease-expired) image; None if someone else has it or it is finished."""
+    now = now_expr()
+    rows = list(
+        Image.update(
+            status=RUNNING,
+            attempts=Image.attempts + 1,
+            worker=worker,
+            lease_until=peewee.NodeList((now, peewee.SQL("+"), lease_s)),
+            started_at=now,
+        )
+        .where(
+            (Image.id == image_id)
+            & ((Image.status == QUEUED) | ((Image.status == RUNNING) & (Image.lease_until < now)))
+        )
+        .returning(Image.id, Image.attempts)
+        .execute()
+    )
+    if not rows:
+        return None
+    return Claim(rows[0].id, rows[0].attempts, worker)
+
+
+def _fence(c: Claim) -> peewee.Expression:
+    return (
+        (Image.id == c.image_id)
+        & (Image.worker == c.worker)
+        & (Image.attempts == c.attempt)
+        & (Image.status == RUNNING)
+    )
+
+
+def renew_lease(c: Claim, lease_s: float) -> bool:
+    """Heartbeat: push the lease forward; False means the lease was lost (reaped and given away)."""
+    now = now_expr()
+    n = (
+        Image.update(lease_until=peewee.NodeList((now, peewee.SQL("+"), lease_s)))
+        .where(_fence(c))
+        .execute()
+    )
+    return n == 1
+
+
+def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, options_hash: str,
+                pixel_bytes: int | None) -> bool:
+    n = (
+        Image.update(
+            status=DONE,
+            lease_until=None,
+            finished_at=now_expr(),
+            n_slices=n_slices,
+            bytes_out=bytes_out,
+            duration_s=duration_s,
+            options_hash=options_hash,
+            pixel_bytes=pixel_bytes,
+            error_type=None,
+            error_message=None,
+        )
+        .where(_fence(c))
+        .execute()
+    )
+    return n == 1
+
+
+def finish_failed(c: Claim, *, error_type: str, message: str, duration_s: float | None) -> bool:
+    n = (
+        Image.update(
+            status=FAILED,
+            lease_until=None,
+            finished_at=now_expr(),
+            error_type=error_type,
+            error_message=message,
+            duration_s=duration_s,
+        )
+        .where(_fence(c))
+        .execute()
+    )
+    return n == 1
+
+
+def release_for_retry(c: Claim, *, error_type: str | None, message: str | None) -> bool:
+    """Give the image back to the queue (transient error or interrupted), keeping the last error."""
+    n = (
+        Image.update(status=QUEUED, lease_until=None, worker=None, error_type=error_type,
+                     error_message=message, queued_at=now_expr())
+        .where(_fence(c))
+        .execute()
+    )
+    return n == 1
+
+
+def image(image_id: int) -> Image | None:
+    return Image.select(Image, Job).join(Job).where(Image.id == image_id).first()
+
+
+# ---------------------------------------------------------------- recovery: reaper and repair
+
+
+def reap_expired(max_attempts: int, dead_workers: Iterable[str] = ()) -> tuple[list[int], list[int]]:
+    """Running rows whose lease expired (or whose owner is known dead): back to queued, or failed
+    once they used every attempt. Returns (requeued ids, failed ids). Safe to run on many machines:
+    each UPDATE is guarded by the state it reads."""
+    now = now_expr()
+    dead = list(dead_workers)
+    lost = (Image.status == RUNNING) & (
+        (Image.lease_until < now) | (Image.worker.in_(dead) if dead else peewee.SQL("0=1"))
+    )
+    failed = [
+        r.id
+        for r in Image.update(
+            status=FAILED,
+            lease_until=None,
+            finished_at=now,
+            error_type="lost",
+            error_message=peewee.fn.COALESCE(Image.error_message, "worker died or lost its lease on every attempt"),
+        )
+        .where(lost & (Image.attempts >= max_attempts))
+        .returning(Image.id)
+        .execute()
+    ]
+    requeued = [
+        r.id
+        for r in Image.update(status=QUEUED, lease_until=None, worker=None, queued_at=now)
+        .where(lost & (Image.attempts < max_attempts))
+        .returning(Image.id)
+        .execute()
+    ]
+    return requeued, failed
+
+
+def running_workers() -> list[str]:
+    return [r.worker for r in Image.select(Image.worker).where(Image.status == RUNNING).distinct()]
+
+
+def queued_ids_with_size() -> dict[int, int | None]:
+    """Queued image ids and their raw pixel size (the queue's time limit scales with it)."""
+    query = Image.select(Image.id, Image.pixel_bytes).where(Image.status == QUEUED).order_by(Image.id)
+    return {r.id: r.pixel_bytes for r in query}
+
+
+def requeue_failed(error_types: Iterable[str] | None = None) -> list[int]:
+    cond = Image.status == FAILED
+    types = list(error_types or [])
+    if types:
+        cond &= Image.error_type.in_(types)
+    return [
+        r.id
+        for r in Image.update(status=QUEUED, attempts=0, worker=None, lease_until=None, queued_at=now_expr())
+        .where(cond)
+        .returning(Image.id)
+        .execute()
+    ]
+
+
+def outstanding() -> int:
+    """Images not yet finished: queued or running."""
+    return Image.select().where(Image.status.in_([QUEUED, RUNNING])).count()
+
+
+# ---------------------------------------------------------------- verification and uploads
+
+
+def done_images() -> list[Image]:
+    return list(Image.select(Image, Job).join(Job).where(Image.status == DONE).order_by(Image.job, Image.rel_path))
+
+
+def record_verification(image_id: int, identical: bool) -> None:
+    Image.update(verified=1 if identical else 0, verified_at=now_expr()).where(Image.id == image_id).execute()
+
+
+class UploadLedger:
+    """What has been uploaded, kept in the status database (see upload.py)."""
+
+    def get(self, key: str) -> Upload | None:
+        with session():
+            return Upload.get_or_none(Upload.key == key)
+
+    def record(self, key: str, local_path: str, size: int, mtime: float, checksum: str, etag: str | None) -> None:
+        with session():
+            Upload.insert(
+                key=key, local_path=local_path, size=size, mtime=mtime, checksum=checksum, etag=etag,
+                uploaded_at=time.time(),
+            ).on_conflict(
+                conflict_target=[Upload.key],
+                update={Upload.local_path: local_path, Upload.size: size, Upload.mtime: mtime,
+                        Upload.checksum: checksum, Upload.etag: etag, Upload.uploaded_at: time.time()},
+            ).execute()
+
+    def summary(self) -> dict[str, int]:
+        with session():
+            row = Upload.select(peewee.fn.COUNT(Upload.id), peewee.fn.COALESCE(peewee.fn.SUM(Upload.size), 0)).tuples()
+            count, total = row.first() or (0, 0)
+            return {"objects": int(count), "bytes": int(total)}
+
+
+DEFAULT_MAX_ATTEMPTS = defaults.MAX_ATTEMPTS

@@ -1,0 +1,119 @@
+"""tessq's exception types: every failure a user can meet, with a message naming the file and the reason.
+
+`permanent` tells the job system whether retrying could help (corrupt input: no; a full disk: yes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TessqError(Exception):
+    """Base class of every error tessq raises on purpose."""
+
+    permanent: bool = True
+    kind: str = "error"
+
+
+class ConfigError(TessqError):
+    """A setting, flag or URL that cannot work (bad grid, unknown backend, missing workspace...)."""
+
+    kind = "config"
+
+
+class ImageError(TessqError):
+    """A problem with one image; the message always starts with the file's path."""
+
+    kind = "image"
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CorruptImageError(ImageError):
+    """The file is not a readable TIFF: truncated, zero bytes, not a TIFF, broken IFDs or chunks."""
+
+    kind = "corrupt"
+
+
+class UnsupportedImageError(ImageError):
+    """A valid TIFF whose layout or codec tessq cannot slice losslessly (the reason says which)."""
+
+    kind = "unsupported"
+
+
+class ImageTooSmallError(ImageError):
+    """Width or height is below the job's minimum size."""
+
+    kind = "too_small"
+
+
+class ImageTooLargeError(ImageError):
+    """The header declares more pixels or bytes than the configured limits allow (decompression bomb)."""
+
+    kind = "too_large"
+
+
+class SourceChangedError(ImageError):
+    """The source file vanished or changed while tessq was working on it."""
+
+    kind = "source_changed"
+
+
+class TransientError(TessqError):
+    """A failure that may pass on its own (disk full, I/O error, lock): retried with backoff."""
+
+    permanent = False
+    kind = "transient"
+
+
+class VerificationError(TessqError):
+    """Slices do not reassemble to the source."""
+
+    kind = "verification"
+
+
+class ExportError(TessqError):
+    """The ZIP export cannot be written or does not verify (the message names the archive or folder)."""
+
+    kind = "export"
+
+
+class ExportDiskFullError(TransientError):
+    """The disk filled up while writing the ZIP; the temporary file is removed and the message names it."""
+
+    kind = "disk_full"
+
+
+class UploadError(TessqError):
+    """An S3 upload problem; the message says what to check or change."""
+
+    kind = "upload"
+
+
+class BucketNotFoundError(UploadError):
+    """The bucket of s3://BUCKET/PREFIX does not exist at the endpoint."""
+
+    kind = "no_bucket"
+
+
+class S3AuthError(UploadError):
+    """No credentials, unknown profile, bad keys or access denied."""
+
+    kind = "s3_auth"
+
+
+class S3UnreachableError(UploadError):
+    """The endpoint cannot be reached (no network, wrong --endpoint-url); may pass on its own."""
+
+    permanent = False
+    kind = "s3_unreachable"
+
+
+class ChecksumMismatchError(UploadError):
+    """The object S3 stored does not match the local file (size or CRC32); it is not recorded as uploaded."""
+
+    permanent = False
+    kind = "checksum"

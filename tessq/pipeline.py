@@ -1,0 +1,149 @@
+"""What each command does, as plain functions shared by the CLI and the Python API.
+
+scan -> enqueue, workers (drain) -> report, retry, verify: each opens the workspace, calls the
+modules that own the work, and returns plain data for the caller to print.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tessq import db, defaults, logs, report, scan
+from tessq import queue as tq
+from tessq.errors import ConfigError
+from tessq.options import SliceOptions
+from tessq.settings import Workspace, options_fingerprint, resolve_workspace
+
+log = logging.getLogger("tessq")
+
+
+@dataclass
+class Context:
+    workspace: Workspace
+    log_level: str = "INFO"
+
+
+def open_workspace(workspace: str | Path | None = None, *, create: bool = True) -> Workspace:
+    """Resolve the workspace and point the database and the queue at it (schema created if needed)."""
+    ws = resolve_workspace(workspace)
+    if ws.is_embedded and not create and not ws.state_dir.exists():
+        raise ConfigError(f"no tessq workspace in {ws.root} (run `tessq scan IN` there first, or pass --workspace)")
+    tq.configure(ws)
+    db.create_schema()
+    return ws
+
+
+def start_logging(level: str, output_dir: Path | None = None, console: bool = True) -> None:
+    log_file = (output_dir / defaults.LOG_FILENAME) if output_dir else None
+    logs.setup(level, log_file, console=console)
+
+
+def default_output_dir(input_dir: Path) -> Path:
+    return input_dir.resolve().parent / f"{input_dir.resolve().name}_tessq"
+
+
+def scan_and_enqueue(input_dir: Path, output_dir: Path | None, options: SliceOptions, *,
+                     follow_symlinks: bool = False, workspace: Workspace) -> scan.ScanSummary:
+    if not input_dir.is_dir():
+        raise ConfigError(f"input folder {input_dir} does not exist or is not a folder")
+    out = (output_dir or default_output_dir(input_dir)).resolve()
+    if out == input_dir.resolve():
+        raise ConfigError("the output folder must differ from the input folder")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = scan.scan_tree(input_dir, out, options, options_fingerprint(options),
+                             follow_symlinks=follow_symlinks, exclude=(workspace.state_dir,))
+    with db.session():
+        sizes = db.queued_ids_with_size()
+    tq.enqueue([i for i in summary.enqueue_ids if i in sizes], sizes)
+    log.info("scan of %s: %d found, %d queued, %d requeued, %d already done", input_dir, summary.found,
+             summary.queued, summary.requeued, summary.already_done)
+    return summary
+
+
+def latest_output_dir() -> Path | None:
+    dirs = report.output_dirs()
+    return dirs[-1] if dirs else None
+
+
+def finish_report() -> dict[str, Any]:
+    """Compute the report and write it into every job's output folder."""
+    rep = report.build_report()
+    for out in report.output_dirs():
+        if out.is_dir():
+            report.write_report(rep, out)
+    return rep
+
+
+def retry_failed(error_types: list[str] | None = None) -> int:
+    with db.session():
+        ids = db.requeue_failed(error_types)
+        sizes = db.queued_ids_with_size()
+    tq.enqueue(ids, sizes)
+    return len(ids)
+
+
+def verify_done(progress: Callable[[int, int, str], None] | None = None, sample: int | None = None) -> dict[str, Any]:
+    """Check every done image against its source (or its recorded hashes) and record the verdict."""
+    from tessq import verify
+
+    with db.session():
+        rows = db.done_images()
+    if sample is not None:
+        rows = rows[:sample]
+    results = {"checked": 0, "identical": 0, "different": [], "errors": []}
+    for i, row in enumerate(rows, 1):
+        image_dir = Path(row.job.output_dir) / row.out_rel
+        source = Path(row.job.input_dir) / row.rel_path
+        try:
+            outcome = verify.verify_image(image_dir, source if source.exists() else None)
+            identical = bool(outcome["overall_identical"])
+        except Exception as exc:  # a missing or damaged output folder is a verification failure
+            identical = False
+            results["errors"].append({"file": row.rel_path, "message": f"{type(exc).__name__}: {exc}"})
+        with db.session():
+            db.record_verification(row.id, identical)
+        results["checked"] += 1
+        if identical:
+            results["identical"] += 1
+        else:
+            results["different"].append(row.rel_path)
+        if progress:
+            progress(i, len(rows), row.rel_path)
+    return results
+
+
+def forget_job(input_dir: Path) -> None:
+    """--no-resume: drop what the table knows of this input, so every image is cut again."""
+    with db.session():
+        db.forget_job(str(input_dir.resolve()))
+
+
+def _done_dirs() -> tuple[Path, list[str]]:
+    with db.session():
+        rows = db.done_images()
+    out = latest_output_dir()
+    if out is None:
+        raise ConfigError("nothing to ship: no job in this workspace (run `tessq scan` / `tessq run` first)")
+    return out, [r.out_rel for r in rows if Path(r.job.output_dir) == out]
+
+
+def export_zip(dest: Path | None, folder: str | None,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    from tessq import export
+
+    out, image_dirs = _done_dirs()
+    return export.export_zip(out, image_dirs, dest, folder=folder, progress=progress)
+
+
+def upload(url: str, *, endpoint_url: str | None = None, profile: str | None = None, concurrency: int = 8,
+           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    from tessq import upload as up
+
+    out, image_dirs = _done_dirs()
+    files = up.files_to_ship(out, image_dirs)
+    return up.upload_outputs(files, url, ledger=db.UploadLedger(), endpoint_url=endpoint_url, profile=profile,
+                             concurrency=concurrency, progress=progress)

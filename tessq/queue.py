@@ -1,0 +1,99 @@
+"""The huey instance (built from the workspace's queue URL) and the one task it delivers: an image id.
+
+huey delivers at most once; duplicates are harmless (the claim refuses them) and lost messages are
+repaired from the status table (`repair_unqueued`), so the queue can always be rebuilt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+from huey import Huey
+
+from tessq import backends, db, defaults
+from tessq.settings import Workspace
+
+log = logging.getLogger("tessq.queue")
+
+_state: dict[str, Any] = {"huey": None, "task": None, "workspace": None}
+
+
+def configure(workspace: Workspace) -> None:
+    """Point the status DB and the queue at `workspace` (no connection is opened here)."""
+    if _state["workspace"] == workspace:
+        return
+    db.open_database(workspace.db_url)
+    if workspace.queue_url.startswith("sqlite:"):
+        workspace.state_dir.mkdir(parents=True, exist_ok=True)
+    huey = backends.make_queue(workspace.queue_url)
+    from tessq.worker import process_image  # the task body; imported late to avoid a cycle
+
+    _state.update(huey=huey, task=huey.task(name="tessq.process_image")(process_image), workspace=workspace)
+    huey.on_startup(name="tessq-worker-init")(_init_worker_process)
+
+
+def huey() -> Huey:
+    if _state["huey"] is None:
+        raise RuntimeError("tessq.queue.configure(workspace) must be called first")
+    return _state["huey"]
+
+
+def time_limit(pixel_bytes: int | None) -> int:
+    """Seconds one image may take before it is failed as 'timed out', scaled with its size."""
+    return int(defaults.TIME_LIMIT_BASE_S + (pixel_bytes or 0) / defaults.TIME_LIMIT_MIN_RATE)
+
+
+def enqueue(image_ids: Iterable[int], pixel_bytes: dict[int, int | None] | None = None,
+            delay: float | None = None) -> int:
+    sizes = pixel_bytes or {}
+    task = _state["task"]
+    n = 0
+    for image_id in image_ids:
+        limit = time_limit(sizes.get(image_id))
+        if delay:
+            task.schedule(args=(image_id,), delay=delay, timeout=limit)
+        else:
+            huey().enqueue(task.s(image_id, timeout=limit))
+        n += 1
+    return n
+
+
+def delivered_ids() -> set[int]:
+    """Image ids that have a message waiting (pending or scheduled)."""
+    h = huey()
+    return {t.args[0] for t in list(h.pending()) + list(h.scheduled()) if t.args}
+
+
+def repair_unqueued() -> int:
+    """Re-enqueue queued rows that have no message (lost by a crash, a flushed queue, a restore)."""
+    with db.session():
+        queued = db.queued_ids_with_size()
+    missing = [i for i in queued if i not in delivered_ids()]
+    if missing:
+        log.info("re-enqueueing %d queued image(s) that had no queue message", len(missing))
+        enqueue(missing, queued)
+    return len(missing)
+
+
+def pending_count() -> int:
+    h = huey()
+    return h.pending_count() + h.scheduled_count()
+
+
+def _init_worker_process() -> None:
+    """Runs in each forked worker: die with the parent, and never reuse the parent's connection."""
+    die_with_parent()
+    db.database.obj.dispose() if hasattr(db.database.obj, "dispose") else None
+
+
+def die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: a SIGKILLed `tessq workers` leaves no orphan consuming the queue."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 == PR_SET_PDEATHSIG
+    except OSError:  # not Linux: orphans are then stopped by the lease, not by the kernel
+        pass

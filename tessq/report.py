@@ -1,0 +1,137 @@
+"""The final report: database queries for the raw numbers, pure arithmetic for the summary.
+
+`build_report()` is what `tessq report`, `tessq run` and `BatchTesselator.run_batch()` return,
+and `write_report()` puts it in OUT/batch_report.json (atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import peewee
+
+from tessq import __version__, db, defaults
+from tessq.db import Folder, Image, Job
+
+
+def batch_summary(counts: dict[str, int], folders_skipped: int, first_start: float | None,
+                  last_finish: float | None, busy_s: float, n_timed: int) -> dict[str, Any]:
+    """The seed's batch_summary keys (defined in the README, "Report fields")."""
+    done = counts.get(db.DONE, 0)
+    wall = (last_finish - first_start) if first_start is not None and last_finish is not None else 0.0
+    wall = max(wall, 0.0)
+    return {
+        "total_images_found": sum(counts.get(s, 0) for s in db.STATES if s != db.CANCELLED),
+        "successfully_processed": done,
+        "skipped": counts.get(db.SKIPPED, 0),
+        "errors": counts.get(db.FAILED, 0),
+        "folders_skipped": folders_skipped,
+        "total_processing_time": round(wall, 3),
+        "average_time_per_image": round(busy_s / n_timed, 3) if n_timed else 0.0,
+        "images_per_hour": round(done / wall * 3600.0, 1) if wall > 0 else 0.0,
+    }
+
+
+def state_counts() -> dict[str, int]:
+    rows = Image.select(Image.status, peewee.fn.COUNT(Image.id)).group_by(Image.status).tuples()
+    counts = dict.fromkeys(db.STATES, 0)
+    counts.update({status: int(n) for status, n in rows})
+    return counts
+
+
+def build_report() -> dict[str, Any]:
+    with db.session():
+        counts = state_counts()
+        folders_skipped = Folder.select().where(Folder.skip_reason.is_null(False)).count()
+        first_start, last_finish, busy, n_timed, bytes_in, bytes_out, pixels = (
+            Image.select(
+                peewee.fn.MIN(Image.started_at),
+                peewee.fn.MAX(Image.finished_at),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.duration_s), 0),
+                peewee.fn.COUNT(Image.duration_s),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.src_size), 0),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.bytes_out), 0),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0),
+            )
+            .where(Image.status == db.DONE)
+            .tuples()
+            .first()
+        )
+        skip_reasons = dict(
+            Image.select(Image.skip_reason, peewee.fn.COUNT(Image.id))
+            .where(Image.status == db.SKIPPED)
+            .group_by(Image.skip_reason)
+            .tuples()
+        )
+        folder_reasons = dict(
+            Folder.select(Folder.skip_reason, peewee.fn.COUNT(Folder.id))
+            .where(Folder.skip_reason.is_null(False))
+            .group_by(Folder.skip_reason)
+            .tuples()
+        )
+        per_folder: dict[str, dict[str, int]] = {}
+        for folder, status, n in (
+            Image.select(Image.folder, Image.status, peewee.fn.COUNT(Image.id))
+            .where(Image.status != db.CANCELLED)
+            .group_by(Image.folder, Image.status)
+            .tuples()
+        ):
+            per_folder.setdefault(folder or ".", {})[status] = int(n)
+        errors = [
+            {"file": r.rel_path, "type": r.error_type, "message": r.error_message, "attempts": r.attempts}
+            for r in Image.select(Image.rel_path, Image.error_type, Image.error_message, Image.attempts)
+            .where(Image.status == db.FAILED)
+            .order_by(Image.rel_path)
+        ]
+        verified = dict(
+            Image.select(Image.verified, peewee.fn.COUNT(Image.id))
+            .where((Image.status == db.DONE) & Image.verified.is_null(False))
+            .group_by(Image.verified)
+            .tuples()
+        )
+        job_rows = [
+            {"input_dir": j.input_dir, "output_dir": j.output_dir, "options": json.loads(j.options)}
+            for j in Job.select().order_by(Job.id)
+        ]
+    summary = batch_summary(counts, folders_skipped, first_start, last_finish, float(busy), int(n_timed))
+    wall = summary["total_processing_time"]
+    return {
+        "batch_summary": summary,
+        "states": counts,
+        "throughput": {
+            "wall_clock_s": wall,
+            "worker_busy_s": round(float(busy), 3),
+            "source_bytes": int(bytes_in),
+            "output_bytes": int(bytes_out),
+            "pixel_bytes": int(pixels),
+            "pixel_mb_per_s": round(int(pixels) / 1e6 / wall, 2) if wall else 0.0,
+        },
+        "skip_reasons": skip_reasons,
+        "folders_skipped_by_reason": folder_reasons,
+        "per_folder": dict(sorted(per_folder.items())),
+        "errors": errors,
+        "verification": {"identical": int(verified.get(1, 0)), "different": int(verified.get(0, 0))},
+        "uploads": db.UploadLedger().summary(),
+        "jobs": job_rows,
+        "generated_at": time.time(),
+        "tessq_version": __version__,
+    }
+
+
+def write_report(report: dict[str, Any], output_dir: Path) -> Path:
+    """OUT/batch_report.json, replaced atomically so a reader never sees half of it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / defaults.REPORT_FILENAME
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def output_dirs() -> list[Path]:
+    with db.session():
+        return [Path(j.output_dir) for j in Job.select(Job.output_dir).order_by(Job.id)]

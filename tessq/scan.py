@@ -1,0 +1,234 @@
+"""Walking the input tree: which folders hold TIFFs, which files are eligible, from headers only.
+
+Pure classification lives here (`classify_folder`, `output_folder_names`, `eligibility`); the walk
+reads directory entries and TIFF headers, never pixels. `scan_tree` records it all in the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from tessq import db, defaults, tiff
+from tessq.errors import ImageError
+from tessq.options import SliceOptions
+
+log = logging.getLogger("tessq.scan")
+
+MAX_NAME_BYTES = 180  # leaves room for ".<name>.tessq-tmp.<token>" under the usual 255-byte NAME_MAX
+
+
+@dataclass
+class FolderEntries:
+    rel: str  # posix path relative to the input root, '' for the root
+    tiffs: list[os.DirEntry[str]] = field(default_factory=list)
+    other_images: int = 0
+
+
+@dataclass
+class ScanSummary:
+    input_dir: str
+    output_dir: str
+    found: int = 0
+    queued: int = 0
+    requeued: int = 0
+    already_done: int = 0
+    in_progress_or_failed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    failed_at_scan: list[dict[str, str]] = field(default_factory=list)
+    folders_with_tiffs: int = 0
+    folders_skipped: dict[str, int] = field(default_factory=dict)
+    enqueue_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data.pop("enqueue_ids")
+        return data
+
+
+def is_tiff_name(name: str) -> bool:
+    return name.lower().endswith(defaults.TIFF_EXTENSIONS)
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(defaults.IMAGE_EXTENSIONS)
+
+
+def is_skipped_dir(name: str) -> bool:
+    return name.startswith(".") or name in defaults.SKIPPED_DIR_NAMES
+
+
+def classify_folder(n_tiffs: int, n_other_images: int) -> str | None:
+    """The skip reason of a folder, or None when it holds TIFFs (or nothing worth recording)."""
+    if n_tiffs == 0 and n_other_images > 0:
+        return "no_tiff"  # the seed's "JPG-only folder"
+    return None
+
+
+def eligibility(width: int, height: int, min_size: int) -> str | None:
+    """None when the image is to be cut, else the skip reason."""
+    if width < min_size or height < min_size:
+        return "too_small"
+    return None
+
+
+def safe_component(name: str) -> str:
+    """A file-system-safe output folder name: no separators, NUL or dot-only names, bounded length."""
+    cleaned = name.replace("/", "_").replace("\\", "_").replace("\x00", "_")
+    if cleaned in ("", ".", "..") or cleaned.startswith("."):
+        cleaned = "_" + cleaned
+    if len(cleaned.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(cleaned.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        head = cleaned.encode("utf-8", "surrogateescape")[: MAX_NAME_BYTES - 13].decode("utf-8", "ignore")
+        cleaned = f"{head}~{digest}"
+    return cleaned
+
+
+def output_folder_names(file_names: list[str]) -> dict[str, str]:
+    """Map each TIFF file name of one folder to its output folder name.
+
+    The stem is used ('a.tif' -> 'a'); when two files share a stem case-insensitively ('a.tif',
+    'A.tiff'), each of them uses its whole file name instead, so no two images share a folder.
+    """
+    stems: dict[str, int] = {}
+    for name in file_names:
+        key = Path(name).stem.lower()
+        stems[key] = stems.get(key, 0) + 1
+    return {
+        name: safe_component(Path(name).stem if stems[Path(name).stem.lower()] == 1 else name)
+        for name in file_names
+    }
+
+
+def walk(root: Path, *, follow_symlinks: bool, exclude: set[Path]) -> Iterator[FolderEntries]:
+    """Yield every folder (depth first, sorted) with its TIFF entries and count of other images.
+
+    Hidden and system folders, `exclude` (the workspace, the output) and, unless asked, symlinks
+    are never entered; visited (device, inode) pairs stop symlink loops.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        path, rel = stack.pop()
+        try:
+            st = path.stat()
+        except OSError as exc:
+            log.warning("cannot enter %s: %s", path, exc)
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        folder = FolderEntries(rel=rel)
+        subdirs: list[tuple[Path, str]] = []
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", path, exc)
+            continue
+        for entry in entries:
+            try:
+                if entry.is_symlink() and not follow_symlinks:
+                    continue
+                if entry.is_dir(follow_symlinks=follow_symlinks):
+                    child = Path(entry.path)
+                    if is_skipped_dir(entry.name) or child.resolve() in exclude:
+                        continue
+                    subdirs.append((child, f"{rel}/{entry.name}" if rel else entry.name))
+                elif entry.is_file(follow_symlinks=follow_symlinks):
+                    if is_tiff_name(entry.name):
+                        folder.tiffs.append(entry)
+                    elif is_image_name(entry.name):
+                        folder.other_images += 1
+            except OSError as exc:
+                log.warning("cannot read %s: %s", entry.path, exc)
+        yield folder
+        stack.extend(reversed(subdirs))
+
+
+def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_size: int) -> dict[str, Any]:
+    """One image row from the file's stat and TIFF header (no pixels decoded)."""
+    st = entry.stat(follow_symlinks=True)
+    rel_path = str(PurePosixPath(rel_folder) / entry.name) if rel_folder else entry.name
+    row: dict[str, Any] = {
+        "rel_path": rel_path,
+        "folder": rel_folder,
+        "out_rel": str(PurePosixPath(rel_folder) / out_name) if rel_folder else out_name,
+        "src_size": st.st_size,
+        "src_mtime": st.st_mtime,
+        "status": db.QUEUED,
+        "skip_reason": None,
+        "error_type": None,
+        "error_message": None,
+        "width": None,
+        "height": None,
+        "pixel_bytes": None,
+        "attempts": 0,
+    }
+    if not stat.S_ISREG(st.st_mode):
+        return {**row, "status": db.FAILED, "error_type": "unsupported", "error_message": f"{entry.path}: not a regular file"}
+    try:
+        info = tiff.probe(entry.path)
+    except ImageError as exc:
+        return {**row, "status": db.FAILED, "error_type": exc.kind, "error_message": str(exc)}
+    row.update(width=info.width, height=info.height, pixel_bytes=pixel_bytes(info))
+    reason = eligibility(info.width, info.height, min_size)
+    if reason:
+        row.update(status=db.SKIPPED, skip_reason=reason)
+    return row
+
+
+def pixel_bytes(info: Any) -> int:
+    try:
+        itemsize = np.dtype(info.dtype).itemsize
+    except TypeError:
+        itemsize = 1
+    return int(info.width) * int(info.height) * int(info.samples or 1) * itemsize
+
+
+def scan_tree(input_dir: Path, output_dir: Path, options: SliceOptions, options_hash: str, *,
+              follow_symlinks: bool = False, exclude: tuple[Path, ...] = ()) -> ScanSummary:
+    """Walk `input_dir`, record the job, its folders and every candidate; return what to enqueue."""
+    input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
+    summary = ScanSummary(str(input_dir), str(output_dir))
+    folders: list[dict[str, Any]] = []
+    candidates: list[dict[str, Any]] = []
+    excluded = {output_dir, *(p.resolve() for p in exclude)}
+    for folder in walk(input_dir, follow_symlinks=follow_symlinks, exclude=excluded):
+        reason = classify_folder(len(folder.tiffs), folder.other_images)
+        if reason:
+            summary.folders_skipped[reason] = summary.folders_skipped.get(reason, 0) + 1
+        if folder.tiffs or reason:
+            folders.append({"path": folder.rel, "n_tiffs": len(folder.tiffs),
+                            "n_other_images": folder.other_images, "skip_reason": reason})
+        if not folder.tiffs:
+            continue
+        summary.folders_with_tiffs += 1
+        names = output_folder_names([e.name for e in folder.tiffs])
+        for entry in folder.tiffs:
+            try:
+                candidates.append(candidate_row(entry, folder.rel, names[entry.name], options.min_size))
+            except OSError as exc:  # vanished or unreadable between listing and stat
+                log.warning("cannot stat %s: %s", entry.path, exc)
+    with db.session():
+        job = db.upsert_job(str(input_dir), str(output_dir), options.to_dict(), options_hash)
+        db.replace_folders(job.id, folders)
+        outcome = db.record_candidates(job.id, candidates, options_hash)
+        db.forget_missing(job.id, {c["rel_path"] for c in candidates})
+    summary.found = len(candidates)
+    summary.queued, summary.requeued = len(outcome.new_queued), len(outcome.requeued)
+    summary.already_done, summary.in_progress_or_failed = outcome.unchanged_done, outcome.unchanged_other
+    for c in candidates:
+        if c["status"] == db.SKIPPED:
+            summary.skipped[c["skip_reason"]] = summary.skipped.get(c["skip_reason"], 0) + 1
+        elif c["status"] == db.FAILED:
+            summary.failed_at_scan.append({"file": c["rel_path"], "type": c["error_type"], "message": c["error_message"]})
+    summary.enqueue_ids = outcome.new_queued + outcome.requeued
+    return summary

@@ -1,0 +1,122 @@
+"""The live view: a read-only snapshot of the status table, and its rich rendering.
+
+`snapshot()` is plain data (also `tessq status --json`); `render()` turns it into a rich panel;
+`watch()` refreshes it until interrupted. Nothing here writes to the database.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import peewee
+from rich.console import Group
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from tessq import db
+from tessq.db import Image
+from tessq.report import state_counts
+
+WINDOW_S = 300.0  # throughput is measured over the last five minutes
+
+
+def throughput(done_in_window: int, bytes_in_window: int, window_s: float) -> dict[str, float]:
+    hours = window_s / 3600.0
+    return {
+        "images_per_hour": round(done_in_window / hours, 1) if hours else 0.0,
+        "mb_per_s": round(bytes_in_window / 1e6 / window_s, 2) if window_s else 0.0,
+    }
+
+
+def eta_seconds(remaining: int, images_per_hour: float) -> float | None:
+    if remaining == 0:
+        return 0.0
+    return remaining / images_per_hour * 3600.0 if images_per_hour > 0 else None
+
+
+def snapshot() -> dict[str, Any]:
+    with db.session():
+        now = db.server_time()
+        counts = state_counts()
+        window_start = now - WINDOW_S
+        first_start = Image.select(peewee.fn.MIN(Image.started_at)).where(Image.status == db.DONE).scalar()
+        window = max(min(WINDOW_S, now - first_start), 1.0) if first_start else WINDOW_S
+        n_recent, bytes_recent = (
+            Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0))
+            .where((Image.status == db.DONE) & (Image.finished_at >= window_start))
+            .tuples()
+            .first()
+        )
+        workers = [
+            {"worker": r.worker, "image": r.rel_path, "seconds": round(now - (r.started_at or now), 1),
+             "attempt": r.attempts, "lease_left_s": round((r.lease_until or now) - now, 1)}
+            for r in Image.select(Image.worker, Image.rel_path, Image.started_at, Image.attempts, Image.lease_until)
+            .where(Image.status == db.RUNNING)
+            .order_by(Image.worker)
+        ]
+        errors = [
+            {"file": r.rel_path, "type": r.error_type, "message": r.error_message}
+            for r in Image.select(Image.rel_path, Image.error_type, Image.error_message)
+            .where(Image.status == db.FAILED)
+            .order_by(Image.finished_at.desc())
+            .limit(5)
+        ]
+    rate = throughput(int(n_recent), int(bytes_recent), window)
+    to_do = counts[db.DONE] + counts[db.FAILED] + counts[db.QUEUED] + counts[db.RUNNING]
+    finished = counts[db.DONE] + counts[db.FAILED]
+    remaining = counts[db.QUEUED] + counts[db.RUNNING]
+    hosts: dict[str, int] = {}
+    for w in workers:
+        host = (w["worker"] or "?").rpartition(":")[0]
+        hosts[host] = hosts.get(host, 0) + 1
+    return {
+        "counts": counts,
+        "progress": {"finished": finished, "total": to_do, "remaining": remaining},
+        "throughput": rate,
+        "eta_s": eta_seconds(remaining, rate["images_per_hour"]),
+        "workers": workers,
+        "hosts": hosts,
+        "latest_errors": errors,
+        "uploads": db.UploadLedger().summary(),
+        "at": now,
+    }
+
+
+def render(snap: dict[str, Any]) -> Panel:
+    counts, progress = snap["counts"], snap["progress"]
+    states = Table.grid(padding=(0, 2))
+    for state in db.STATES:
+        states.add_column(justify="right")
+    states.add_row(*[Text(s, style="bold") for s in db.STATES])
+    states.add_row(*[str(counts[s]) for s in db.STATES])
+    total = max(progress["total"], 1)
+    eta = snap["eta_s"]
+    eta_text = "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(ProgressBar(total=total, completed=progress["finished"], width=40),
+                f"{progress['finished']}/{progress['total']}",
+                f"ETA {eta_text}",
+                f"{snap['throughput']['images_per_hour']} img/h",
+                f"{snap['throughput']['mb_per_s']} MB/s")
+    parts: list[Any] = [states, bar]
+    if snap["workers"]:
+        table = Table(title="workers", expand=False)
+        for col in ("worker", "image", "seconds", "attempt"):
+            table.add_column(col)
+        for w in snap["workers"]:
+            table.add_row(w["worker"], w["image"], f"{w['seconds']:.0f}", str(w["attempt"]))
+        parts.append(table)
+    if snap["latest_errors"]:
+        errs = Table(title="latest errors", expand=False)
+        errs.add_column("file")
+        errs.add_column("type")
+        errs.add_column("message", overflow="fold")
+        for e in snap["latest_errors"]:
+            errs.add_row(e["file"], e["type"] or "", e["message"] or "")
+        parts.append(errs)
+    if snap["uploads"]["objects"]:
+        parts.append(Text(f"uploaded: {snap['uploads']['objects']} objects, {snap['uploads']['bytes'] / 1e6:.1f} MB"))
+    return Panel(Group(*parts), title="tessq status")

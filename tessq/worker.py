@@ -1,0 +1,320 @@
+"""One image end to end (claim, lease, slice, finish), and the daemon that runs worker processes.
+
+`process_image` is the queue's task body; `run_workers` is `tessq workers`: a huey Consumer with
+process workers plus our supervisor duties (startup repair, lease reaper, dead-worker check, drain).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import signal
+
+from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Scheduler
+from huey.exceptions import RetryTask, TaskTimeout
+
+from tessq import __version__, db, defaults, folder
+from tessq import queue as tq
+from tessq.errors import ImageError, SourceChangedError, TessqError, TransientError
+from tessq.options import SliceOptions
+
+log = logging.getLogger("tessq.worker")
+
+
+# ---------------------------------------------------------------- one image
+
+
+def process_image(image_id: int) -> None:
+    """The task: claim the image, cut it, record the outcome. Safe to receive twice."""
+    worker = db.worker_identity()
+    with db.session():
+        claim = db.claim(image_id, worker, defaults.LEASE_S)
+        row = db.image(image_id) if claim else None
+    if claim is None or row is None:
+        log.debug("image %s not claimable (done, taken or cancelled): message dropped", image_id)
+        return
+    heartbeat = Heartbeat(claim)
+    heartbeat.start()
+    started = time.monotonic()
+    try:
+        result = cut(row, claim)
+    except TaskTimeout:
+        _fail(claim, "timeout", f"{row.rel_path}: timed out after {tq.time_limit(row.pixel_bytes)} s", started)
+    except ImageError as exc:
+        if exc.permanent:
+            _fail(claim, exc.kind, str(exc), started)
+        else:
+            _retry_or_fail(claim, exc.kind, str(exc), started)
+    except TransientError as exc:
+        _retry_or_fail(claim, exc.kind, str(exc), started)
+    except OSError as exc:
+        _retry_or_fail(claim, "io", f"{row.rel_path}: {describe_os_error(exc)}", started)
+    except TessqError as exc:
+        _fail(claim, exc.kind, str(exc), started)
+    except KeyboardInterrupt:
+        # Hard stop (second Ctrl-C / SIGTERM during shutdown): give the image straight back.
+        with db.session():
+            if db.release_for_retry(claim, error_type=None, message=None):
+                tq.enqueue([image_id], {image_id: row.pixel_bytes})
+        raise
+    except Exception as exc:  # a bug or a library failure we did not foresee: retry, then fail
+        log.exception("unexpected error on %s", row.rel_path)
+        _retry_or_fail(claim, "internal", f"{row.rel_path}: {type(exc).__name__}: {exc}", started)
+    else:
+        with db.session():
+            fenced = db.finish_done(claim, n_slices=result["slices"], bytes_out=result["bytes_out"],
+                                    duration_s=time.monotonic() - started, options_hash=row.job.options_hash,
+                                    pixel_bytes=result.get("pixel_bytes"))
+        if not fenced:
+            log.warning("%s: lease was lost before finishing; the other holder's result stands", row.rel_path)
+        else:
+            log.info("done %s (%d slices, %.2f s)", row.rel_path, result["slices"], time.monotonic() - started)
+    finally:
+        heartbeat.stop()
+
+
+def cut(row: db.Image, claim: db.Claim) -> dict[str, Any]:
+    """Slice one claimed image into its output folder; raise on any problem."""
+    source = Path(row.job.input_dir) / row.rel_path
+    image_dir = contained(Path(row.job.output_dir), row.out_rel)
+    before = source_state(source)
+    folder.cleanup_stale(image_dir.parent, image_dir.name)
+    options = SliceOptions.from_dict(_json(row.job.options))
+    batch_metadata = {
+        "job": {"input_dir": row.job.input_dir, "output_dir": row.job.output_dir, "options": options.to_dict()},
+        "image_id": row.id,
+        "worker": claim.worker,
+        "attempt": claim.attempt,
+        "started_at": time.time(),
+        "tessq_version": __version__,
+        "source_size": before[0],
+        "source_mtime": before[1],
+    }
+    from tessq import core  # heavy imports (tifffile, imagecodecs) only in workers
+
+    result = core.tessellate_image(source, image_dir, options, relative_path=row.rel_path,
+                                   batch_metadata=batch_metadata)
+    if source_state(source) != before:
+        raise TransientError(f"{row.rel_path}: source changed while it was being read; it will be redone")
+    return result
+
+
+def source_state(source: Path) -> tuple[int, float]:
+    try:
+        st = source.stat()
+    except FileNotFoundError:
+        raise SourceChangedError(source, "source file no longer exists (deleted or moved since the scan)") from None
+    return st.st_size, st.st_mtime
+
+
+def contained(root: Path, relative: str) -> Path:
+    """root/relative, refusing anything that would land outside root ('..', absolute, NUL)."""
+    if "\x00" in relative or relative.startswith(("/", "\\")):
+        raise TessqError(f"refusing output path {relative!r}: not a relative path inside {root}")
+    target = (root / relative).resolve()
+    if target == root.resolve() or root.resolve() not in target.parents:
+        raise TessqError(f"refusing output path {relative!r}: it escapes the output folder {root}")
+    return target
+
+
+def describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"disk full writing {exc.filename or 'output'} (free space, then it is retried)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {exc.filename or exc}"
+    return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+
+
+def _json(text: str) -> dict[str, Any]:
+    import json
+
+    return json.loads(text)
+
+
+def _fail(claim: db.Claim, kind: str, message: str, started: float) -> None:
+    log.error("failed: %s", message)
+    with db.session():
+        db.finish_failed(claim, error_type=kind, message=message, duration_s=time.monotonic() - started)
+
+
+def _retry_or_fail(claim: db.Claim, kind: str, message: str, started: float) -> None:
+    """Transient: back to the queue with backoff while attempts remain, else failed."""
+    if claim.attempt >= defaults.MAX_ATTEMPTS:
+        _fail(claim, kind, f"{message} (gave up after {claim.attempt} attempts)", started)
+        return
+    delay = defaults.RETRY_DELAY_S * defaults.RETRY_BACKOFF ** (claim.attempt - 1)
+    log.warning("attempt %d failed, retrying in %.0f s: %s", claim.attempt, delay, message)
+    with db.session():
+        released = db.release_for_retry(claim, error_type=kind, message=message)
+    if released:
+        raise RetryTask(delay=delay)
+
+
+class Heartbeat:
+    """Renews the lease every HEARTBEAT_S on its own connection until stopped."""
+
+    def __init__(self, claim: db.Claim) -> None:
+        self.claim = claim
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{claim.image_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(defaults.HEARTBEAT_S):
+            try:
+                with db.session():
+                    if not db.renew_lease(self.claim, defaults.LEASE_S):
+                        log.warning("image %s: lease lost", self.claim.image_id)
+                        return
+            except Exception:  # a missed beat is not fatal; the lease has slack for two more
+                log.exception("heartbeat failed for image %s", self.claim.image_id)
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+class _Scheduler(Scheduler):
+    def initialize(self) -> None:  # the Scheduler runs no startup hooks of its own
+        tq.die_with_parent()
+        super().initialize()
+
+
+class _Environment(ProcessEnvironment):
+    """Children ignore SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group, and
+    systemd sends TERM to every process); only the parent decides, and it interrupts them with USR1."""
+
+    def __init__(self, *_: Any) -> None:
+        super().__init__(signal.SIGINT, signal.SIGUSR1)
+
+    def init_child(self, process: Any) -> None:
+        super().init_child(process)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class TessqConsumer(Consumer):
+    """huey's consumer with both SIGINT and SIGTERM graceful; a second one stops at once."""
+
+    scheduler_class = _Scheduler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._signal_actions = {signal.SIGINT: (False, True), signal.SIGTERM: (False, True)}
+        if hasattr(signal, "SIGHUP"):
+            self._signal_actions[signal.SIGHUP] = (False, True)
+
+    def get_environment(self, worker_type: str) -> ProcessEnvironment:
+        return _Environment()
+
+
+@dataclass
+class WorkerRun:
+    stopped_by: str  # 'drained' | 'signal'
+    reaped: int
+    repaired: int
+
+
+def dead_local_workers(workers: list[str]) -> list[str]:
+    """Lease holders on this host whose process is gone (or a zombie): reclaim their images now."""
+    host = socket.gethostname()
+    dead = []
+    for w in workers:
+        h, _, pid = w.rpartition(":")
+        if h == host and pid.isdigit() and not process_alive(int(pid)):
+            dead.append(w)
+    return dead
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def recover() -> tuple[int, int]:
+    """Requeue images of dead or expired workers and re-enqueue queued rows that lost their message."""
+    with db.session():
+        dead = dead_local_workers(db.running_workers())
+        requeued, failed = db.reap_expired(defaults.MAX_ATTEMPTS, dead)
+        sizes = db.queued_ids_with_size() if requeued else {}
+    if requeued:
+        log.warning("reclaimed %d image(s) from dead or expired workers", len(requeued))
+        tq.enqueue(requeued, sizes)
+    if failed:
+        log.error("%d image(s) failed after losing every attempt to dead workers", len(failed))
+    return len(requeued) + len(failed), tq.repair_unqueued()
+
+
+def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0) -> WorkerRun:
+    """`tessq workers`: run n worker processes until a signal (graceful) or, with drain, until empty."""
+    reaped, repaired = recover()
+    db.database.close()  # no connection may cross the fork
+    consumer = TessqConsumer(
+        tq.huey(), workers=n, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.5,
+        max_delay=1.0, check_worker_health=True, health_check_interval=health_interval,
+        max_tasks=defaults.WORKER_MAX_TASKS,
+    )
+    consumer.start()
+    log.info("%d worker(s) started (pid %d)%s", n, os.getpid(), ", draining" if drain else "")
+    stopped_by = "signal"
+    health = time.monotonic()
+    last_reap = last_check = time.monotonic()
+    try:
+        while True:
+            try:
+                health = consumer.loop(health)
+            except ConsumerStopped:
+                break
+            now = time.monotonic()
+            if now - last_check >= health_interval:
+                last_check = now
+                try:
+                    if now - last_reap >= defaults.REAP_EVERY_S or _has_dead_workers():
+                        last_reap = now
+                        r, p = recover()
+                        reaped, repaired = reaped + r, repaired + p
+                    if drain and _drained():
+                        stopped_by = "drained"
+                        consumer.stop(graceful=True)
+                        break
+                except Exception:  # supervision must never take the loop down (queue-engine.md §5)
+                    log.exception("supervisor check failed; will try again")
+    except BaseException:
+        consumer.stop(graceful=False)
+        raise
+    tq.huey().notify_interrupted_tasks()
+    log.info("workers stopped (%s)", stopped_by)
+    return WorkerRun(stopped_by, reaped, repaired)
+
+
+def _has_dead_workers() -> bool:
+    with db.session():
+        return bool(dead_local_workers(db.running_workers()))
+
+
+def _drained() -> bool:
+    with db.session():
+        return db.outstanding() == 0
