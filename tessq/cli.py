@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -33,24 +33,55 @@ STATE: dict[str, Any] = {"workspace": None, "log_level": "INFO"}
 
 # ------------------------------------------------------------------ shared options
 
-NumPieces = Annotated[int, typer.Option("--num-pieces", "-n", min=1, help="Pieces per image (a rows x cols grid, closest to square).")]
-Grid = Annotated[Optional[str], typer.Option("--grid", help="Explicit grid ROWSxCOLS, e.g. 2x4 (overrides --num-pieces).")]
-TileSize = Annotated[Optional[int], typer.Option("--tile-size", min=1, help="Fixed square tiles of this many px instead of N pieces.")]
-Overlap = Annotated[int, typer.Option("--overlap", min=0, help="Pixels shared by neighbouring tiles (with --tile-size).")]
-MinSize = Annotated[int, typer.Option("--min-size", min=0, help="Skip images whose width or height is below this (px).")]
-Format = Annotated[str, typer.Option("--format", help="png: PNG wherever it is lossless, else TIFF; tiff: always TIFF.")]
+NumPieces = Annotated[
+    int, typer.Option("--num-pieces", "-n", min=1, help="Pieces per image (a rows x cols grid, closest to square).")
+]
+Grid = Annotated[str | None, typer.Option("--grid", help="Explicit grid ROWSxCOLS, e.g. 2x4 (overrides --num-pieces).")]
+TileSize = Annotated[
+    int | None, typer.Option("--tile-size", min=1, help="Fixed square tiles of this many px instead of N pieces.")
+]
+Overlap = Annotated[
+    int, typer.Option("--overlap", min=0, help="Pixels shared by neighbouring tiles (with --tile-size).")
+]
+MinSize = Annotated[
+    int, typer.Option("--min-size", min=0, help="Skip images whose width or height is below this (px).")
+]
+Format = Annotated[
+    str, typer.Option("--format", help="png: PNG wherever it is lossless, else TIFF; tiff: always TIFF.")
+]
 Png = Annotated[str, typer.Option("--png", help=f"PNG speed/size trade-off, all lossless: {'|'.join(PNG_PRESETS)}.")]
-CompressLevel = Annotated[Optional[int], typer.Option("--compress-level", min=0, max=12, help="Deflate level override (0-12).")]
-WorldFiles = Annotated[bool, typer.Option("--world-files", help="Write .pgw/.tfw world files beside slices of GeoTIFFs.")]
+CompressLevel = Annotated[
+    int | None, typer.Option("--compress-level", min=0, max=12, help="Deflate level override (0-12).")
+]
+WorldFiles = Annotated[
+    bool, typer.Option("--world-files", help="Write .pgw/.tfw world files beside slices of GeoTIFFs.")
+]
 Series = Annotated[int, typer.Option("--series", min=0, help="Which image series of a multi-image TIFF to cut.")]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")]
 
 
-def build_options(num_pieces: int, grid: str | None, tile_size: int | None, overlap: int, min_size: int,
-                  fmt: str, png: str, compress_level: int | None, world_files: bool, series: int) -> SliceOptions:
+def build_options(
+    num_pieces: int,
+    grid: str | None,
+    tile_size: int | None,
+    overlap: int,
+    min_size: int,
+    fmt: str,
+    png: str,
+    compress_level: int | None,
+    world_files: bool,
+    series: int,
+) -> SliceOptions:
     return SliceOptions(
-        num_pieces=num_pieces, grid=parse_grid(grid) if grid else None, tile_size=tile_size, overlap=overlap,
-        min_size=min_size, format=fmt, png_preset=png, compress_level=compress_level, world_files=world_files,
+        num_pieces=num_pieces,
+        grid=parse_grid(grid) if grid else None,
+        tile_size=tile_size,
+        overlap=overlap,
+        min_size=min_size,
+        format=fmt,
+        png_preset=png,
+        compress_level=compress_level,
+        world_files=world_files,
         series=series,
     )
 
@@ -68,10 +99,21 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    workspace: Annotated[Optional[Path], typer.Option("--workspace", "-w", envvar="TESSQ_WORKSPACE",
-                                                      help="Folder whose .tessq/ holds the status and queue databases (default: current folder).")] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="Console log level: DEBUG, INFO, WARNING, ERROR.")] = "INFO",
-    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            envvar="TESSQ_WORKSPACE",
+            help="Folder whose .tessq/ holds the status and queue databases (default: current folder).",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="Console log level: DEBUG, INFO, WARNING, ERROR.")
+    ] = "INFO",
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     STATE["workspace"], STATE["log_level"] = workspace, log_level.upper()
 
@@ -89,7 +131,9 @@ def _open(create: bool = True) -> Any:
 @app.command()
 def scan(
     input_dir: Annotated[Path, typer.Argument(help="Folder tree to scan for .tif/.tiff files.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <IN>_tessq beside IN).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: <IN>_tessq beside IN).")
+    ] = None,
     num_pieces: NumPieces = defaults.NUM_PIECES,
     grid: Grid = None,
     tile_size: TileSize = None,
@@ -105,11 +149,13 @@ def scan(
 ) -> None:
     """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run."""
     try:
-        options = build_options(num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level,
-                                world_files, series)
+        options = build_options(
+            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series
+        )
         ws = _open()
-        pipeline.start_logging(STATE["log_level"], (out or pipeline.default_output_dir(input_dir)).resolve(),
-                               console=False)
+        pipeline.start_logging(
+            STATE["log_level"], (out or pipeline.default_output_dir(input_dir)).resolve(), console=False
+        )
         summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws)
     except TessqError as exc:
         fail(exc)
@@ -218,8 +264,12 @@ def run(
     world_files: WorldFiles = False,
     series: Series = 0,
     follow_symlinks: FollowSymlinks = False,
-    n_workers: Annotated[Optional[int], typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Keep finished work (default). --no-resume redoes every image.")] = True,
+    n_workers: Annotated[
+        int | None, typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Keep finished work (default). --no-resume redoes every image.")
+    ] = True,
     zip_: Annotated[bool, typer.Option("--zip", help="Also write OUT/<OUT name>_results.zip.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -229,14 +279,16 @@ def run(
     from tessq import worker
 
     try:
-        options = build_options(num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level,
-                                world_files, series)
+        options = build_options(
+            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series
+        )
         ws = _open()
         pipeline.start_logging(STATE["log_level"], output_dir.resolve(), console=False)
         if not resume:
             pipeline.forget_job(input_dir)
-        summary = pipeline.scan_and_enqueue(input_dir, output_dir, options, follow_symlinks=follow_symlinks,
-                                            workspace=ws)
+        summary = pipeline.scan_and_enqueue(
+            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws
+        )
     except TessqError as exc:
         fail(exc)
     if not as_json:
@@ -258,7 +310,9 @@ def run(
 @app.command()
 def retry(
     failed: Annotated[bool, typer.Option("--failed", help="Re-queue every failed image (the default).")] = True,
-    error_type: Annotated[Optional[list[str]], typer.Option("--type", help="Only failures of this type (repeatable).")] = None,
+    error_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only failures of this type (repeatable).")
+    ] = None,
 ) -> None:
     """Re-queue failed images (fresh attempts); run `tessq workers` to process them."""
     _open(create=False)
@@ -268,13 +322,19 @@ def retry(
 
 @app.command()
 def verify(
-    sample: Annotated[Optional[int], typer.Option("--sample", min=1, help="Check only the first N done images.")] = None,
+    sample: Annotated[int | None, typer.Option("--sample", min=1, help="Check only the first N done images.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Reassemble every done image and compare it bit for bit with its source; record the verdict."""
     _open(create=False)
-    with Progress(TextColumn("verify"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("verify"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task("verify", total=None)
 
         def tick(i: int, total: int, _name: str) -> None:
@@ -284,8 +344,9 @@ def verify(
     if as_json:
         console.print_json(json.dumps(result))
     else:
-        console.print(f"checked {result['checked']}: {result['identical']} identical, "
-                      f"{len(result['different'])} different")
+        console.print(
+            f"checked {result['checked']}: {result['identical']} identical, {len(result['different'])} different"
+        )
         for name in result["different"]:
             err.print(f"[red]not identical:[/red] {name}")
     if result["different"]:
@@ -293,20 +354,31 @@ def verify(
 
 
 def _export_zip(path: Path | None, folder: str | None) -> dict[str, Any]:
-    with Progress(TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
-                  transient=True) as bar:
+    with Progress(
+        TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+    ) as bar:
         task = bar.add_task("zip", total=None)
         result = pipeline.export_zip(path, folder, lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(f"wrote {result['path']}: {result['entries']} entries, {result['bytes'] / 1e6:.1f} MB, "
-                  f"verified={result['verified']}")
+    console.print(
+        f"wrote {result['path']}: {result['entries']} entries, {result['bytes'] / 1e6:.1f} MB, "
+        f"verified={result['verified']}"
+    )
     return result
 
 
 @app.command()
 def export(
-    zip_path: Annotated[Optional[Path], typer.Option("--zip", help="Write a ZIP (default OUT/<OUT name>_results.zip).",
-                                                     show_default=False, is_flag=False, flag_value="")] = None,
-    folder: Annotated[Optional[str], typer.Option("--folder", help="Only this sub-folder of the output.")] = None,
+    zip_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--zip",
+            help="Write a ZIP (default OUT/<OUT name>_results.zip).",
+            show_default=False,
+            is_flag=False,
+            flag_value="",
+        ),
+    ] = None,
+    folder: Annotated[str | None, typer.Option("--folder", help="Only this sub-folder of the output.")] = None,
 ) -> None:
     """Package every done image and the reports into a ZIP (streamed, ZIP64, checked after writing)."""
     _open(create=False)
@@ -319,22 +391,34 @@ def export(
 @app.command()
 def upload(
     url: Annotated[str, typer.Argument(help="Destination s3://BUCKET/PREFIX.")],
-    endpoint_url: Annotated[Optional[str], typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
-    profile: Annotated[Optional[str], typer.Option("--profile", help="AWS profile name (else the standard credential chain).")] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph...).")
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="AWS profile name (else the standard credential chain).")
+    ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel transfers.")] = 8,
 ) -> None:
     """Upload every done image's files and the reports to S3; resumable and checksummed."""
     _open(create=False)
-    with Progress(TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
-                  transient=True) as bar:
+    with Progress(
+        TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+    ) as bar:
         task = bar.add_task("upload", total=None)
         try:
-            result = pipeline.upload(url, endpoint_url=endpoint_url, profile=profile, concurrency=concurrency,
-                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+            result = pipeline.upload(
+                url,
+                endpoint_url=endpoint_url,
+                profile=profile,
+                concurrency=concurrency,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
         except TessqError as exc:
             fail(exc, 1)
-    console.print(f"uploaded {result['uploaded']} file(s), skipped {result['skipped']} already there, "
-                  f"{result['bytes_uploaded'] / 1e6:.1f} MB")
+    console.print(
+        f"uploaded {result['uploaded']} file(s), skipped {result['skipped']} already there, "
+        f"{result['bytes_uploaded'] / 1e6:.1f} MB"
+    )
     if result.get("failed"):
         for f in result["failed"]:
             err.print(f"[red]failed:[/red] {f}")
@@ -343,7 +427,9 @@ def upload(
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Argument(help="Where to create the sample tree and its output.")] = Path("tessq-demo"),
+    directory: Annotated[Path, typer.Argument(help="Where to create the sample tree and its output.")] = Path(
+        "tessq-demo"
+    ),
     n_workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 2,
 ) -> None:
     """Generate a realistic sample tree, then scan, run, report and verify it end to end."""

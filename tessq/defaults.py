@@ -9,7 +9,7 @@ from __future__ import annotations
 NUM_PIECES = 8
 MIN_IMAGE_SIZE = 1024  # px; both width and height must reach it (the seed's rule)
 TIFF_EXTENSIONS = (".tif", ".tiff")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jp2", ".heic") + TIFF_EXTENSIONS
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jp2", ".heic", *TIFF_EXTENSIONS)
 SKIPPED_DIR_NAMES = frozenset({".git", ".hg", ".svn", "__MACOSX", ".ipynb_checkpoints", "__pycache__", ".tessq"})
 
 # How to write it

@@ -103,8 +103,7 @@ def output_folder_names(file_names: list[str]) -> dict[str, str]:
         key = Path(name).stem.lower()
         stems[key] = stems.get(key, 0) + 1
     return {
-        name: safe_component(Path(name).stem if stems[Path(name).stem.lower()] == 1 else name)
-        for name in file_names
+        name: safe_component(Path(name).stem if stems[Path(name).stem.lower()] == 1 else name) for name in file_names
     }
 
 
@@ -173,7 +172,12 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
         "attempts": 0,
     }
     if not stat.S_ISREG(st.st_mode):
-        return {**row, "status": db.FAILED, "error_type": "unsupported", "error_message": f"{entry.path}: not a regular file"}
+        return {
+            **row,
+            "status": db.FAILED,
+            "error_type": "unsupported",
+            "error_message": f"{entry.path}: not a regular file",
+        }
     try:
         info = tiff.probe(entry.path)
     except ImageError as exc:
@@ -193,8 +197,15 @@ def pixel_bytes(info: Any) -> int:
     return int(info.width) * int(info.height) * int(info.samples or 1) * itemsize
 
 
-def scan_tree(input_dir: Path, output_dir: Path, options: SliceOptions, options_hash: str, *,
-              follow_symlinks: bool = False, exclude: tuple[Path, ...] = ()) -> ScanSummary:
+def scan_tree(
+    input_dir: Path,
+    output_dir: Path,
+    options: SliceOptions,
+    options_hash: str,
+    *,
+    follow_symlinks: bool = False,
+    exclude: tuple[Path, ...] = (),
+) -> ScanSummary:
     """Walk `input_dir`, record the job, its folders and every candidate; return what to enqueue."""
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
     summary = ScanSummary(str(input_dir), str(output_dir))
@@ -206,8 +217,14 @@ def scan_tree(input_dir: Path, output_dir: Path, options: SliceOptions, options_
         if reason:
             summary.folders_skipped[reason] = summary.folders_skipped.get(reason, 0) + 1
         if folder.tiffs or reason:
-            folders.append({"path": folder.rel, "n_tiffs": len(folder.tiffs),
-                            "n_other_images": folder.other_images, "skip_reason": reason})
+            folders.append(
+                {
+                    "path": folder.rel,
+                    "n_tiffs": len(folder.tiffs),
+                    "n_other_images": folder.other_images,
+                    "skip_reason": reason,
+                }
+            )
         if not folder.tiffs:
             continue
         summary.folders_with_tiffs += 1
@@ -229,6 +246,8 @@ def scan_tree(input_dir: Path, output_dir: Path, options: SliceOptions, options_
         if c["status"] == db.SKIPPED:
             summary.skipped[c["skip_reason"]] = summary.skipped.get(c["skip_reason"], 0) + 1
         elif c["status"] == db.FAILED:
-            summary.failed_at_scan.append({"file": c["rel_path"], "type": c["error_type"], "message": c["error_message"]})
+            summary.failed_at_scan.append(
+                {"file": c["rel_path"], "type": c["error_type"], "message": c["error_message"]}
+            )
     summary.enqueue_ids = outcome.new_queued + outcome.requeued
     return summary

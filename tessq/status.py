@@ -51,8 +51,13 @@ def snapshot() -> dict[str, Any]:
             .first()
         )
         workers = [
-            {"worker": r.worker, "image": r.rel_path, "seconds": round(now - (r.started_at or now), 1),
-             "attempt": r.attempts, "lease_left_s": round((r.lease_until or now) - now, 1)}
+            {
+                "worker": r.worker,
+                "image": r.rel_path,
+                "seconds": round(now - (r.started_at or now), 1),
+                "attempt": r.attempts,
+                "lease_left_s": round((r.lease_until or now) - now, 1),
+            }
             for r in Image.select(Image.worker, Image.rel_path, Image.started_at, Image.attempts, Image.lease_until)
             .where(Image.status == db.RUNNING)
             .order_by(Image.worker)
@@ -88,7 +93,7 @@ def snapshot() -> dict[str, Any]:
 def render(snap: dict[str, Any]) -> Panel:
     counts, progress = snap["counts"], snap["progress"]
     states = Table.grid(padding=(0, 2))
-    for state in db.STATES:
+    for _ in db.STATES:
         states.add_column(justify="right")
     states.add_row(*[Text(s, style="bold") for s in db.STATES])
     states.add_row(*[str(counts[s]) for s in db.STATES])
@@ -96,11 +101,13 @@ def render(snap: dict[str, Any]) -> Panel:
     eta = snap["eta_s"]
     eta_text = "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
     bar = Table.grid(padding=(0, 1))
-    bar.add_row(ProgressBar(total=total, completed=progress["finished"], width=40),
-                f"{progress['finished']}/{progress['total']}",
-                f"ETA {eta_text}",
-                f"{snap['throughput']['images_per_hour']} img/h",
-                f"{snap['throughput']['mb_per_s']} MB/s")
+    bar.add_row(
+        ProgressBar(total=total, completed=progress["finished"], width=40),
+        f"{progress['finished']}/{progress['total']}",
+        f"ETA {eta_text}",
+        f"{snap['throughput']['images_per_hour']} img/h",
+        f"{snap['throughput']['mb_per_s']} MB/s",
+    )
     parts: list[Any] = [states, bar]
     if snap["workers"]:
         table = Table(title="workers", expand=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -16,14 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import signal
-
 from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Scheduler
 from huey.exceptions import RetryTask, TaskTimeout
 
 from tessq import __version__, db, defaults, folder
 from tessq import queue as tq
-from tessq.errors import ImageError, SourceChangedError, TessqError, TransientError
+from tessq.errors import SourceChangedError, TessqError, TransientError
 from tessq.options import SliceOptions
 
 log = logging.getLogger("tessq.worker")
@@ -46,39 +45,51 @@ def process_image(image_id: int) -> None:
     started = time.monotonic()
     try:
         result = cut(row, claim)
-    except TaskTimeout:
-        _fail(claim, "timeout", f"{row.rel_path}: timed out after {tq.time_limit(row.pixel_bytes)} s", started)
-    except ImageError as exc:
-        if exc.permanent:
-            _fail(claim, exc.kind, str(exc), started)
-        else:
-            _retry_or_fail(claim, exc.kind, str(exc), started)
-    except TransientError as exc:
-        _retry_or_fail(claim, exc.kind, str(exc), started)
-    except OSError as exc:
-        _retry_or_fail(claim, "io", f"{row.rel_path}: {describe_os_error(exc)}", started)
-    except TessqError as exc:
-        _fail(claim, exc.kind, str(exc), started)
+        _finish(claim, row, result, time.monotonic() - started)
     except KeyboardInterrupt:
         # Hard stop (second Ctrl-C / SIGTERM during shutdown): give the image straight back.
         with db.session():
             if db.release_for_retry(claim, error_type=None, message=None):
                 tq.enqueue([image_id], {image_id: row.pixel_bytes})
         raise
-    except Exception as exc:  # a bug or a library failure we did not foresee: retry, then fail
-        log.exception("unexpected error on %s", row.rel_path)
-        _retry_or_fail(claim, "internal", f"{row.rel_path}: {type(exc).__name__}: {exc}", started)
-    else:
-        with db.session():
-            fenced = db.finish_done(claim, n_slices=result["slices"], bytes_out=result["bytes_out"],
-                                    duration_s=time.monotonic() - started, options_hash=row.job.options_hash,
-                                    pixel_bytes=result.get("pixel_bytes"))
-        if not fenced:
-            log.warning("%s: lease was lost before finishing; the other holder's result stands", row.rel_path)
+    except RetryTask:
+        raise
+    except BaseException as exc:
+        action, kind, message = classify(exc, row.rel_path, tq.time_limit(row.pixel_bytes))
+        if action == "internal":
+            log.exception("unexpected error on %s", row.rel_path)
+        if action == "fail" or claim.attempt >= defaults.MAX_ATTEMPTS:
+            if action != "fail":
+                message = f"{message} (gave up after {claim.attempt} attempts)"
+            _fail(claim, kind, message, started)
         else:
-            log.info("done %s (%d slices, %.2f s)", row.rel_path, result["slices"], time.monotonic() - started)
+            _retry(claim, kind, message)
     finally:
         heartbeat.stop()
+
+
+def classify(exc: BaseException, rel_path: str, limit: int) -> tuple[str, str, str]:
+    """(action, error type, message) for a failure: 'fail' at once, or 'retry'/'internal' with backoff."""
+    if isinstance(exc, TaskTimeout):
+        return "fail", "timeout", f"{rel_path}: timed out after {limit} s"
+    if isinstance(exc, TessqError):
+        return ("fail" if exc.permanent else "retry"), exc.kind, str(exc)
+    if isinstance(exc, OSError):
+        return "retry", "io", f"{rel_path}: {describe_os_error(exc)}"
+    if isinstance(exc, Exception):  # a bug or a library failure we did not foresee
+        return "internal", "internal", f"{rel_path}: {type(exc).__name__}: {exc}"
+    raise exc  # SystemExit and friends are not ours to swallow
+
+
+def _finish(claim: db.Claim, row: db.Image, result: dict[str, Any], duration: float) -> None:
+    with db.session():
+        fenced = db.finish_done(claim, n_slices=int(result["slices"]), bytes_out=int(result["bytes_out"]),
+                                duration_s=duration, options_hash=row.job.options_hash,
+                                pixel_bytes=result.get("pixel_bytes"))
+    if fenced:
+        log.info("done %s (%d slices, %.2f s)", row.rel_path, result["slices"], duration)
+    else:
+        log.warning("%s: lease was lost before finishing; the other holder's result stands", row.rel_path)
 
 
 def cut(row: db.Image, claim: db.Claim) -> dict[str, Any]:
@@ -145,11 +156,8 @@ def _fail(claim: db.Claim, kind: str, message: str, started: float) -> None:
         db.finish_failed(claim, error_type=kind, message=message, duration_s=time.monotonic() - started)
 
 
-def _retry_or_fail(claim: db.Claim, kind: str, message: str, started: float) -> None:
-    """Transient: back to the queue with backoff while attempts remain, else failed."""
-    if claim.attempt >= defaults.MAX_ATTEMPTS:
-        _fail(claim, kind, f"{message} (gave up after {claim.attempt} attempts)", started)
-        return
+def _retry(claim: db.Claim, kind: str, message: str) -> None:
+    """Back to the queue with exponential backoff (huey schedules the retry)."""
     delay = defaults.RETRY_DELAY_S * defaults.RETRY_BACKOFF ** (claim.attempt - 1)
     log.warning("attempt %d failed, retrying in %.0f s: %s", claim.attempt, delay, message)
     with db.session():

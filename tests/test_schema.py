@@ -15,8 +15,11 @@ def _columns(database: peewee.Database, table: str) -> dict[str, bool]:
 
 
 def _indexes(database: peewee.Database, table: str) -> dict[str, tuple[tuple[str, ...], bool]]:
-    return {i.name: (tuple(i.columns), i.unique) for i in database.get_indexes(table) if not i.name.startswith("sqlite_")
-            and not i.name.endswith("_pkey")}
+    return {
+        i.name: (tuple(i.columns), i.unique)
+        for i in database.get_indexes(table)
+        if not i.name.startswith("sqlite_") and not i.name.endswith("_pkey")
+    }
 
 
 def _from_models(database: peewee.Database) -> None:
@@ -68,6 +71,7 @@ def test_schema_statements_differ_only_in_autoincrement(dialect: str) -> None:
     sqlite_sql = db.schema_statements("sqlite")
     other = db.schema_statements(dialect)
     assert len(sqlite_sql) == len(other)
-    for a, b in zip(sqlite_sql, other):
+    for a, b in zip(sqlite_sql, other, strict=True):
         assert a.replace("INTEGER NOT NULL PRIMARY KEY", "SERIAL NOT NULL PRIMARY KEY") == b.replace(
-            "INTEGER NOT NULL PRIMARY KEY", "SERIAL NOT NULL PRIMARY KEY")
+            "INTEGER NOT NULL PRIMARY KEY", "SERIAL NOT NULL PRIMARY KEY"
+        )

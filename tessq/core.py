@@ -1,0 +1,458 @@
+"""One image end to end: read the TIFF band by band, cut it into slices, encode them, write the image folder
+atomically with metadata.json (the tessellation) and batch_metadata.json (how it was made).
+
+Memory is bounded by the slice: a grid row is read whole only when it fits the band limit; otherwise strips or
+tile rows stream into one PNG encoder per column, so no strip is decoded twice and no band is held whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tessq import defaults, encode, geo
+from tessq.errors import ImageTooSmallError, SourceChangedError
+from tessq.folder import atomic_folder, write_file
+from tessq.grid import Box, describe_grid, plan_grid, slice_name
+from tessq.options import SliceOptions
+from tessq.tiff import RegionReader, TiffInfo
+
+METADATA_FILENAME = "metadata.json"
+BATCH_METADATA_FILENAME = "batch_metadata.json"
+# A whole grid row is read at once below this size (and below options.memory_budget); above it, streaming.
+# 96 MiB keeps ordinary photos (a 4096x3072 RGB band is 19 MB) on the fast one-shot path while a 16384x12288
+# RGB image (300 MB bands) streams, within the 2 x slice + 200 MB target.
+BAND_LIMIT_BYTES = 96 * 1024 * 1024
+# Rows read per streaming step: at least one strip/tile row, about this many bytes.
+STREAM_CHUNK_BYTES = 8 * 1024 * 1024
+STREAM_TIFF_TILE = 256
+HASH_BUFFER = 4 * 1024 * 1024
+
+
+class _Timer:
+    """Accumulates seconds per phase (read/encode/write)."""
+
+    def __init__(self) -> None:
+        self.totals = {"read_s": 0.0, "encode_s": 0.0, "write_s": 0.0}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.perf_counter() - start
+
+
+class _SourceHasher(threading.Thread):
+    """sha256 of the source file, computed beside the slicing (hashlib releases the GIL on big buffers)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.digest: str | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            sha = hashlib.sha256()
+            with open(self.path, "rb") as fh:
+                while chunk := fh.read(HASH_BUFFER):
+                    sha.update(chunk)
+            self.digest = sha.hexdigest()
+        except BaseException as exc:  # re-raised in the caller's thread
+            self.error = exc
+
+    def result(self) -> str:
+        self.join()
+        if isinstance(self.error, FileNotFoundError):
+            raise SourceChangedError(self.path, "file vanished while it was being read")
+        if self.error is not None:
+            raise self.error
+        assert self.digest is not None
+        return self.digest
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions recorded in both metadata files."""
+    import imagecodecs
+    import tifffile
+
+    import tessq
+
+    tessq_version = getattr(tessq, "__version__", "unknown")
+    return {
+        "tessq": tessq_version,
+        "tifffile": tifffile.__version__,
+        "imagecodecs": imagecodecs.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def tessellate_image(
+    source: str | Path,
+    image_dir: str | Path,
+    options: SliceOptions | None = None,
+    *,
+    relative_path: str | None = None,
+    batch_metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Produce the complete image folder for `source` at `image_dir`; returns metadata plus a summary.
+
+    Raises ImageError subclasses for bad input (corrupt, unsupported, too small/large, source changed);
+    OSError from the output side (ENOSPC, EIO) propagates unchanged.
+    """
+    options = options or SliceOptions()
+    started = time.perf_counter()
+    source, image_dir = Path(source), Path(image_dir)
+    try:
+        before = source.stat()
+    except FileNotFoundError as exc:
+        raise SourceChangedError(source, "file does not exist") from exc
+    timer = _Timer()
+    with RegionReader(source, options.series, options.level, options.memory_budget) as reader:
+        info = reader.info
+        if info.width < options.min_size or info.height < options.min_size:
+            raise ImageTooSmallError(
+                source, f"{info.width}x{info.height} px is below the minimum size of {options.min_size} px"
+            )
+        boxes = plan_grid(info.width, info.height, options, path=str(source))
+        colormap = reader.colormap()
+        kind = encode.slice_kind(
+            info.dtype,
+            info.samples,
+            info.decoded_photometric,
+            info.extra_samples,
+            colormap,
+            info.bits_per_sample,
+            options.format,
+        )
+        georef = geo.read_georef(reader.page.tags)
+        hasher = _SourceHasher(source)
+        hasher.start()
+        with atomic_folder(image_dir) as folder:
+            records = _write_slices(reader, boxes, kind, options, folder.path, timer)
+            if georef and georef.get("geotransform"):
+                _add_georef(records, georef, folder.path, options.world_files, timer)
+            source_sha = hasher.result()
+            _check_unchanged(source, before)
+            metadata = build_metadata(
+                info,
+                source,
+                before,
+                source_sha,
+                relative_path,
+                boxes,
+                options,
+                kind,
+                records,
+                georef,
+                colormap,
+                reader.warnings,
+            )
+            timings = {k: round(v, 4) for k, v in timer.totals.items()}
+            timings["total_s"] = round(time.perf_counter() - started, 4)
+            batch = dict(batch_metadata or {})
+            batch["timings"] = {**batch.get("timings", {}), **timings}
+            batch["versions"] = {**batch.get("versions", {}), **tool_versions()}
+            batch.setdefault("slice_options", options.to_dict())
+            with timer.phase("write_s"):
+                write_file(folder.path / BATCH_METADATA_FILENAME, _json_bytes(batch))
+                # metadata.json last: a folder holding it is complete (and the rename makes it visible)
+                write_file(folder.path / METADATA_FILENAME, _json_bytes(metadata))
+                folder.commit()
+    timings["write_s"] = round(timer.totals["write_s"], 4)
+    timings["total_s"] = round(time.perf_counter() - started, 4)
+    bytes_out = sum(r["bytes"] for r in records)
+    # metadata.json's content, except that "slices" is the count (the job system's summary field) and the
+    # per-slice records are under "slice_records"
+    return {
+        **metadata,
+        "slice_records": records,
+        "slices": len(records),
+        "bytes_out": bytes_out,
+        "pixel_bytes": info.raw_bytes,
+        "timings": timings,
+        "image_dir": str(image_dir),
+        "format": kind.format,
+    }
+
+
+def _check_unchanged(source: Path, before: os.stat_result) -> None:
+    try:
+        after = source.stat()
+    except FileNotFoundError as exc:
+        raise SourceChangedError(source, "file vanished while it was being sliced") from exc
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise SourceChangedError(source, "file was modified while it was being sliced")
+
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- slicing ---------------------------------------------------------------------------------------------
+def _write_slices(
+    reader: RegionReader,
+    boxes: list[Box],
+    kind: encode.SliceKind,
+    options: SliceOptions,
+    out_dir: Path,
+    timer: _Timer,
+) -> list[dict[str, Any]]:
+    """Write every slice; one horizontal band (grid row) at a time, in row-major order."""
+    info = reader.info
+    records: dict[int, dict[str, Any]] = {}
+    band_limit = min(options.memory_budget, BAND_LIMIT_BYTES)
+    for (y0, y1), group in groupby(boxes, key=lambda b: (b.y0, b.y1)):
+        row = list(group)
+        xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
+        band_bytes = (y1 - y0) * (xb - xa) * info.samples * info.itemsize
+        if band_bytes <= band_limit:
+            _band_slices(reader, row, kind, options, out_dir, timer, records)
+        elif kind.format == "png":
+            _stream_png_slices(reader, row, kind, options, out_dir, timer, records)
+        else:
+            for box in row:
+                records[box.index] = _stream_tiff_slice(reader, box, kind, out_dir, timer)
+        reader.forget_above(y1)
+    return [records[b.index] for b in boxes]
+
+
+def _record(box: Box, name: str, kind: encode.SliceKind, size: int, sha: str) -> dict[str, Any]:
+    return {
+        "index": box.index,
+        "row": box.row,
+        "col": box.col,
+        "x0": box.x0,
+        "y0": box.y0,
+        "x1": box.x1,
+        "y1": box.y1,
+        "width": box.width,
+        "height": box.height,
+        "file": name,
+        "format": kind.format,
+        "bytes": size,
+        "sha256": sha,
+    }
+
+
+def _band_slices(
+    reader: RegionReader,
+    row: list[Box],
+    kind: encode.SliceKind,
+    options: SliceOptions,
+    out_dir: Path,
+    timer: _Timer,
+    records: dict[int, dict[str, Any]],
+) -> None:
+    """Read the whole grid row once, cut the columns, encode each in one shot."""
+    y0, y1 = row[0].y0, row[0].y1
+    xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
+    with timer.phase("read_s"):
+        band = reader.read(y0, y1, xa, xb)
+    for box in row:
+        with timer.phase("encode_s"):
+            data, ext = encode.encode_slice(band[:, box.x0 - xa : box.x1 - xa], kind, options)
+            sha = hashlib.sha256(data).hexdigest()
+        name = slice_name(box, ext)
+        with timer.phase("write_s"):
+            write_file(out_dir / name, data)
+        records[box.index] = _record(box, name, kind, len(data), sha)
+        del data
+    del band
+
+
+def _chunk_rows(reader: RegionReader, width: int) -> int:
+    """Rows per streaming step: whole strips/tile rows (decoded once), about STREAM_CHUNK_BYTES."""
+    align = reader.band_alignment
+    row_bytes = max(1, width * reader.info.samples * reader.info.itemsize)
+    target = max(1, STREAM_CHUNK_BYTES // row_bytes)
+    if reader.info.compression == "none" and align > target:
+        return target  # uncompressed rows are read straight from the file: no need to honour strip size
+    return max(align, target // align * align)
+
+
+def _row_steps(y0: int, y1: int, step: int, align: int) -> Iterator[tuple[int, int]]:
+    """Consecutive [ya, yb) covering [y0, y1); after the first, boundaries fall on multiples of `align`."""
+    ya = y0
+    while ya < y1:
+        yb = min(y1, (ya // align) * align + step) if step % align == 0 else min(y1, ya + step)
+        if yb <= ya:
+            yb = min(y1, ya + step)
+        yield ya, yb
+        ya = yb
+
+
+def _stream_png_slices(
+    reader: RegionReader,
+    row: list[Box],
+    kind: encode.SliceKind,
+    options: SliceOptions,
+    out_dir: Path,
+    timer: _Timer,
+    records: dict[int, dict[str, Any]],
+) -> None:
+    """Strips/tile rows of the grid row, one chunk at a time, into one streaming PNG writer per column."""
+    y0, y1 = row[0].y0, row[0].y1
+    xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
+    method, engine, level = encode.png_settings(options)
+    files, writers = [], []
+    try:
+        for box in row:
+            fh = open(out_dir / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
+            files.append(fh)
+            writers.append(encode.PngStreamWriter(fh, box.width, box.height, kind, method, engine, level))
+        step = _chunk_rows(reader, xb - xa)
+        for ya, yb in _row_steps(y0, y1, step, reader.band_alignment):
+            with timer.phase("read_s"):
+                chunk = reader.read(ya, yb, xa, xb)
+            with timer.phase("encode_s"):
+                for box, writer in zip(row, writers, strict=True):
+                    writer.feed(chunk[:, box.x0 - xa : box.x1 - xa])
+            del chunk
+        with timer.phase("write_s"):
+            for box, writer, fh in zip(row, writers, files, strict=True):
+                size, sha = writer.close()
+                fh.flush()
+                os.fsync(fh.fileno())
+                records[box.index] = _record(box, slice_name(box, kind.ext), kind, size, sha)
+    finally:
+        for fh in files:
+            fh.close()
+
+
+def _stream_tiff_slice(
+    reader: RegionReader, box: Box, kind: encode.SliceKind, out_dir: Path, timer: _Timer
+) -> dict[str, Any]:
+    """A TIFF slice too big for one band: tiled TIFF written from row bands of this slice only."""
+    tile = STREAM_TIFF_TILE
+    shape = (box.height, box.width) + ((kind.samples,) if kind.samples > 1 else ())
+
+    def tiles() -> Iterator[np.ndarray]:
+        for ya in range(box.y0, box.y1, tile):
+            with timer.phase("read_s"):
+                band = reader.read(ya, min(ya + tile, box.y1), box.x0, box.x1)
+            for x in range(0, box.width, tile):
+                yield band[:, x : x + tile]
+
+    name = slice_name(box, kind.ext)
+    path = out_dir / name
+    with timer.phase("encode_s"):
+        encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile))
+    with timer.phase("write_s"):
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while data := fh.read(HASH_BUFFER):
+                sha.update(data)
+            os.fsync(fh.fileno())
+    return _record(box, name, kind, path.stat().st_size, sha.hexdigest())
+
+
+def _add_georef(
+    records: list[dict[str, Any]], georef: dict[str, Any], out_dir: Path, world_files: bool, timer: _Timer
+) -> None:
+    """Per-slice geotransform + CRS; world files beside the slices when asked."""
+    gt = georef["geotransform"]
+    for rec in records:
+        rec["geotransform"] = geo.slice_geotransform(gt, rec["x0"], rec["y0"])
+        rec["crs"] = georef.get("crs")
+        if world_files:
+            name = geo.world_file_name(rec["file"])
+            with timer.phase("write_s"):
+                write_file(out_dir / name, geo.world_file_text(rec["geotransform"]).encode())
+            rec["world_file"] = name
+
+
+# -- metadata --------------------------------------------------------------------------------------------
+def build_metadata(
+    info: TiffInfo,
+    source: Path,
+    stat: os.stat_result,
+    sha256: str,
+    relative_path: str | None,
+    boxes: list[Box],
+    options: SliceOptions,
+    kind: encode.SliceKind,
+    records: list[dict[str, Any]],
+    georef: dict[str, Any] | None,
+    colormap: np.ndarray | None,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """metadata.json, schema version defaults.METADATA_SCHEMA_VERSION (documented in README)."""
+    output: dict[str, Any] = kind.describe()
+    if kind.format == "png":
+        method, engine, level = encode.png_settings(options)
+        output["png"] = {"preset": options.png_preset, "filter": method, "engine": engine, "level": level}
+    small_cmap = colormap is not None and colormap.size <= 3 * 256
+    return {
+        "schema": "tessq.metadata",
+        "schema_version": defaults.METADATA_SCHEMA_VERSION,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool": tool_versions(),
+        "source": {
+            "relative_path": relative_path if relative_path is not None else source.name,
+            "absolute_path": str(source.resolve()),
+            "bytes": stat.st_size,
+            "mtime": stat.st_mtime,
+            "sha256": sha256,
+            "width": info.width,
+            "height": info.height,
+            "dtype": info.dtype,
+            "samples": info.samples,
+            "bits_per_sample": info.bits_per_sample,
+            "sample_format": info.sample_format,
+            "photometric": info.photometric,
+            "decoded_photometric": info.decoded_photometric,
+            "extra_samples": list(info.extra_samples),
+            "compression": info.compression,
+            "predictor": info.predictor,
+            "layout": "tiled" if info.tiled else "striped",
+            "tile_shape": list(info.tile_shape) if info.tile_shape else None,
+            "rows_per_strip": info.rows_per_strip,
+            "planar": info.planar,
+            "byteorder": "big-endian" if info.byteorder == ">" else "little-endian",
+            "bigtiff": info.bigtiff,
+            "orientation": info.orientation,
+            "series": info.series,
+            "level": info.level,
+            "series_count": info.n_series,
+            "series_kind": info.series_kind,
+            "series_shape": list(info.series_shape),
+            "levels": info.n_levels,
+            "page_index": info.page_index,
+            "page_count": info.n_pages,
+            "colormap": colormap.tolist() if small_cmap and colormap is not None else None,
+            "tifffile_warnings": list(warnings),
+        },
+        "grid": describe_grid(boxes, options),
+        "output": output,
+        "georef": georef,
+        "slices": records,
+        "totals": {
+            "slices": len(records),
+            "bytes_out": sum(r["bytes"] for r in records),
+            "pixel_bytes": info.raw_bytes,
+        },
+    }

@@ -1,0 +1,266 @@
+"""Shipping the output as one ZIP: which files are shipped, and the streaming, verified archive.
+
+`shipped_files` is the one listing both the ZIP export and the S3 upload (upload.py) use.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from tessq.errors import ExportDiskFullError, ExportError
+
+Progress = Callable[[int, int], None]
+
+DEFAULT_EXTRA_FILES = ("batch_report.json", "batch_processing.log")
+# Markers of folders and files that are work in progress (atomic image folders, our own temp archives).
+TEMP_MARKERS = (".tessq-tmp", ".tessq-old")
+# Formats that are already compressed: deflating them again costs CPU and saves nothing.
+STORED_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".gif", ".jp2", ".zip", ".gz", ".bz2", ".xz", ".zst", ".7z"}
+)
+# 1980-01-01 is the earliest time a ZIP header can hold; fixed so that equal trees give equal archives.
+FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o100644  # regular file, rw-r--r--
+CHUNK = 1 << 20
+# Size of a local header + central record without the name, with ZIP64 extras: a lower bound per entry.
+ENTRY_OVERHEAD = 30 + 46 + 2 * 28
+
+
+# ---------------------------------------------------------------- what is shipped
+
+
+def default_zip_path(out_dir: Path) -> Path:
+    """OUT/<OUT name>_results.zip, the seed's name."""
+    out_dir = Path(out_dir)
+    return out_dir / f"{out_dir.resolve().name}_results.zip"
+
+
+def is_temporary(rel: str) -> bool:
+    """True for anything inside or named like a work-in-progress folder or temp file."""
+    return any(marker in part for part in PurePosixPath(rel).parts for marker in TEMP_MARKERS)
+
+
+def _normalise_rel(rel: str) -> str:
+    """A clean relative posix path; refuses absolute paths and '..' so nothing outside OUT is shipped."""
+    posix = PurePosixPath(str(rel).replace(os.sep, "/").strip("/"))
+    if posix.is_absolute() or ".." in posix.parts:
+        raise ExportError(f"image folder {rel!r} is not inside the output directory")
+    return "" if str(posix) == "." else str(posix)
+
+
+def select_image_dirs(image_dirs: Iterable[str], folder: str | None) -> list[str]:
+    """The image folders to ship, sorted; with `folder`, only those at or under that output sub-folder."""
+    dirs = sorted({_normalise_rel(d) for d in image_dirs})
+    if not folder:
+        return dirs
+    limit = _normalise_rel(folder)
+    if not limit:
+        return dirs
+    return [d for d in dirs if d == limit or d.startswith(limit + "/")]
+
+
+def _walk_files(root: str, rel_root: str) -> Iterable[tuple[str, str]]:
+    """Regular files below `root` as (path, relative name), not following symlinked folders and
+    skipping work-in-progress items. Plain strings: this runs once per slice, 100,000s of times."""
+    stack = [(root, rel_root)]
+    while stack:
+        here, rel_here = stack.pop()
+        with os.scandir(here) as entries:
+            for entry in entries:
+                if is_temporary(entry.name):
+                    continue
+                rel = f"{rel_here}/{entry.name}" if rel_here else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, rel))
+                elif entry.is_file():
+                    yield entry.path, rel
+
+
+def shipped_files(
+    out_dir: Path,
+    image_dirs: Sequence[str],
+    *,
+    folder: str | None = None,
+    extra_files: Iterable[str] = DEFAULT_EXTRA_FILES,
+    exclude: Iterable[Path] = (),
+) -> list[tuple[Path, str]]:
+    """Every file of the done image folders plus the reports, as (absolute path, relative posix name),
+    sorted by name so archives and uploads see the same deterministic order.
+
+    A done image whose folder is missing on disk is an error: the status table and the disk disagree,
+    and silently shipping less than the table promises would hide it.
+    """
+    root = Path(out_dir).resolve()
+    # Walked paths start from the resolved root, so comparing resolved strings is enough.
+    excluded = {str(Path(p).resolve()) for p in exclude}
+    files: dict[str, str] = {}
+    for rel_dir in select_image_dirs(image_dirs, folder):
+        path = root / rel_dir
+        if not path.is_dir():
+            raise ExportError(
+                f"image folder {path} is marked done in the status table but is missing on disk; "
+                "run `tessq scan` again to queue it for redoing"
+            )
+        for file_path, rel in _walk_files(str(path), rel_dir):
+            files[rel] = file_path
+    for name in extra_files:
+        rel = _normalise_rel(name)
+        path = root / rel
+        if rel and not is_temporary(rel) and path.is_file():
+            files[rel] = str(path)
+    return [(Path(files[rel]), rel) for rel in sorted(files) if files[rel] not in excluded]
+
+
+# ---------------------------------------------------------------- the archive
+
+
+def compression_for(name: str) -> int:
+    already_compressed = os.path.splitext(name)[1].lower() in STORED_SUFFIXES
+    return zipfile.ZIP_STORED if already_compressed else zipfile.ZIP_DEFLATED
+
+
+def _zip_info(name: str, size: int) -> zipfile.ZipInfo:
+    """A header with everything fixed except name and size: the archive depends on content alone."""
+    info = zipfile.ZipInfo(name, date_time=FIXED_DATE_TIME)
+    info.compress_type = compression_for(name)
+    info.external_attr = FILE_MODE << 16
+    info.create_system = 3  # unix, whatever machine wrote it
+    info.file_size = size  # lets zipfile pick ZIP64 headers up front for entries near 4 GB
+    return info
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _check_free_space(dest: Path, files: Sequence[tuple[Path, str]], sizes: Sequence[int]) -> None:
+    """Fail before writing anything when the stored entries alone cannot fit (a lower bound on the size)."""
+    lower_bound = sum(
+        size + ENTRY_OVERHEAD + 2 * len(rel.encode())
+        for (_, rel), size in zip(files, sizes, strict=True)
+        if compression_for(rel) == zipfile.ZIP_STORED
+    )
+    free = shutil.disk_usage(dest.parent).free
+    if free < lower_bound:
+        raise ExportDiskFullError(
+            f"not enough free space to write {dest}: it needs at least {lower_bound / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB is free on that disk; free some space or pass another --zip PATH"
+        )
+
+
+def _copy_exactly(src: BinaryIO, dst: BinaryIO, size: int, path: Path) -> None:
+    """Copy the first `size` bytes in chunks. The size is the one taken when listing, so a log still
+    being appended to is archived as a consistent prefix instead of breaking the header's size."""
+    remaining = size
+    while remaining:
+        chunk = src.read(min(CHUNK, remaining))
+        if not chunk:
+            raise ExportError(f"{path} shrank while it was being archived; export again")
+        dst.write(chunk)
+        remaining -= len(chunk)
+
+
+def _write_archive(
+    tmp: Path, files: Sequence[tuple[Path, str]], sizes: Sequence[int], progress: Progress | None
+) -> tuple[int, int]:
+    """Stream every file into `tmp` chunk by chunk; returns (stored, deflated) entry counts."""
+    total = sum(sizes)
+    done = stored = deflated = 0
+    with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+        for (path, rel), size in zip(files, sizes, strict=True):
+            info = _zip_info(rel, size)
+            with open(path, "rb") as src, zf.open(info, "w") as dst:
+                _copy_exactly(src, dst, size, path)
+            if info.compress_type == zipfile.ZIP_STORED:
+                stored += 1
+            else:
+                deflated += 1
+            done += size
+            if progress is not None:
+                progress(done, total)
+    return stored, deflated
+
+
+def verify_archive(path: Path, expected: Sequence[tuple[str, int]]) -> None:
+    """Reopen the archive and read every entry back: names, order, sizes and every CRC must match.
+
+    Reading through ZipExtFile streams each entry and raises BadZipFile on a CRC mismatch, the same
+    check `ZipFile.testzip` does, without holding any entry in memory.
+    """
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if len(infos) != len(expected):
+            raise ExportError(f"{path}: archive holds {len(infos)} entries, expected {len(expected)}")
+        for info, (name, size) in zip(infos, expected, strict=True):
+            if info.filename != name or info.file_size != size:
+                raise ExportError(
+                    f"{path}: entry {info.filename!r} ({info.file_size} bytes) where {name!r} "
+                    f"({size} bytes) was expected; did the output change during the export?"
+                )
+            try:
+                with zf.open(info) as entry:
+                    while entry.read(CHUNK):
+                        pass
+            except zipfile.BadZipFile as exc:
+                raise ExportError(f"{path}: entry {name!r} fails its CRC check ({exc})") from exc
+
+
+def export_zip(
+    out_dir: Path,
+    image_dirs: Sequence[str],
+    dest: Path | None = None,
+    *,
+    folder: str | None = None,
+    extra_files: Iterable[str] = DEFAULT_EXTRA_FILES,
+    progress: Progress | None = None,
+) -> dict:
+    """Write the done images (and the reports) of `out_dir` into one verified ZIP at `dest`.
+
+    The archive is written to a temporary name beside `dest` and renamed into place only once it is
+    complete and verified, so `dest` is either the previous archive or the new one, never half of one.
+    `progress(done_bytes, total_bytes)` is called after each file is written.
+    """
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    dest = Path(dest) if dest is not None else default_zip_path(out_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tessq-tmp-{os.getpid()}")
+    if not select_image_dirs(image_dirs, folder):
+        where = f" under folder {folder!r}" if folder else ""
+        raise ExportError(f"nothing to export: no done images{where} in {out_dir}")
+    files = shipped_files(out_dir, image_dirs, folder=folder, extra_files=extra_files, exclude=(dest, tmp))
+    # Sizes are taken once: the header, the progress total and the verification all agree on them.
+    sizes = [path.stat().st_size for path, _ in files]
+    _check_free_space(dest, files, sizes)
+    try:
+        stored, deflated = _write_archive(tmp, files, sizes, progress)
+        verify_archive(tmp, [(rel, size) for (_, rel), size in zip(files, sizes, strict=True)])
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if _is_disk_full(exc):
+            raise ExportDiskFullError(
+                f"the disk filled up while writing {dest} (temporary file removed); "
+                "free some space or pass another --zip PATH, then export again"
+            ) from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {
+        "path": str(dest),
+        "entries": len(files),
+        "bytes": dest.stat().st_size,
+        "input_bytes": sum(sizes),
+        "stored": stored,
+        "deflated": deflated,
+        "verified": True,
+        "seconds": round(time.monotonic() - started, 3),
+    }

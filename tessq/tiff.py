@@ -1,0 +1,593 @@
+"""Opening TIFFs with tifffile: header-only probing (`probe`) and a region reader that decodes only the
+strips/tiles a band needs, returning interleaved pixels exactly as tifffile decodes them.
+
+Every tifffile/numpy failure on bad input becomes CorruptImageError or UnsupportedImageError naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from tifffile import COMPRESSION, PHOTOMETRIC, TIFF
+
+from tessq import defaults
+from tessq.errors import (
+    CorruptImageError,
+    ImageError,
+    ImageTooLargeError,
+    SourceChangedError,
+    UnsupportedImageError,
+)
+
+JPEG_COMPRESSIONS = frozenset({6, 7, 33007, 34892})
+# Decoded segments kept for the next band (a strip straddling two grid rows is decoded once, not twice).
+SEGMENT_CACHE_BYTES = 64 * 1024 * 1024
+READ_BUFFER_BYTES = 4 * 1024 * 1024  # compressed bytes fetched per file read pass
+
+
+@dataclass(frozen=True)
+class TiffInfo:
+    """What the headers say about the image tessq will slice (one page of one series), without pixels."""
+
+    path: str
+    width: int
+    height: int
+    dtype: str  # numpy dtype of the decoded samples ('bool' for 1-bit)
+    samples: int  # samples per pixel after interleaving
+    photometric: str  # as stored in the file
+    decoded_photometric: str  # what the decoded pixels are ('rgb' for YCbCr JPEG, which tifffile converts)
+    compression: str
+    tiled: bool
+    planar: str  # 'contig' | 'separate' (separate is delivered interleaved)
+    bits_per_sample: int
+    sample_format: str
+    extra_samples: tuple[int, ...]
+    predictor: int
+    tile_shape: tuple[int, int] | None
+    rows_per_strip: int | None
+    n_segments: int
+    n_pages: int
+    n_series: int
+    series: int
+    level: int
+    n_levels: int
+    page_index: int
+    series_kind: str
+    series_shape: tuple[int, ...]
+    bigtiff: bool
+    byteorder: str  # '<' little-endian (II) or '>' big-endian (MM)
+    is_geotiff: bool
+    has_colormap: bool
+    orientation: int
+    file_bytes: int
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of the decoded image in memory."""
+        return self.width * self.height * self.samples * self.itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        return self.width * self.samples * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["extra_samples"] = list(self.extra_samples)
+        data["tile_shape"] = list(self.tile_shape) if self.tile_shape else None
+        data["series_shape"] = list(self.series_shape)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+class _WarningCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.messages) < 20:
+            self.messages.append(record.getMessage()[:300])
+
+
+@contextlib.contextmanager
+def _captured_tifffile_warnings() -> Iterator[list[str]]:
+    """Collect tifffile's logged warnings (recorded in metadata) instead of spraying them on stderr."""
+    logger = logging.getLogger("tifffile")
+    handler = _WarningCollector()
+    old_propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = old_propagate
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return str(enum(value).name).lower()
+    except ValueError:
+        return f"unknown({value})"
+
+
+def _open_tifffile(path: Path) -> tifffile.TiffFile:
+    """TiffFile or our error: missing file -> SourceChangedError, OSError (EIO...) propagates."""
+    try:
+        return tifffile.TiffFile(path)
+    except FileNotFoundError as exc:
+        raise SourceChangedError(path, "file no longer exists") from exc
+    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, struct_error()) as exc:
+        if os.path.getsize(path) == 0:
+            raise CorruptImageError(path, "file is empty (0 bytes)") from exc
+        raise CorruptImageError(path, f"not a readable TIFF ({_short(exc)})") from exc
+    except (MemoryError, OverflowError, RecursionError) as exc:
+        raise CorruptImageError(path, f"TIFF structure is broken ({_short(exc)})") from exc
+
+
+def struct_error() -> type[Exception]:
+    import struct
+
+    return struct.error
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _select_page(tif: tifffile.TiffFile, path: Path, series: int, level: int) -> tuple[Any, dict[str, Any]]:
+    """The page tessq slices: series `series`, pyramid level `level`, its first page."""
+    try:
+        all_series = tif.series
+    except Exception:  # tifffile's series parsers are heuristic; fall back to plain pages
+        all_series = []
+    ctx: dict[str, Any] = {"n_series": len(all_series)}
+    if all_series:
+        if series >= len(all_series):
+            raise UnsupportedImageError(path, f"series {series} requested, file has {len(all_series)}")
+        s = all_series[series]
+        levels = s.levels
+        if level >= len(levels):
+            raise UnsupportedImageError(path, f"pyramid level {level} requested, series has {len(levels)}")
+        lv = levels[level]
+        pages = [p for p in lv.pages if p is not None]
+        if not pages:
+            raise CorruptImageError(path, f"series {series} has no readable page")
+        page = pages[0]
+        if not isinstance(page, tifffile.TiffPage):
+            page = page.aspage()
+        ctx.update(
+            series_kind=str(s.kind).lower(), series_shape=tuple(int(v) for v in s.shape), n_levels=len(levels)
+        )
+    else:
+        if series or level:
+            raise UnsupportedImageError(path, "tifffile finds no image series in this file")
+        try:
+            page = tif.pages.first
+        except Exception as exc:
+            raise CorruptImageError(path, "no readable image directory (IFD) in the file") from exc
+        ctx.update(series_kind="pages", series_shape=tuple(page.shape), n_levels=1)
+    return page, ctx
+
+
+def _page_info(
+    tif: tifffile.TiffFile, page: Any, path: Path, ctx: dict[str, Any], warns: list[str]
+) -> TiffInfo:
+    """Build TiffInfo and refuse what cannot be sliced, from tags only."""
+    if page.dtype is None:
+        raise UnsupportedImageError(
+            path,
+            f"sample type not supported (SampleFormat {int(page.sampleformat)}, {page.bitspersample}-bit)",
+        )
+    if page.imagedepth > 1:
+        raise UnsupportedImageError(path, f"volumetric image (ImageDepth {page.imagedepth}) is not supported")
+    width, height = int(page.imagewidth), int(page.imagelength)
+    if width < 1 or height < 1:
+        raise CorruptImageError(path, f"image has no pixels ({width}x{height})")
+    planar_separate = page.planarconfig == 2 and page.samplesperpixel > 1
+    samples = int(page.samplesperpixel)
+    photometric = int(page.photometric)
+    compression = int(page.compression)
+    decoded_photometric = photometric
+    if (
+        photometric == 6
+        and compression in JPEG_COMPRESSIONS
+        and not page.extrasamples
+        and not planar_separate
+    ):
+        decoded_photometric = 2  # tifffile's JPEG decoder converts YCbCr to RGB
+    try:
+        n_pages = len(tif.pages)
+    except Exception:
+        n_pages = 1
+    orientation = page.tags.valueof(274, 1)
+    return TiffInfo(
+        path=str(path),
+        width=width,
+        height=height,
+        dtype=str(np.dtype(page.dtype)),
+        samples=samples,
+        photometric=_enum_name(PHOTOMETRIC, photometric),
+        decoded_photometric=_enum_name(PHOTOMETRIC, decoded_photometric),
+        compression=_enum_name(COMPRESSION, compression),
+        tiled=bool(page.is_tiled),
+        planar="separate" if planar_separate else "contig",
+        bits_per_sample=int(page.bitspersample),
+        sample_format=_enum_name(tifffile.SAMPLEFORMAT, int(page.sampleformat)),
+        extra_samples=tuple(int(v) for v in page.extrasamples),
+        predictor=int(page.predictor),
+        tile_shape=(int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None,
+        rows_per_strip=None if page.is_tiled else int(page.rowsperstrip),
+        n_segments=len(page.dataoffsets),
+        n_pages=n_pages,
+        n_series=ctx["n_series"],
+        series=ctx.get("series", 0),
+        level=ctx.get("level", 0),
+        n_levels=ctx["n_levels"],
+        page_index=int(page.index) if isinstance(page.index, int) else int(page.index[0]),
+        series_kind=ctx["series_kind"],
+        series_shape=ctx["series_shape"],
+        bigtiff=bool(tif.is_bigtiff),
+        byteorder=tif.byteorder,
+        is_geotiff=bool(page.is_geotiff),
+        has_colormap=page.colormap is not None if photometric == 3 else False,
+        orientation=int(orientation) if isinstance(orientation, int) else 1,
+        file_bytes=int(tif.filehandle.size),
+        warnings=tuple(warns),
+    )
+
+
+def _check_decodable(page: Any, info: TiffInfo, path: Path, memory_budget: int) -> None:
+    """Refuse codecs, layouts and sizes tifffile cannot decode or that would be a decompression bomb."""
+    compression = int(page.compression)
+    if compression != 1 and compression not in TIFF.DECOMPRESSORS:
+        raise UnsupportedImageError(path, f"compression {info.compression} is not supported by the decoders")
+    if page.is_subsampled and (compression not in JPEG_COMPRESSIONS or info.planar == "separate"):
+        raise UnsupportedImageError(path, "chroma-subsampled YCbCr without JPEG compression is not supported")
+    pixels = info.width * info.height
+    if pixels > defaults.MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(
+            path,
+            f"header declares {info.width}x{info.height} = {pixels:,} px, limit is {defaults.MAX_IMAGE_PIXELS:,}",
+        )
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) == 0 or len(counts) == 0:
+        raise CorruptImageError(path, "no strip or tile offsets (image data missing)")
+    expected = math.prod(page.chunked)
+    if len(offsets) != expected or len(counts) != expected:
+        raise CorruptImageError(
+            path, f"has {len(offsets)} offsets / {len(counts)} byte counts, the layout needs {expected}"
+        )
+    ends = np.asarray(offsets, dtype=np.uint64) + np.asarray(counts, dtype=np.uint64)
+    past = np.nonzero(ends > info.file_bytes)[0]
+    if len(past):
+        kind = "tile" if info.tiled else "strip"
+        raise CorruptImageError(
+            path,
+            f"truncated: {len(past)} {kind}(s) end past the end of the file ({info.file_bytes:,} bytes),"
+            f" first is {kind} {int(past[0])}",
+        )
+    if compression == 1:
+        # uncompressed data must be in the file in full: declared size against the stored byte counts
+        stored = int(np.sum(np.asarray(counts, dtype=np.uint64)))
+        planes = info.samples if info.planar == "separate" else 1
+        per_row = math.ceil(info.width * (info.samples // planes) * info.bits_per_sample / 8)
+        need = planes * info.height * per_row
+        if stored < need:
+            raise CorruptImageError(
+                path, f"uncompressed image needs {need:,} bytes, its strips hold {stored:,}"
+            )
+    else:
+        # a compressed strip/tile is decoded whole: refuse one whose decoded size alone breaks the budget
+        chunk = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
+        if chunk > memory_budget:
+            raise ImageTooLargeError(
+                path,
+                f"one compressed strip/tile decodes to {chunk:,} bytes, over the memory budget {memory_budget:,}",
+            )
+
+
+def probe(path: str | Path, series: int = 0, level: int = 0) -> TiffInfo:
+    """Header-only description of the image tessq would slice; raises our ImageError types for bad input."""
+    path = Path(path)
+    with _captured_tifffile_warnings() as warns:
+        tif = _open_tifffile(path)
+        try:
+            page, ctx = _select_page(tif, path, series, level)
+            ctx.update(series=series, level=level)
+            info = _page_info(tif, page, path, ctx, warns)
+            _check_decodable(page, info, path, defaults.MEMORY_BUDGET_BYTES)
+            return info
+        except ImageError:
+            raise
+        except OSError:
+            raise
+        except Exception as exc:  # any tifffile parse error on a hostile header
+            raise CorruptImageError(path, f"TIFF header is broken ({_short(exc)})") from exc
+        finally:
+            tif.close()
+
+
+@dataclass(frozen=True)
+class _Segment:
+    index: int
+    plane: int
+    y: int
+    x: int
+    h: int
+    w: int
+
+
+class RegionReader:
+    """Reads pixel regions of one page, decoding only the strips/tiles that touch each region.
+
+    Arrays come back interleaved (height, width[, samples]) in native byte order, with exactly the values
+    tifffile's page.asarray() gives (planar-separate transposed, YCbCr JPEG as RGB, MINISWHITE as stored,
+    palette as indices).
+    """
+
+    def __init__(self, path: str | Path, series: int = 0, level: int = 0, memory_budget: int | None = None):
+        self.path = Path(path)
+        self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
+        with _captured_tifffile_warnings() as warns:
+            self._tif = _open_tifffile(self.path)
+            try:
+                self.page, ctx = _select_page(self._tif, self.path, series, level)
+                ctx.update(series=series, level=level)
+                self.info = _page_info(self._tif, self.page, self.path, ctx, warns)
+                _check_decodable(self.page, self.info, self.path, self.memory_budget)
+                self._segments = self._layout()
+                self.page.keyframe.init_decode()
+            except ImageError:
+                self._tif.close()
+                raise
+            except OSError:
+                self._tif.close()
+                raise
+            except Exception as exc:
+                self._tif.close()
+                raise CorruptImageError(self.path, f"TIFF header is broken ({_short(exc)})") from exc
+        self.warnings: list[str] = list(self.info.warnings)
+        self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._cache_bytes = 0
+        self._whole: np.ndarray | None = None
+        self.segments_decoded = 0
+
+    # -- layout -------------------------------------------------------------------------------------
+    def _layout(self) -> list[_Segment]:
+        """Where every strip/tile lands in the image, with the same index arithmetic as tifffile."""
+        page, info = self.page, self.info
+        planes = info.samples if info.planar == "separate" else 1
+        segs = []
+        if info.tiled:
+            th, tw = info.tile_shape or (1, 1)
+            gy, gx = math.ceil(info.height / th), math.ceil(info.width / tw)
+            for i in range(len(page.dataoffsets)):
+                plane, r, c = i // (gy * gx), (i // gx) % gy, i % gx
+                y, x = r * th, c * tw
+                segs.append(_Segment(i, plane, y, x, min(th, info.height - y), min(tw, info.width - x)))
+        else:
+            rps = min(info.rows_per_strip or info.height, info.height)
+            gy = math.ceil(info.height / rps)
+            for i in range(len(page.dataoffsets)):
+                plane, y = i // gy, (i % gy) * rps
+                segs.append(_Segment(i, plane, y, 0, min(rps, info.height - y), info.width))
+        if planes and len(segs) != planes * (len(segs) // max(planes, 1)):
+            raise CorruptImageError(self.path, "strip/tile count does not match the planes")
+        return segs
+
+    @property
+    def band_alignment(self) -> int:
+        """Rows per strip/tile row: bands aligned to it decode every segment once."""
+        if self.info.tiled and self.info.tile_shape:
+            return self.info.tile_shape[0]
+        return max(1, min(self.info.rows_per_strip or 1, self.info.height))
+
+    def segment_bytes(self) -> int:
+        """Decoded bytes of one strip/tile (for memory planning)."""
+        ch = self.band_alignment
+        cw = self.info.tile_shape[1] if self.info.tiled and self.info.tile_shape else self.info.width
+        return ch * cw * self.info.samples * self.info.itemsize
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _needs_whole_page(self) -> bool:
+        """NDPI-style single JPEG strips are only decodable whole (tifffile special-cases them)."""
+        kf = self.page.keyframe
+        return kf.jpegheader is not None and 273 in self.page.tags and self.page.is_tiled
+
+    def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """Pixels of rows y0:y1, columns x0:x1, interleaved, native byte order."""
+        info = self.info
+        x1 = info.width if x1 is None else x1
+        if not (0 <= y0 < y1 <= info.height and 0 <= x0 < x1 <= info.width):
+            raise ValueError(f"region {x0},{y0},{x1},{y1} outside {info.width}x{info.height}")
+        try:
+            if self._needs_whole_page():
+                return self._read_whole()[y0:y1, x0:x1].copy()
+            return self._read_segments(y0, y1, x0, x1)
+        except ImageError:
+            raise
+        except OSError:
+            raise
+        except MemoryError as exc:
+            raise ImageTooLargeError(self.path, f"decoding needs more memory than available ({exc})") from exc
+        except Exception as exc:  # codec errors: truncated/garbled strips, unsupported variants
+            kind = UnsupportedImageError if isinstance(exc, NotImplementedError) else CorruptImageError
+            raise kind(self.path, f"cannot decode pixel data ({_short(exc)})") from exc
+
+    def _read_whole(self) -> np.ndarray:
+        if self._whole is None:
+            if self.info.raw_bytes > self.memory_budget:
+                raise UnsupportedImageError(
+                    self.path,
+                    f"this layout ({self.info.compression} single-strip) decodes only whole; "
+                    f"{self.info.raw_bytes:,} bytes exceed the memory budget {self.memory_budget:,}",
+                )
+            self._whole = _interleave(self.page.asarray(maxworkers=1), self.info)
+        return self._whole
+
+    def _read_segments(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        info, page = self.info, self.page
+        dtype = np.dtype(info.dtype)
+        shape: tuple[int, ...] = (y1 - y0, x1 - x0) + ((info.samples,) if info.samples > 1 else ())
+        out = np.empty(shape, dtype=dtype)
+        wanted = [s for s in self._segments if s.y < y1 and s.y + s.h > y0 and s.x < x1 and s.x + s.w > x0]
+        todo = [s for s in wanted if s.index not in self._cache]
+        kf = page.keyframe
+        decodeargs: dict[str, Any] = {"_fullsize": False}
+        if kf.compression in JPEG_COMPRESSIONS:
+            decodeargs["jpegtables"] = page.jpegtables
+            decodeargs["jpegheader"] = kf.jpegheader
+        by_index = {s.index: s for s in wanted}
+        for s in wanted:
+            if s.index in self._cache:
+                self._paste(out, s, self._cache[s.index], y0, y1, x0, x1)
+        if todo and self._raw_rows:
+            for s in todo:
+                part, seg = self._read_rows(s, max(y0, s.y), min(y1, s.y + s.h))
+                self._paste(out, part, seg, y0, y1, x0, x1)
+            return out
+        if todo:
+            fh = self._tif.filehandle
+            offsets, counts = page.dataoffsets, page.databytecounts
+            # paste each segment as soon as it is decoded: never hold the decoded band twice
+            for data, index in fh.read_segments(
+                [offsets[s.index] for s in todo],
+                [counts[s.index] for s in todo],
+                indices=[s.index for s in todo],
+                sort=True,
+                flat=True,
+                buffersize=READ_BUFFER_BYTES,
+            ):
+                seg, _, _ = kf.decode(data, index, **decodeargs)
+                del data
+                self.segments_decoded += 1
+                s = by_index[index]
+                self._paste(out, s, seg, y0, y1, x0, x1)
+                if s.y + s.h > y1:  # still needed by the next band
+                    self._remember(index, seg)
+        return out
+
+    @property
+    def _raw_rows(self) -> bool:
+        """Uncompressed, byte-aligned samples: rows can be read straight from the file, no strip decode."""
+        kf, info = self.page.keyframe, self.info
+        return (
+            kf.compression == 1
+            and kf.predictor == 1
+            and kf.fillorder == 1
+            and info.dtype != "bool"
+            and info.bits_per_sample == 8 * info.itemsize
+            and not kf.is_subsampled
+        )
+
+    def _read_rows(self, s: _Segment, ya: int, yb: int) -> tuple[_Segment, np.ndarray | None]:
+        """Rows ya:yb of one uncompressed strip/tile, read directly (a 600 MB single strip costs a band)."""
+        page, info = self.page, self.info
+        offset, count = int(page.dataoffsets[s.index]), int(page.databytecounts[s.index])
+        if count == 0 or offset == 0:
+            return _Segment(s.index, s.plane, ya, s.x, yb - ya, s.w), None
+        spp = 1 if info.planar == "separate" else info.samples
+        seg_w = info.tile_shape[1] if info.tiled and info.tile_shape else info.width
+        row_bytes = seg_w * spp * info.itemsize
+        fh = self._tif.filehandle
+        with fh.lock:
+            fh.seek(offset + (ya - s.y) * row_bytes)
+            data = fh.read((yb - ya) * row_bytes)
+        if len(data) != (yb - ya) * row_bytes:
+            raise CorruptImageError(self.path, f"strip/tile {s.index} is truncated")
+        dtype = np.dtype(info.dtype).newbyteorder(info.byteorder)
+        arr = np.frombuffer(data, dtype=dtype).reshape(1, yb - ya, seg_w, spp)
+        self.segments_decoded += 1
+        return _Segment(s.index, s.plane, ya, s.x, yb - ya, s.w), arr
+
+    def _paste(
+        self, out: np.ndarray, s: _Segment, seg: np.ndarray | None, y0: int, y1: int, x0: int, x1: int
+    ) -> None:
+        info = self.info
+        ya, yb = max(y0, s.y), min(y1, s.y + s.h)
+        xa, xb = max(x0, s.x), min(x1, s.x + s.w)
+        if seg is None:
+            value: Any = self.page.keyframe.nodata
+            src = None
+        else:
+            # seg is (depth, length, width, contig samples); clip like tifffile's asarray
+            src = seg[0, ya - s.y : yb - s.y, xa - s.x : xb - s.x]
+        dst_rows, dst_cols = slice(ya - y0, yb - y0), slice(xa - x0, xb - x0)
+        if info.planar == "separate":
+            target = out[dst_rows, dst_cols, s.plane]
+            if src is None:
+                target[...] = value
+            else:
+                target[...] = src[..., 0]
+        elif info.samples > 1:
+            out[dst_rows, dst_cols, :] = value if src is None else src
+        else:
+            out[dst_rows, dst_cols] = value if src is None else src[..., 0]
+
+    def _remember(self, index: int, seg: np.ndarray | None) -> None:
+        size = 0 if seg is None else seg.nbytes
+        if size > SEGMENT_CACHE_BYTES:
+            return
+        self._cache[index] = seg
+        self._cache_bytes += size
+        while self._cache_bytes > SEGMENT_CACHE_BYTES and self._cache:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= 0 if old is None else old.nbytes
+
+    def forget_above(self, y: int) -> None:
+        """Drop cached segments that end at or above row y (bands only move down)."""
+        for index in [i for i in self._cache if self._segments[i].y + self._segments[i].h <= y]:
+            seg = self._cache.pop(index)
+            self._cache_bytes -= 0 if seg is None else seg.nbytes
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._whole = None
+        self._tif.close()
+
+    def __enter__(self) -> RegionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- extras for metadata --------------------------------------------------------------------------
+    def colormap(self) -> np.ndarray | None:
+        if self.info.photometric != "palette":
+            return None
+        cmap = self.page.colormap
+        return None if cmap is None else np.asarray(cmap)
+
+
+def _interleave(array: np.ndarray, info: TiffInfo) -> np.ndarray:
+    """tifffile's page.asarray() layout -> ours: (S, Y, X) planar-separate becomes (Y, X, S); native order."""
+    if info.planar == "separate" and array.ndim == 3 and array.shape[0] == info.samples:
+        array = np.moveaxis(array, 0, -1)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.ascontiguousarray(array)
+
+
+def reference_pixels(path: str | Path, series: int = 0, level: int = 0) -> np.ndarray:
+    """The whole chosen page as tifffile's own page.asarray() decodes it, in our layout (tests/verify)."""
+    with _captured_tifffile_warnings(), tifffile.TiffFile(path) as tif:
+        page, ctx = _select_page(tif, Path(path), series, level)
+        info = _page_info(tif, page, Path(path), {**ctx, "series": series, "level": level}, [])
+        return _interleave(page.asarray(maxworkers=1), info)

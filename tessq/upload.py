@@ -1,0 +1,333 @@
+"""Uploading the shipped output tree to S3 or any S3-compatible store: concurrent, checksummed, resumable.
+
+Each object is recorded in the status table's upload ledger right after S3 confirms it, so a re-run
+(or a run after kill -9) sends only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import mimetypes
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tessq.errors import (
+    BucketNotFoundError,
+    ChecksumMismatchError,
+    ConfigError,
+    S3AuthError,
+    S3UnreachableError,
+    UploadError,
+)
+from tessq.export import shipped_files
+
+Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+# Files below this go in one PutObject (one request, S3 checks the CRC32 on the body it received);
+# above it, concurrent multipart parts via s3transfer.
+MULTIPART_THRESHOLD = 16 << 20
+MULTIPART_CHUNKSIZE = 16 << 20
+MAX_ATTEMPTS = 8  # botocore "standard" retry mode: exponential backoff with jitter, capped at 20 s
+CHECKSUM_PREFIX = "crc32:"
+MTIME_TOLERANCE_S = 1e-6
+AUTH_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+     "InvalidClientTokenId", "AllAccessDisabled", "403"}
+)
+
+
+class Ledger(Protocol):
+    """What upload needs of db.UploadLedger: look up one key, record one confirmed object."""
+
+    def get(self, key: str) -> Any: ...
+
+    def record(self, key: str, local_path: str, size: int, mtime: float, checksum: str,
+               etag: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class S3Target:
+    bucket: str
+    prefix: str  # without leading or trailing '/'
+
+    def key_for(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def url_for(self, key: str) -> str:
+        """The ledger's key: the full s3:// URL, so one ledger can serve several buckets and prefixes."""
+        return f"s3://{self.bucket}/{key}"
+
+
+def parse_s3_url(url: str) -> S3Target:
+    if not url.startswith("s3://"):
+        raise ConfigError(f"upload target {url!r} is not an S3 URL: use s3://BUCKET/PREFIX")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise ConfigError(f"upload target {url!r} has no bucket: use s3://BUCKET/PREFIX")
+    return S3Target(bucket, prefix.strip("/"))
+
+
+def files_to_ship(
+    out_dir: Path, image_dirs: Sequence[str], *, folder: str | None = None
+) -> list[tuple[Path, str]]:
+    """Every file of the done image folders plus the reports: the same listing the ZIP export ships."""
+    return shipped_files(out_dir, image_dirs, folder=folder)
+
+
+def file_crc32(path: Path) -> str:
+    """The file's CRC32 as S3 writes it (base64 of the big-endian 4 bytes), read in chunks."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode()
+
+
+def content_type(rel: str) -> str:
+    return mimetypes.guess_type(rel)[0] or "application/octet-stream"
+
+
+# ---------------------------------------------------------------- client and error translation
+
+
+def make_client(endpoint_url: str | None, profile: str | None, concurrency: int) -> Any:
+    """An S3 client from the standard credential chain (env, profile, SSO, instance role): never logged."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        session = boto3.Session(profile_name=profile)
+    except ProfileNotFound as exc:
+        raise S3AuthError(f"AWS profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials") from exc
+    config = Config(
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        connect_timeout=10,
+        read_timeout=120,
+        # Whole-file workers plus multipart part threads share the pool.
+        max_pool_connections=2 * concurrency + 4,
+    )
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def fatal_error(exc: BaseException, target: S3Target, endpoint: str | None) -> UploadError | None:
+    """The typed, actionable error when `exc` means no upload can succeed; None for a per-file failure."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        CredentialRetrievalError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    where = endpoint or "the AWS default endpoint"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return S3AuthError(
+            f"no usable AWS credentials ({type(exc).__name__}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "pass --profile NAME, or run `aws configure`"
+        )
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        return S3UnreachableError(
+            f"cannot reach the S3 endpoint {where} after {MAX_ATTEMPTS} attempts: check the network "
+            "connection and --endpoint-url, then run the upload again (it resumes)"
+        )
+    if not isinstance(exc, ClientError):
+        return None
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code == "NoSuchBucket" or (exc.operation_name == "HeadBucket" and status == 404):
+        return BucketNotFoundError(
+            f"bucket {target.bucket!r} does not exist at {where}: create it (aws s3 mb s3://{target.bucket}) "
+            "or fix the name in s3://BUCKET/PREFIX"
+        )
+    if code in AUTH_CODES or status == 403:
+        return S3AuthError(
+            f"access to bucket {target.bucket!r} at {where} was refused ({code}): check the credentials "
+            "(--profile, AWS_* variables) and that they allow s3:ListBucket and s3:PutObject on it"
+        )
+    if code in ("PermanentRedirect", "301") or status == 301:
+        return UploadError(
+            f"bucket {target.bucket!r} is in another region than the client's: set AWS_REGION "
+            "(or the profile's region) to the bucket's region"
+        )
+    return None
+
+
+def check_bucket(client: Any, target: S3Target, endpoint: str | None) -> None:
+    """One HeadBucket before any file: a wrong bucket, key or endpoint fails at once, with one message."""
+    try:
+        client.head_bucket(Bucket=target.bucket)
+    except Exception as exc:
+        fatal = fatal_error(exc, target, endpoint)
+        if fatal is not None:
+            raise fatal from exc
+        raise UploadError(f"cannot use bucket {target.bucket!r} at {endpoint or 'AWS'}: {exc}") from exc
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass
+class _Run:
+    client: Any
+    manager: Any
+    target: S3Target
+    ledger: Ledger
+    total: int
+    progress: Progress | None
+    done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def advance(self, nbytes: int) -> None:
+        # Called from worker and s3transfer threads; the lock also serialises the callback, so a
+        # progress bar never sees two updates at once.
+        with self.lock:
+            self.done += nbytes
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+
+def _subscriber(run: _Run, sent: list[int]) -> Any:
+    from s3transfer.subscribers import BaseSubscriber
+
+    class _Progress(BaseSubscriber):
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            sent[0] += bytes_transferred
+            run.advance(bytes_transferred)
+
+    return _Progress()
+
+
+def _send(run: _Run, path: Path, key: str, size: int, crc: str) -> str | None:
+    """Upload one file with its CRC32 and check what S3 reports back; returns the ETag."""
+    extra = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc, "ContentType": content_type(key)}
+    if size < MULTIPART_THRESHOLD:
+        with open(path, "rb") as body:
+            resp = run.client.put_object(Bucket=run.target.bucket, Key=key, Body=body, **extra)
+        server_size, server_crc = size, resp.get("ChecksumCRC32")
+        run.advance(size)
+    else:
+        sent = [0]
+        try:
+            run.manager.upload(
+                str(path), run.target.bucket, key, extra_args=extra, subscribers=[_subscriber(run, sent)]
+            ).result()
+        except BaseException:
+            run.advance(-sent[0])  # the bar should not keep bytes of a transfer that failed
+            raise
+        # s3transfer returns no response: ask S3 for the full-object CRC32 it computed over the parts.
+        resp = run.client.head_object(Bucket=run.target.bucket, Key=key, ChecksumMode="ENABLED")
+        server_size, server_crc = resp.get("ContentLength"), resp.get("ChecksumCRC32")
+    if server_size != size or (server_crc is not None and server_crc != crc):
+        raise ChecksumMismatchError(
+            f"{path}: s3://{run.target.bucket}/{key} holds {server_size} bytes with CRC32 {server_crc}, "
+            f"the local file has {size} bytes with CRC32 {crc}; it was not recorded and will be sent again"
+        )
+    return resp.get("ETag")
+
+
+def _ship_one(run: _Run, path: Path, rel: str) -> tuple[str, int]:
+    """Skip or upload one file: ('skipped' | 'uploaded', size). The ledger row is written only after S3
+    confirmed the object."""
+    key = run.target.key_for(rel)
+    ledger_key = run.target.url_for(key)
+    st = path.stat()
+    size, mtime = st.st_size, st.st_mtime
+    prior = run.ledger.get(ledger_key)
+    checksum: str | None = None
+    # Cheap test first: only a file whose size and mtime match the ledger is worth hashing to confirm.
+    if prior is not None and prior.size == size and abs(prior.mtime - mtime) <= MTIME_TOLERANCE_S:
+        checksum = CHECKSUM_PREFIX + file_crc32(path)
+        if checksum == prior.checksum:
+            run.advance(size)
+            return "skipped", size
+    checksum = checksum or CHECKSUM_PREFIX + file_crc32(path)
+    etag = _send(run, path, key, size, checksum.removeprefix(CHECKSUM_PREFIX))
+    run.ledger.record(ledger_key, str(path), size, mtime, checksum, etag)
+    return "uploaded", size
+
+
+def _size_or_zero(path: Path) -> int:
+    """For the progress total only: a file gone missing is reported as a failure when its turn comes."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def upload_outputs(
+    files: Sequence[tuple[Path, str]],
+    url: str,
+    *,
+    ledger: Ledger,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    concurrency: int = 8,
+    progress: Progress | None = None,
+    client: Any = None,
+) -> dict:
+    """Upload (local path, relative key) pairs under s3://BUCKET/PREFIX, skipping what the ledger holds.
+
+    `progress(done_bytes, total_bytes)` counts skipped files at once and uploaded bytes as they go; it
+    is called from worker threads, one call at a time.
+    Per-file failures are collected in `failed`; a failure no file can get past (missing bucket, refused
+    credentials, unreachable endpoint) stops the run with a typed UploadError. Files already confirmed
+    stay in the ledger either way, so running again resumes.
+    """
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    started = time.monotonic()
+    target = parse_s3_url(url)
+    concurrency = max(1, int(concurrency))
+    client = client if client is not None else make_client(endpoint_url, profile, concurrency)
+    endpoint = endpoint_url or getattr(getattr(client, "meta", None), "endpoint_url", None)
+    check_bucket(client, target, endpoint)
+    config = TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=concurrency, use_threads=True,
+    )
+    manager = create_transfer_manager(client, config)
+    total = sum(_size_or_zero(path) for path, _ in files)
+    run = _Run(client, manager, target, ledger, total=total, progress=progress)
+    counts = {"uploaded": 0, "skipped": 0}
+    bytes_uploaded = 0
+    failed: list[dict[str, str]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tessq-upload") as pool:
+            futures: dict[Future[tuple[str, int]], tuple[Path, str]] = {
+                pool.submit(_ship_one, run, path, rel): (path, rel) for path, rel in files
+            }
+            for fut in as_completed(futures):
+                path, rel = futures[fut]
+                exc = fut.exception()
+                if exc is None:
+                    outcome, size = fut.result()
+                    counts[outcome] += 1
+                    bytes_uploaded += size if outcome == "uploaded" else 0
+                    continue
+                fatal = fatal_error(exc, target, endpoint)
+                if fatal is not None:
+                    # Files in flight finish (and are recorded); queued ones are dropped.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise fatal from exc
+                log.warning("upload of %s failed: %s", path, exc)
+                failed.append({"path": str(path), "key": target.key_for(rel), "error": str(exc)})
+    finally:
+        manager.shutdown()
+    return {
+        "uploaded": counts["uploaded"],
+        "skipped": counts["skipped"],
+        "bytes_uploaded": bytes_uploaded,
+        "failed": failed,
+        "seconds": round(time.monotonic() - started, 3),
+    }

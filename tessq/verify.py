@@ -1,0 +1,266 @@
+"""Reassembly and bit-exact verification of an image folder: `verify_image` (against the source's pixels,
+region by region, or against the recorded hashes), `reconstruct` (band by band), `verify_images_identical`.
+
+PNG slices are decoded with imagecodecs (Pillow truncates 16-bit RGB); palette PNGs with Pillow (indices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+import tifffile
+from PIL import Image
+
+from tessq.errors import ImageError, VerificationError
+from tessq.tiff import RegionReader, reference_pixels
+
+HASH_BUFFER = 4 * 1024 * 1024
+RECONSTRUCT_TILE = 256
+
+
+def load_metadata(image_dir: str | Path) -> dict[str, Any]:
+    path = Path(image_dir) / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise VerificationError(f"{image_dir}: no metadata.json (not a complete tessq image folder)") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VerificationError(f"{path}: unreadable metadata ({exc})") from exc
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_BUFFER):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def decode_slice(path: Path, meta: dict[str, Any]) -> np.ndarray:
+    """A slice file's pixels in the source's layout and dtype (1-bit back to bool)."""
+    data = path.read_bytes()
+    output = meta.get("output", {})
+    if path.suffix.lower() == ".png":
+        if output.get("png_color_type") == 3:
+            array = np.asarray(Image.open(io.BytesIO(data)))  # palette indices, not expanded colours
+        else:
+            array = imagecodecs.png_decode(data)
+    else:
+        array = tifffile.imread(io.BytesIO(data))
+    if meta["source"]["dtype"] == "bool":
+        array = array != 0
+    return array
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    """(pixels that differ, max absolute difference); NaNs at the same place count as equal."""
+    if a.shape != b.shape:
+        return int(max(a.size, b.size)), float("inf")
+    if a.dtype.kind == "b" or b.dtype.kind == "b":
+        a, b = a.astype(np.uint8), b.astype(np.uint8)
+    floats = a.dtype.kind == "f" or b.dtype.kind == "f"
+    same = ((a == b) | (np.isnan(a) & np.isnan(b))) if floats else a == b
+    if same.ndim == 3:
+        same = same.all(axis=-1)
+    different = int(same.size - np.count_nonzero(same))
+    if not different:
+        return 0, 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        delta = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return different, float(np.nanmax(delta)) if np.any(~np.isnan(delta)) else float("nan")
+
+
+def _coverage_ok(meta: dict[str, Any]) -> bool:
+    """Every source pixel lies in at least one slice (counted per row/column span, no pixel array)."""
+    width, height = meta["source"]["width"], meta["source"]["height"]
+    cover_x = np.zeros(width + 1, dtype=np.int64)
+    cover_y = np.zeros(height + 1, dtype=np.int64)
+    for rec in meta["slices"]:
+        cover_x[rec["x0"]] += 1
+        cover_x[rec["x1"]] -= 1
+        cover_y[rec["y0"]] += 1
+        cover_y[rec["y1"]] -= 1
+    return bool(np.all(np.cumsum(cover_x)[:-1] > 0) and np.all(np.cumsum(cover_y)[:-1] > 0))
+
+
+def verify_image(image_dir: str | Path, source: str | Path | None = None) -> dict[str, Any]:
+    """Compare every slice with the source's pixels (region by region), or with recorded hashes if no source.
+
+    `source` defaults to the absolute path recorded in metadata.json when that file still exists.
+    """
+    image_dir = Path(image_dir)
+    meta = load_metadata(image_dir)
+    src_meta = meta["source"]
+    if source is None and Path(src_meta["absolute_path"]).exists():
+        source = src_meta["absolute_path"]
+    result: dict[str, Any] = {
+        "image_dir": str(image_dir),
+        "compared_with": "source" if source is not None else "hashes",
+        "source": str(source) if source is not None else None,
+        "overall_identical": False,
+        "shape_match": True,
+        "dtype_match": True,
+        "pixels_different": 0,
+        "max_abs_diff": 0.0,
+        "slices_checked": 0,
+        "slices_total": len(meta["slices"]),
+        "hashes_ok": True,
+        "hash_mismatches": [],
+        "coverage_ok": _coverage_ok(meta),
+        "errors": [],
+    }
+    reader = None
+    if source is not None:
+        try:
+            reader = RegionReader(source, src_meta.get("series", 0), src_meta.get("level", 0))
+        except ImageError as exc:
+            result["errors"].append(str(exc))
+        if reader is not None and (reader.info.width, reader.info.height) != (
+            src_meta["width"],
+            src_meta["height"],
+        ):
+            result["shape_match"] = False
+            result["errors"].append("source dimensions differ from metadata.json")
+    try:
+        for rec in meta["slices"]:
+            _check_slice(image_dir, meta, rec, reader, result)
+    finally:
+        if reader is not None:
+            reader.close()
+    result["overall_identical"] = bool(
+        not result["errors"]
+        and result["hashes_ok"]
+        and result["shape_match"]
+        and result["dtype_match"]
+        and result["pixels_different"] == 0
+        and result["coverage_ok"]
+        and result["slices_checked"] == result["slices_total"]
+        and (reader is not None or source is None)
+    )
+    return result
+
+
+def _check_slice(
+    image_dir: Path,
+    meta: dict[str, Any],
+    rec: dict[str, Any],
+    reader: RegionReader | None,
+    result: dict[str, Any],
+) -> None:
+    path = image_dir / rec["file"]
+    if not path.exists():
+        result["errors"].append(f"{rec['file']}: missing")
+        result["hashes_ok"] = False
+        return
+    if file_sha256(path) != rec["sha256"]:
+        result["hashes_ok"] = False
+        result["hash_mismatches"].append(rec["file"])
+    try:
+        got = decode_slice(path, meta)
+    except Exception as exc:  # a damaged slice is a finding, not a crash
+        result["errors"].append(f"{rec['file']}: cannot decode ({exc})")
+        return
+    src = meta["source"]
+    expected_shape = (rec["y1"] - rec["y0"], rec["x1"] - rec["x0"]) + (
+        (src["samples"],) if src["samples"] > 1 else ()
+    )
+    if got.shape != expected_shape:
+        result["shape_match"] = False
+    if str(got.dtype) != src["dtype"]:
+        result["dtype_match"] = False
+    if reader is not None:
+        try:
+            want = reader.read(rec["y0"], rec["y1"], rec["x0"], rec["x1"])
+        except ImageError as exc:
+            result["errors"].append(str(exc))
+            return
+        different, max_diff = _diff(got, want)
+        result["pixels_different"] += different
+        result["max_abs_diff"] = max(result["max_abs_diff"], max_diff)
+    result["slices_checked"] += 1
+
+
+def reconstruct(image_dir: str | Path, dest: str | Path) -> Path:
+    """Rebuild the source image from its slices as a tiled TIFF, one tile row at a time.
+
+    Memory: the decoded slices of the grid rows that the current tile row touches, plus that tile row.
+    """
+    image_dir, dest = Path(image_dir), Path(dest)
+    meta = load_metadata(image_dir)
+    src = meta["source"]
+    width, height, samples = src["width"], src["height"], src["samples"]
+    dtype = np.dtype(src["dtype"])
+    shape = (height, width) + ((samples,) if samples > 1 else ())
+    tile = RECONSTRUCT_TILE
+    slices = sorted(meta["slices"], key=lambda r: (r["y0"], r["x0"]))
+
+    def tiles() -> Iterator[np.ndarray]:
+        cache: dict[int, np.ndarray] = {}
+        for ty in range(0, height, tile):
+            ty1 = min(ty + tile, height)
+            band = np.zeros((ty1 - ty, width, *shape[2:]), dtype=dtype)
+            for rec in slices:
+                if rec["y1"] <= ty or rec["y0"] >= ty1:
+                    continue
+                if rec["index"] not in cache:
+                    cache[rec["index"]] = decode_slice(image_dir / rec["file"], meta)
+                part = cache[rec["index"]]
+                ya, yb = max(ty, rec["y0"]), min(ty1, rec["y1"])
+                band[ya - ty : yb - ty, rec["x0"] : rec["x1"]] = part[ya - rec["y0"] : yb - rec["y0"]]
+            for index in [i for i, _ in cache.items() if _slice_y1(meta, i) <= ty1]:
+                del cache[index]
+            for tx in range(0, width, tile):
+                yield band[:, tx : tx + tile]
+
+    photometric = "rgb" if samples in (3, 4) and src["decoded_photometric"] == "rgb" else "minisblack"
+    extras = {"extrasamples": [0] * (samples - (3 if photometric == "rgb" else 1))} if samples > 1 else {}
+    extras = extras if extras.get("extrasamples") else {}
+    tifffile.imwrite(
+        dest,
+        tiles(),
+        shape=shape,
+        dtype=dtype,
+        tile=(tile, tile),
+        photometric=photometric,
+        planarconfig="contig" if samples > 1 else None,
+        compression="zlib",
+        metadata=None,
+        **extras,
+    )
+    return dest
+
+
+def _slice_y1(meta: dict[str, Any], index: int) -> int:
+    return meta["slices"][index]["y1"]
+
+
+def _whole_image(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".png":
+        return imagecodecs.png_decode(path.read_bytes())
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return reference_pixels(path)
+    return imagecodecs.imread(str(path))
+
+
+def verify_images_identical(path_a: str | Path, path_b: str | Path) -> dict[str, Any]:
+    """The seed's check: do two image files hold the same pixels? (`overall_identical`)."""
+    a, b = _whole_image(Path(path_a)), _whole_image(Path(path_b))
+    different, max_diff = _diff(a, b)
+    return {
+        "overall_identical": a.shape == b.shape and a.dtype == b.dtype and different == 0,
+        "shape_match": a.shape == b.shape,
+        "dtype_match": a.dtype == b.dtype,
+        "shape_a": list(a.shape),
+        "shape_b": list(b.shape),
+        "dtype_a": str(a.dtype),
+        "dtype_b": str(b.dtype),
+        "pixels_different": different,
+        "max_abs_diff": max_diff,
+    }

@@ -1,0 +1,70 @@
+"""Scan rules: which folders and files count, from headers only, and how output folders are named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tessq import db, scan
+from tessq.options import SliceOptions
+from tessq.settings import options_fingerprint
+from tests.conftest import seed_tree, write_tiff
+
+
+def test_same_stem_in_one_folder_gets_distinct_output_folders() -> None:
+    names = scan.output_folder_names(["a.tif", "A.TIFF", "b.tif"])
+    assert names == {"a.tif": "a.tif", "A.TIFF": "A.TIFF", "b.tif": "b"}
+    assert len(set(names.values())) == 3
+
+
+def test_output_names_never_escape_or_hide() -> None:
+    assert scan.safe_component("..") == "_.."
+    assert scan.safe_component(".hidden") == "_.hidden"
+    assert "/" not in scan.safe_component("a/b") and "\x00" not in scan.safe_component("a\x00b")
+    long = scan.safe_component("x" * 400)
+    assert len(long.encode()) <= scan.MAX_NAME_BYTES
+    assert long != scan.safe_component("x" * 401)  # the hash keeps truncated names distinct
+
+
+def test_folder_with_only_jpgs_is_skipped_and_empty_folders_are_ignored() -> None:
+    assert scan.classify_folder(0, 3) == "no_tiff"
+    assert scan.classify_folder(1, 3) is None
+    assert scan.classify_folder(0, 0) is None
+
+
+def test_eligibility_needs_both_sides_at_least_min_size() -> None:
+    assert scan.eligibility(1024, 1024, 1024) is None
+    assert scan.eligibility(1023, 4000, 1024) == "too_small"
+    assert scan.eligibility(4000, 1023, 1024) == "too_small"
+
+
+def test_walk_skips_hidden_and_output_and_survives_symlink_loops(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    seed_tree(src)
+    os.symlink(src, src / "project_alpha" / "loop")
+    os.symlink(src / "dup" / "a.tif", src / "link.tif")
+    folders = list(scan.walk(src, follow_symlinks=False, exclude=set()))
+    tiffs = sorted(f"{f.rel}/{e.name}" for f in folders for e in f.tiffs)
+    assert not any(".git" in t for t in tiffs) and not any("link.tif" in t for t in tiffs)
+    followed = list(scan.walk(src, follow_symlinks=True, exclude=set()))  # terminates despite the loop
+    assert any(e.name == "link.tif" for f in followed for e in f.tiffs)
+
+
+def test_scan_records_rows_from_headers_and_is_idempotent(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    seed_tree(src)
+    db.open_database(f"sqlite:///{tmp_path}/ws/tessq.db")
+    db.create_schema()
+    options = SliceOptions(min_size=32)
+    first = scan.scan_tree(src, out, options, options_fingerprint(options))
+    assert first.found == 7 and first.queued == 5
+    assert first.skipped == {"too_small": 1} and first.folders_skipped == {"no_tiff": 1}
+    assert [f["file"] for f in first.failed_at_scan] == ["project_beta/corrupt.tif"]
+    second = scan.scan_tree(src, out, options, options_fingerprint(options))
+    assert second.queued == 0 and second.requeued == 0  # nothing enqueued twice
+    write_tiff(src / "project_alpha/survey_002/new.tif")
+    third = scan.scan_tree(src, out, options, options_fingerprint(options))
+    assert third.queued == 1 and third.found == 8
+    with db.session():
+        row = db.Image.get(db.Image.rel_path == "project_alpha/survey_001/aerial_photo_002.tif")
+    assert (row.width, row.height, row.pixel_bytes) == (72, 80, 72 * 80 * 2)
