@@ -28,7 +28,7 @@ app = typer.Typer(
     help="Cut folders of large TIFFs into exact, lossless pieces: scan, run workers, watch, report, verify, ship.",
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never break an error message mid-path
 STATE: dict[str, Any] = {"workspace": None, "log_level": "INFO"}
 
 # ------------------------------------------------------------------ shared options
@@ -154,7 +154,7 @@ def scan(
         )
         ws = _open()
         pipeline.start_logging(
-            STATE["log_level"], (out or pipeline.default_output_dir(input_dir)).resolve(), console=False
+            STATE["log_level"], (out or pipeline.default_output_dir(input_dir)).resolve()
         )
         summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws)
     except TessqError as exc:
@@ -283,7 +283,7 @@ def run(
             num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series
         )
         ws = _open()
-        pipeline.start_logging(STATE["log_level"], output_dir.resolve(), console=False)
+        pipeline.start_logging(STATE["log_level"], output_dir.resolve())
         if not resume:
             pipeline.forget_job(input_dir)
         summary = pipeline.scan_and_enqueue(
@@ -368,22 +368,14 @@ def _export_zip(path: Path | None, folder: str | None) -> dict[str, Any]:
 
 @app.command()
 def export(
-    zip_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--zip",
-            help="Write a ZIP (default OUT/<OUT name>_results.zip).",
-            show_default=False,
-            is_flag=False,
-            flag_value="",
-        ),
-    ] = None,
+    path: Annotated[Path | None, typer.Argument(help="Archive path (default OUT/<OUT name>_results.zip).")] = None,
+    zip_: Annotated[bool, typer.Option("--zip", help="Write a ZIP archive (the only format today).")] = True,
     folder: Annotated[str | None, typer.Option("--folder", help="Only this sub-folder of the output.")] = None,
 ) -> None:
-    """Package every done image and the reports into a ZIP (streamed, ZIP64, checked after writing)."""
+    """Package every done image and the reports into a ZIP: `tessq export --zip [PATH]` (streamed, ZIP64, checked)."""
     _open(create=False)
     try:
-        _export_zip(Path(zip_path) if zip_path else None, folder)
+        _export_zip(path, folder)
     except TessqError as exc:
         fail(exc, 1)
 

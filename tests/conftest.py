@@ -145,3 +145,6 @@ def sqlite_env(tmp_path: Path) -> dict[str, str]:
     env["TESSQ_WORKSPACE"] = str(tmp_path / "ws")
     (tmp_path / "ws").mkdir()
     return env
+
+
+from tests.s3server import s3_endpoint  # noqa: E402, F401  (fixture shared by every test module)
