@@ -86,7 +86,8 @@ def test_upload_sends_done_images_once_and_reports_progress(
     first = tessq_cmd("upload", "s3://cli-test/run1", "--endpoint-url", s3_endpoint, env=env, cwd=root, check=True)
     second = tessq_cmd("upload", "s3://cli-test/run1", "--endpoint-url", s3_endpoint, env=env, cwd=root, check=True)
     assert "skipped 0" in first.stdout and "uploaded 0 file(s)" in second.stdout
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="cli-test")["Contents"]]
+    listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="cli-test")
+    keys = [o["Key"] for o in listing["Contents"]]
     assert any(k.endswith("aerial_photo_001/metadata.json") for k in keys)
     status = json.loads(tessq_cmd("status", "--json", env=env, cwd=root, check=True).stdout)
     assert status["uploads"]["objects"] == len(keys)
