@@ -5,6 +5,8 @@ Flags and environment variables override these; nothing else in the package hard
 
 from __future__ import annotations
 
+import os
+
 # What to cut
 NUM_PIECES = 8
 MIN_IMAGE_SIZE = 1024  # px; both width and height must reach it (the seed's rule)
@@ -29,14 +31,25 @@ QUEUE_DB_FILENAME = "queue.db"
 MAX_ATTEMPTS = 3
 RETRY_DELAY_S = 5
 RETRY_BACKOFF = 2.0
-LEASE_S = 60.0
-HEARTBEAT_S = 20.0
-REAP_EVERY_S = 30.0
-TIME_LIMIT_BASE_S = 600.0  # per-image limit = base + bytes_of_pixels / TIME_LIMIT_MIN_RATE
-TIME_LIMIT_MIN_RATE = 2 * 1024 * 1024  # bytes/s of raw pixels we consider pathologically slow
+LEASE_S = float(os.environ.get("TESSQ_LEASE_S") or 60.0)  # TESSQ_LEASE_S: shorter in tests, longer on slow links
+HEARTBEAT_S = LEASE_S / 3  # two missed beats still keep the lease
+REAP_EVERY_S = min(30.0, LEASE_S / 2)
+# per-image limit = base + bytes_of_pixels / TIME_LIMIT_MIN_RATE; TESSQ_TIME_LIMIT_S overrides the base
+TIME_LIMIT_BASE_S = float(os.environ.get("TESSQ_TIME_LIMIT_S") or 600.0)
+# bytes/s of raw pixels we consider pathologically slow (TESSQ_TIME_LIMIT_RATE overrides)
+TIME_LIMIT_MIN_RATE = float(os.environ.get("TESSQ_TIME_LIMIT_RATE") or 2 * 1024 * 1024)
 WORKER_MAX_TASKS = 200  # recycle a worker process after this many images (bounds library leaks)
 LOG_FILENAME = "batch_processing.log"
 REPORT_FILENAME = "batch_report.json"
+
+# S3 input and output (tessq.remote); TESSQ_S3_SPOOL_MAX_BYTES and TESSQ_S3_DISK_BUDGET_BYTES override
+S3_BLOCK_BYTES = 64 * 1024  # small reads (headers, IFDs, small strips) are served from blocks of this size
+S3_CACHE_BLOCKS = 64  # per open object (4 MiB); sequential small reads double the read-ahead up to that
+S3_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # objects up to this size are fetched whole into a temp file (one GET)
+S3_DISK_BUDGET_BYTES = 8 * 1024 * 1024 * 1024  # per worker: never spool more than this, nor past free space
+S3_DISK_RESERVE_BYTES = 256 * 1024 * 1024  # free space a spool must leave on the temp disk
+S3_SINGLE_PUT_BYTES = 16 * 1024 * 1024  # slices below this go up in one PutObject, above it multipart
+S3_UPLOAD_CONCURRENCY = 4  # slices of one image uploaded in parallel
 
 # Exit codes of `tessq run`
 EXIT_OK = 0

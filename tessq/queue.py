@@ -44,7 +44,7 @@ def huey() -> Huey:
 
 def time_limit(pixel_bytes: int | None) -> int:
     """Seconds one image may take before it is failed as 'timed out', scaled with its size."""
-    return int(defaults.TIME_LIMIT_BASE_S + (pixel_bytes or 0) / defaults.TIME_LIMIT_MIN_RATE)
+    return max(1, int(defaults.TIME_LIMIT_BASE_S + (pixel_bytes or 0) / defaults.TIME_LIMIT_MIN_RATE))
 
 
 def enqueue(image_ids: Iterable[int], pixel_bytes: dict[int, int | None] | None = None,

@@ -202,3 +202,17 @@ def test_very_long_source_names_stay_inside_the_output(tmp_path: Path, sqlite_en
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [meta] = list(out.rglob("metadata.json"))
     assert out in meta.parents and len(meta.parent.name.encode()) <= 200
+
+
+def test_an_image_over_its_time_limit_fails_as_timed_out_and_the_batch_goes_on(tmp_path: Path,
+                                                                                sqlite_env: dict) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "huge.tif", 6000, 6000, compression="zlib")  # several seconds of work
+    write_tiff(src / "small.tif")
+    env = {**sqlite_env, "TESSQ_TIME_LIMIT_S": "1", "TESSQ_TIME_LIMIT_RATE": "1e12"}
+    proc = tessq_cmd("run", str(src), str(out), MIN, "--workers", "1", env=env, cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    rep = report_json(env, tmp_path)
+    assert rep["batch_summary"]["successfully_processed"] == 1
+    assert [(e["file"], e["type"]) for e in rep["errors"]] == [("huge.tif", "timeout")]
+    assert "timed out" in rep["errors"][0]["message"] and not (out / "huge").exists() and not leftovers(out)
