@@ -826,9 +826,16 @@ def fault_signals(ctx: Ctx, budget: float) -> Result:
     watch = PartialWatch(out)
     end = time.monotonic() + budget * 0.7
     rounds = 3 if ctx.quick else 12
+    redone: set[str] = set()
     for i in range(rounds):
-        if time.monotonic() > end or (i >= 2 and tq.outstanding() == 0):
+        if time.monotonic() > end:
             break
+        if tq.outstanding() == 0:  # all finished: edit a few sources so the rescan gives the next signal work
+            touched = ctx.rng.sample(sorted(tree.good), min(8, len(tree.good)))
+            for rel in touched:
+                os.utime(tree.root / rel, (time.time(), time.time() + 2 + i))
+            redone.update(touched)
+            scan(tq, tree.root, out)
         cmd = run_cmd if i % 2 else ("workers", "--n", "2")
         proc = tq.popen(*cmd)
         wait_until(lambda: tq.running(), 30, 0.05)
@@ -861,7 +868,7 @@ def fault_signals(ctx: Ctx, budget: float) -> Result:
     rc = proc.wait(timeout=max(60.0, ctx.left()))
     if rc != 3:
         res.findings.add("other", f"final `tessq run` exited {rc}, want 3 (the tree holds hostile files)")
-    res.findings.merge(check(tq, tree, out, seen_partial=watch.stop()))
+    res.findings.merge(check(tq, tree, out, Expect(redo_ok=redone), seen_partial=watch.stop()))
     return res
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +20,26 @@ from tessq import defaults, pipeline
 from tessq.options import SliceOptions
 
 
+def _location(value: str | Path) -> Path | str:
+    """A local folder as a Path; an s3://BUCKET/PREFIX URL stays a string (Path would fold its '//')."""
+    text = str(value)
+    return text if "://" in text else Path(value)
+
+
 @dataclass
 class BatchJob:
     """What to cut and how; the seed's parameters first, tessq's extras after them.
 
+    input_dir / output_dir: the folder tree to scan for .tif/.tiff files, and where the mirrored
+    image folders, batch_report.json and batch_processing.log go (must differ from input_dir).
+    num_pieces: slices per image (a rows x cols grid closest to square). max_workers: worker
+    processes. min_image_size: images whose width or height is below this many px are skipped.
     skip_existing / resume_mode: keep work already done (both True by default); setting either to
-    False redoes every image. workspace: where `.tessq/` lives (default: TESSQ_WORKSPACE or the cwd).
+    False forgets this input's records and redoes every image. log_level: DEBUG, INFO, WARNING, ERROR
+    (OUT/batch_processing.log). grid / tile_size / overlap / format / png_preset / world_files /
+    follow_symlinks: as the `tessq run` flags of the same names. workspace: where `.tessq/` (status
+    table and queue) lives (default: $TESSQ_WORKSPACE, else the current folder). extra: free-form
+    notes for the caller; tessq ignores it.
     """
 
     input_dir: str | Path
@@ -46,6 +61,7 @@ class BatchJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def slice_options(self) -> SliceOptions:
+        """The cutting settings as the scan records them (the same object the CLI builds from its flags)."""
         return SliceOptions(
             num_pieces=self.num_pieces,
             grid=self.grid,
@@ -64,16 +80,26 @@ class BatchTesselator:
     def __init__(self, job: BatchJob) -> None:
         self.job = job
         self.workspace = pipeline.open_workspace(job.workspace)
-        pipeline.start_logging(job.log_level, Path(job.output_dir).resolve(), console=False)
+        out = _location(job.output_dir)
+        pipeline.start_logging(job.log_level, out.resolve() if isinstance(out, Path) else out, console=False)
+
+    def _activate(self) -> None:
+        """Point the process-wide database and queue at this batch's workspace again.
+
+        They are module-level, so a second BatchTesselator (another workspace) in the same notebook
+        would otherwise redirect this one's scan and report.
+        """
+        pipeline.open_workspace(self.workspace.root)
 
     def scan(self) -> dict[str, Any]:
         """Record and queue the tree; returns the scan summary (found, queued, skipped, ...)."""
+        self._activate()
         job = self.job
         if not (job.skip_existing and job.resume_mode):
-            pipeline.forget_job(Path(job.input_dir))
+            pipeline.forget_job(_location(job.input_dir))
         summary = pipeline.scan_and_enqueue(
-            Path(job.input_dir),
-            Path(job.output_dir),
+            _location(job.input_dir),
+            _location(job.output_dir),
             job.slice_options(),
             follow_symlinks=job.follow_symlinks,
             workspace=self.workspace,
@@ -81,9 +107,16 @@ class BatchTesselator:
         return summary.as_dict()
 
     def process(self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0) -> int:
-        """Run `tessq workers --drain` as a child process; call on_progress with status snapshots."""
+        """Run `tessq workers --n max_workers --drain` as a child process until nothing is left to do.
+
+        on_progress, if given, is called about every `poll_s` seconds and once at the end with
+        `tessq.status.snapshot()` (counts by state, progress finished/total, throughput, ETA, workers).
+        Returns the child's exit status (0); raises RuntimeError with its last output if it fails.
+        Ctrl-C (interrupting the notebook cell) stops the workers gracefully; run again to resume.
+        """
         from tessq import status
 
+        self._activate()
         cmd = [
             sys.executable,
             "-m",
@@ -98,25 +131,31 @@ class BatchTesselator:
             "--drain",
         ]
         env = dict(os.environ, TESSQ_DB_URL=self.workspace.db_url, TESSQ_QUEUE_URL=self.workspace.queue_url)
-        child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            while child.poll() is None:
-                if on_progress:
-                    on_progress(status.snapshot())
-                time.sleep(poll_s)
-        except KeyboardInterrupt:
-            child.terminate()  # graceful: running images finish or go back to the queue
-            child.wait()
-            raise
-        if on_progress:
-            on_progress(status.snapshot())
-        if child.returncode != 0:
-            raise RuntimeError(
-                f"tessq workers exited with {child.returncode}: {child.stderr.read() if child.stderr else ''}"
-            )
+        # The child's console log goes to a file, not a pipe: a pipe nobody reads while polling fills up
+        # (64 KiB: ~1,000 images at INFO, ~250 at DEBUG) and the workers then block writing to it for
+        # ever. OUT/batch_processing.log has the full log as well.
+        with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as console_log:
+            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=console_log, text=True)
+            try:
+                while child.poll() is None:
+                    if on_progress:
+                        on_progress(status.snapshot())
+                    time.sleep(poll_s)
+            except BaseException:
+                child.terminate()  # graceful: running images finish or go back to the queue
+                child.wait()
+                raise
+            if on_progress:
+                on_progress(status.snapshot())
+            if child.returncode != 0:
+                console_log.seek(0)
+                tail = console_log.read()[-4000:]
+                raise RuntimeError(f"tessq workers exited with {child.returncode}: {tail}")
         return child.returncode
 
     def report(self) -> dict[str, Any]:
+        """The report from the status table (what `tessq report --json` prints); also OUT/batch_report.json."""
+        self._activate()
         return pipeline.finish_report()
 
     def run_batch(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

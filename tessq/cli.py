@@ -6,6 +6,7 @@ No logic lives here; every command is a thin wrapper so the Python API and the C
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     help="Cut folders of large TIFFs into exact, lossless pieces: scan, run workers, watch, report, verify, ship.",
 )
-console = Console()
+console = Console(soft_wrap=True)  # paths in output stay on one line when piped
 err = Console(stderr=True, soft_wrap=True)  # never break an error message mid-path
 STATE: dict[str, Any] = {"workspace": None, "log_level": "INFO"}
 
@@ -130,9 +131,10 @@ def _open(create: bool = True) -> Any:
 
 @app.command()
 def scan(
-    input_dir: Annotated[Path, typer.Argument(help="Folder tree to scan for .tif/.tiff files.")],
+    input_dir: Annotated[Path, typer.Argument(help="Folder tree (or s3://BUCKET/PREFIX) to scan for TIFFs.")],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default: <IN>_tessq beside IN).")
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder or s3://BUCKET/PREFIX (default: <IN>_tessq beside IN)."),
     ] = None,
     num_pieces: NumPieces = defaults.NUM_PIECES,
     grid: Grid = None,
@@ -153,9 +155,7 @@ def scan(
             num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series
         )
         ws = _open()
-        pipeline.start_logging(
-            STATE["log_level"], (out or pipeline.default_output_dir(input_dir)).resolve()
-        )
+        pipeline.start_logging(STATE["log_level"], out or pipeline.default_output_dir(input_dir))
         summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws)
     except TessqError as exc:
         fail(exc)
@@ -194,7 +194,11 @@ def workers(
 
     _open()
     pipeline.start_logging(STATE["log_level"], pipeline.latest_output_dir())
-    outcome = worker.run_workers(n, drain=drain)
+    try:
+        outcome = worker.run_workers(n, drain=drain)
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
+        err.print("stopped at once; running images went back to the queue")
+        raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
     console.print(f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, re-enqueued {outcome.repaired}")
 
 
@@ -283,7 +287,7 @@ def run(
             num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series
         )
         ws = _open()
-        pipeline.start_logging(STATE["log_level"], output_dir.resolve())
+        pipeline.start_logging(STATE["log_level"], output_dir)
         if not resume:
             pipeline.forget_job(input_dir)
         summary = pipeline.scan_and_enqueue(
@@ -293,15 +297,18 @@ def run(
         fail(exc)
     if not as_json:
         print_scan(summary)
-    outcome = worker.run_workers(n_workers or os.cpu_count() or 2, drain=True)
+    try:
+        stopped_by = worker.run_workers(n_workers or os.cpu_count() or 2, drain=True).stopped_by
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
+        stopped_by = "signal"
     rep = pipeline.finish_report()
-    if zip_ and outcome.stopped_by == "drained":
+    if zip_ and stopped_by == "drained":
         _export_zip(None, None)
     if as_json:
         console.print_json(json.dumps(rep))
     else:
         print_report(rep)
-    if outcome.stopped_by != "drained":
+    if stopped_by != "drained":
         err.print("interrupted: run the same command again to resume")
         raise typer.Exit(defaults.EXIT_INTERRUPTED)
     raise typer.Exit(defaults.EXIT_SOME_FAILED if rep["batch_summary"]["errors"] else defaults.EXIT_OK)
@@ -431,7 +438,12 @@ def demo(
     raise typer.Exit(code)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM means what Ctrl-C means, in every phase of every command
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except TessqError as exc:  # anything not caught by a command still prints as one clear line

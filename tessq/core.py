@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tessq import defaults, encode, geo
+from tessq import defaults, encode, geo, remote
 from tessq.errors import ImageTooSmallError, SourceChangedError
 from tessq.folder import atomic_folder, write_file
 from tessq.grid import Box, describe_grid, plan_grid, slice_name
@@ -58,7 +58,7 @@ class _Timer:
 class _SourceHasher(threading.Thread):
     """sha256 of the source file, computed beside the slicing (hashlib releases the GIL on big buffers)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | remote.RemoteSource) -> None:
         super().__init__(daemon=True)
         self.path = path
         self.digest: str | None = None
@@ -67,7 +67,10 @@ class _SourceHasher(threading.Thread):
     def run(self) -> None:
         try:
             sha = hashlib.sha256()
-            with open(self.path, "rb") as fh:
+            if getattr(self.path, "spool_sha256", None):  # an S3 source hashed while it was fetched
+                self.digest = self.path.spool_sha256
+                return
+            with self.path.open("rb") as fh:
                 while chunk := fh.read(HASH_BUFFER):
                     sha.update(chunk)
             self.digest = sha.hexdigest()
@@ -101,21 +104,26 @@ def tool_versions() -> dict[str, str]:
 
 
 def tessellate_image(
-    source: str | Path,
+    source: str | Path | remote.RemoteSource,
     image_dir: str | Path,
     options: SliceOptions | None = None,
     *,
     relative_path: str | None = None,
     batch_metadata: dict[str, Any] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Produce the complete image folder for `source` at `image_dir`; returns metadata plus a summary.
 
+    `before_commit` runs just before the folder is renamed into place and may raise to abort it (the job
+    system checks there that it still holds the image's lease, so a stalled worker never overwrites newer output).
+
     Raises ImageError subclasses for bad input (corrupt, unsupported, too small/large, source changed);
-    OSError from the output side (ENOSPC, EIO) propagates unchanged.
+    OSError from the output side (ENOSPC, EIO) propagates unchanged. `source` may be an s3:// URL or a
+    remote.RemoteSource: it is then read by ranged GETs (or from its spooled copy) and stat'ed by HeadObject.
     """
     options = options or SliceOptions()
     started = time.perf_counter()
-    source, image_dir = Path(source), Path(image_dir)
+    source, image_dir = remote.as_source(source), Path(image_dir)
     try:
         before = source.stat()
     except FileNotFoundError as exc:
@@ -171,6 +179,8 @@ def tessellate_image(
                 write_file(folder.path / BATCH_METADATA_FILENAME, _json_bytes(batch))
                 # metadata.json last: a folder holding it is complete (and the rename makes it visible)
                 write_file(folder.path / METADATA_FILENAME, _json_bytes(metadata))
+                if before_commit is not None:
+                    before_commit()
                 folder.commit()
     timings["write_s"] = round(timer.totals["write_s"], 4)
     timings["total_s"] = round(time.perf_counter() - started, 4)

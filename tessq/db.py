@@ -163,8 +163,14 @@ def server_time() -> float:
     return float(database.execute_sql(sql, params).fetchone()[0])
 
 
+def hostname() -> str:
+    """This machine's name in worker ids: TESSQ_HOSTNAME when set (distinct names for containers sharing a
+    hostname, fake machines in tests), else the host name."""
+    return os.environ.get("TESSQ_HOSTNAME") or socket.gethostname()
+
+
 def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{hostname()}:{os.getpid()}"
 
 
 # ---------------------------------------------------------------- jobs, folders, scan records
@@ -356,20 +362,25 @@ def renew_lease(c: Claim, lease_s: float) -> bool:
 
 
 def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, options_hash: str,
-                pixel_bytes: int | None) -> bool:
+                pixel_bytes: int | None, source_state: tuple[int, float] | None = None) -> bool:
+    """Mark done (fenced). source_state = the (size, mtime) the output was made from, so the next scan
+    compares against what was actually cut, not what the scan saw earlier."""
+    values: dict[str, Any] = {
+        "status": DONE,
+        "lease_until": None,
+        "finished_at": now_expr(),
+        "n_slices": n_slices,
+        "bytes_out": bytes_out,
+        "duration_s": duration_s,
+        "options_hash": options_hash,
+        "pixel_bytes": pixel_bytes,
+        "error_type": None,
+        "error_message": None,
+    }
+    if source_state is not None:
+        values["src_size"], values["src_mtime"] = source_state
     n = (
-        Image.update(
-            status=DONE,
-            lease_until=None,
-            finished_at=now_expr(),
-            n_slices=n_slices,
-            bytes_out=bytes_out,
-            duration_s=duration_s,
-            options_hash=options_hash,
-            pixel_bytes=pixel_bytes,
-            error_type=None,
-            error_message=None,
-        )
+        Image.update(**values)
         .where(_fence(c))
         .execute()
     )

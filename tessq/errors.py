@@ -117,3 +117,18 @@ class ChecksumMismatchError(UploadError):
 
     permanent = False
     kind = "checksum"
+
+
+class RemoteIOError(TransientError, OSError):
+    """An S3 read, listing or write failed in a way that may pass (timeout, 5xx, dropped connection).
+
+    Also an OSError, so code that lets I/O errors through (tiff's readers) treats it like a failing disk."""
+
+    kind = "s3_io"
+
+
+class LeaseLostError(TransientError):
+    """The worker's lease on an image expired and was given away before its output was committed."""
+
+    kind = "lease_lost"
+

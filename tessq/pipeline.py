@@ -6,15 +6,16 @@ modules that own the work, and returns plain data for the caller to print.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessq import db, defaults, logs, report, scan
+from tessq import db, defaults, logs, remote, report, scan
 from tessq import queue as tq
-from tessq.errors import ConfigError
+from tessq.errors import ConfigError, TessqError
 from tessq.options import SliceOptions
 from tessq.settings import Workspace, options_fingerprint, resolve_workspace
 
@@ -37,29 +38,40 @@ def open_workspace(workspace: str | Path | None = None, *, create: bool = True) 
     return ws
 
 
-def start_logging(level: str, output_dir: Path | None = None, console: bool = True) -> None:
-    log_file = (output_dir / defaults.LOG_FILENAME) if output_dir else None
+def start_logging(level: str, output_dir: Path | str | None = None, console: bool = True) -> None:
+    if output_dir is not None and remote.is_remote(output_dir):  # S3 holds no log: it stays in the workspace
+        output_dir = (tq._state.get("workspace") or resolve_workspace()).state_dir
+    log_file = (Path(output_dir) / defaults.LOG_FILENAME) if output_dir else None
     logs.setup(level, log_file, console=console)
 
 
-def default_output_dir(input_dir: Path) -> Path:
+def default_output_dir(input_dir: Path | str) -> Path | str:
+    if remote.is_remote(input_dir):
+        return remote.default_output(input_dir)
+    input_dir = Path(input_dir)
     return input_dir.resolve().parent / f"{input_dir.resolve().name}_tessq"
 
 
-def scan_and_enqueue(input_dir: Path, output_dir: Path | None, options: SliceOptions, *,
+def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, options: SliceOptions, *,
                      follow_symlinks: bool = False, workspace: Workspace) -> scan.ScanSummary:
-    if not input_dir.is_dir():
+    """Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3)."""
+    if remote.is_remote(input_dir):
+        remote.check_input(str(input_dir))
+    elif not Path(input_dir).is_dir():
         raise ConfigError(f"input folder {input_dir} does not exist or is not a folder")
-    out = (output_dir or default_output_dir(input_dir)).resolve()
-    if out == input_dir.resolve():
+    out = remote.resolve(output_dir or default_output_dir(input_dir))
+    if out == remote.resolve(input_dir):
         raise ConfigError("the output folder must differ from the input folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, Path):
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        remote.check_bucket(out)
     summary = scan.scan_tree(input_dir, out, options, options_fingerprint(options),
                              follow_symlinks=follow_symlinks, exclude=(workspace.state_dir,))
     with db.session():
         sizes = db.queued_ids_with_size()
     tq.enqueue([i for i in summary.enqueue_ids if i in sizes], sizes)
-    log.info("scan of %s: %d found, %d queued, %d requeued, %d already done", input_dir, summary.found,
+    log.info("scan of %s: %d found, %d queued, %d requeued, %d already done", summary.input_dir, summary.found,
              summary.queued, summary.requeued, summary.already_done)
     return summary
 
@@ -73,7 +85,12 @@ def finish_report() -> dict[str, Any]:
     """Compute the report and write it into every job's output folder."""
     rep = report.build_report()
     for out in report.output_dirs():
-        if out.is_dir():
+        if remote.is_remote(out):
+            try:
+                remote.put_bytes(json.dumps(rep, indent=2).encode(), remote.join(out, defaults.REPORT_FILENAME))
+            except TessqError as exc:
+                log.warning("could not write the report to %s: %s", remote.normalize(out), exc)
+        elif out.is_dir():
             report.write_report(rep, out)
     return rep
 
@@ -96,10 +113,9 @@ def verify_done(progress: Callable[[int, int, str], None] | None = None, sample:
         rows = rows[:sample]
     results = {"checked": 0, "identical": 0, "different": [], "errors": []}
     for i, row in enumerate(rows, 1):
-        image_dir = Path(row.job.output_dir) / row.out_rel
-        source = Path(row.job.input_dir) / row.rel_path
         try:
-            outcome = verify.verify_image(image_dir, source if source.exists() else None)
+            with remote.verifiable(row.job.input_dir, row.job.output_dir, row.rel_path, row.out_rel) as found:
+                outcome = verify.verify_image(*found)
             identical = bool(outcome["overall_identical"])
         except Exception as exc:  # a missing or damaged output folder is a verification failure
             identical = False
@@ -116,10 +132,10 @@ def verify_done(progress: Callable[[int, int, str], None] | None = None, sample:
     return results
 
 
-def forget_job(input_dir: Path) -> None:
+def forget_job(input_dir: Path | str) -> None:
     """--no-resume: drop what the table knows of this input, so every image is cut again."""
     with db.session():
-        db.forget_job(str(input_dir.resolve()))
+        db.forget_job(str(remote.resolve(input_dir)))
 
 
 def _done_dirs() -> tuple[Path, list[str]]:

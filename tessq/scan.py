@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tessq import db, defaults, tiff
+from tessq import db, defaults, remote, tiff
 from tessq.errors import ImageError
 from tessq.options import SliceOptions
 
@@ -152,14 +152,23 @@ def walk(root: Path, *, follow_symlinks: bool, exclude: set[Path]) -> Iterator[F
         stack.extend(reversed(subdirs))
 
 
+def printable(text: str) -> str:
+    """`text` itself when it is valid UTF-8, else its bytes with the undecodable ones as \\xNN escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_size: int) -> dict[str, Any]:
     """One image row from the file's stat and TIFF header (no pixels decoded)."""
     st = entry.stat(follow_symlinks=True)
     rel_path = str(PurePosixPath(rel_folder) / entry.name) if rel_folder else entry.name
     row: dict[str, Any] = {
-        "rel_path": rel_path,
-        "folder": rel_folder,
-        "out_rel": str(PurePosixPath(rel_folder) / out_name) if rel_folder else out_name,
+        "rel_path": printable(rel_path),
+        "folder": printable(rel_folder),
+        "out_rel": printable(str(PurePosixPath(rel_folder) / out_name) if rel_folder else out_name),
         "src_size": st.st_size,
         "src_mtime": st.st_mtime,
         "status": db.QUEUED,
@@ -171,6 +180,14 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
         "pixel_bytes": None,
         "attempts": 0,
     }
+    if printable(rel_path) != rel_path:
+        # The status table (and S3, and most tools) hold names as UTF-8; this one cannot be stored faithfully.
+        return {
+            **row,
+            "status": db.FAILED,
+            "error_type": "unsupported_name",
+            "error_message": f"{printable(entry.path)}: file name is not valid UTF-8; rename it",
+        }
     if not stat.S_ISREG(st.st_mode):
         return {
             **row,
@@ -182,6 +199,9 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
         info = tiff.probe(entry.path)
     except ImageError as exc:
         return {**row, "status": db.FAILED, "error_type": exc.kind, "error_message": str(exc)}
+    except OSError as exc:  # permission denied, I/O error: recorded, never silently dropped
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        return {**row, "status": db.FAILED, "error_type": "unreadable", "error_message": f"{entry.path}: {reason}"}
     row.update(width=info.width, height=info.height, pixel_bytes=pixel_bytes(info))
     reason = eligibility(info.width, info.height, min_size)
     if reason:
@@ -198,28 +218,34 @@ def pixel_bytes(info: Any) -> int:
 
 
 def scan_tree(
-    input_dir: Path,
-    output_dir: Path,
+    input_dir: Path | str,
+    output_dir: Path | str,
     options: SliceOptions,
     options_hash: str,
     *,
     follow_symlinks: bool = False,
     exclude: tuple[Path, ...] = (),
 ) -> ScanSummary:
-    """Walk `input_dir`, record the job, its folders and every candidate; return what to enqueue."""
-    input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
+    """Walk `input_dir`, record the job, its folders and every candidate; return what to enqueue.
+
+    Either side may be an s3:// URL: an S3 input is listed (remote.walk, same rules) and probed by ranged GETs."""
+    input_dir, output_dir = remote.resolve(input_dir), remote.resolve(output_dir)
     summary = ScanSummary(str(input_dir), str(output_dir))
     folders: list[dict[str, Any]] = []
     candidates: list[dict[str, Any]] = []
-    excluded = {output_dir, *(p.resolve() for p in exclude)}
-    for folder in walk(input_dir, follow_symlinks=follow_symlinks, exclude=excluded):
+    if isinstance(input_dir, str):
+        tree: Iterator[FolderEntries] = remote.walk(input_dir, exclude=(str(output_dir),))
+    else:
+        excluded = {p.resolve() for p in (output_dir, *exclude) if isinstance(p, Path)}
+        tree = walk(input_dir, follow_symlinks=follow_symlinks, exclude=excluded)
+    for folder in tree:
         reason = classify_folder(len(folder.tiffs), folder.other_images)
         if reason:
             summary.folders_skipped[reason] = summary.folders_skipped.get(reason, 0) + 1
         if folder.tiffs or reason:
             folders.append(
                 {
-                    "path": folder.rel,
+                    "path": printable(folder.rel),
                     "n_tiffs": len(folder.tiffs),
                     "n_other_images": folder.other_images,
                     "skip_reason": reason,

@@ -109,6 +109,8 @@ def render(snap: dict[str, Any]) -> Panel:
         f"{snap['throughput']['mb_per_s']} MB/s",
     )
     parts: list[Any] = [states, bar]
+    if snap.get("hosts"):
+        parts.append(Text("hosts: " + ", ".join(f"{h} ({n} busy)" for h, n in sorted(snap["hosts"].items()))))
     if snap["workers"]:
         table = Table(title="workers", expand=False)
         for col in ("worker", "image", "seconds", "attempt"):

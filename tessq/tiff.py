@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, TIFF
 
-from tessq import defaults
+from tessq import defaults, remote
 from tessq.errors import (
     CorruptImageError,
     ImageError,
@@ -127,13 +127,19 @@ def _enum_name(enum: Any, value: int) -> str:
 
 
 def _open_tifffile(path: Path) -> tifffile.TiffFile:
-    """TiffFile or our error: missing file -> SourceChangedError, OSError (EIO...) propagates."""
+    """TiffFile or our error: missing file -> SourceChangedError, OSError (EIO...) propagates.
+
+    An s3:// source (URL or remote.RemoteSource) is read through ranged GETs, or from its spooled copy."""
+    target: Any = path
+    size: int | None = None
+    if remote.is_remote(path):
+        target, size = remote.tiff_target(path)
     try:
-        return tifffile.TiffFile(path)
+        return tifffile.TiffFile(target)
     except FileNotFoundError as exc:
         raise SourceChangedError(path, "file no longer exists") from exc
     except (tifffile.TiffFileError, ValueError, KeyError, IndexError, struct_error()) as exc:
-        if os.path.getsize(path) == 0:
+        if (os.path.getsize(path) if size is None else size) == 0:
             raise CorruptImageError(path, "file is empty (0 bytes)") from exc
         raise CorruptImageError(path, f"not a readable TIFF ({_short(exc)})") from exc
     except (MemoryError, OverflowError, RecursionError) as exc:
@@ -305,7 +311,7 @@ def _check_decodable(page: Any, info: TiffInfo, path: Path, memory_budget: int) 
 
 def probe(path: str | Path, series: int = 0, level: int = 0) -> TiffInfo:
     """Header-only description of the image tessq would slice; raises our ImageError types for bad input."""
-    path = Path(path)
+    path = path if remote.is_remote(path) else Path(path)
     with _captured_tifffile_warnings() as warns:
         tif = _open_tifffile(path)
         try:
@@ -343,7 +349,7 @@ class RegionReader:
     """
 
     def __init__(self, path: str | Path, series: int = 0, level: int = 0, memory_budget: int | None = None):
-        self.path = Path(path)
+        self.path = path if remote.is_remote(path) else Path(path)
         self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
         with _captured_tifffile_warnings() as warns:
             self._tif = _open_tifffile(self.path)

@@ -6,11 +6,11 @@ process workers plus our supervisor duties (startup repair, lease reaper, dead-w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -20,9 +20,9 @@ from typing import Any
 from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Scheduler
 from huey.exceptions import RetryTask, TaskTimeout
 
-from tessq import __version__, db, defaults, folder
+from tessq import __version__, db, defaults, folder, remote
 from tessq import queue as tq
-from tessq.errors import SourceChangedError, TessqError, TransientError
+from tessq.errors import LeaseLostError, SourceChangedError, TessqError, TransientError
 from tessq.options import SliceOptions
 
 log = logging.getLogger("tessq.worker")
@@ -54,6 +54,8 @@ def process_image(image_id: int) -> None:
         raise
     except RetryTask:
         raise
+    except LeaseLostError as exc:  # someone else owns the image now: touch neither its row nor its folder
+        log.warning("%s", exc)
     except BaseException as exc:
         action, kind, message = classify(exc, row.rel_path, tq.time_limit(row.pixel_bytes))
         if action == "internal":
@@ -85,7 +87,7 @@ def _finish(claim: db.Claim, row: db.Image, result: dict[str, Any], duration: fl
     with db.session():
         fenced = db.finish_done(claim, n_slices=int(result["slices"]), bytes_out=int(result["bytes_out"]),
                                 duration_s=duration, options_hash=row.job.options_hash,
-                                pixel_bytes=result.get("pixel_bytes"))
+                                pixel_bytes=result.get("pixel_bytes"), source_state=result.get("source_state"))
     if fenced:
         log.info("done %s (%d slices, %.2f s)", row.rel_path, result["slices"], duration)
     else:
@@ -93,9 +95,38 @@ def _finish(claim: db.Claim, row: db.Image, result: dict[str, Any], duration: fl
 
 
 def cut(row: db.Image, claim: db.Claim) -> dict[str, Any]:
-    """Slice one claimed image into its output folder; raise on any problem."""
+    """Slice one claimed image into its output folder; raise on any problem.
+
+    An s3:// input is read by ranged GETs (small objects spooled to a temp file); for an s3:// output the
+    folder is built in a temp dir and uploaded, metadata.json last, while the lease is still ours."""
+    if remote.is_remote(row.job.input_dir) or remote.is_remote(row.job.output_dir):
+        return _cut_remote(row, claim)
     source = Path(row.job.input_dir) / row.rel_path
     image_dir = contained(Path(row.job.output_dir), row.out_rel)
+    return _cut(row, claim, source, image_dir)
+
+
+def _cut_remote(row: db.Image, claim: db.Claim) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        if remote.is_remote(row.job.input_dir):
+            url = remote.join(row.job.input_dir, row.rel_path)
+            source: Path | remote.RemoteSource = stack.enter_context(remote.opened_source(url))
+        else:
+            source = Path(row.job.input_dir) / row.rel_path
+        if not remote.is_remote(row.job.output_dir):
+            return _cut(row, claim, source, contained(Path(row.job.output_dir), row.out_rel))
+        committer = stack.enter_context(remote.OutputCommitter(row.job.output_dir, row.out_rel))
+        result = _cut(row, claim, source, committer.local_dir)
+
+        def still_holds() -> bool:
+            with db.session():
+                return db.renew_lease(claim, defaults.LEASE_S)
+
+        result["image_dir"] = committer.commit(still_holds)["url"]
+    return result
+
+
+def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, image_dir: Path) -> dict[str, Any]:
     before = source_state(source)
     folder.cleanup_stale(image_dir.parent, image_dir.name)
     options = SliceOptions.from_dict(_json(row.job.options))
@@ -111,14 +142,20 @@ def cut(row: db.Image, claim: db.Claim) -> dict[str, Any]:
     }
     from tessq import core  # heavy imports (tifffile, imagecodecs) only in workers
 
+    def still_ours() -> None:
+        with db.session():
+            if not db.renew_lease(claim, defaults.LEASE_S):
+                raise LeaseLostError(f"{row.rel_path}: lease lost before the folder was committed; output left alone")
+
     result = core.tessellate_image(source, image_dir, options, relative_path=row.rel_path,
-                                   batch_metadata=batch_metadata)
+                                   batch_metadata=batch_metadata, before_commit=still_ours)
+    result["source_state"] = before
     if source_state(source) != before:
         raise TransientError(f"{row.rel_path}: source changed while it was being read; it will be redone")
     return result
 
 
-def source_state(source: Path) -> tuple[int, float]:
+def source_state(source: Path | remote.RemoteSource) -> tuple[int, float]:
     try:
         st = source.stat()
     except FileNotFoundError:
@@ -236,7 +273,7 @@ class WorkerRun:
 
 def dead_local_workers(workers: list[str]) -> list[str]:
     """Lease holders on this host whose process is gone (or a zombie): reclaim their images now."""
-    host = socket.gethostname()
+    host = db.hostname()
     dead = []
     for w in workers:
         h, _, pid = w.rpartition(":")
@@ -276,20 +313,25 @@ def recover() -> tuple[int, int]:
     return len(requeued) + len(failed), tq.repair_unqueued()
 
 
-def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0) -> WorkerRun:
-    """`tessq workers`: run n worker processes until a signal (graceful) or, with drain, until empty."""
+def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, poll_interval: float = 0.2) -> WorkerRun:
+    """`tessq workers`: run n worker processes until a signal (graceful) or, with drain, until empty.
+
+    poll_interval bounds how long a drained queue keeps the run alive and how soon a recycled worker
+    (max_tasks) is replaced; the dead-worker check and the reaper run every health_interval.
+    """
     reaped, repaired = recover()
+    remote.sweep_temp(process_alive)  # S3 spools and upload dirs left by SIGKILLed workers of this machine
     db.database.close()  # no connection may cross the fork
     consumer = TessqConsumer(
         tq.huey(), workers=n, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.5,
-        max_delay=1.0, check_worker_health=True, health_check_interval=health_interval,
+        max_delay=1.0, check_worker_health=True, health_check_interval=poll_interval,
         max_tasks=defaults.WORKER_MAX_TASKS,
     )
     consumer.start()
     log.info("%d worker(s) started (pid %d)%s", n, os.getpid(), ", draining" if drain else "")
     stopped_by = "signal"
     health = time.monotonic()
-    last_reap = last_check = time.monotonic()
+    last_reap = last_check = last_drain = time.monotonic()
     try:
         while True:
             try:
@@ -297,19 +339,21 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0) ->
             except ConsumerStopped:
                 break
             now = time.monotonic()
-            if now - last_check >= health_interval:
-                last_check = now
-                try:
+            try:
+                if now - last_check >= health_interval:
+                    last_check = now
                     if now - last_reap >= defaults.REAP_EVERY_S or _has_dead_workers():
                         last_reap = now
                         r, p = recover()
                         reaped, repaired = reaped + r, repaired + p
-                    if drain and _drained():
+                if drain and now - last_drain >= poll_interval:
+                    last_drain = now
+                    if _drained():
                         stopped_by = "drained"
                         consumer.stop(graceful=True)
                         break
-                except Exception:  # supervision must never take the loop down (queue-engine.md §5)
-                    log.exception("supervisor check failed; will try again")
+            except Exception:  # supervision must never take the loop down (queue-engine.md §5)
+                log.exception("supervisor check failed; will try again")
     except BaseException:
         consumer.stop(graceful=False)
         raise

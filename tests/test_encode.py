@@ -111,11 +111,12 @@ def test_every_filter_roundtrips(h, w, samples, dtype, method, seed) -> None:
         assert np.array_equal(imagecodecs.png_decode(data), array)
 
 
-def test_streaming_writer_matches_one_shot_bytes() -> None:
+def test_streaming_writer_matches_the_numpy_encoder_bytes_and_libpng_pixels() -> None:
     array = smooth(h=97, w=61, samples=3)
     kind = encode.slice_kind("uint8", 3, "rgb")
     method, engine, level = encode.png_settings(SliceOptions())
-    one_shot = encode.png_encode(array, kind, method, engine, level)
+    one_shot = encode._png_encode_numpy(array, kind, method, engine, level)
+    assert np.array_equal(imagecodecs.png_decode(encode.png_encode(array, kind, method, engine, level)), array)
     buf = io.BytesIO()
     writer = encode.PngStreamWriter(buf, 61, 97, kind, method, engine, level)
     for y in range(0, 97, 10):

@@ -122,13 +122,17 @@ def test_sigkill_of_a_worker_mid_image_loses_and_duplicates_nothing(tmp_path: Pa
     tessq_cmd("scan", str(src), "--out", str(out), MIN, env=backend, cwd=tmp_path, check=True)
     snapshot = in_process_status(backend, monkeypatch)
     daemon = tessq_popen("workers", "--n", "2", "--drain", env=backend, cwd=tmp_path)
-    killed = 0
+    killed, victims = 0, set()
     try:
         while killed < 3 and daemon.poll() is None:
-            running = snapshot()["workers"]
+            running = [w for w in snapshot()["workers"] if w["worker"] not in victims]
             if running and running[0]["seconds"] >= 0.05:
-                os.kill(int(running[0]["worker"].rpartition(":")[2]), signal.SIGKILL)
-                killed += 1
+                victims.add(running[0]["worker"])
+                try:
+                    os.kill(int(running[0]["worker"].rpartition(":")[2]), signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:  # it finished and was recycled in between
+                    pass
                 time.sleep(0.5)
             time.sleep(0.02)
         daemon.wait(timeout=240)

@@ -1,0 +1,664 @@
+"""S3 input and output: a prefix listed like a folder tree, TIFFs read by ranged GETs, image folders committed.
+
+Locations are s3://BUCKET/PREFIX URLs; one client per process, from upload.make_client (TESSQ_S3_ENDPOINT_URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat as stat_mod
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tessq import defaults
+from tessq.errors import (
+    ConfigError,
+    LeaseLostError,
+    RemoteIOError,
+    SourceChangedError,
+    TessqError,
+    UploadError,
+)
+
+log = logging.getLogger("tessq.remote")
+
+SCHEME = "s3://"
+STREAM_CHUNK = 4 * 1024 * 1024
+# Bytes and requests of every GET this process made (tests and benchmarks read it; never reset implicitly).
+TRAFFIC: dict[str, int] = {"get_requests": 0, "get_bytes": 0}
+_traffic_lock = threading.Lock()
+_clients: dict[int, Any] = {}
+_client_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- URLs
+
+
+def is_remote(location: object) -> bool:
+    """True for an s3:// URL (also once pathlib has folded it to 's3:/...') or a RemoteSource."""
+    if isinstance(location, RemoteSource):
+        return True
+    if isinstance(location, str | os.PathLike):
+        return os.fspath(location).startswith("s3:/")
+    return False
+
+
+def normalize(location: str | os.PathLike[str]) -> str:
+    """'s3://bucket/prefix/' (or pathlib's 's3:/bucket/prefix') -> 's3://bucket/prefix'."""
+    text = os.fspath(location)
+    if text.startswith(SCHEME):
+        rest = text[len(SCHEME):]
+    elif text.startswith("s3:/"):
+        rest = text[len("s3:/"):]
+    else:
+        raise ConfigError(f"{text!r} is not an S3 URL: use s3://BUCKET/PREFIX")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"{text!r} has no bucket: use s3://BUCKET/PREFIX")
+    prefix = prefix.strip("/")
+    return f"{SCHEME}{bucket}/{prefix}" if prefix else f"{SCHEME}{bucket}"
+
+
+def resolve(location: str | os.PathLike[str]) -> str | Path:
+    """The canonical form of an input/output location: a normalized URL, or an absolute local Path."""
+    return normalize(location) if is_remote(location) else Path(location).resolve()
+
+
+def split(url: str | os.PathLike[str]) -> tuple[str, str]:
+    """(bucket, key or prefix without slashes at either end)."""
+    bucket, _, key = normalize(url)[len(SCHEME):].partition("/")
+    return bucket, key
+
+
+def join(url: str | os.PathLike[str], relative: str) -> str:
+    """url/relative, refusing anything that is not a plain relative key ('..', '.', empty parts, NUL)."""
+    parts = relative.split("/")
+    if "\x00" in relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise TessqError(f"refusing S3 key {relative!r} under {normalize(url)}: not a plain relative path")
+    return f"{normalize(url)}/{relative}"
+
+
+def default_output(input_url: str | os.PathLike[str]) -> str:
+    """s3://b/raw -> s3://b/raw_tessq (the local rule: a sibling named <IN>_tessq)."""
+    bucket, prefix = split(input_url)
+    return f"{SCHEME}{bucket}/{prefix}_tessq" if prefix else f"{SCHEME}{bucket}/tessq_output"
+
+
+# ---------------------------------------------------------------- client and errors
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("TESSQ_S3_ENDPOINT_URL") or None
+
+
+def client() -> Any:
+    """This process's S3 client (boto3 clients are thread-safe but must not cross a fork)."""
+    pid = os.getpid()
+    with _client_lock:
+        c = _clients.get(pid)
+        if c is None:
+            from tessq.upload import make_client
+
+            logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # "found credentials in ..."
+            c = make_client(endpoint_url(), os.environ.get("AWS_PROFILE") or None, 2 * defaults.S3_UPLOAD_CONCURRENCY)
+            _clients.clear()
+            _clients[pid] = c
+    return c
+
+
+def translate(exc: BaseException, url: str, doing: str) -> BaseException:
+    """An S3 failure as tessq sees it: FileNotFoundError, SourceChangedError, a typed UploadError or RemoteIOError."""
+    from botocore.exceptions import ClientError
+
+    from tessq.upload import fatal_error, parse_s3_url
+
+    if isinstance(exc, TessqError | FileNotFoundError):
+        return exc
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "NotFound") or (code == "404" and exc.operation_name != "HeadBucket"):
+            return FileNotFoundError(errno.ENOENT, f"{url}: no such object", url)
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return SourceChangedError(url, "object was replaced while it was being read (its ETag changed)")
+    fatal = fatal_error(exc, parse_s3_url(url), endpoint_url())
+    if fatal is not None:
+        return fatal
+    return RemoteIOError(f"{url}: {doing} failed ({type(exc).__name__}: {exc}); it is retried")
+
+
+def _count(nbytes: int, requests: int = 1) -> None:
+    with _traffic_lock:
+        TRAFFIC["get_requests"] += requests
+        TRAFFIC["get_bytes"] += nbytes
+
+
+# ---------------------------------------------------------------- objects as files
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """What os.stat gives for a file, from HeadObject/ListObjects: size, mtime (LastModified), ETag."""
+
+    st_size: int
+    st_mtime: float
+    etag: str | None
+    st_mode: int = stat_mod.S_IFREG | 0o444
+
+    @property
+    def st_mtime_ns(self) -> int:
+        return round(self.st_mtime * 1e9)
+
+
+def _mtime(value: datetime | float) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
+def stat_object(url: str) -> ObjectStat:
+    bucket, key = split(url)
+    try:
+        head = client().head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        raise translate(exc, url, "HeadObject") from exc
+    return ObjectStat(int(head["ContentLength"]), _mtime(head["LastModified"]), head.get("ETag"))
+
+
+class RangedReader:
+    """A seekable read-only file over one S3 object: small reads come from a block cache filled by ranged
+    GETs (read-ahead doubles while access is sequential), large reads are one GET of exactly that range.
+    Every GET carries If-Match with the ETag seen at open, so a replaced object fails instead of mixing."""
+
+    mode = "rb"
+
+    def __init__(self, url: str, size: int, etag: str | None, *, block: int = defaults.S3_BLOCK_BYTES,
+                 blocks: int = defaults.S3_CACHE_BLOCKS) -> None:
+        self.name = url
+        self.bucket, self.key = split(url)
+        self.size, self.etag = size, etag
+        self.block, self.max_blocks = block, max(4, blocks)
+        self._pos = 0
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._ahead = 1
+        self._next_block = -1
+        self.closed = False
+        self.requests = 0
+        self.bytes_fetched = 0
+
+    def _get(self, start: int, end: int) -> bytes:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "Range": f"bytes={start}-{end - 1}"}
+        if self.etag:
+            kwargs["IfMatch"] = self.etag
+        try:
+            data = client().get_object(**kwargs)["Body"].read()
+        except Exception as exc:
+            raise translate(exc, self.name, f"ranged GET of bytes {start}-{end - 1}") from exc
+        self.requests += 1
+        self.bytes_fetched += len(data)
+        _count(len(data))
+        if len(data) != end - start:
+            raise SourceChangedError(self.name, f"asked bytes {start}-{end - 1}, got {len(data)} (object shrank?)")
+        return data
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self._pos
+        n = max(0, min(n, self.size - self._pos))
+        if n == 0:
+            return b""
+        start, end = self._pos, self._pos + n
+        data = self._get(start, end) if n >= self.block else self._from_blocks(start, end)
+        self._pos = end
+        return data
+
+    def _from_blocks(self, start: int, end: int) -> bytes:
+        first, last = start // self.block, (end - 1) // self.block
+        missing = [b for b in range(first, last + 1) if b not in self._cache]
+        if missing:
+            self._ahead = min(self._ahead * 2, self.max_blocks // 2) if missing[0] == self._next_block else 1
+            n_blocks = max(len(missing), self._ahead)
+            a = missing[0] * self.block
+            z = min((missing[0] + n_blocks) * self.block, self.size)
+            data = self._get(a, z)
+            for i in range(0, len(data), self.block):
+                self._cache[missing[0] + i // self.block] = data[i:i + self.block]
+            self._next_block = missing[0] + n_blocks
+        parts = []
+        for b in range(first, last + 1):
+            parts.append(self._cache[b])
+            self._cache.move_to_end(b)
+        while len(self._cache) > self.max_blocks:
+            self._cache.popitem(last=False)
+        joined = b"".join(parts)
+        offset = start - first * self.block
+        return joined[offset:offset + end - start]
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer).cast("B")))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._cache.clear()
+        self.closed = True
+
+    def __enter__(self) -> RangedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Stream:
+    """A whole-object GET body whose read errors come out as tessq errors (for hashing and spooling)."""
+
+    def __init__(self, url: str, etag: str | None) -> None:
+        self.url = url
+        bucket, key = split(url)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if etag:
+            kwargs["IfMatch"] = etag
+        try:
+            self._body = client().get_object(**kwargs)["Body"]
+        except Exception as exc:
+            raise translate(exc, url, "GET") from exc
+        _count(0)
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._body.read(n if n >= 0 else None)
+        except Exception as exc:
+            raise translate(exc, self.url, "streaming GET") from exc
+        _count(len(data), requests=0)
+        return data
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteSource:
+    """An S3 object seen the way core/tiff see a source file: name, stat(), resolve(), open('rb'), and
+    `tiff_target()` for tifffile (the spooled temp file when there is one, else a RangedReader)."""
+
+    def __init__(self, url: str, known: ObjectStat | None = None) -> None:
+        self.url = url
+        self.bucket, self.key = split(url)
+        self._known = known
+        self.spool: Path | None = None
+        self.spool_sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name
+
+    @property
+    def head(self) -> ObjectStat:
+        """The object as first seen (the ETag every read is pinned to)."""
+        if self._known is None:
+            self._known = stat_object(self.url)
+        return self._known
+
+    @property
+    def size(self) -> int:
+        return self.head.st_size
+
+    def stat(self) -> ObjectStat:
+        """A fresh HeadObject (change detection); FileNotFoundError when the object is gone."""
+        return stat_object(self.url)
+
+    def exists(self) -> bool:
+        try:
+            self.stat()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def resolve(self) -> RemoteSource:
+        return self
+
+    def open(self, mode: str = "rb") -> Any:
+        """The whole object, sequentially: the spooled copy, else one streaming GET pinned to the ETag."""
+        if mode != "rb":
+            raise ValueError(f"{self.url}: S3 sources are read-only")
+        return open(self.spool, "rb") if self.spool else _Stream(self.url, self.head.etag)
+
+    def tiff_target(self) -> str | RangedReader:
+        return str(self.spool) if self.spool else RangedReader(self.url, self.size, self.head.etag)
+
+    def fetch(self, directory: str | Path | None = None) -> Path:
+        """Stream the object into a temp file (sha256 computed on the way); removed by close()."""
+        suffix = PurePosixPath(self.key).suffix
+        fd, name = tempfile.mkstemp(prefix=f"tessq-src-{os.getpid()}-", suffix=suffix, dir=directory)
+        sha = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out, _Stream(self.url, self.head.etag) as body:
+                while chunk := body.read(STREAM_CHUNK):
+                    sha.update(chunk)
+                    out.write(chunk)
+            if os.path.getsize(name) != self.size:
+                raise SourceChangedError(self.url, f"fetched {os.path.getsize(name)} bytes, expected {self.size}")
+        except BaseException:
+            os.unlink(name)
+            raise
+        self.spool, self.spool_sha256 = Path(name), sha.hexdigest()
+        return self.spool
+
+    def close(self) -> None:
+        if self.spool is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.spool.unlink()
+            self.spool = None
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RemoteSource({self.url!r})"
+
+
+def as_source(source: str | os.PathLike[str] | RemoteSource) -> Path | RemoteSource:
+    """A local Path, or a RemoteSource for an s3:// URL (what core.tessellate_image and tiff accept)."""
+    if isinstance(source, RemoteSource):
+        return source
+    if is_remote(source):
+        return RemoteSource(_object_url(source))
+    return Path(source)
+
+
+def _object_url(location: str | os.PathLike[str]) -> str:
+    bucket, key = split(location)
+    if not key:
+        raise ConfigError(f"{normalize(location)} names a bucket, not an object")
+    return f"{SCHEME}{bucket}/{key}"
+
+
+def tiff_target(source: str | os.PathLike[str] | RemoteSource) -> tuple[str | RangedReader, int]:
+    """What tiff._open_tifffile hands tifffile for a remote source, and the object's size."""
+    remote = as_source(source)
+    assert isinstance(remote, RemoteSource)
+    return remote.tiff_target(), remote.size
+
+
+def spool_limits() -> tuple[int, int]:
+    """(objects up to this size are spooled, never spool more than this): env overrides, then defaults."""
+    spool_max = int(os.environ.get("TESSQ_S3_SPOOL_MAX_BYTES") or defaults.S3_SPOOL_MAX_BYTES)
+    budget = int(os.environ.get("TESSQ_S3_DISK_BUDGET_BYTES") or defaults.S3_DISK_BUDGET_BYTES)
+    return spool_max, budget
+
+
+def should_spool(size: int, directory: str | Path) -> bool:
+    """Small objects come down whole (one GET; the sha256 needs every byte anyway), within the disk budget
+    and the free space of the temp disk; larger ones are read by ranges, chunk by chunk, with no disk."""
+    spool_max, budget = spool_limits()
+    if size > min(spool_max, budget):
+        return False
+    free = shutil.disk_usage(directory).free
+    return free - size >= defaults.S3_DISK_RESERVE_BYTES
+
+
+@contextlib.contextmanager
+def opened_source(url: str, tmp_dir: str | Path | None = None) -> Iterator[RemoteSource]:
+    """A worker's view of one S3 source for one image: spooled when small, else ranged; cleaned up after."""
+    source = RemoteSource(url)
+    try:
+        try:
+            source.head  # noqa: B018 - pins the ETag every later read must match
+        except FileNotFoundError:
+            raise SourceChangedError(url, "object no longer exists (deleted or moved since the scan)") from None
+        directory = tmp_dir or tempfile.gettempdir()
+        if should_spool(source.size, directory):
+            source.fetch(directory)
+        yield source
+    finally:
+        source.close()
+
+
+# ---------------------------------------------------------------- listing (the scan's walk)
+
+
+@dataclass(frozen=True)
+class S3Entry:
+    """One listed object, shaped like the os.DirEntry that scan.candidate_row reads (name, path, stat())."""
+
+    name: str
+    url: str
+    info: ObjectStat
+
+    @property
+    def path(self) -> RemoteSource:
+        return RemoteSource(self.url, self.info)  # probing it costs no HeadObject
+
+    def stat(self, follow_symlinks: bool = True) -> ObjectStat:
+        return self.info
+
+    def is_symlink(self) -> bool:
+        return False
+
+
+def list_objects(url: str) -> Iterator[dict[str, Any]]:
+    """Every object under the prefix url/ (ListObjectsV2 pages)."""
+    bucket, prefix = split(url)
+    try:
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+        for page in pages:
+            yield from page.get("Contents", [])
+    except Exception as exc:
+        raise translate(exc, normalize(url), "listing") from exc
+
+
+def walk(root: str, *, exclude: tuple[str, ...] = ()) -> Iterator[Any]:
+    """scan.walk for a prefix: one scan.FolderEntries per 'folder' of keys, with the same skip rules
+    (hidden/system folders, folder markers, the output prefix); keys with empty, '.' or '..' parts are
+    logged and left out, since they cannot be mirrored."""
+    from tessq.scan import FolderEntries, is_image_name, is_skipped_dir, is_tiff_name
+
+    root = normalize(root)
+    bucket, prefix = split(root)
+    base = f"{prefix}/" if prefix else ""
+    skip = [split(e)[1] for e in exclude if is_remote(e) and split(e)[0] == bucket and normalize(e) != root]
+    folders: dict[str, Any] = {}
+    for obj in list_objects(root):
+        key: str = obj["Key"]
+        rel = key[len(base):]
+        if not rel or rel.endswith("/"):
+            continue
+        if any(key.startswith(f"{s}/") for s in skip if s):
+            continue
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            log.warning("skipping s3://%s/%s: its key cannot be mirrored as a folder path", bucket, key)
+            continue
+        if any(is_skipped_dir(p) for p in parts[:-1]):
+            continue
+        folder_rel, name = "/".join(parts[:-1]), parts[-1]
+        folder = folders.setdefault(folder_rel, FolderEntries(rel=folder_rel))
+        if is_tiff_name(name):
+            info = ObjectStat(int(obj["Size"]), _mtime(obj["LastModified"]), obj.get("ETag"))
+            folder.tiffs.append(S3Entry(name, f"{SCHEME}{bucket}/{key}", info))
+        elif is_image_name(name):
+            folder.other_images += 1
+    for rel in sorted(folders):
+        folder = folders[rel]
+        folder.tiffs.sort(key=lambda e: e.name)
+        yield folder
+
+
+def check_bucket(url: str) -> None:
+    """Fail early, with the typed error, when the bucket of `url` is missing or refused."""
+    from tessq.upload import S3Target
+    from tessq.upload import check_bucket as head_bucket
+
+    bucket, prefix = split(url)
+    head_bucket(client(), S3Target(bucket, prefix), endpoint_url())
+
+
+def check_input(url: str) -> None:
+    check_bucket(url)
+    if next(iter(list_objects(url)), None) is None:
+        raise ConfigError(f"input {normalize(url)} holds no objects (check the bucket and the prefix)")
+
+
+# ---------------------------------------------------------------- output: commit an image folder
+
+
+def put_file(path: Path, url: str) -> None:
+    """Upload one file with a CRC32 the SDK computes and S3 checks (multipart above S3_SINGLE_PUT_BYTES)."""
+    from tessq.upload import content_type
+
+    bucket, key = split(url)
+    extra = {"ContentType": content_type(key), "ChecksumAlgorithm": "CRC32"}
+    try:
+        if path.stat().st_size < defaults.S3_SINGLE_PUT_BYTES:
+            with open(path, "rb") as body:
+                client().put_object(Bucket=bucket, Key=key, Body=body, **extra)
+        else:
+            client().upload_file(str(path), bucket, key, ExtraArgs=extra)
+    except Exception as exc:
+        raise translate(exc, url, f"upload of {path.name}") from exc
+
+
+def put_bytes(data: bytes, url: str) -> None:
+    from tessq.upload import content_type
+
+    bucket, key = split(url)
+    try:
+        client().put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type(key))
+    except Exception as exc:
+        raise translate(exc, url, "upload") from exc
+
+
+def delete_keys(bucket: str, keys: list[str]) -> None:
+    for i in range(0, len(keys), 1000):
+        batch = [{"Key": k} for k in keys[i:i + 1000]]
+        try:
+            client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        except Exception as exc:
+            raise translate(exc, f"{SCHEME}{bucket}/{batch[0]['Key']}", "delete") from exc
+
+
+class OutputCommitter:
+    """An image folder bound for s3://.../<out_rel>/: the core writes it into a local temp dir, `commit`
+    uploads it (slices, then batch_metadata.json, metadata.json LAST, then removes objects of an older
+    version), and leaving the context deletes the temp dir. A folder is complete once metadata.json is
+    there; the status row marked done is what counts."""
+
+    def __init__(self, output_url: str, out_rel: str, tmp_dir: str | Path | None = None) -> None:
+        self.url = join(output_url, out_rel)
+        self.bucket, self.prefix = split(self.url)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"tessq-out-{os.getpid()}-", dir=tmp_dir))
+        self.local_dir = self.tmp / PurePosixPath(out_rel).name
+
+    def commit(self, still_holds: Any = None) -> dict[str, Any]:
+        """Upload the finished local folder; `still_holds()` (the lease) is asked before anything is sent."""
+        from tessq.core import BATCH_METADATA_FILENAME, METADATA_FILENAME
+
+        if still_holds is not None and not still_holds():
+            raise LeaseLostError(f"{self.url}: lease lost before upload; the image belongs to another worker now")
+        files = sorted(p for p in self.local_dir.iterdir() if p.is_file())
+        last = [n for n in (BATCH_METADATA_FILENAME, METADATA_FILENAME) if (self.local_dir / n).is_file()]
+        slices = [p for p in files if p.name not in last]
+        meta_key = f"{self.prefix}/{METADATA_FILENAME}"
+        # An older version stops looking complete before any of its files is replaced.
+        delete_keys(self.bucket, [meta_key])
+        with ThreadPoolExecutor(max_workers=defaults.S3_UPLOAD_CONCURRENCY, thread_name_prefix="tessq-put") as pool:
+            list(pool.map(lambda p: put_file(p, f"{self.url}/{p.name}"), slices))
+        for name in last:
+            put_file(self.local_dir / name, f"{self.url}/{name}")
+        keep = {f"{self.prefix}/{p.name}" for p in files}
+        stale = [o["Key"] for o in list_objects(self.url) if o["Key"] not in keep]
+        if stale:
+            delete_keys(self.bucket, stale)
+        return {"url": self.url, "objects": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> OutputCommitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sweep_temp(alive: Any, directory: str | Path | None = None) -> int:
+    """Remove spools and output temp dirs of dead processes of this machine (a SIGKILLed worker leaves them)."""
+    directory = Path(directory or tempfile.gettempdir())
+    removed = 0
+    for entry in directory.glob("tessq-[os][ur][tc]-*-*"):
+        pid = entry.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def download_prefix(url: str, dest: str | Path) -> list[Path]:
+    """Copy every object under url/ into dest, keeping the relative keys (verify, tests)."""
+    bucket, prefix = split(url)
+    dest = Path(dest)
+    out = []
+    for obj in list_objects(url):
+        rel = obj["Key"][len(prefix) + 1:] if prefix else obj["Key"]
+        target = dest.joinpath(*rel.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client().download_file(bucket, obj["Key"], str(target))
+        except Exception as exc:
+            raise translate(exc, f"{SCHEME}{bucket}/{obj['Key']}", "download") from exc
+        out.append(target)
+    return out
+
+
+@contextlib.contextmanager
+def verifiable(input_dir: str, output_dir: str, rel_path: str,
+               out_rel: str) -> Iterator[tuple[Path, Path | RemoteSource | None]]:
+    """(local image folder, source or None) for verify.verify_image; an S3 folder is downloaded to a temp dir."""
+    if is_remote(input_dir):
+        source: Path | RemoteSource | None = RemoteSource(join(input_dir, rel_path))
+        if not source.exists():
+            source = None
+    else:
+        local = Path(input_dir) / rel_path
+        source = local if local.exists() else None
+    if not is_remote(output_dir):
+        yield Path(output_dir) / out_rel, source
+        return
+    with tempfile.TemporaryDirectory(prefix="tessq-verify-") as tmp:
+        folder = Path(tmp) / PurePosixPath(out_rel).name
+        if not download_prefix(join(output_dir, out_rel), folder):
+            raise UploadError(f"{join(output_dir, out_rel)}: no objects (the image folder is missing)")
+        yield folder, source
