@@ -14,7 +14,16 @@ from tessq.errors import ImageError
 from tessq.options import SliceOptions
 from tessq.verify import decode_slice, load_metadata
 
-CORPUS = Path(os.environ.get("TESSQ_CORPUS", Path(__file__).resolve().parents[2] / "shared/corpus/tiff"))
+
+def _find_corpus() -> Path:
+    """TESSQ_CORPUS, else ../shared/corpus/tiff beside the checkout, else the workplace's /work/shared copy."""
+    if os.environ.get("TESSQ_CORPUS"):
+        return Path(os.environ["TESSQ_CORPUS"])
+    candidates = [Path(__file__).resolve().parents[2] / "shared/corpus/tiff", Path("/work/shared/corpus/tiff")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+CORPUS = _find_corpus()
 FILES = (
     sorted(p for p in CORPUS.glob("*") if p.suffix.lower() in (".tif", ".tiff")) if CORPUS.is_dir() else []
 )
