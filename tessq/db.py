@@ -148,7 +148,22 @@ def create_schema() -> None:
 
 @contextmanager
 def session() -> Iterator[peewee.Database]:
-    """A short-lived connection for this thread (peewee connections are thread-local)."""
+    """This thread's connection (peewee connections are thread-local), opened on first use and kept:
+    connecting costs more than the statements (SQLite pragmas, a WAL checkpoint on close, a PostgreSQL
+    handshake). Statements autocommit, so an idle connection holds no lock and never stalls a checkpoint.
+    A connection that fails is dropped and replaced on the next use. Processes must not carry one across
+    fork: the worker daemon closes its own before forking, and forked workers discard the inherited one."""
+    database.connect(reuse_if_open=True)
+    try:
+        yield database
+    except (peewee.OperationalError, peewee.InterfaceError):
+        database.close()
+        raise
+
+
+@contextmanager
+def forkable_session() -> Iterator[peewee.Database]:
+    """A connection closed on exit: for a process that forks (the worker daemon), so none is open at fork."""
     with database.connection_context():
         yield database
 

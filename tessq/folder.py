@@ -67,8 +67,19 @@ def fsync_files(folder: Path) -> None:
         for path in files:
             sync(path)
         return
-    with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
-        list(pool.map(sync, files))
+    list(_fsync_pool().map(sync, files))
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """One small thread pool per process (threads do not survive fork, hence keyed by pid)."""
+    pid = os.getpid()
+    if pid not in _POOL:
+        _POOL.clear()
+        _POOL[pid] = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+    return _POOL[pid]
 
 
 def cleanup_stale(parent: str | Path, name: str) -> list[Path]:

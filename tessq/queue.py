@@ -70,13 +70,18 @@ def delivered_ids() -> set[int]:
 
 def repair_unqueued() -> int:
     """Re-enqueue queued rows that have no message (lost by a crash, a flushed queue, a restore)."""
-    with db.session():
+    with db.forkable_session():
         queued = db.queued_ids_with_size()
     missing = [i for i in queued if i not in delivered_ids()]
     if missing:
         log.info("re-enqueueing %d queued image(s) that had no queue message", len(missing))
         enqueue(missing, queued)
     return len(missing)
+
+
+def close_connection() -> None:
+    """Drop this process's queue connection (the worker daemon does so before it may fork again)."""
+    huey().storage.close()
 
 
 def pending_count() -> int:

@@ -301,7 +301,7 @@ def process_alive(pid: int) -> bool:
 
 def recover() -> tuple[int, int]:
     """Requeue images of dead or expired workers and re-enqueue queued rows that lost their message."""
-    with db.session():
+    with db.forkable_session():
         dead = dead_local_workers(db.running_workers())
         requeued, failed = db.reap_expired(defaults.MAX_ATTEMPTS, dead)
         sizes = db.queued_ids_with_size() if requeued else {}
@@ -310,10 +310,12 @@ def recover() -> tuple[int, int]:
         tq.enqueue(requeued, sizes)
     if failed:
         log.error("%d image(s) failed after losing every attempt to dead workers", len(failed))
-    return len(requeued) + len(failed), tq.repair_unqueued()
+    repaired = tq.repair_unqueued()
+    tq.close_connection()  # the daemon may fork a replacement worker next: no connection may cross it
+    return len(requeued) + len(failed), repaired
 
 
-def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, poll_interval: float = 0.2) -> WorkerRun:
+def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, poll_interval: float = 0.05) -> WorkerRun:
     """`tessq workers`: run n worker processes until a signal (graceful) or, with drain, until empty.
 
     poll_interval bounds how long a drained queue keeps the run alive and how soon a recycled worker
@@ -363,10 +365,10 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
 
 
 def _has_dead_workers() -> bool:
-    with db.session():
+    with db.forkable_session():
         return bool(dead_local_workers(db.running_workers()))
 
 
 def _drained() -> bool:
-    with db.session():
+    with db.forkable_session():
         return db.outstanding() == 0
