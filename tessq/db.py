@@ -28,7 +28,7 @@ from peewee import (
     TextField,
 )
 
-from tessq import backends, defaults
+from tessq import backends
 
 database = peewee.DatabaseProxy()
 
@@ -533,4 +533,3 @@ class UploadLedger:
             return {"objects": int(count), "bytes": int(total)}
 
 
-DEFAULT_MAX_ATTEMPTS = defaults.MAX_ATTEMPTS

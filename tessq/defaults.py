@@ -28,7 +28,10 @@ MEMORY_BUDGET_BYTES = 512 * 1024 * 1024  # per worker, for pixel buffers beyond 
 WORKSPACE_DIRNAME = ".tessq"
 STATUS_DB_FILENAME = "tessq.db"
 QUEUE_DB_FILENAME = "queue.db"
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3  # attempts of an image whose processing raises a transient error
+# Attempts of an image whose worker keeps dying under it (SIGKILL, OOM, preemption). Higher: a death is
+# usually not the image's fault; bounded: an image that kills every worker it meets must end as failed.
+MAX_LOST_ATTEMPTS = 5
 RETRY_DELAY_S = 5
 RETRY_BACKOFF = 2.0
 LEASE_S = float(os.environ.get("TESSQ_LEASE_S") or 60.0)  # TESSQ_LEASE_S: shorter in tests, longer on slow links

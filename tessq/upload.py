@@ -101,7 +101,10 @@ def content_type(rel: str) -> str:
 
 def make_client(endpoint_url: str | None, profile: str | None, concurrency: int) -> Any:
     """An S3 client from the standard credential chain (env, profile, SSO, instance role): never logged."""
-    import boto3
+    try:
+        import boto3
+    except ImportError:
+        raise ConfigError("S3 needs boto3: pip install 'tessq[s3]' (or pip install boto3)") from None
     from botocore.config import Config
     from botocore.exceptions import ProfileNotFound
 

@@ -303,13 +303,17 @@ def recover() -> tuple[int, int]:
     """Requeue images of dead or expired workers and re-enqueue queued rows that lost their message."""
     with db.forkable_session():
         dead = dead_local_workers(db.running_workers())
-        requeued, failed = db.reap_expired(defaults.MAX_ATTEMPTS, dead)
+        requeued, failed = db.reap_expired(defaults.MAX_LOST_ATTEMPTS, dead)
         sizes = db.queued_ids_with_size() if requeued else {}
+        given_up = [db.image(i) for i in failed]
     if requeued:
         log.warning("reclaimed %d image(s) from dead or expired workers", len(requeued))
         tq.enqueue(requeued, sizes)
-    if failed:
-        log.error("%d image(s) failed after losing every attempt to dead workers", len(failed))
+    for row in filter(None, given_up):  # nobody claims these again: remove what dead workers left half-written
+        log.error("%s failed: its worker died on each of %d attempts", row.rel_path, row.attempts)
+        if not remote.is_remote(row.job.output_dir):
+            image_dir = contained(Path(row.job.output_dir), row.out_rel)
+            folder.cleanup_stale(image_dir.parent, image_dir.name)
     repaired = tq.repair_unqueued()
     tq.close_connection()  # the daemon may fork a replacement worker next: no connection may cross it
     return len(requeued) + len(failed), repaired

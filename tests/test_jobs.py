@@ -220,3 +220,27 @@ def test_an_image_over_its_time_limit_fails_as_timed_out_and_the_batch_goes_on(t
     assert rep["batch_summary"]["successfully_processed"] == 1
     assert [(e["file"], e["type"]) for e in rep["errors"]] == [("huge.tif", "timeout")]
     assert "timed out" in rep["errors"][0]["message"] and not (out / "huge").exists() and not leftovers(out)
+
+
+def test_an_image_whose_workers_keep_dying_ends_failed_and_its_leftovers_are_removed(
+    tmp_path: Path, sqlite_env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tessq import db, defaults
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "killer.tif")
+    tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
+    in_process_status(sqlite_env, monkeypatch)
+    dead = f"{db.hostname()}:999999"  # a pid that does not exist on this host
+    with db.session():
+        [row] = list(db.Image.select())
+        db.Image.update(status=db.RUNNING, worker=dead, attempts=defaults.MAX_LOST_ATTEMPTS,
+                        lease_until=db.server_time() + 3600).where(db.Image.id == row.id).execute()
+    db.database.close()
+    leftover = out / ".killer.tessq-tmp.deadbeef"
+    leftover.mkdir(parents=True)
+    (leftover / "slice_0_0_0_48_32.png").write_bytes(b"half")
+    tessq_cmd("workers", "--n", "1", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
+    rep = report_json(sqlite_env, tmp_path)
+    assert [(e["file"], e["type"]) for e in rep["errors"]] == [("killer.tif", "lost")]
+    assert not leftover.exists()
