@@ -1,5 +1,5 @@
 """`python -m tessq`: the same CLI as the `tessq` console script."""
 
-from tessq.cli import main
+from tessq.entry import main
 
 main()

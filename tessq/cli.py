@@ -5,10 +5,11 @@ No logic lives here; every command is a thin wrapper so the Python API and the C
 
 from __future__ import annotations
 
+import functools
 import json
-import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,21 @@ from rich.table import Table
 from tessq import __version__, defaults, pipeline
 from tessq.errors import TessqError
 from tessq.options import PNG_PRESETS, SliceOptions, parse_grid
+
+
+def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Ctrl-C / SIGTERM inside a command exits 130 (resume by running it again), not click's "Aborted!" 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print("interrupted: run the same command again to resume")
+            raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
+
+    return wrapper
+
 
 app = typer.Typer(
     add_completion=False,
@@ -130,6 +146,7 @@ def _open(create: bool = True) -> Any:
 
 
 @app.command()
+@interruptible
 def scan(
     input_dir: Annotated[Path, typer.Argument(help="Folder tree (or s3://BUCKET/PREFIX) to scan for TIFFs.")],
     out: Annotated[
@@ -185,6 +202,7 @@ def print_scan(summary: Any) -> None:
 
 
 @app.command()
+@interruptible
 def workers(
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of worker processes.")] = 2,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when nothing is left to do.")] = False,
@@ -254,6 +272,7 @@ def print_report(rep: dict[str, Any]) -> None:
 
 
 @app.command()
+@interruptible
 def run(
     input_dir: Annotated[Path, typer.Argument(help="Input folder tree.")],
     output_dir: Annotated[Path, typer.Argument(help="Output folder.")],
@@ -328,6 +347,7 @@ def retry(
 
 
 @app.command()
+@interruptible
 def verify(
     sample: Annotated[int | None, typer.Option("--sample", min=1, help="Check only the first N done images.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -374,6 +394,7 @@ def _export_zip(path: Path | None, folder: str | None) -> dict[str, Any]:
 
 
 @app.command()
+@interruptible
 def export(
     path: Annotated[Path | None, typer.Argument(help="Archive path (default OUT/<OUT name>_results.zip).")] = None,
     zip_: Annotated[bool, typer.Option("--zip", help="Write a ZIP archive (the only format today).")] = True,
@@ -388,6 +409,7 @@ def export(
 
 
 @app.command()
+@interruptible
 def upload(
     url: Annotated[str, typer.Argument(help="Destination s3://BUCKET/PREFIX.")],
     endpoint_url: Annotated[
@@ -425,6 +447,7 @@ def upload(
 
 
 @app.command()
+@interruptible
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where to create the sample tree and its output.")] = Path(
         "tessq-demo"
@@ -438,12 +461,8 @@ def demo(
     raise typer.Exit(code)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM means what Ctrl-C means, in every phase of every command
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    """Run the app; tessq.entry.main (the console script) wraps this with the SIGTERM handling."""
     try:
         app()
     except TessqError as exc:  # anything not caught by a command still prints as one clear line
