@@ -36,13 +36,14 @@ def is_leftover(entry: str, name: str | None = None) -> bool:
     return False
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (creations, renames) durable."""
+def fsync_path(path: str | Path) -> None:
+    """Make a file's data, or a directory's entries (creations, renames), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -55,19 +56,11 @@ def fsync_files(folder: Path) -> None:
     """fsync every file of `folder` concurrently: parallel fsyncs share journal commits, so ten files cost
     about one commit instead of ten in a row (about 40 ms per image on this machine's disk)."""
     files = [entry.path for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)]
-
-    def sync(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     if len(files) <= 1:
         for path in files:
-            sync(path)
+            fsync_path(path)
         return
-    list(_fsync_pool().map(sync, files))
+    list(_fsync_pool().map(fsync_path, files))
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
@@ -118,14 +111,14 @@ class AtomicFolder:
     def commit(self) -> None:
         """fsync the files and the folder, move any existing final folder aside, rename into place."""
         fsync_files(self.path)
-        fsync_dir(self.path)
+        fsync_path(self.path)
         parent = self.final.parent
         displaced = None
         if self.final.exists():
             displaced = parent / old_name(self.final.name, self.token)
             os.rename(self.final, displaced)
         os.rename(self.path, self.final)
-        fsync_dir(parent)
+        fsync_path(parent)
         self.committed = True
         if displaced is not None:
             shutil.rmtree(displaced, ignore_errors=True)
