@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tessq import defaults, encode, geo, remote
-from tessq.errors import ImageTooSmallError, SourceChangedError
+from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.folder import atomic_folder, write_file
 from tessq.grid import Box, describe_grid, plan_grid, slice_name
 from tessq.options import SliceOptions
@@ -205,7 +205,7 @@ def _check_unchanged(source: Path, before: os.stat_result) -> None:
     except FileNotFoundError as exc:
         raise SourceChangedError(source, "file vanished while it was being sliced") from exc
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise SourceChangedError(source, "file was modified while it was being sliced")
+        raise SourceModifiedError(source, "file was modified while it was being sliced; it will be redone")
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:

@@ -62,6 +62,12 @@ class SourceChangedError(ImageError):
     kind = "source_changed"
 
 
+class SourceModifiedError(SourceChangedError):
+    """The source was rewritten while being read: retried, so the new content is cut."""
+
+    permanent = False
+
+
 class TransientError(TessqError):
     """A failure that may pass on its own (disk full, I/O error, lock): retried with backoff."""
 

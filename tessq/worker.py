@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from huey.exceptions import RetryTask, TaskTimeout
 
 from tessq import __version__, db, defaults, folder, remote
 from tessq import queue as tq
-from tessq.errors import LeaseLostError, SourceChangedError, TessqError, TransientError
+from tessq.errors import LeaseLostError, SourceChangedError, TessqError
 from tessq.options import SliceOptions
 
 log = logging.getLogger("tessq.worker")
@@ -118,18 +119,14 @@ def _cut_remote(row: db.Image, claim: db.Claim) -> dict[str, Any]:
         committer = stack.enter_context(remote.OutputCommitter(row.job.output_dir, row.out_rel))
         result = _cut(row, claim, source, committer.local_dir)
 
-        def still_holds() -> bool:
-            with db.session():
-                return db.renew_lease(claim, defaults.LEASE_S)
-
-        result["image_dir"] = committer.commit(still_holds)["url"]
+        result["image_dir"] = committer.commit(lambda: holds_lease(claim))["url"]
     return result
 
 
 def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, image_dir: Path) -> dict[str, Any]:
     before = source_state(source)
     folder.cleanup_stale(image_dir.parent, image_dir.name)
-    options = SliceOptions.from_dict(_json(row.job.options))
+    options = SliceOptions.from_dict(json.loads(row.job.options))
     batch_metadata = {
         "job": {"input_dir": row.job.input_dir, "output_dir": row.job.output_dir, "options": options.to_dict()},
         "image_id": row.id,
@@ -142,17 +139,20 @@ def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, ima
     }
     from tessq import core  # heavy imports (tifffile, imagecodecs) only in workers
 
-    def still_ours() -> None:
-        with db.session():
-            if not db.renew_lease(claim, defaults.LEASE_S):
-                raise LeaseLostError(f"{row.rel_path}: lease lost before the folder was committed; output left alone")
+    def still_ours() -> None:  # the core checks the source is unchanged, then this, then renames into place
+        if not holds_lease(claim):
+            raise LeaseLostError(f"{row.rel_path}: lease lost before the folder was committed; output left alone")
 
     result = core.tessellate_image(source, image_dir, options, relative_path=row.rel_path,
                                    batch_metadata=batch_metadata, before_commit=still_ours)
     result["source_state"] = before
-    if source_state(source) != before:
-        raise TransientError(f"{row.rel_path}: source changed while it was being read; it will be redone")
     return result
+
+
+def holds_lease(claim: db.Claim) -> bool:
+    """Renew the lease (fenced on worker and attempt); False if another worker owns the image now."""
+    with db.session():
+        return db.renew_lease(claim, defaults.LEASE_S)
 
 
 def source_state(source: Path | remote.RemoteSource) -> tuple[int, float]:
@@ -179,12 +179,6 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied: {exc.filename or exc}"
     return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
-
-
-def _json(text: str) -> dict[str, Any]:
-    import json
-
-    return json.loads(text)
 
 
 def _fail(claim: db.Claim, kind: str, message: str, started: float) -> None:

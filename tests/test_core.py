@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tessq import core, folder
-from tessq.errors import ImageTooSmallError, SourceChangedError
+from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.options import SliceOptions
 from tessq.verify import verify_image
 from tests.tiffgen import PNG_VARIANTS, VARIANTS, write_variant
@@ -199,3 +199,22 @@ def test_cleanup_stale(tmp_path: Path) -> None:
     (tmp_path / ".img.tessq-old.ef01").mkdir()
     folder.cleanup_stale(tmp_path, "img")
     assert (tmp_path / "img").is_dir()
+
+
+def test_a_source_rewritten_while_sliced_is_a_retryable_error_and_nothing_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "moving.tif"
+    tifffile.imwrite(path, np.zeros((40, 40), np.uint8))
+    real_write = core._write_slices
+
+    def write_then_touch(*args: object, **kwargs: object) -> object:
+        records = real_write(*args, **kwargs)
+        os.utime(path, ns=(1, 1))  # another program rewrites the file mid-run
+        return records
+
+    monkeypatch.setattr(core, "_write_slices", write_then_touch)
+    with pytest.raises(SourceModifiedError) as caught:
+        core.tessellate_image(path, tmp_path / "out", SMALL)
+    assert not caught.value.permanent  # the job system retries it and cuts the new content
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if ".tessq-tmp" in p.name]
