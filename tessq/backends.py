@@ -6,7 +6,7 @@ talks to a peewee Database and a huey instance.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import peewee
 from huey import Huey, PostgresHuey, PriorityRedisHuey, SqliteHuey
@@ -80,7 +80,3 @@ def server_now(database: peewee.Database) -> peewee.Node:
         return peewee.SQL("extract(epoch from clock_timestamp())::double precision")
     return peewee.SQL("((julianday('now') - 2440587.5) * 86400.0)")
 
-
-def query_flag(url: str, key: str) -> str | None:
-    values = parse_qs(urlparse(url).query).get(key)
-    return values[0] if values else None

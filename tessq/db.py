@@ -214,10 +214,6 @@ def upsert_job(input_dir: str, output_dir: str, options: dict[str, Any], options
         return job
 
 
-def jobs() -> list[Job]:
-    return list(Job.select().order_by(Job.id))
-
-
 def replace_folders(job_id: int, folders: Iterable[dict[str, Any]]) -> None:
     rows = [dict(f, job=job_id) for f in folders]
     with database.atomic():

@@ -6,10 +6,8 @@ modules that own the work, and returns plain data for the caller to print.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,6 @@ from tessq.options import SliceOptions
 from tessq.settings import Workspace, options_fingerprint, resolve_workspace
 
 log = logging.getLogger("tessq")
-
-
-@dataclass
-class Context:
-    workspace: Workspace
-    log_level: str = "INFO"
 
 
 def open_workspace(workspace: str | Path | None = None, *, create: bool = True) -> Workspace:
@@ -40,7 +32,7 @@ def open_workspace(workspace: str | Path | None = None, *, create: bool = True) 
 
 def start_logging(level: str, output_dir: Path | str | None = None, console: bool = True) -> None:
     if output_dir is not None and remote.is_remote(output_dir):  # S3 holds no log: it stays in the workspace
-        output_dir = (tq._state.get("workspace") or resolve_workspace()).state_dir
+        output_dir = (tq.workspace() or resolve_workspace()).state_dir
     log_file = (Path(output_dir) / defaults.LOG_FILENAME) if output_dir else None
     logs.setup(level, log_file, console=console)
 
@@ -87,7 +79,7 @@ def finish_report() -> dict[str, Any]:
     for out in report.output_dirs():
         if remote.is_remote(out):
             try:
-                remote.put_bytes(json.dumps(rep, indent=2).encode(), remote.join(out, defaults.REPORT_FILENAME))
+                remote.put_bytes(report.report_bytes(rep), remote.join(out, defaults.REPORT_FILENAME))
             except TessqError as exc:
                 log.warning("could not write the report to %s: %s", remote.normalize(out), exc)
         elif out.is_dir():

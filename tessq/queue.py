@@ -36,6 +36,11 @@ def configure(workspace: Workspace) -> None:
     huey.on_startup(name="tessq-worker-init")(_init_worker_process)
 
 
+def workspace() -> Workspace | None:
+    """The workspace `configure` was last called with (None before that)."""
+    return _state["workspace"]
+
+
 def huey() -> Huey:
     if _state["huey"] is None:
         raise RuntimeError("tessq.queue.configure(workspace) must be called first")
@@ -83,10 +88,6 @@ def close_connection() -> None:
     """Drop this process's queue connection (the worker daemon does so before it may fork again)."""
     huey().storage.close()
 
-
-def pending_count() -> int:
-    h = huey()
-    return h.pending_count() + h.scheduled_count()
 
 
 def _init_worker_process() -> None:

@@ -122,12 +122,17 @@ def build_report() -> dict[str, Any]:
     }
 
 
+def report_bytes(report: dict[str, Any]) -> bytes:
+    """batch_report.json's content, the same locally and on S3."""
+    return (json.dumps(report, indent=2, sort_keys=False) + "\n").encode()
+
+
 def write_report(report: dict[str, Any], output_dir: Path) -> Path:
     """OUT/batch_report.json, replaced atomically so a reader never sees half of it."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / defaults.REPORT_FILENAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    tmp.write_bytes(report_bytes(report))
     os.replace(tmp, path)
     return path
 

@@ -165,8 +165,9 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
     """One image row from the file's stat and TIFF header (no pixels decoded)."""
     st = entry.stat(follow_symlinks=True)
     rel_path = str(PurePosixPath(rel_folder) / entry.name) if rel_folder else entry.name
+    stored_path = printable(rel_path)
     row: dict[str, Any] = {
-        "rel_path": printable(rel_path),
+        "rel_path": stored_path,
         "folder": printable(rel_folder),
         "out_rel": printable(str(PurePosixPath(rel_folder) / out_name) if rel_folder else out_name),
         "src_size": st.st_size,
@@ -180,28 +181,22 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
         "pixel_bytes": None,
         "attempts": 0,
     }
-    if printable(rel_path) != rel_path:
+
+    def failed(kind: str, message: str) -> dict[str, Any]:
+        return {**row, "status": db.FAILED, "error_type": kind, "error_message": message}
+
+    if stored_path != rel_path:
         # The status table (and S3, and most tools) hold names as UTF-8; this one cannot be stored faithfully.
-        return {
-            **row,
-            "status": db.FAILED,
-            "error_type": "unsupported_name",
-            "error_message": f"{printable(entry.path)}: file name is not valid UTF-8; rename it",
-        }
+        return failed("unsupported_name", f"{printable(entry.path)}: file name is not valid UTF-8; rename it")
     if not stat.S_ISREG(st.st_mode):
-        return {
-            **row,
-            "status": db.FAILED,
-            "error_type": "unsupported",
-            "error_message": f"{entry.path}: not a regular file",
-        }
+        return failed("unsupported", f"{entry.path}: not a regular file")
     try:
         info = tiff.probe(entry.path)
     except ImageError as exc:
-        return {**row, "status": db.FAILED, "error_type": exc.kind, "error_message": str(exc)}
+        return failed(exc.kind, str(exc))
     except OSError as exc:  # permission denied, I/O error: recorded, never silently dropped
         reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
-        return {**row, "status": db.FAILED, "error_type": "unreadable", "error_message": f"{entry.path}: {reason}"}
+        return failed("unreadable", f"{entry.path}: {reason}")
     row.update(width=info.width, height=info.height, pixel_bytes=pixel_bytes(info))
     reason = eligibility(info.width, info.height, min_size)
     if reason:
