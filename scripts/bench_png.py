@@ -58,14 +58,18 @@ def main(height: int = 3072, width: int = 4096, samples: int = 3, dtype: str = "
         candidates["Pillow level 6 (default)"] = _pillow(6)
         candidates["Pillow level 1"] = _pillow(1)
     candidates["imagecodecs.png_encode level 1"] = lambda a: imagecodecs.png_encode(a, level=1)
+    for method, flag in (("paeth", 128), ("avg", 64)):  # libpng filter flags, Z_RLE = strategy 3
+        candidates[f"libpng {method} + zlib Z_RLE"] = lambda a, f=flag: imagecodecs.png_encode(
+            a, level=1, strategy=3, filter=f
+        )
     for method in ("up", "sub", "avg", "paeth"):
-        for level in (1, 2, 4, 6, 9):
+        for level in (1, 2, 12):
             candidates[f"{method:5s} + libdeflate {level}"] = lambda a, m=method, lv=level: encode.png_encode(
                 a, kind, m, "libdeflate", lv
             )
-    for method in ("up", "avg"):
-        candidates[f"{method:5s} + zlib Z_RLE"] = lambda a, m=method: encode.png_encode(
-            a, kind, m, "zlib-rle", 1
+    for method in ("up", "sub", "avg"):
+        candidates[f"{method:5s} + zlib-ng Z_RLE"] = lambda a, m=method: encode.png_encode(
+            a, kind, m, "zlib-ng-rle", 1
         )
     ref = None
     print(f"{len(slices)} slices of {slices[0].shape} {dtype}, {raw / 1e6:.1f} MB raw")

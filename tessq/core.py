@@ -23,7 +23,7 @@ import numpy as np
 
 from tessq import defaults, encode, geo, remote
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
-from tessq.folder import atomic_folder, write_file
+from tessq.folder import AtomicFolder, atomic_folder
 from tessq.grid import Box, describe_grid, plan_grid, slice_name
 from tessq.options import SliceOptions
 from tessq.tiff import RegionReader, TiffInfo
@@ -150,9 +150,9 @@ def tessellate_image(
         hasher = _SourceHasher(source)
         hasher.start()
         with atomic_folder(image_dir) as folder:
-            records = _write_slices(reader, boxes, kind, options, folder.path, timer)
+            records = _write_slices(reader, boxes, kind, options, folder, timer)
             if georef and georef.get("geotransform"):
-                _add_georef(records, georef, folder.path, options.world_files, timer)
+                _add_georef(records, georef, folder, options.world_files, timer)
             source_sha = hasher.result()
             _check_unchanged(source, before)
             metadata = build_metadata(
@@ -176,9 +176,9 @@ def tessellate_image(
             batch["versions"] = {**batch.get("versions", {}), **tool_versions()}
             batch.setdefault("slice_options", options.to_dict())
             with timer.phase("write_s"):
-                write_file(folder.path / BATCH_METADATA_FILENAME, _json_bytes(batch))
+                folder.write(BATCH_METADATA_FILENAME, _json_bytes(batch))
                 # metadata.json last: a folder holding it is complete (and the rename makes it visible)
-                write_file(folder.path / METADATA_FILENAME, _json_bytes(metadata))
+                folder.write(METADATA_FILENAME, _json_bytes(metadata))
                 if before_commit is not None:
                     before_commit()
                 folder.commit()
@@ -228,7 +228,7 @@ def _write_slices(
     boxes: list[Box],
     kind: encode.SliceKind,
     options: SliceOptions,
-    out_dir: Path,
+    folder: AtomicFolder,
     timer: _Timer,
 ) -> list[dict[str, Any]]:
     """Write every slice; one horizontal band (grid row) at a time, in row-major order."""
@@ -240,12 +240,12 @@ def _write_slices(
         xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
         band_bytes = (y1 - y0) * (xb - xa) * info.samples * info.itemsize
         if band_bytes <= band_limit:
-            _band_slices(reader, row, kind, options, out_dir, timer, records)
+            _band_slices(reader, row, kind, options, folder, timer, records)
         elif kind.format == "png":
-            _stream_png_slices(reader, row, kind, options, out_dir, timer, records)
+            _stream_png_slices(reader, row, kind, options, folder, timer, records)
         else:
             for box in row:
-                records[box.index] = _stream_tiff_slice(reader, box, kind, out_dir, timer)
+                records[box.index] = _stream_tiff_slice(reader, box, kind, folder, timer)
         reader.forget_above(y1)
     return [records[b.index] for b in boxes]
 
@@ -273,7 +273,7 @@ def _band_slices(
     row: list[Box],
     kind: encode.SliceKind,
     options: SliceOptions,
-    out_dir: Path,
+    folder: AtomicFolder,
     timer: _Timer,
     records: dict[int, dict[str, Any]],
 ) -> None:
@@ -288,7 +288,7 @@ def _band_slices(
             sha = hashlib.sha256(data).hexdigest()
         name = slice_name(box, ext)
         with timer.phase("write_s"):
-            write_file(out_dir / name, data)
+            folder.write(name, data)
         records[box.index] = _record(box, name, kind, len(data), sha)
         del data
     del band
@@ -320,7 +320,7 @@ def _stream_png_slices(
     row: list[Box],
     kind: encode.SliceKind,
     options: SliceOptions,
-    out_dir: Path,
+    folder: AtomicFolder,
     timer: _Timer,
     records: dict[int, dict[str, Any]],
 ) -> None:
@@ -331,7 +331,7 @@ def _stream_png_slices(
     files, writers = [], []
     try:
         for box in row:
-            fh = open(out_dir / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
+            fh = open(folder.path / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
             files.append(fh)
             writers.append(encode.PngStreamWriter(fh, box.width, box.height, kind, method, engine, level))
         step = _chunk_rows(reader, xb - xa)
@@ -345,8 +345,8 @@ def _stream_png_slices(
         with timer.phase("write_s"):
             for box, writer, fh in zip(row, writers, files, strict=True):
                 size, sha = writer.close()
-                fh.flush()
-                os.fsync(fh.fileno())
+                fh.close()
+                folder.started_writing(Path(fh.name))
                 records[box.index] = _record(box, slice_name(box, kind.ext), kind, size, sha)
     finally:
         for fh in files:
@@ -354,7 +354,7 @@ def _stream_png_slices(
 
 
 def _stream_tiff_slice(
-    reader: RegionReader, box: Box, kind: encode.SliceKind, out_dir: Path, timer: _Timer
+    reader: RegionReader, box: Box, kind: encode.SliceKind, folder: AtomicFolder, timer: _Timer
 ) -> dict[str, Any]:
     """A TIFF slice too big for one band: tiled TIFF written from row bands of this slice only."""
     tile = STREAM_TIFF_TILE
@@ -368,7 +368,7 @@ def _stream_tiff_slice(
                 yield band[:, x : x + tile]
 
     name = slice_name(box, kind.ext)
-    path = out_dir / name
+    path = folder.path / name
     with timer.phase("encode_s"):
         encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile))
     with timer.phase("write_s"):
@@ -376,12 +376,12 @@ def _stream_tiff_slice(
         with open(path, "rb") as fh:
             while data := fh.read(HASH_BUFFER):
                 sha.update(data)
-            os.fsync(fh.fileno())
+        folder.started_writing(path)
     return _record(box, name, kind, path.stat().st_size, sha.hexdigest())
 
 
 def _add_georef(
-    records: list[dict[str, Any]], georef: dict[str, Any], out_dir: Path, world_files: bool, timer: _Timer
+    records: list[dict[str, Any]], georef: dict[str, Any], folder: AtomicFolder, world_files: bool, timer: _Timer
 ) -> None:
     """Per-slice geotransform + CRS; world files beside the slices when asked."""
     gt = georef["geotransform"]
@@ -391,7 +391,7 @@ def _add_georef(
         if world_files:
             name = geo.world_file_name(rec["file"])
             with timer.phase("write_s"):
-                write_file(out_dir / name, geo.world_file_text(rec["geotransform"]).encode())
+                folder.write(name, geo.world_file_text(rec["geotransform"]).encode())
             rec["world_file"] = name
 
 

@@ -1,42 +1,34 @@
 """Writing one slice losslessly: decide PNG vs TIFF for the pixels (`slice_kind`), encode (`encode_slice`).
 
-PNG is a minimal hand-written container (IHDR/PLTE/IDAT/IEND) around numpy-vectorised filters and libdeflate.
+PNG is a minimal hand-written container (IHDR/PLTE/IDAT/IEND) around numpy-vectorised filters and a deflate
+engine: zlib-ng with the Z_RLE strategy (the `zlib-ng` package) or libdeflate (via imagecodecs).
 
-PNG encoder measurements (scripts/bench_png.py + variants, this 2-core machine while other work ran, so speeds
-are +-20%; 8 photo-like 1536x1024 RGB uint8 slices = 37.7 MB raw, smooth structure + texture + Gaussian sensor
-noise sigma 2.5, Pillow-6 ratio 1.99; MB/s of raw pixels incl. filtering, one thread; size vs Pillow level 6):
+PNG encoder measurements (scripts/bench_png.py; 8 photo-like 1024x1536 RGB uint8 slices of bench.py's corpus =
+37.7 MB raw, Pillow-6 ratio 1.99; MB/s of raw pixels incl. filtering, one thread; size vs Pillow level 6):
 
     encoder                                      MB/s   size vs Pillow-6
     Pillow compress_level=6 (default)            5-10       1.000
     Pillow compress_level=1                        35       1.167
-    imagecodecs.png_encode level 1 (libpng)        53       1.116
-    Up    + libdeflate 1                       124-127      1.092
-    Up    + libdeflate 2..9                     64-77       1.022
-    Avg   + libdeflate 1                       125-134      1.042
-    Avg   + libdeflate 2..9                     51-66       0.980
-    Avg   + libdeflate 12                          18       0.934
-    Paeth + libdeflate 1 / 2                   42-55   1.099 / 1.033   (Paeth filtering alone: 65 MB/s)
-    Up    + zlib-ng 1 / 2                      119 / 75  1.715 / 1.094
-    Up    + zlib 1 (default strategy)              86       1.169
-    Up    + zlib Z_RLE                         108-120      0.997
-    Avg   + zlib Z_RLE                         100-104      0.936
-    Avg   + zlib Z_HUFFMAN_ONLY                    119      0.936   (no run matching: bad on flat areas)
-    noise sigma 1.0: Avg+RLE 98 MB/s 0.842, Up+libdeflate1 197 MB/s 1.111; sigma 6.0: Avg+RLE 116 MB/s 0.961.
+    libpng (imagecodecs.png_encode) Paeth, RLE     84       1.085   <- bench.py's "library" pipeline
+    libpng (imagecodecs.png_encode) Avg, RLE       84       1.003
+    Avg   + CPython zlib 1.2.13 Z_RLE              87       0.936
+    Avg   + zlib-ng Z_RLE, 256 KiB blocks         161       0.936   <- balanced (default)
+    Up    + zlib-ng Z_RLE, 256 KiB blocks         180       0.997   <- fast
+    Up    + libdeflate 1                          119       1.092
+    Avg   + libdeflate 1                          148       1.042
+    Avg   + libdeflate 12                          18       0.934   <- small
+    Up    + ISA-L (isal) level 1                  255       1.066   (not used: over the 1.02 size target)
 
-Filters are vectorised numpy (Up 1.9 GB/s, Avg 0.57 GB/s). libdeflate level 1 has a special fast path; from
-level 2 it costs ~2x for 5% less. zlib's Z_RLE strategy (distance-1 matches only) fits filtered photos: after
-the Avg filter it beats Pillow's default by 6% at ~10x its speed, and it streams (zlib.compressobj), so big
-images that must be encoded band by band produce byte-identical files to the one-shot path.
+zlib-ng's Z_RLE (distance-1 matches only) fits filtered photos and runs 2x faster than zlib's for the same
+bytes. The Avg filter is computed without widening, floor((a + b) / 2) = (a & b) + ((a ^ b) >> 1) in uint8
+(1.3 GB/s), and filtering + compressing go block by block, so the working set stays in the CPU cache. The
+same stream compressor serves whole slices and streamed ones (images too big for one band): both paths
+write byte-identical files.
 
 Presets (options.png_preset; options.compress_level switches to libdeflate at that level, preset's filter):
-    fast     = Up filter,  libdeflate level 1     ~125 MB/s, ~1.09x Pillow-6 size (streamed: Up + zlib Z_RLE)
-    balanced = Avg filter, zlib Z_RLE             ~100 MB/s, ~0.94x Pillow-6 size  <- default
+    fast     = Up filter,  zlib-ng Z_RLE          ~180 MB/s, ~1.00x Pillow-6 size
+    balanced = Avg filter, zlib-ng Z_RLE          ~160 MB/s, ~0.94x Pillow-6 size  <- default
     small    = Avg filter, libdeflate level 12      ~18 MB/s, smallest on flat/graphic content too
-
-The balanced engine ("zlib-rle") runs in libpng (imagecodecs.png_encode, filter Avg, strategy Z_RLE) for
-whole 8/16-bit slices: the same filter and strategy in C, measured side by side in scripts/bench.py at 86.8
-MB/s against 39 MB/s for numpy filters + CPython's zlib under load, for the same size (17.80 vs 17.74 MB).
-Streamed slices (images too big for one band) keep the numpy + zlib path: same pixels, other bytes.
 """
 
 from __future__ import annotations
@@ -51,6 +43,7 @@ from typing import IO, Any
 import imagecodecs
 import numpy as np
 import tifffile
+from zlib_ng import zlib_ng
 
 from tessq.options import SliceOptions
 
@@ -58,8 +51,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDAT_CHUNK = 1 << 24  # split IDAT at 16 MiB (any size is legal below 2**31; smaller keeps buffers small)
 FILTERS = {"none": 0, "sub": 1, "up": 2, "avg": 3, "paeth": 4}
 PRESETS: dict[str, tuple[str, str, int]] = {  # filter, deflate engine, level
-    "fast": ("up", "libdeflate", 1),
-    "balanced": ("avg", "zlib-rle", 1),
+    "fast": ("up", "zlib-ng-rle", 1),
+    "balanced": ("avg", "zlib-ng-rle", 1),
     "small": ("avg", "libdeflate", 12),
 }
 TIFF_COMPRESSION = ("zlib", 6)  # Adobe Deflate: lossless, readable everywhere; TIFF slices are the rare case
@@ -229,9 +222,8 @@ def _png_rows(array: np.ndarray, kind: SliceKind) -> np.ndarray:
     return np.ascontiguousarray(array).view(np.uint8).reshape(height, -1)
 
 
-FILTER_BLOCK_BYTES = (
-    4 * 1024 * 1024
-)  # filter in row blocks: numpy temporaries stay a few MB, not 4x the slice
+# Filter and compress in row blocks of about this size: the block stays in L2 cache between the two passes.
+FILTER_BLOCK_BYTES = 256 * 1024
 
 
 def filter_rows(rows: np.ndarray, method: str, bpp: int, prev: np.ndarray | None = None) -> np.ndarray:
@@ -268,11 +260,13 @@ def _filter_block(rows: np.ndarray, method: str, bpp: int, prev: np.ndarray | No
         body[:, :bpp] = rows[:, :bpp]
         np.subtract(rows[:, bpp:], rows[:, :-bpp], out=body[:, bpp:])
     elif method == "avg":
-        left = np.zeros_like(rows, dtype=np.uint16)
-        left[:, bpp:] = rows[:, :-bpp]
-        left += above
-        left >>= 1
-        np.subtract(rows, left.astype(np.uint8), out=body)
+        # floor((left + above) / 2) in uint8, without widening: (a & b) + ((a ^ b) >> 1)
+        left, up = rows[:, :-bpp], above[:, bpp:]
+        mean = np.bitwise_xor(left, up)
+        mean >>= 1
+        mean += np.bitwise_and(left, up)
+        np.subtract(rows[:, bpp:], mean, out=body[:, bpp:])
+        np.subtract(rows[:, :bpp], above[:, :bpp] >> 1, out=body[:, :bpp])
     elif method == "paeth":
         a = np.zeros_like(rows, dtype=np.int16)
         a[:, bpp:] = rows[:, :-bpp]
@@ -312,56 +306,41 @@ def png_settings(options: SliceOptions) -> tuple[str, str, int]:
 
 
 def _zlib_stream(engine: str, level: int) -> Any:
-    """The streaming compressor for an engine: RLE for the fast presets, zlib at <= 9 otherwise."""
-    if engine == "zlib-rle" or (engine == "libdeflate" and level <= 2):
-        return zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    return zlib.compressobj(min(max(level, 0), 9))
-
-
-def deflate(data: Any, engine: str, level: int) -> bytes:
-    """zlib-format stream of `data` with the chosen engine."""
-    if engine == "libdeflate":
-        return imagecodecs.deflate_encode(data, level=min(max(level, 0), 12))
-    z = _zlib_stream(engine, level)
-    return z.compress(data) + z.flush()
-
-
-# libpng (imagecodecs.png_encode) filter flags. libpng filters in C and its bundled zlib's Z_RLE path is
-# ~2x faster than numpy filtering + CPython's zlib 1.2.13 at the same size (scripts/bench.py, issue 6).
-LIBPNG_FILTERS = {"none": 8, "sub": 16, "up": 32, "avg": 64, "paeth": 128}
-LIBPNG_RLE = 3  # zlib Z_RLE
-
-
-def _libpng_ok(kind: SliceKind) -> bool:
-    """Whether imagecodecs.png_encode writes these pixels as-is: 8/16-bit gray, gray+alpha, RGB, RGBA."""
-    return kind.bit_depth in (8, 16) and kind.color_type in (0, 2, 4, 6)
+    """The stream compressor (zlib-ng): Z_RLE for the RLE engine and libdeflate's fast levels, else level <= 9."""
+    if engine == "zlib-ng-rle" or (engine == "libdeflate" and level <= 2):
+        return zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_RLE)
+    return zlib_ng.compressobj(min(max(level, 0), 9))
 
 
 def png_encode(
-    array: np.ndarray, kind: SliceKind, method: str = "avg", engine: str = "zlib-rle", level: int = 1
+    array: np.ndarray, kind: SliceKind, method: str = "avg", engine: str = "zlib-ng-rle", level: int = 1
 ) -> bytes:
-    if engine == "zlib-rle" and _libpng_ok(kind):
-        return imagecodecs.png_encode(np.ascontiguousarray(array), level=1, strategy=LIBPNG_RLE,
-                                      filter=LIBPNG_FILTERS[method])
-    return _png_encode_numpy(array, kind, method, engine, level)
-
-
-def _png_encode_numpy(
-    array: np.ndarray, kind: SliceKind, method: str = "avg", engine: str = "zlib-rle", level: int = 1
-) -> bytes:
-    """Whole-array PNG: filter with numpy, deflate with libdeflate (zlib format), minimal container."""
+    """Whole-array PNG: numpy filters, then libdeflate in one go, or the stream compressor block by block."""
     height, width = array.shape[:2]
-    if kind.bit_depth == 1:
-        method = "none"  # filters do not help packed 1-bit data
-    filtered = filter_rows(_png_rows(array, kind), method, _bytes_per_pixel(kind))
-    data = deflate(filtered, engine, level)
-    del filtered
+    method = "none" if kind.bit_depth == 1 else method  # filters do not help packed 1-bit data
+    rows = _png_rows(array, kind)
+    if engine == "libdeflate":
+        data = imagecodecs.deflate_encode(filter_rows(rows, method, _bytes_per_pixel(kind)), level=min(level, 12))
+    else:
+        z = _zlib_stream(engine, level)
+        data = b"".join([*_compress_rows(z, rows, method, _bytes_per_pixel(kind), None), z.flush()])
     parts = [_png_head(width, height, kind)]
     view = memoryview(data)
     for start in range(0, max(len(view), 1), IDAT_CHUNK):
         parts.append(_chunk(b"IDAT", view[start : start + IDAT_CHUNK]))
     parts.append(_chunk(b"IEND", b""))
     return b"".join(parts)
+
+
+def _compress_rows(z: Any, rows: np.ndarray, method: str, bpp: int, prev: np.ndarray | None) -> list[bytes]:
+    """Filter + compress scanlines one cache-sized block at a time (`prev`: the raw row above, if any)."""
+    height, n = rows.shape
+    block = max(1, FILTER_BLOCK_BYTES // max(n, 1))
+    out = []
+    for y in range(0, height, block):
+        above = prev if y == 0 else rows[y - 1]
+        out.append(z.compress(_filter_block(rows[y : y + block], method, bpp, above)))
+    return out
 
 
 class PngStreamWriter:
@@ -394,9 +373,8 @@ class PngStreamWriter:
 
     def feed(self, array: np.ndarray) -> None:
         rows = _png_rows(array, self.kind)
-        filtered = filter_rows(rows, self.method, self.bpp, self._prev)
+        out = b"".join(_compress_rows(self._z, rows, self.method, self.bpp, self._prev))
         self._prev = rows[-1].copy()
-        out = self._z.compress(filtered)
         self.rows_written += rows.shape[0]
         if out:
             self._pending.append(out)

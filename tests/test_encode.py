@@ -106,23 +106,34 @@ def test_every_filter_roundtrips(h, w, samples, dtype, method, seed) -> None:
     array = rng.integers(0, np.iinfo(dtype).max + 1, size=shape, dtype=dtype)
     photometric = "rgb" if samples >= 3 else "minisblack"
     kind = encode.slice_kind(dtype, samples, photometric, (2,) if samples in (2, 4) else ())
-    for engine in ("libdeflate", "zlib-rle"):
+    for engine in ("libdeflate", "zlib-ng-rle"):
         data = encode.png_encode(array, kind, method, engine, 1)
         assert np.array_equal(imagecodecs.png_decode(data), array)
 
 
-def test_streaming_writer_matches_the_numpy_encoder_bytes_and_libpng_pixels() -> None:
+def test_streaming_writer_writes_the_same_bytes_as_the_one_shot_encoder() -> None:
     array = smooth(h=97, w=61, samples=3)
     kind = encode.slice_kind("uint8", 3, "rgb")
     method, engine, level = encode.png_settings(SliceOptions())
-    one_shot = encode._png_encode_numpy(array, kind, method, engine, level)
-    assert np.array_equal(imagecodecs.png_decode(encode.png_encode(array, kind, method, engine, level)), array)
+    one_shot = encode.png_encode(array, kind, method, engine, level)
+    assert np.array_equal(imagecodecs.png_decode(one_shot), array)
     buf = io.BytesIO()
     writer = encode.PngStreamWriter(buf, 61, 97, kind, method, engine, level)
     for y in range(0, 97, 10):
         writer.feed(array[y : y + 10])
     size, _ = writer.close()
     assert buf.getvalue() == one_shot and size == len(one_shot)
+
+
+@pytest.mark.parametrize("bpp", [1, 2, 3, 4, 6, 8])
+def test_avg_filter_is_the_png_definition(bpp: int) -> None:
+    rows = np.random.default_rng(bpp).integers(0, 256, size=(17, 8 * bpp), dtype=np.uint8)
+    above = np.vstack([np.zeros((1, rows.shape[1]), np.int32), rows[:-1].astype(np.int32)])
+    left = np.hstack([np.zeros((17, bpp), np.int32), rows[:, :-bpp].astype(np.int32)])
+    expected = (rows.astype(np.int32) - (left + above) // 2) % 256
+    filtered = encode.filter_rows(rows, "avg", bpp)
+    assert (filtered[:, 0] == encode.FILTERS["avg"]).all()
+    assert np.array_equal(filtered[:, 1:], expected.astype(np.uint8))
 
 
 def test_filter_blocks_match_unblocked(monkeypatch: pytest.MonkeyPatch) -> None:
