@@ -77,7 +77,8 @@ def repair_unqueued() -> int:
     """Re-enqueue queued rows that have no message (lost by a crash, a flushed queue, a restore)."""
     with db.forkable_session():
         queued = db.queued_ids_with_size()
-    missing = [i for i in queued if i not in delivered_ids()]
+    delivered = delivered_ids()
+    missing = [i for i in queued if i not in delivered]
     if missing:
         log.info("re-enqueueing %d queued image(s) that had no queue message", len(missing))
         enqueue(missing, queued)
