@@ -38,6 +38,7 @@ BAND_LIMIT_BYTES = 96 * 1024 * 1024
 STREAM_CHUNK_BYTES = 8 * 1024 * 1024
 STREAM_TIFF_TILE = 256
 HASH_BUFFER = 4 * 1024 * 1024
+HASH_THREAD_MIN_BYTES = 64 * 1024 * 1024  # sources from this size are hashed by a thread beside the slicing
 
 
 class _Timer:
@@ -55,21 +56,23 @@ class _Timer:
             self.totals[name] += time.perf_counter() - start
 
 
-class _SourceHasher(threading.Thread):
-    """sha256 of the source file, computed beside the slicing (hashlib releases the GIL on big buffers)."""
+class _SourceHasher:
+    """sha256 of the source file. A big source is hashed by a thread beside the slicing (hashlib releases
+    the GIL), so a lone worker on a many-core machine does not wait for it; a small one is hashed inline,
+    where a thread would cost more in start-up and GIL hand-offs than it overlaps."""
 
-    def __init__(self, path: Path | remote.RemoteSource) -> None:
-        super().__init__(daemon=True)
+    def __init__(self, path: Path | remote.RemoteSource, size: int) -> None:
         self.path = path
-        self.digest: str | None = None
+        self.digest: str | None = getattr(path, "spool_sha256", None)  # an S3 source hashed while fetched
         self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if self.digest is None and size >= HASH_THREAD_MIN_BYTES:
+            self._thread = threading.Thread(target=self._hash, name="source-sha256", daemon=True)
+            self._thread.start()
 
-    def run(self) -> None:
+    def _hash(self) -> None:
         try:
             sha = hashlib.sha256()
-            if getattr(self.path, "spool_sha256", None):  # an S3 source hashed while it was fetched
-                self.digest = self.path.spool_sha256
-                return
             with self.path.open("rb") as fh:
                 while chunk := fh.read(HASH_BUFFER):
                     sha.update(chunk)
@@ -78,7 +81,10 @@ class _SourceHasher(threading.Thread):
             self.error = exc
 
     def result(self) -> str:
-        self.join()
+        if self._thread is not None:
+            self._thread.join()
+        elif self.digest is None and self.error is None:
+            self._hash()
         if isinstance(self.error, FileNotFoundError):
             raise SourceChangedError(self.path, "file vanished while it was being read")
         if self.error is not None:
@@ -147,8 +153,7 @@ def tessellate_image(
             options.format,
         )
         georef = geo.read_georef(reader.page.tags)
-        hasher = _SourceHasher(source)
-        hasher.start()
+        hasher = _SourceHasher(source, before.st_size)
         with atomic_folder(image_dir) as folder:
             records = _write_slices(reader, boxes, kind, options, folder, timer)
             if georef and georef.get("geotransform"):

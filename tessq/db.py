@@ -372,6 +372,16 @@ def renew_lease(c: Claim, lease_s: float) -> bool:
     return n == 1
 
 
+def lease_left(c: Claim) -> float | None:
+    """Seconds left on this claim's lease by the server's clock (a read: no write lock); None if it is lost."""
+    row = (
+        Image.select(peewee.NodeList((Image.lease_until, peewee.SQL("-"), now_expr())).alias("left"))
+        .where(_fence(c))
+        .first()
+    )
+    return None if row is None or row.left is None else float(row.left)
+
+
 def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, options_hash: str,
                 pixel_bytes: int | None, source_state: tuple[int, float] | None = None) -> bool:
     """Mark done (fenced). source_state = the (size, mtime) the output was made from, so the next scan

@@ -219,6 +219,9 @@ def _png_rows(array: np.ndarray, kind: SliceKind) -> np.ndarray:
     height = array.shape[0]
     if array.dtype.itemsize == 2:
         array = array.astype(">u2", copy=False)
+    if array.dtype.itemsize == 1 and array.strides[-1] == 1 and (array.ndim == 2 or array.strides[1] == array.shape[2]):
+        # a column of a band: each row is contiguous, so rows can be filtered in place, without a copy
+        return array.view(np.uint8).reshape(height, -1)
     return np.ascontiguousarray(array).view(np.uint8).reshape(height, -1)
 
 

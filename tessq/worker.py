@@ -41,8 +41,8 @@ def process_image(image_id: int) -> None:
     if claim is None or row is None:
         log.debug("image %s not claimable (done, taken or cancelled): message dropped", image_id)
         return
-    heartbeat = Heartbeat(claim)
-    heartbeat.start()
+    heartbeat = Heartbeat.of_this_process()
+    heartbeat.watch(claim)
     started = time.monotonic()
     try:
         result = cut(row, claim)
@@ -68,7 +68,7 @@ def process_image(image_id: int) -> None:
         else:
             _retry(claim, kind, message)
     finally:
-        heartbeat.stop()
+        heartbeat.release(claim)
 
 
 def classify(exc: BaseException, rel_path: str, limit: int) -> tuple[str, str, str]:
@@ -150,9 +150,13 @@ def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, ima
 
 
 def holds_lease(claim: db.Claim) -> bool:
-    """Renew the lease (fenced on worker and attempt); False if another worker owns the image now."""
+    """Whether the image is still ours for at least half a lease (no one can reap it before the commit ends);
+    a shorter lease is renewed (fenced on worker and attempt). False if another worker owns the image now."""
     with db.session():
-        return db.renew_lease(claim, defaults.LEASE_S)
+        left = db.lease_left(claim)
+        if left is None:
+            return False
+        return left >= defaults.LEASE_S / 2 or db.renew_lease(claim, defaults.LEASE_S)
 
 
 def source_state(source: Path | remote.RemoteSource) -> tuple[int, float]:
@@ -198,28 +202,47 @@ def _retry(claim: db.Claim, kind: str, message: str) -> None:
 
 
 class Heartbeat:
-    """Renews the lease every HEARTBEAT_S on its own connection until stopped."""
+    """One thread per worker process renews the lease of the image being cut, every HEARTBEAT_S, on its
+    own connection (a thread per image cost a thread start and a connection per image)."""
 
-    def __init__(self, claim: db.Claim) -> None:
-        self.claim = claim
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{claim.image_id}", daemon=True)
+    _instance: Heartbeat | None = None
 
-    def start(self) -> None:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._claim: db.Claim | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
+    @classmethod
+    def of_this_process(cls) -> Heartbeat:
+        if cls._instance is None or cls._instance.pid != os.getpid():  # threads do not survive fork
+            cls._instance = cls()
+        return cls._instance
+
+    def watch(self, claim: db.Claim) -> None:
+        with self._lock:
+            self._claim = claim
+
+    def release(self, claim: db.Claim) -> None:
+        with self._lock:
+            if self._claim == claim:
+                self._claim = None
 
     def _run(self) -> None:
-        while not self._stop.wait(defaults.HEARTBEAT_S):
+        while True:
+            time.sleep(defaults.HEARTBEAT_S)
+            with self._lock:
+                claim = self._claim
+            if claim is None:
+                continue
             try:
                 with db.session():
-                    if not db.renew_lease(self.claim, defaults.LEASE_S):
-                        log.warning("image %s: lease lost", self.claim.image_id)
-                        return
+                    if not db.renew_lease(claim, defaults.LEASE_S):
+                        log.warning("image %s: lease lost", claim.image_id)
+                        self.release(claim)
             except Exception:  # a missed beat is not fatal; the lease has slack for two more
-                log.exception("heartbeat failed for image %s", self.claim.image_id)
+                log.exception("heartbeat failed for image %s", claim.image_id)
 
 
 # ---------------------------------------------------------------- the daemon
