@@ -20,6 +20,7 @@ scaling: `tessq run` with --workers 1, 2, 6 on bench.py's default corpus; 2-vs-1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -252,8 +253,17 @@ def run_scan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- scaling
 
 
+def steady_seconds(ws: Path) -> float:
+    """First claim to last finish, from the run's status table: throughput without the fixed start-up/exit."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(ws / ".tessq" / "tessq.db")) as con:
+        first, last = con.execute("SELECT min(started_at), max(finished_at) FROM image").fetchone()
+    return float(last - first)
+
+
 def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    bargs = bench.parse_args([])
+    bargs = bench.parse_args(["--count", str(args.scaling_count)] if args.scaling_count else [])
     spec = bench.corpus_spec(bargs)
     corpus = bench.ensure_corpus(args.corpus_dir, spec)
     counts = [int(x) for x in args.scaling_workers.split(",")]
@@ -262,6 +272,7 @@ def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
           f"{args.repeat} repeats interleaved; {os.cpu_count()} CPUs")
     bench.warm_cache(corpus)
     samples: dict[int, list[bench.Sample]] = {c: [] for c in counts}
+    steady: dict[int, list[float]] = {c: [] for c in counts}
     for r in range(args.repeat):
         for c in counts:
             run_dir = work / f"scale-{c}-r{r}"
@@ -272,25 +283,34 @@ def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if s.rc != 0:
                 raise SystemExit(f"tessq run --workers {c} failed (rc {s.rc}); see {run_dir / 'log.txt'}")
             samples[c].append(s)
-            print(f"  workers {c} repeat {r + 1}: wall {s.wall:.2f} s, CPU {s.cpu:.2f} s, peak RSS "
-                  f"{s.maxrss / MB:.0f} MB")
+            steady[c].append(steady_seconds(ws))
+            print(f"  workers {c} repeat {r + 1}: wall {s.wall:.2f} s (first claim to last finish "
+                  f"{steady[c][-1]:.2f} s), CPU {s.cpu:.2f} s, peak RSS {s.maxrss / MB:.0f} MB")
             if not args.keep_output:
                 shutil.rmtree(run_dir, ignore_errors=True)
     n = spec.count
     res: dict[str, Any] = {"images": n, "by_workers": {}}
-    print(f"  {'workers':>7s} {'wall s':>7s} {'img/h':>7s} {'CPU s/img':>9s} {'peakRSS MB':>10s}")
+    print(f"  {'workers':>7s} {'wall s':>7s} {'steady s':>8s} {'img/h':>7s} {'steady img/h':>12s} {'CPU s/img':>9s} "
+          f"{'peakRSS MB':>10s}")
     for c in counts:
         wall = statistics.median(x.wall for x in samples[c])
+        busy = statistics.median(steady[c])
         cpu = statistics.median(x.cpu for x in samples[c])
         rss = max(x.maxrss for x in samples[c])
-        res["by_workers"][c] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss / MB,
-                                "images_per_hour": n / wall * 3600}
-        print(f"  {c:7d} {wall:7.2f} {n / wall * 3600:7.0f} {cpu / n:9.2f} {rss / MB:10.0f}")
+        res["by_workers"][c] = {"wall_s": wall, "steady_s": busy, "cpu_s": cpu, "peak_rss_mb": rss / MB,
+                                "images_per_hour": n / wall * 3600, "steady_images_per_hour": n / busy * 3600}
+        print(f"  {c:7d} {wall:7.2f} {busy:8.2f} {n / wall * 3600:7.0f} {n / busy * 3600:12.0f} {cpu / n:9.2f} "
+              f"{rss / MB:10.0f}")
     bw = res["by_workers"]
     if 1 in bw and 2 in bw:
         r21 = bw[1]["wall_s"] / bw[2]["wall_s"]
-        res["ratio_2_vs_1"] = r21
-        print(f"  [{'PASS' if r21 >= 1.8 else 'MISS'}] throughput 2 workers / 1 worker = {r21:.2f} (>= 1.8)")
+        s21 = bw[1]["steady_s"] / bw[2]["steady_s"]
+        res["ratio_2_vs_1"], res["steady_ratio_2_vs_1"] = r21, s21
+        fixed = statistics.median(x.wall for x in samples[2]) - bw[2]["steady_s"]
+        print(f"  [{'PASS' if s21 >= 1.8 else 'MISS'}] throughput 2 workers / 1 worker, first claim to last finish "
+              f"= {s21:.2f} (>= 1.8)")
+        print(f"  [{'PASS' if r21 >= 1.8 else 'MISS'}] the same, end to end incl. the fixed {fixed:.2f} s of "
+              f"start-up and exit = {r21:.2f} (>= 1.8)")
     if 2 in bw and 6 in bw:
         r62 = bw[2]["wall_s"] / bw[6]["wall_s"]
         res["ratio_6_vs_2"] = r62
@@ -302,6 +322,7 @@ def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="overhead,scan,scaling", help="comma list of overhead, scan, scaling")
+    p.add_argument("--scaling-count", type=int, default=0, help="images in the scaling corpus (default: bench.py's)")
     p.add_argument("--corpus-dir", type=Path, default=Path(tempfile.gettempdir()) / "tessq-bench-corpus")
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--workers", type=int, default=2, help="workers for the overhead run")

@@ -152,20 +152,14 @@ def session() -> Iterator[peewee.Database]:
     connecting costs more than the statements (SQLite pragmas, a WAL checkpoint on close, a PostgreSQL
     handshake). Statements autocommit, so an idle connection holds no lock and never stalls a checkpoint.
     A connection that fails is dropped and replaced on the next use. Processes must not carry one across
-    fork: the worker daemon closes its own before forking, and forked workers discard the inherited one."""
+    fork: the worker daemon closes its own before every fork (worker._Environment.create_process), and forked
+    workers discard the inherited one."""
     database.connect(reuse_if_open=True)
     try:
         yield database
     except (peewee.OperationalError, peewee.InterfaceError):
         database.close()
         raise
-
-
-@contextmanager
-def forkable_session() -> Iterator[peewee.Database]:
-    """A connection closed on exit: for a process that forks (the worker daemon), so none is open at fork."""
-    with database.connection_context():
-        yield database
 
 
 def now_expr() -> peewee.Node:

@@ -75,7 +75,7 @@ def delivered_ids() -> set[int]:
 
 def repair_unqueued() -> int:
     """Re-enqueue queued rows that have no message (lost by a crash, a flushed queue, a restore)."""
-    with db.forkable_session():
+    with db.session():
         queued = db.queued_ids_with_size()
     delivered = delivered_ids()
     missing = [i for i in queued if i not in delivered]

@@ -265,6 +265,13 @@ class _Environment(ProcessEnvironment):
         super().init_child(process)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
+    def create_process(self, runnable: Any, name: str) -> Any:
+        """Every fork (first start, a recycled or dead worker's replacement) goes through here: the daemon's
+        own connections are closed first, so none crosses a fork and the daemon may keep them open otherwise."""
+        db.database.close()
+        tq.close_connection()
+        return super().create_process(runnable, name)
+
 
 class TessqConsumer(Consumer):
     """huey's consumer with both SIGINT and SIGTERM graceful; a second one stops at once."""
@@ -318,7 +325,7 @@ def process_alive(pid: int) -> bool:
 
 def recover() -> tuple[int, int]:
     """Requeue images of dead or expired workers and re-enqueue queued rows that lost their message."""
-    with db.forkable_session():
+    with db.session():
         dead = dead_local_workers(db.running_workers())
         requeued, failed = db.reap_expired(defaults.MAX_LOST_ATTEMPTS, dead)
         sizes = db.queued_ids_with_size() if requeued else {}
@@ -332,7 +339,6 @@ def recover() -> tuple[int, int]:
             image_dir = contained(Path(row.job.output_dir), row.out_rel)
             folder.cleanup_stale(image_dir.parent, image_dir.name)
     repaired = tq.repair_unqueued()
-    tq.close_connection()  # the daemon may fork a replacement worker next: no connection may cross it
     return len(requeued) + len(failed), repaired
 
 
@@ -344,7 +350,6 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     """
     reaped, repaired = recover()
     remote.sweep_temp(process_alive)  # S3 spools and upload dirs left by SIGKILLed workers of this machine
-    db.database.close()  # no connection may cross the fork
     consumer = TessqConsumer(
         tq.huey(), workers=n, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.5,
         max_delay=1.0, check_worker_health=True, health_check_interval=poll_interval,
@@ -386,10 +391,10 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
 
 
 def _has_dead_workers() -> bool:
-    with db.forkable_session():
+    with db.session():
         return bool(dead_local_workers(db.running_workers()))
 
 
 def _drained() -> bool:
-    with db.forkable_session():
+    with db.session():
         return db.outstanding() == 0

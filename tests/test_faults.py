@@ -68,7 +68,7 @@ def test_worker_killed_mid_image_gets_its_image_redone_once_with_no_partial_fold
 
 def test_sigterm_of_run_exits_130_and_the_same_command_finishes_everything_exactly_once(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
-    tree = good_tree(src, [(900, 900)] * 10)
+    tree = good_tree(src, [(1600, 1600)] * 24)  # long enough (~1.5 s) to stop it midway
     (src / "bad").mkdir()
     for name in ("zero_bytes.tif", "png_named.tif"):
         (src / "bad" / name).write_bytes(chaos.bad_files()[name][0])
