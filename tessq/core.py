@@ -23,7 +23,7 @@ import numpy as np
 
 from tessq import defaults, encode, geo, remote
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
-from tessq.folder import AtomicFolder, atomic_folder
+from tessq.folder import AtomicFolder
 from tessq.grid import Box, describe_grid, plan_grid, slice_name
 from tessq.options import SliceOptions
 from tessq.tiff import RegionReader, TiffInfo
@@ -127,6 +127,45 @@ def tessellate_image(
     OSError from the output side (ENOSPC, EIO) propagates unchanged. `source` may be an s3:// URL or a
     remote.RemoteSource: it is then read by ranged GETs (or from its spooled copy) and stat'ed by HeadObject.
     """
+    prepared = prepare_image(source, image_dir, options, relative_path=relative_path, batch_metadata=batch_metadata)
+    return prepared.commit(before_commit)
+
+
+class PreparedImage:
+    """A complete image folder still under its temporary name: `commit()` makes it visible, `abandon()` drops it.
+
+    The job system commits on another thread while the worker cuts the next image, so the fsync waits and the
+    rename of one image overlap the encoding of the next."""
+
+    def __init__(self, folder: AtomicFolder, summary: dict[str, Any], source: Path, before: os.stat_result) -> None:
+        self.folder, self.summary, self.source, self.before = folder, summary, source, before
+
+    def commit(self, before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Check the source is unchanged and `before_commit` (the lease), make it durable, rename it into place."""
+        try:
+            _check_unchanged(self.source, self.before)
+            if before_commit is not None:
+                before_commit()
+            self.folder.commit()
+        except BaseException:
+            self.folder.abandon()
+            raise
+        return self.summary
+
+    def abandon(self) -> None:
+        self.folder.abandon()
+
+
+def prepare_image(
+    source: str | Path | remote.RemoteSource,
+    image_dir: str | Path,
+    options: SliceOptions | None = None,
+    *,
+    relative_path: str | None = None,
+    batch_metadata: dict[str, Any] | None = None,
+) -> PreparedImage:
+    """Everything of `tessellate_image` but the commit: slices, metadata.json and batch_metadata.json written
+    (and their fsyncs started) in a temporary folder beside `image_dir`; removed again on any error."""
     options = options or SliceOptions()
     started = time.perf_counter()
     source, image_dir = remote.as_source(source), Path(image_dir)
@@ -154,7 +193,8 @@ def tessellate_image(
         )
         georef = geo.read_georef(reader.page.tags)
         hasher = _SourceHasher(source, before.st_size)
-        with atomic_folder(image_dir) as folder:
+        folder = AtomicFolder.create(image_dir)
+        try:
             records = _write_slices(reader, boxes, kind, options, folder, timer)
             if georef and georef.get("geotransform"):
                 _add_georef(records, georef, folder, options.world_files, timer)
@@ -184,24 +224,24 @@ def tessellate_image(
                 folder.write(BATCH_METADATA_FILENAME, _json_bytes(batch))
                 # metadata.json last: a folder holding it is complete (and the rename makes it visible)
                 folder.write(METADATA_FILENAME, _json_bytes(metadata))
-                if before_commit is not None:
-                    before_commit()
-                folder.commit()
+        except BaseException:
+            folder.abandon()
+            raise
     timings["write_s"] = round(timer.totals["write_s"], 4)
     timings["total_s"] = round(time.perf_counter() - started, 4)
-    bytes_out = sum(r["bytes"] for r in records)
     # metadata.json's content, except that "slices" is the count (the job system's summary field) and the
     # per-slice records are under "slice_records"
-    return {
+    summary = {
         **metadata,
         "slice_records": records,
         "slices": len(records),
-        "bytes_out": bytes_out,
+        "bytes_out": sum(r["bytes"] for r in records),
         "pixel_bytes": info.raw_bytes,
         "timings": timings,
         "image_dir": str(image_dir),
         "format": kind.format,
     }
+    return PreparedImage(folder, summary, source, before)
 
 
 def _check_unchanged(source: Path, before: os.stat_result) -> None:
@@ -348,10 +388,8 @@ def _stream_png_slices(
                     writer.feed(chunk[:, box.x0 - xa : box.x1 - xa])
             del chunk
         with timer.phase("write_s"):
-            for box, writer, fh in zip(row, writers, files, strict=True):
+            for box, writer in zip(row, writers, strict=True):
                 size, sha = writer.close()
-                fh.close()
-                folder.started_writing(Path(fh.name))
                 records[box.index] = _record(box, slice_name(box, kind.ext), kind, size, sha)
     finally:
         for fh in files:
@@ -381,7 +419,6 @@ def _stream_tiff_slice(
         with open(path, "rb") as fh:
             while data := fh.read(HASH_BUFFER):
                 sha.update(data)
-        folder.started_writing(path)
     return _record(box, name, kind, path.stat().st_size, sha.hexdigest())
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -208,7 +207,7 @@ def _png_kind(
 
 # -- PNG ---------------------------------------------------------------------------------------------------
 def _chunk(tag: bytes, payload: bytes | memoryview) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(tag))
+    crc = zlib_ng.crc32(payload, zlib_ng.crc32(tag))
     return struct.pack(">I", len(payload)) + tag + bytes(payload) + struct.pack(">I", crc)
 
 

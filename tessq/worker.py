@@ -14,12 +14,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Scheduler
-from huey.exceptions import RetryTask, TaskTimeout
+from huey.exceptions import TaskTimeout
 
 from tessq import __version__, db, defaults, folder, remote
 from tessq import queue as tq
@@ -33,7 +35,7 @@ log = logging.getLogger("tessq.worker")
 
 
 def process_image(image_id: int) -> None:
-    """The task: claim the image, cut it, record the outcome. Safe to receive twice."""
+    """The task: claim the image, cut it, hand it to this process's committer. Safe to receive twice."""
     worker = db.worker_identity()
     with db.session():
         claim = db.claim(image_id, worker, defaults.LEASE_S)
@@ -44,31 +46,85 @@ def process_image(image_id: int) -> None:
     heartbeat = Heartbeat.of_this_process()
     heartbeat.watch(claim)
     started = time.monotonic()
+    prepared: Prepared | None = None
     try:
-        result = cut(row, claim)
-        _finish(claim, row, result, time.monotonic() - started)
-    except KeyboardInterrupt:
+        prepared = cut(row, claim)
+        Committer.of_this_process().submit(claim, row, prepared, started)  # from here on the committer owns it
+    except BaseException as exc:  # cut failed, or a signal/time limit came while waiting for the committer
+        heartbeat.release(claim)
+        if prepared is not None:
+            prepared.abandon()
+        if not isinstance(exc, KeyboardInterrupt):
+            settle_failure(claim, row, exc, started)
+            return
         # Hard stop (second Ctrl-C / SIGTERM during shutdown): give the image straight back.
         with db.session():
             if db.release_for_retry(claim, error_type=None, message=None):
                 tq.enqueue([image_id], {image_id: row.pixel_bytes})
         raise
-    except RetryTask:
-        raise
-    except LeaseLostError as exc:  # someone else owns the image now: touch neither its row nor its folder
+
+
+def settle_failure(claim: db.Claim, row: db.Image, exc: BaseException, started: float) -> None:
+    """Record a failed attempt: failed at once, or back to the queue with backoff while attempts remain."""
+    if isinstance(exc, LeaseLostError):  # someone else owns the image now: touch neither its row nor its folder
         log.warning("%s", exc)
+        return
+    action, kind, message = classify(exc, row.rel_path, tq.time_limit(row.pixel_bytes))
+    if action == "internal":
+        log.error("unexpected error on %s", row.rel_path, exc_info=exc)
+    if action == "fail" or claim.attempt >= defaults.MAX_ATTEMPTS:
+        if action != "fail":
+            message = f"{message} (gave up after {claim.attempt} attempts)"
+        _fail(claim, kind, message, started)
+    else:
+        _retry(claim, row, kind, message)
+
+
+def _commit(claim: db.Claim, row: db.Image, prepared: Prepared, started: float) -> None:
+    """On the committer thread: lease check, fsyncs, rename, row marked done; failures settled like cut's."""
+    try:
+        result = prepared.commit(lease_guard(claim, row))
+        _finish(claim, row, result, time.monotonic() - started)
     except BaseException as exc:
-        action, kind, message = classify(exc, row.rel_path, tq.time_limit(row.pixel_bytes))
-        if action == "internal":
-            log.exception("unexpected error on %s", row.rel_path)
-        if action == "fail" or claim.attempt >= defaults.MAX_ATTEMPTS:
-            if action != "fail":
-                message = f"{message} (gave up after {claim.attempt} attempts)"
-            _fail(claim, kind, message, started)
-        else:
-            _retry(claim, kind, message)
+        settle_failure(claim, row, exc, started)
     finally:
-        heartbeat.release(claim)
+        Heartbeat.of_this_process().release(claim)
+
+
+class Committer:
+    """One thread per worker process makes cut images visible and records them done, while the main thread
+    cuts the next image: an image's fsync waits and rename overlap the next one's encoding. At most one
+    commit waits, so a worker holds at most two uncommitted folders. A stopping worker waits for it
+    (huey's on_shutdown hook, queue.configure); a killed one leaves a temporary folder and a running row,
+    which the reaper and the next attempt's cleanup_stale take care of."""
+
+    _instance: Committer | None = None
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._pending: Future[None] | None = None
+
+    @classmethod
+    def of_this_process(cls) -> Committer:
+        if cls._instance is None or cls._instance.pid != os.getpid():  # threads do not survive fork
+            cls._instance = cls()
+        return cls._instance
+
+    def submit(self, claim: db.Claim, row: db.Image, prepared: Prepared, started: float) -> None:
+        """Queue the commit once the previous one is done; if this raises, the commit was not queued."""
+        self.wait()
+        self._pending = self._pool.submit(_commit, claim, row, prepared, started)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    @classmethod
+    def wait_in_this_process(cls) -> None:
+        if cls._instance is not None and cls._instance.pid == os.getpid():
+            cls._instance.wait()
 
 
 def classify(exc: BaseException, rel_path: str, limit: int) -> tuple[str, str, str]:
@@ -95,13 +151,14 @@ def _finish(claim: db.Claim, row: db.Image, result: dict[str, Any], duration: fl
         log.warning("%s: lease was lost before finishing; the other holder's result stands", row.rel_path)
 
 
-def cut(row: db.Image, claim: db.Claim) -> dict[str, Any]:
-    """Slice one claimed image into its output folder; raise on any problem.
+def cut(row: db.Image, claim: db.Claim) -> Prepared:
+    """Slice one claimed image into a temporary folder beside its output folder; raise on any problem.
 
     An s3:// input is read by ranged GETs (small objects spooled to a temp file); for an s3:// output the
-    folder is built in a temp dir and uploaded, metadata.json last, while the lease is still ours."""
+    folder is built in a temp dir and uploaded, metadata.json last, while the lease is still ours. Either
+    way an image with an s3:// side is committed before this returns."""
     if remote.is_remote(row.job.input_dir) or remote.is_remote(row.job.output_dir):
-        return _cut_remote(row, claim)
+        return Committed(_cut_remote(row, claim))
     source = Path(row.job.input_dir) / row.rel_path
     image_dir = contained(Path(row.job.output_dir), row.out_rel)
     return _cut(row, claim, source, image_dir)
@@ -115,15 +172,15 @@ def _cut_remote(row: db.Image, claim: db.Claim) -> dict[str, Any]:
         else:
             source = Path(row.job.input_dir) / row.rel_path
         if not remote.is_remote(row.job.output_dir):
-            return _cut(row, claim, source, contained(Path(row.job.output_dir), row.out_rel))
+            image_dir = contained(Path(row.job.output_dir), row.out_rel)
+            return _cut(row, claim, source, image_dir).commit(lease_guard(claim, row))
         committer = stack.enter_context(remote.OutputCommitter(row.job.output_dir, row.out_rel))
-        result = _cut(row, claim, source, committer.local_dir)
-
+        result = _cut(row, claim, source, committer.local_dir).commit()
         result["image_dir"] = committer.commit(lambda: holds_lease(claim))["url"]
     return result
 
 
-def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, image_dir: Path) -> dict[str, Any]:
+def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, image_dir: Path) -> Any:
     before = source_state(source)
     folder.cleanup_stale(image_dir.parent, image_dir.name)
     options = SliceOptions.from_dict(json.loads(row.job.options))
@@ -139,14 +196,41 @@ def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, ima
     }
     from tessq import core  # heavy imports (tifffile, imagecodecs) only in workers
 
-    def still_ours() -> None:  # the core checks the source is unchanged, then this, then renames into place
+    prepared = core.prepare_image(source, image_dir, options, relative_path=row.rel_path,
+                                  batch_metadata=batch_metadata)
+    prepared.summary["source_state"] = before
+    return prepared
+
+
+class Prepared(Protocol):
+    """What cut() hands to the committer: core.PreparedImage, or Committed for images with an S3 side."""
+
+    def commit(self, before_commit: Callable[[], None] | None = None) -> dict[str, Any]: ...
+
+    def abandon(self) -> None: ...
+
+
+@dataclass
+class Committed:
+    """An image already committed by cut() (an S3 side is committed within its open source/upload)."""
+
+    result: dict[str, Any]
+
+    def commit(self, before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
+        return self.result
+
+    def abandon(self) -> None:  # committed: nothing to take back
+        pass
+
+
+def lease_guard(claim: db.Claim, row: db.Image) -> Callable[[], None]:
+    """The check run just before a folder is renamed into place: a worker that lost its lease leaves it alone."""
+
+    def still_ours() -> None:
         if not holds_lease(claim):
             raise LeaseLostError(f"{row.rel_path}: lease lost before the folder was committed; output left alone")
 
-    result = core.tessellate_image(source, image_dir, options, relative_path=row.rel_path,
-                                   batch_metadata=batch_metadata, before_commit=still_ours)
-    result["source_state"] = before
-    return result
+    return still_ours
 
 
 def holds_lease(claim: db.Claim) -> bool:
@@ -191,14 +275,14 @@ def _fail(claim: db.Claim, kind: str, message: str, started: float) -> None:
         db.finish_failed(claim, error_type=kind, message=message, duration_s=time.monotonic() - started)
 
 
-def _retry(claim: db.Claim, kind: str, message: str) -> None:
-    """Back to the queue with exponential backoff (huey schedules the retry)."""
+def _retry(claim: db.Claim, row: db.Image, kind: str, message: str) -> None:
+    """Back to the queue with exponential backoff (a delayed message; works from the committer thread too)."""
     delay = defaults.RETRY_DELAY_S * defaults.RETRY_BACKOFF ** (claim.attempt - 1)
     log.warning("attempt %d failed, retrying in %.0f s: %s", claim.attempt, delay, message)
     with db.session():
         released = db.release_for_retry(claim, error_type=kind, message=message)
     if released:
-        raise RetryTask(delay=delay)
+        tq.enqueue([claim.image_id], {claim.image_id: row.pixel_bytes}, delay=delay)
 
 
 class Heartbeat:

@@ -1,0 +1,57 @@
+"""One worker process's duties, in process: claim, cut, commit on the committer thread, record the outcome."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tessq import db, pipeline, worker
+from tessq.options import SliceOptions
+from tests.conftest import write_tiff
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in ("TESSQ_DB_URL", "TESSQ_QUEUE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path
+
+
+def _scan(tmp_path: Path, n: int) -> tuple[Path, list[int]]:
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(n):
+        write_tiff(src / f"img_{i}.tif", 64, 96, seed=i)
+    ws = pipeline.open_workspace(tmp_path / "ws")
+    pipeline.scan_and_enqueue(src, out, SliceOptions(min_size=0), workspace=ws)
+    with db.session():
+        return out, sorted(db.queued_ids_with_size())
+
+
+def test_a_cut_image_is_committed_by_the_committer_and_recorded_done(workspace: Path) -> None:
+    out, ids = _scan(workspace, 3)
+    for image_id in ids:
+        worker.process_image(image_id)
+    worker.Committer.wait_in_this_process()
+    with db.session():
+        rows = [db.image(i) for i in ids]
+    assert [r.status for r in rows] == [db.DONE] * 3
+    for r in rows:
+        assert (out / r.out_rel / "metadata.json").is_file()
+    assert not [e for e in os.listdir(out) if e.startswith(".")]  # no temporary folder left behind
+
+
+def test_a_commit_that_finds_the_source_changed_retries_and_leaves_no_output(workspace: Path) -> None:
+    out, [image_id] = _scan(workspace, 1)
+    with db.session():
+        claim = db.claim(image_id, db.worker_identity(), 60)
+        row = db.image(image_id)
+    prepared = worker.cut(row, claim)
+    source = Path(row.job.input_dir) / row.rel_path
+    write_tiff(source, 70, 96, seed=9)  # rewritten between the cut and the commit
+    worker._commit(claim, row, prepared, started=0.0)
+    with db.session():
+        after = db.image(image_id)
+    assert after.status == db.QUEUED and after.error_type == "source_changed"
+    assert not out.exists() or not os.listdir(out)
