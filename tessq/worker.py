@@ -194,7 +194,7 @@ def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, ima
         "source_size": before[0],
         "source_mtime": before[1],
     }
-    from tessq import core  # heavy imports (tifffile, imagecodecs) only in workers
+    from tessq import core  # heavy imports (tifffile, imagecodecs): not needed by the other commands
 
     prepared = core.prepare_image(source, image_dir, options, relative_path=row.rel_path,
                                   batch_metadata=batch_metadata)
@@ -432,6 +432,8 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     poll_interval bounds how long a drained queue keeps the run alive and how soon a recycled worker
     (max_tasks) is replaced; the dead-worker check and the reaper run every health_interval.
     """
+    from tessq import core  # noqa: F401 - the workers' heavy imports, done once here and inherited by every fork
+
     reaped, repaired = recover()
     remote.sweep_temp(process_alive)  # S3 spools and upload dirs left by SIGKILLed workers of this machine
     consumer = TessqConsumer(
