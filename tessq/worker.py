@@ -1,4 +1,4 @@
-"""One image end to end (claim, lease, slice, finish), and the daemon that runs worker processes.
+"""One image end to end (claim, lease, cut, commit on a second thread, finish), and the worker daemon.
 
 `process_image` is the queue's task body; `run_workers` is `tessq workers`: a huey Consumer with
 process workers plus our supervisor duties (startup repair, lease reaper, dead-worker check, drain).
