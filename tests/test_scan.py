@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tessq import db, scan
 from tessq.options import SliceOptions
 from tessq.settings import options_fingerprint
@@ -68,3 +70,18 @@ def test_scan_records_rows_from_headers_and_is_idempotent(tmp_path: Path) -> Non
     with db.session():
         row = db.Image.get(db.Image.rel_path == "project_alpha/survey_001/aerial_photo_002.tif")
     assert (row.width, row.height, row.pixel_bytes) == (72, 80, 72 * 80 * 2)
+
+
+def test_probing_in_a_process_pool_gives_the_same_rows_in_the_same_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(12):
+        write_tiff(tmp_path / f"img_{i:02d}.tif", 40, 50, seed=i)
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    files = [(e, "", e.name.rsplit(".", 1)[0]) for e in sorted(os.scandir(tmp_path), key=lambda e: e.name)]
+    (tmp_path / "img_03.tif").unlink()  # vanished after the listing: a warning, not a row
+    sequential = scan.probe_all(files, 32, parallel=False)
+    monkeypatch.setattr(scan, "PROBE_PARALLEL_MIN", 1)
+    pooled = scan.probe_all(files, 32, parallel=True)
+    assert pooled == sequential
+    assert len(pooled) == 12 and [r["status"] for r in pooled].count(db.FAILED) == 1
