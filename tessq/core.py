@@ -137,7 +137,9 @@ class PreparedImage:
     The job system commits on another thread while the worker cuts the next image, so the fsync waits and the
     rename of one image overlap the encoding of the next."""
 
-    def __init__(self, folder: AtomicFolder, summary: dict[str, Any], source: Path, before: os.stat_result) -> None:
+    def __init__(
+        self, folder: AtomicFolder, summary: dict[str, Any], source: Path | remote.RemoteSource, before: os.stat_result
+    ) -> None:
         self.folder, self.summary, self.source, self.before = folder, summary, source, before
 
     def commit(self, before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -165,7 +167,8 @@ def prepare_image(
     batch_metadata: dict[str, Any] | None = None,
 ) -> PreparedImage:
     """Everything of `tessellate_image` but the commit: slices, metadata.json and batch_metadata.json written
-    (and their fsyncs started) in a temporary folder beside `image_dir`; removed again on any error."""
+    in a temporary folder beside `image_dir`; removed again on any error. Whether the source changed meanwhile
+    is checked by the commit, the last moment before the folder becomes visible."""
     options = options or SliceOptions()
     started = time.perf_counter()
     source, image_dir = remote.as_source(source), Path(image_dir)
@@ -199,7 +202,6 @@ def prepare_image(
             if georef and georef.get("geotransform"):
                 _add_georef(records, georef, folder, options.world_files, timer)
             source_sha = hasher.result()
-            _check_unchanged(source, before)
             metadata = build_metadata(
                 info,
                 source,
@@ -244,7 +246,7 @@ def prepare_image(
     return PreparedImage(folder, summary, source, before)
 
 
-def _check_unchanged(source: Path, before: os.stat_result) -> None:
+def _check_unchanged(source: Path | remote.RemoteSource, before: os.stat_result) -> None:
     try:
         after = source.stat()
     except FileNotFoundError as exc:

@@ -21,9 +21,9 @@ PNG encoder measurements (scripts/bench_png.py; 8 photo-like 1024x1536 RGB uint8
 
 zlib-ng's Z_RLE (distance-1 matches only) fits filtered photos and runs 2x faster than zlib's for the same
 bytes. The Avg filter is computed without widening, floor((a + b) / 2) = (a & b) + ((a ^ b) >> 1) in uint8
-(1.3 GB/s), and filtering + compressing go block by block, so the working set stays in the CPU cache. The
-same stream compressor serves whole slices and streamed ones (images too big for one band): both paths
-write byte-identical files.
+(1.3 GB/s), and filtering + compressing go block by block, so the working set stays in the CPU cache. With
+the zlib-ng presets the same stream compressor serves whole slices and streamed ones (images too big for one
+band), so both paths write byte-identical files.
 
 Presets (options.png_preset; options.compress_level switches to libdeflate at that level, preset's filter):
     fast     = Up filter,  zlib-ng Z_RLE          ~180 MB/s, ~1.00x Pillow-6 size

@@ -180,7 +180,7 @@ def _cut_remote(row: db.Image, claim: db.Claim) -> dict[str, Any]:
     return result
 
 
-def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, image_dir: Path) -> Any:
+def _cut(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, image_dir: Path) -> Prepared:
     before = source_state(source)
     folder.cleanup_stale(image_dir.parent, image_dir.name)
     options = SliceOptions.from_dict(json.loads(row.job.options))
