@@ -56,8 +56,30 @@ class _QueueStorage(SqliteStorage):
         return conn
 
 
-class _SqliteQueue(SqliteHuey):
+class _WithoutRevocation:
+    """tessq cancels and retries through the status table and never revokes a huey task. huey still reads the
+    task's revoke keys before running it and deletes its revoke key after (a write transaction per image on the
+    queue): both are skipped. Mixed into each of the three queue classes below."""
+
+    def is_revoked(self, task: object, timestamp: object = None, peek: bool = True) -> bool:
+        return False
+
+    def delete(self, key: str) -> bool:
+        if key.startswith("r:"):  # huey's Task.revoke_id
+            return False
+        return super().delete(key)  # type: ignore[misc]
+
+
+class _SqliteQueue(_WithoutRevocation, SqliteHuey):
     storage_class = _QueueStorage
+
+
+class _RedisQueue(_WithoutRevocation, PriorityRedisHuey):
+    """PriorityRedisHuey: plain RedisHuey refuses any non-zero priority."""
+
+
+class _PostgresQueue(_WithoutRevocation, PostgresHuey):
+    pass
 
 
 def make_queue(url: str, name: str = "tessq") -> Huey:
@@ -66,11 +88,10 @@ def make_queue(url: str, name: str = "tessq") -> Huey:
     if parsed.scheme == "sqlite":
         return _SqliteQueue(name, filename=sqlite_path(url), results=False, timeout=60)
     if parsed.scheme in ("redis", "rediss", "unix"):
-        # PriorityRedisHuey: plain RedisHuey refuses any non-zero priority.
-        return PriorityRedisHuey(name, url=url, results=False)
+        return _RedisQueue(name, url=url, results=False)
     if is_postgres(parsed.geturl()):
         dsn = "postgresql://" + url.split("://", 1)[1]
-        return PostgresHuey(name, dsn=dsn, results=False)
+        return _PostgresQueue(name, dsn=dsn, results=False)
     raise ConfigError(f"unsupported queue URL {url!r}: use sqlite:///PATH, redis://HOST:6379/N or postgresql://...")
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,115 +322,145 @@ class Claim:
     attempt: int
     worker: str
 
-
-def claim(image_id: int, worker: str, lease_s: float) -> Claim | None:
-    """Atomically take a queued (or lease-expired) image; None if someone else has it or it is finished."""
-    now = now_expr()
-    rows = list(
-        Image.update(
-            status=RUNNING,
-            attempts=Image.attempts + 1,
-            worker=worker,
-            lease_until=peewee.NodeList((now, peewee.SQL("+"), lease_s)),
-            started_at=now,
-        )
-        .where(
-            (Image.id == image_id)
-            & ((Image.status == QUEUED) | ((Image.status == RUNNING) & (Image.lease_until < now)))
-        )
-        .returning(Image.id, Image.attempts)
-        .execute()
-    )
-    if not rows:
-        return None
-    return Claim(rows[0].id, rows[0].attempts, worker)
+    def slots(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "attempt": self.attempt, "worker": self.worker}
 
 
-def _fence(c: Claim) -> peewee.Expression:
+class _Slot:
+    """Where a value goes in a statement compiled once (`Statement`)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def slot(name: str) -> peewee.Value:
+    """A named parameter of a `Statement`, filled in on every run (no field conversion: pass db values)."""
+    return peewee.Value(_Slot(name), converter=False)
+
+
+class Statement:
+    """A peewee query compiled to SQL once per kind of database, then run with fresh values.
+
+    Compiling a query costs ~0.45 ms of Python, running the SQL ~0.02 ms; a worker runs five statements per
+    image and the drain check one every 50 ms, so the hot path compiles once and binds values by name."""
+
+    def __init__(self, build: Callable[[], peewee.Query]) -> None:
+        self._build = build
+        self._compiled: dict[type, tuple[str, list[Any]]] = {}
+
+    def sql(self) -> tuple[str, list[Any]]:
+        kind = type(database.obj)
+        if kind not in self._compiled:
+            self._compiled[kind] = self._build().sql()
+        return self._compiled[kind]
+
+    def execute(self, **values: Any) -> Any:
+        """The DB-API cursor (rows to fetch, rowcount for writes)."""
+        sql, params = self.sql()
+        return database.execute_sql(sql, [values[p.name] if isinstance(p, _Slot) else p for p in params])
+
+
+def _lease_from_now() -> peewee.Node:
+    return peewee.NodeList((now_expr(), peewee.SQL("+"), slot("lease_s")))
+
+
+def _fenced() -> peewee.Expression:
+    """This claim's row, only while it still holds it (same worker, same attempt, still running)."""
     return (
-        (Image.id == c.image_id)
-        & (Image.worker == c.worker)
-        & (Image.attempts == c.attempt)
+        (Image.id == slot("image_id"))
+        & (Image.worker == slot("worker"))
+        & (Image.attempts == slot("attempt"))
         & (Image.status == RUNNING)
     )
 
 
+_CLAIM = Statement(lambda: (
+    Image.update(status=RUNNING, attempts=Image.attempts + 1, worker=slot("worker"),
+                 lease_until=_lease_from_now(), started_at=now_expr())
+    .where((Image.id == slot("image_id"))
+           & ((Image.status == QUEUED) | ((Image.status == RUNNING) & (Image.lease_until < now_expr()))))
+    .returning(Image.id, Image.attempts)
+))
+_RENEW = Statement(lambda: Image.update(lease_until=_lease_from_now()).where(_fenced()))
+_LEASE_LEFT = Statement(lambda: Image.select(
+    peewee.NodeList((Image.lease_until, peewee.SQL("-"), now_expr()))).where(_fenced()))
+_FINISH_DONE = Statement(lambda: Image.update(
+    status=DONE, lease_until=None, finished_at=now_expr(), n_slices=slot("n_slices"), bytes_out=slot("bytes_out"),
+    duration_s=slot("duration_s"), options_hash=slot("options_hash"), pixel_bytes=slot("pixel_bytes"),
+    error_type=None, error_message=None,
+    # the (size, mtime) the output was made from, when known; else what the scan saw stays
+    src_size=peewee.fn.COALESCE(slot("src_size"), Image.src_size),
+    src_mtime=peewee.fn.COALESCE(slot("src_mtime"), Image.src_mtime),
+).where(_fenced()))
+_FINISH_FAILED = Statement(lambda: Image.update(
+    status=FAILED, lease_until=None, finished_at=now_expr(), error_type=slot("error_type"),
+    error_message=slot("message"), duration_s=slot("duration_s"),
+).where(_fenced()))
+_RELEASE = Statement(lambda: Image.update(
+    status=QUEUED, lease_until=None, worker=None, error_type=slot("error_type"), error_message=slot("message"),
+    queued_at=now_expr(),
+).where(_fenced()))
+_IMAGE_WITH_JOB = Statement(lambda: Image.select(Image, Job).join(Job).where(Image.id == slot("image_id")))
+_OUTSTANDING = Statement(lambda: Image.select(peewee.fn.COUNT(Image.id)).where(Image.status.in_([QUEUED, RUNNING])))
+
+
+def claim(image_id: int, worker: str, lease_s: float) -> Claim | None:
+    """Atomically take a queued (or lease-expired) image; None if someone else has it or it is finished."""
+    rows = _CLAIM.execute(image_id=image_id, worker=worker, lease_s=lease_s).fetchall()
+    if not rows:
+        return None
+    return Claim(rows[0][0], rows[0][1], worker)
+
+
 def renew_lease(c: Claim, lease_s: float) -> bool:
     """Heartbeat: push the lease forward; False means the lease was lost (reaped and given away)."""
-    now = now_expr()
-    n = (
-        Image.update(lease_until=peewee.NodeList((now, peewee.SQL("+"), lease_s)))
-        .where(_fence(c))
-        .execute()
-    )
-    return n == 1
+    return _RENEW.execute(**c.slots(), lease_s=lease_s).rowcount == 1
 
 
 def lease_left(c: Claim) -> float | None:
     """Seconds left on this claim's lease by the server's clock (a read: no write lock); None if it is lost."""
-    row = (
-        Image.select(peewee.NodeList((Image.lease_until, peewee.SQL("-"), now_expr())).alias("left"))
-        .where(_fence(c))
-        .first()
-    )
-    return None if row is None or row.left is None else float(row.left)
+    row = _LEASE_LEFT.execute(**c.slots()).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, options_hash: str,
                 pixel_bytes: int | None, source_state: tuple[int, float] | None = None) -> bool:
     """Mark done (fenced). source_state = the (size, mtime) the output was made from, so the next scan
     compares against what was actually cut, not what the scan saw earlier."""
-    values: dict[str, Any] = {
-        "status": DONE,
-        "lease_until": None,
-        "finished_at": now_expr(),
-        "n_slices": n_slices,
-        "bytes_out": bytes_out,
-        "duration_s": duration_s,
-        "options_hash": options_hash,
-        "pixel_bytes": pixel_bytes,
-        "error_type": None,
-        "error_message": None,
-    }
-    if source_state is not None:
-        values["src_size"], values["src_mtime"] = source_state
-    n = (
-        Image.update(**values)
-        .where(_fence(c))
-        .execute()
+    src_size, src_mtime = source_state if source_state is not None else (None, None)
+    cursor = _FINISH_DONE.execute(
+        **c.slots(), n_slices=n_slices, bytes_out=bytes_out, duration_s=duration_s, options_hash=options_hash,
+        pixel_bytes=pixel_bytes, src_size=src_size, src_mtime=src_mtime,
     )
-    return n == 1
+    return cursor.rowcount == 1
 
 
 def finish_failed(c: Claim, *, error_type: str, message: str, duration_s: float | None) -> bool:
-    n = (
-        Image.update(
-            status=FAILED,
-            lease_until=None,
-            finished_at=now_expr(),
-            error_type=error_type,
-            error_message=message,
-            duration_s=duration_s,
-        )
-        .where(_fence(c))
-        .execute()
-    )
-    return n == 1
+    cursor = _FINISH_FAILED.execute(**c.slots(), error_type=error_type, message=message, duration_s=duration_s)
+    return cursor.rowcount == 1
 
 
 def release_for_retry(c: Claim, *, error_type: str | None, message: str | None) -> bool:
     """Give the image back to the queue (transient error or interrupted), keeping the last error."""
-    n = (
-        Image.update(status=QUEUED, lease_until=None, worker=None, error_type=error_type,
-                     error_message=message, queued_at=now_expr())
-        .where(_fence(c))
-        .execute()
-    )
-    return n == 1
+    return _RELEASE.execute(**c.slots(), error_type=error_type, message=message).rowcount == 1
 
 
 def image(image_id: int) -> Image | None:
-    return Image.select(Image, Job).join(Job).where(Image.id == image_id).first()
+    """The image row with its job (`row.job`), as model instances."""
+    values = _IMAGE_WITH_JOB.execute(image_id=image_id).fetchone()
+    if values is None:
+        return None
+    n = len(Image._meta.sorted_fields)
+    row = _model_from(Image, values[:n])
+    row.job = _model_from(Job, values[n:])
+    return row
+
+
+def _model_from(model: type[peewee.Model], values: tuple[Any, ...]) -> Any:
+    fields = model._meta.sorted_fields
+    return model(**{f.name: f.python_value(v) for f, v in zip(fields, values, strict=True)})
 
 
 # ---------------------------------------------------------------- recovery: reaper and repair
@@ -494,7 +524,7 @@ def requeue_failed(error_types: Iterable[str] | None = None) -> list[int]:
 
 def outstanding() -> int:
     """Images not yet finished: queued or running."""
-    return Image.select().where(Image.status.in_([QUEUED, RUNNING])).count()
+    return int(_OUTSTANDING.execute().fetchone()[0])
 
 
 # ---------------------------------------------------------------- verification and uploads

@@ -127,9 +127,20 @@ class Committer:
             cls._instance.wait()
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """huey raises TaskTimeout wherever the task is when its time runs out, so a decoder may have wrapped it
+    (CorruptImageError from TaskTimeout): look down the chain of causes."""
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:  # a chain can loop back on itself
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return any(isinstance(link, TaskTimeout) for link in chain)
+
+
 def classify(exc: BaseException, rel_path: str, limit: int) -> tuple[str, str, str]:
     """(action, error type, message) for a failure: 'fail' at once, or 'retry'/'internal' with backoff."""
-    if isinstance(exc, TaskTimeout):
+    if _timed_out(exc):
         return "fail", "timeout", f"{rel_path}: timed out after {limit} s"
     if isinstance(exc, TessqError):
         return ("fail" if exc.permanent else "retry"), exc.kind, str(exc)
@@ -255,8 +266,8 @@ def contained(root: Path, relative: str) -> Path:
     """root/relative, refusing anything that would land outside root ('..', absolute, NUL)."""
     if "\x00" in relative or relative.startswith(("/", "\\")):
         raise TessqError(f"refusing output path {relative!r}: not a relative path inside {root}")
-    target = (root / relative).resolve()
-    if target == root.resolve() or root.resolve() not in target.parents:
+    base, target = root.resolve(), (root / relative).resolve()
+    if target == base or base not in target.parents:
         raise TessqError(f"refusing output path {relative!r}: it escapes the output folder {root}")
     return target
 

@@ -55,3 +55,29 @@ def test_a_commit_that_finds_the_source_changed_retries_and_leaves_no_output(wor
         after = db.image(image_id)
     assert after.status == db.QUEUED and after.error_type == "source_changed"
     assert not out.exists() or not os.listdir(out)
+
+
+def test_a_time_limit_that_strikes_inside_a_decoder_is_still_reported_as_a_timeout() -> None:
+    from huey.exceptions import TaskTimeout
+
+    from tessq.errors import CorruptImageError
+
+    try:
+        try:
+            raise TaskTimeout("timeout (1s)")
+        except TaskTimeout as exc:  # what tiff.py does with any codec exception
+            raise CorruptImageError("in/huge.tif", f"cannot decode pixel data ({exc})") from exc
+    except CorruptImageError as wrapped:
+        action, kind, message = worker.classify(wrapped, "huge.tif", 1)
+    assert (action, kind) == ("fail", "timeout") and "timed out after 1 s" in message
+    assert worker.classify(CorruptImageError("in/bad.tif", "garbled strip"), "bad.tif", 1)[1] == "corrupt"
+
+
+def test_the_image_statement_returns_the_same_row_and_job_as_the_peewee_query(workspace: Path) -> None:
+    _, ids = _scan(workspace, 2)
+    with db.session():
+        for image_id in ids:
+            fast = db.image(image_id)
+            slow = db.Image.select(db.Image, db.Job).join(db.Job).where(db.Image.id == image_id).get()
+            assert fast is not None and fast.__data__ == slow.__data__ and fast.job.__data__ == slow.job.__data__
+        assert db.image(max(ids) + 1) is None
