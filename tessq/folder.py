@@ -112,8 +112,14 @@ class AtomicFolder:
     def write(self, name: str, data: bytes) -> Path:
         """Write one file of the folder: the one place slices and metadata reach the disk (commit syncs them)."""
         path = self.path / name
-        with open(path, "wb") as fh:
-            fh.write(data)
+        # os-level calls: open() adds an fstat, an isatty ioctl and a buffer per file, ten files per image
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         return path
 
     def commit(self) -> None:
