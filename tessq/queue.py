@@ -19,6 +19,8 @@ from tessq.settings import Workspace
 
 log = logging.getLogger("tessq.queue")
 
+ENQUEUE_BATCH = 5000  # messages per queue transaction: short enough that workers are never locked out long
+
 _state: dict[str, Any] = {"huey": None, "task": None, "workspace": None}
 
 
@@ -56,17 +58,18 @@ def time_limit(pixel_bytes: int | None) -> int:
 
 def enqueue(image_ids: Iterable[int], pixel_bytes: dict[int, int | None] | None = None,
             delay: float | None = None) -> int:
+    """One message per image id, each with its time limit; `delay` schedules them (retries with backoff)."""
     sizes = pixel_bytes or {}
     task = _state["task"]
-    n = 0
-    for image_id in image_ids:
-        limit = time_limit(sizes.get(image_id))
-        if delay:
-            task.schedule(args=(image_id,), delay=delay, timeout=limit)
-        else:
-            huey().enqueue(task.s(image_id, timeout=limit))
-        n += 1
-    return n
+    ids = list(image_ids)
+    if delay:
+        for image_id in ids:
+            task.schedule(args=(image_id,), delay=delay, timeout=time_limit(sizes.get(image_id)))
+    else:
+        for start in range(0, len(ids), ENQUEUE_BATCH):
+            batch = ids[start : start + ENQUEUE_BATCH]
+            huey().enqueue_many([task.s(i, timeout=time_limit(sizes.get(i))) for i in batch])
+    return len(ids)
 
 
 def delivered_ids() -> set[int]:

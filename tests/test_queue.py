@@ -47,3 +47,16 @@ def test_repair_enqueues_exactly_the_rows_without_a_message_reading_the_queue_on
     monkeypatch.undo()
     assert sorted(t.args[0] for t in tq.huey().pending()) == sorted(ids)
     assert tq.repair_unqueued() == 0
+
+
+def test_a_scan_is_enqueued_in_batches_with_every_message_and_its_time_limit(
+    tmp_path: Path, backend: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _workspace_with_queued_rows(backend, monkeypatch, 7)
+    monkeypatch.setattr(tq, "ENQUEUE_BATCH", 3)  # 3 + 3 + 1
+    sizes = {i: 10**9 * k for k, i in enumerate(ids)}
+    assert tq.enqueue(ids, sizes) == 7
+    pending = {t.args[0]: t.timeout for t in tq.huey().pending()}
+    assert sorted(pending) == sorted(ids)
+    assert all(pending[i] == tq.time_limit(sizes[i]) for i in ids)
+    assert len(set(pending.values())) > 1  # the limits really differ per image
