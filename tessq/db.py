@@ -266,15 +266,24 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
             Image.update(**_fresh(cand)).where(Image.id == row.id).execute()
             if cand["status"] == QUEUED:
                 outcome.requeued.append(row.id)
-        for batch in peewee.chunked(to_insert, 200):
-            Image.insert_many(batch).execute()
+        _insert_images(to_insert)
     if to_insert:
-        paths = [c["rel_path"] for c in to_insert if c["status"] == QUEUED]
-        for batch in peewee.chunked(paths, 500):
-            outcome.new_queued.extend(
-                r.id for r in Image.select(Image.id).where((Image.job == job_id) & Image.rel_path.in_(batch))
-            )
+        new_paths = {c["rel_path"] for c in to_insert if c["status"] == QUEUED}
+        ids = Image.select(Image.id, Image.rel_path).where(Image.job == job_id).order_by(Image.id).tuples()
+        outcome.new_queued.extend(image_id for image_id, rel_path in ids if rel_path in new_paths)
     return outcome
+
+
+def _insert_images(rows: list[dict[str, Any]]) -> None:
+    """Insert new image rows with one compiled statement per set of columns (peewee's insert_many compiles
+    every row again: 50 us each, 5 s of a 100,000-file scan)."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_columns.setdefault(tuple(sorted(row)), []).append(row)
+    for columns, group in by_columns.items():
+        fields = [Image._meta.fields[name] for name in columns]
+        insert = Statement(lambda fields=fields: Image.insert({f: slot(f.name) for f in fields}))
+        insert.execute_many({f.name: f.db_value(row[f.name]) for f in fields} for row in group)
 
 
 def forget_job(input_dir: str) -> None:
@@ -359,7 +368,17 @@ class Statement:
     def execute(self, **values: Any) -> Any:
         """The DB-API cursor (rows to fetch, rowcount for writes)."""
         sql, params = self.sql()
-        return database.execute_sql(sql, [values[p.name] if isinstance(p, _Slot) else p for p in params])
+        return database.execute_sql(sql, self._bind(params, values))
+
+    def execute_many(self, rows: Iterable[dict[str, Any]]) -> None:
+        """The statement once per row of values, in one round of the driver's executemany."""
+        sql, params = self.sql()
+        with peewee.__exception_wrapper__:
+            database.cursor().executemany(sql, [self._bind(params, values) for values in rows])
+
+    @staticmethod
+    def _bind(params: list[Any], values: dict[str, Any]) -> list[Any]:
+        return [values[p.name] if isinstance(p, _Slot) else p for p in params]
 
 
 def _lease_from_now() -> peewee.Node:
