@@ -286,6 +286,32 @@ def _insert_images(rows: list[dict[str, Any]]) -> None:
         insert.execute_many({f.name: f.db_value(row[f.name]) for f in fields} for row in group)
 
 
+@dataclass(frozen=True)
+class KnownHeader:
+    """What an earlier scan (or cut) read from a file's header, valid while its size and mtime match."""
+
+    src_size: int
+    src_mtime: float
+    width: int
+    height: int
+    pixel_bytes: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        return st.st_size == self.src_size and abs(st.st_mtime - self.src_mtime) <= 1e-6
+
+
+def known_headers(input_dir: str) -> dict[str, KnownHeader]:
+    """rel_path -> KnownHeader for the job's images whose header was read successfully."""
+    query = (
+        Image.select(Image.rel_path, Image.src_size, Image.src_mtime, Image.width, Image.height, Image.pixel_bytes)
+        .join(Job)
+        .where((Job.input_dir == input_dir) & Image.width.is_null(False) & Image.height.is_null(False)
+               & Image.pixel_bytes.is_null(False))
+        .tuples()
+    )
+    return {rel_path: KnownHeader(*fields) for rel_path, *fields in query}
+
+
 def forget_job(input_dir: str) -> None:
     Job.delete().where(Job.input_dir == input_dir).execute()
 
@@ -412,6 +438,8 @@ _FINISH_DONE = Statement(lambda: Image.update(
     # the (size, mtime) the output was made from, when known; else what the scan saw stays
     src_size=peewee.fn.COALESCE(slot("src_size"), Image.src_size),
     src_mtime=peewee.fn.COALESCE(slot("src_mtime"), Image.src_mtime),
+    width=peewee.fn.COALESCE(slot("width"), Image.width),
+    height=peewee.fn.COALESCE(slot("height"), Image.height),
 ).where(_fenced()))
 _FINISH_FAILED = Statement(lambda: Image.update(
     status=FAILED, lease_until=None, finished_at=now_expr(), error_type=slot("error_type"),
@@ -445,13 +473,16 @@ def lease_left(c: Claim) -> float | None:
 
 
 def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, options_hash: str,
-                pixel_bytes: int | None, source_state: tuple[int, float] | None = None) -> bool:
-    """Mark done (fenced). source_state = the (size, mtime) the output was made from, so the next scan
-    compares against what was actually cut, not what the scan saw earlier."""
+                pixel_bytes: int | None, source_state: tuple[int, float] | None = None,
+                dimensions: tuple[int, int] | None = None) -> bool:
+    """Mark done (fenced). source_state = the (size, mtime) the output was made from and dimensions its
+    (width, height), so the next scan compares against what was actually cut, and may trust the row's
+    header fields for a file whose size and mtime still match (scan.probe_all)."""
     src_size, src_mtime = source_state if source_state is not None else (None, None)
+    width, height = dimensions if dimensions is not None else (None, None)
     cursor = _FINISH_DONE.execute(
         **c.slots(), n_slices=n_slices, bytes_out=bytes_out, duration_s=duration_s, options_hash=options_hash,
-        pixel_bytes=pixel_bytes, src_size=src_size, src_mtime=src_mtime,
+        pixel_bytes=pixel_bytes, src_size=src_size, src_mtime=src_mtime, width=width, height=height,
     )
     return cursor.rowcount == 1
 

@@ -164,10 +164,16 @@ def printable(text: str) -> str:
         return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_size: int) -> dict[str, Any]:
-    """One image row from the file's stat and TIFF header (no pixels decoded)."""
+def relative_path(rel_folder: str, name: str) -> str:
+    return str(PurePosixPath(rel_folder) / name) if rel_folder else name
+
+
+def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_size: int,
+                  known: db.KnownHeader | None = None) -> dict[str, Any]:
+    """One image row from the file's stat and TIFF header (no pixels decoded); `known` is what an earlier
+    scan read from this file's header, used instead of reading it again while size and mtime still match."""
     st = entry.stat(follow_symlinks=True)
-    rel_path = str(PurePosixPath(rel_folder) / entry.name) if rel_folder else entry.name
+    rel_path = relative_path(rel_folder, entry.name)
     stored_path = printable(rel_path)
     row: dict[str, Any] = {
         "rel_path": stored_path,
@@ -193,15 +199,18 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
         return failed("unsupported_name", f"{printable(entry.path)}: file name is not valid UTF-8; rename it")
     if not stat.S_ISREG(st.st_mode):
         return failed("unsupported", f"{entry.path}: not a regular file")
-    try:
-        info = tiff.probe(entry.path)
-    except ImageError as exc:
-        return failed(exc.kind, str(exc))
-    except OSError as exc:  # permission denied, I/O error: recorded, never silently dropped
-        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
-        return failed("unreadable", f"{entry.path}: {reason}")
-    row.update(width=info.width, height=info.height, pixel_bytes=pixel_bytes(info))
-    reason = eligibility(info.width, info.height, min_size)
+    if known is not None and known.matches(st):
+        row.update(width=known.width, height=known.height, pixel_bytes=known.pixel_bytes)
+    else:
+        try:
+            info = tiff.probe(entry.path)
+        except ImageError as exc:
+            return failed(exc.kind, str(exc))
+        except OSError as exc:  # permission denied, I/O error: recorded, never silently dropped
+            reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+            return failed("unreadable", f"{entry.path}: {reason}")
+        row.update(width=info.width, height=info.height, pixel_bytes=pixel_bytes(info))
+    reason = eligibility(row["width"], row["height"], min_size)
     if reason:
         row.update(status=db.SKIPPED, skip_reason=reason)
     return row
@@ -218,14 +227,21 @@ class FileRef:
         return os.stat(self.path, follow_symlinks=follow_symlinks)
 
 
-def probe_all(files: list[tuple[Any, str, str]], min_size: int, *, parallel: bool) -> list[dict[str, Any]]:
-    """candidate_row for every (entry, folder, output name), in order; local trees of PROBE_PARALLEL_MIN
-    files or more are probed by one process per CPU (header parsing is CPU-bound Python: 2x on 2 cores)."""
+def probe_all(files: list[tuple[Any, str, str]], min_size: int, *, parallel: bool,
+              known: dict[str, db.KnownHeader] | None = None) -> list[dict[str, Any]]:
+    """candidate_row for every (entry, folder, output name), in order. Headers an earlier scan read are not
+    read again while the file's size and mtime match (a rescan of an unchanged tree only stats it). When
+    PROBE_PARALLEL_MIN or more local files need their header read, one process per CPU reads them (header
+    parsing is CPU-bound Python: 2x on 2 cores)."""
+    known = known or {}
+    jobs = [(entry, rel, out_name, min_size, known.get(printable(relative_path(rel, entry.name))))
+            for entry, rel, out_name in files]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not parallel or cpus < 2 or len(files) < PROBE_PARALLEL_MIN:
-        rows = [_probe_one((entry, rel, out_name, min_size)) for entry, rel, out_name in files]
+    to_read = sum(1 for job in jobs if job[4] is None)
+    if not parallel or cpus < 2 or to_read < PROBE_PARALLEL_MIN:
+        rows = [_probe_one(job) for job in jobs]
     else:
-        jobs = [(FileRef(entry.path, entry.name), rel, out_name, min_size) for entry, rel, out_name in files]
+        jobs = [(FileRef(entry.path, entry.name), *rest) for entry, *rest in jobs]
         context = multiprocessing.get_context("fork")  # the pool inherits the imported modules: no start-up
         with ProcessPoolExecutor(max_workers=cpus, mp_context=context) as pool:
             rows = list(pool.map(_probe_one, jobs, chunksize=256))
@@ -238,11 +254,11 @@ def probe_all(files: list[tuple[Any, str, str]], min_size: int, *, parallel: boo
     return candidates
 
 
-def _probe_one(job: tuple[Any, str, str, int]) -> dict[str, Any] | str:
+def _probe_one(job: tuple[Any, str, str, int, db.KnownHeader | None]) -> dict[str, Any] | str:
     """One candidate row, or a warning for a file that vanished or cannot be stat'ed after the listing."""
-    entry, rel, out_name, min_size = job
+    entry, rel, out_name, min_size, known = job
     try:
-        return candidate_row(entry, rel, out_name, min_size)
+        return candidate_row(entry, rel, out_name, min_size, known)
     except OSError as exc:
         return f"cannot stat {entry.path}: {exc}"
 
@@ -294,7 +310,9 @@ def scan_tree(
         summary.folders_with_tiffs += 1
         names = output_folder_names([e.name for e in folder.tiffs])
         files.extend((entry, folder.rel, names[entry.name]) for entry in folder.tiffs)
-    candidates = probe_all(files, options.min_size, parallel=isinstance(input_dir, Path))
+    with db.session():
+        known = db.known_headers(str(input_dir))
+    candidates = probe_all(files, options.min_size, parallel=isinstance(input_dir, Path), known=known)
     with db.session():
         job = db.upsert_job(str(input_dir), str(output_dir), options.to_dict(), options_hash)
         db.replace_folders(job.id, folders)

@@ -155,11 +155,19 @@ def _finish(claim: db.Claim, row: db.Image, result: dict[str, Any], duration: fl
     with db.session():
         fenced = db.finish_done(claim, n_slices=int(result["slices"]), bytes_out=int(result["bytes_out"]),
                                 duration_s=duration, options_hash=row.job.options_hash,
-                                pixel_bytes=result.get("pixel_bytes"), source_state=result.get("source_state"))
+                                pixel_bytes=result.get("pixel_bytes"), source_state=result.get("source_state"),
+                                dimensions=_dimensions(result))
     if fenced:
         log.info("done %s (%d slices, %.2f s)", row.rel_path, result["slices"], duration)
     else:
         log.warning("%s: lease was lost before finishing; the other holder's result stands", row.rel_path)
+
+
+def _dimensions(result: dict[str, Any]) -> tuple[int, int] | None:
+    source = result.get("source") or {}
+    if isinstance(source.get("width"), int) and isinstance(source.get("height"), int):
+        return source["width"], source["height"]
+    return None
 
 
 def cut(row: db.Image, claim: db.Claim) -> Prepared:

@@ -85,3 +85,35 @@ def test_probing_in_a_process_pool_gives_the_same_rows_in_the_same_order(
     pooled = scan.probe_all(files, 32, parallel=True)
     assert pooled == sequential
     assert len(pooled) == 12 and [r["status"] for r in pooled].count(db.FAILED) == 1
+
+
+def test_a_rescan_trusts_known_headers_while_size_and_mtime_match_and_rereads_changed_files(
+    tmp_path: Path,
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "a.tif", 64, 48, seed=1)
+    write_tiff(src / "b.tif", 64, 48, seed=2)
+    db.open_database(f"sqlite:///{tmp_path}/ws/tessq.db")
+    db.create_schema()
+    options = SliceOptions(min_size=32)
+    assert scan.scan_tree(src, out, options, options_fingerprint(options)).queued == 2
+    with db.session():
+        first = db.Image.get(db.Image.rel_path == "a.tif")
+    assert sorted((first.width, first.height)) == [48, 64]
+    # Garble both headers. a.tif keeps its size and mtime: a rescan must not read it again (same rows, nothing
+    # to redo). b.tif's mtime moves: it is read again and found corrupt.
+    for name in ("a.tif", "b.tif"):
+        path = src / name
+        st = path.stat()
+        data = bytearray(path.read_bytes())
+        data[4:8] = b"\xff\xff\xff\x7f"  # first IFD offset far past the end of the file
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns if name == "a.tif" else st.st_mtime_ns + 10**9))
+    again = scan.scan_tree(src, out, options, options_fingerprint(options))
+    assert [f["file"] for f in again.failed_at_scan] == ["b.tif"]
+    with db.session():
+        a = db.Image.get(db.Image.rel_path == "a.tif")
+    assert (a.status, a.width, a.height, a.pixel_bytes) == (db.QUEUED, first.width, first.height, first.pixel_bytes)
+    # Eligibility is recomputed from the known header when the settings change.
+    stricter = SliceOptions(min_size=50)
+    assert scan.scan_tree(src, out, stricter, options_fingerprint(stricter)).skipped == {"too_small": 1}

@@ -81,3 +81,20 @@ def test_the_image_statement_returns_the_same_row_and_job_as_the_peewee_query(wo
             slow = db.Image.select(db.Image, db.Job).join(db.Job).where(db.Image.id == image_id).get()
             assert fast is not None and fast.__data__ == slow.__data__ and fast.job.__data__ == slow.job.__data__
         assert db.image(max(ids) + 1) is None
+
+
+def test_a_done_row_holds_the_size_mtime_and_dimensions_of_the_file_that_was_cut(workspace: Path) -> None:
+    import json
+
+    out, [image_id] = _scan(workspace, 1)
+    with db.session():
+        db.Image.update(width=1, height=1).where(db.Image.id == image_id).execute()  # a stale header record
+    worker.process_image(image_id)
+    worker.Committer.wait_in_this_process()
+    with db.session():
+        row = db.image(image_id)
+    meta = json.loads((out / row.out_rel / "metadata.json").read_text())
+    source = workspace / "in" / row.rel_path
+    assert row.status == db.DONE
+    assert (row.width, row.height) == (meta["source"]["width"], meta["source"]["height"]) == (96, 64)
+    assert (row.src_size, row.src_mtime) == (source.stat().st_size, source.stat().st_mtime)
