@@ -266,11 +266,15 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
             Image.update(**_fresh(cand)).where(Image.id == row.id).execute()
             if cand["status"] == QUEUED:
                 outcome.requeued.append(row.id)
-        _insert_images(to_insert)
-    if to_insert:
-        new_paths = {c["rel_path"] for c in to_insert if c["status"] == QUEUED}
-        ids = Image.select(Image.id, Image.rel_path).where(Image.job == job_id).order_by(Image.id).tuples()
-        outcome.new_queued.extend(image_id for image_id, rel_path in ids if rel_path in new_paths)
+        if to_insert:
+            # ids only grow: the rows inserted now are this job's rows above the largest id before the insert
+            before = Image.select(peewee.fn.MAX(Image.id)).scalar() or 0
+            _insert_images(to_insert)
+            outcome.new_queued.extend(
+                image_id for (image_id,) in Image.select(Image.id)
+                .where((Image.job == job_id) & (Image.id > before) & (Image.status == QUEUED))
+                .order_by(Image.id).tuples()
+            )
     return outcome
 
 
