@@ -734,8 +734,14 @@ def scan(tq: Tessq, src: Path, out: Path) -> None:
 
 
 def kill_running_worker(tq: Tessq, rng: random.Random, min_age: float = 0.05) -> tuple[int, int, int] | None:
-    """SIGKILL the worker process holding a running image (preferring big ones): (pid, image id, attempt)."""
-    rows = [r for r in tq.running() if pid_of(r["worker"])]
+    """SIGKILL the worker process holding a running image (preferring big ones): (pid, image id, attempt).
+
+    An image whose worker dies on MAX_LOST_ATTEMPTS claims is failed as 'lost' by design (a file that kills
+    every worker, e.g. by exhausting memory; tests/test_jobs.py covers that). This fault tests recovery, so it
+    leaves each image two deaths short of that limit: the two kills of the whole tree per round fit in them."""
+    from tessq.defaults import MAX_LOST_ATTEMPTS
+
+    rows = [r for r in tq.running() if pid_of(r["worker"]) and r["attempts"] < MAX_LOST_ATTEMPTS - 2]
     if not rows:
         return None
     r = rows[0] if rng.random() < 0.7 else rng.choice(rows)
