@@ -224,6 +224,11 @@ class ScanOutcome:
     unchanged_other: int
 
 
+def same_source(size: int, mtime: float, other_size: int, other_mtime: float) -> bool:
+    """Whether two (size, mtime) records describe the same file state (mtime through a float column)."""
+    return size == other_size and abs(mtime - other_mtime) <= 1e-6
+
+
 def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_hash: str) -> ScanOutcome:
     """Insert or update one row per candidate TIFF; return the ids that now need a queue message.
 
@@ -245,7 +250,7 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
             if row is None:
                 to_insert.append(dict(cand, job=job_id))
                 continue
-            changed = row.src_size != cand["src_size"] or abs(row.src_mtime - cand["src_mtime"]) > 1e-6
+            changed = not same_source(row.src_size, row.src_mtime, cand["src_size"], cand["src_mtime"])
             stale = row.status == DONE and row.options_hash != options_hash
             if cand["status"] == SKIPPED:
                 if row.status in (QUEUED, RUNNING) and not changed:
@@ -301,7 +306,7 @@ class KnownHeader:
     pixel_bytes: int
 
     def matches(self, st: os.stat_result) -> bool:
-        return st.st_size == self.src_size and abs(st.st_mtime - self.src_mtime) <= 1e-6
+        return same_source(self.src_size, self.src_mtime, st.st_size, st.st_mtime)
 
 
 def known_headers(input_dir: str) -> dict[str, KnownHeader]:

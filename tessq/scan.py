@@ -165,6 +165,7 @@ def printable(text: str) -> str:
 
 
 def relative_path(rel_folder: str, name: str) -> str:
+    """`name` inside the input-relative folder (POSIX separators; '' is the root)."""
     return str(PurePosixPath(rel_folder) / name) if rel_folder else name
 
 
@@ -178,7 +179,7 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
     row: dict[str, Any] = {
         "rel_path": stored_path,
         "folder": printable(rel_folder),
-        "out_rel": printable(str(PurePosixPath(rel_folder) / out_name) if rel_folder else out_name),
+        "out_rel": printable(relative_path(rel_folder, out_name)),
         "src_size": st.st_size,
         "src_mtime": st.st_mtime,
         "status": db.QUEUED,
