@@ -456,7 +456,7 @@ _FINISH_FAILED = Statement(lambda: Image.update(
 ).where(_fenced()))
 _RELEASE = Statement(lambda: Image.update(
     status=QUEUED, lease_until=None, worker=None, error_type=slot("error_type"), error_message=slot("message"),
-    queued_at=now_expr(),
+    queued_at=now_expr(), attempts=Image.attempts - slot("refund"),
 ).where(_fenced()))
 _IMAGE_WITH_JOB = Statement(lambda: Image.select(Image, Job).join(Job).where(Image.id == slot("image_id")))
 _OUTSTANDING = Statement(lambda: Image.select(peewee.fn.COUNT(Image.id)).where(Image.status.in_([QUEUED, RUNNING])))
@@ -502,8 +502,13 @@ def finish_failed(c: Claim, *, error_type: str, message: str, duration_s: float 
 
 
 def release_for_retry(c: Claim, *, error_type: str | None, message: str | None) -> bool:
-    """Give the image back to the queue (transient error or interrupted), keeping the last error."""
-    return _RELEASE.execute(**c.slots(), error_type=error_type, message=message).rowcount == 1
+    """Give the image back to the queue after a transient error, keeping the error; the attempt counts."""
+    return _RELEASE.execute(**c.slots(), error_type=error_type, message=message, refund=0).rowcount == 1
+
+
+def release_interrupted(c: Claim) -> bool:
+    """Give the image back to the queue because the worker is being stopped: the attempt does not count."""
+    return _RELEASE.execute(**c.slots(), error_type=None, message=None, refund=1).rowcount == 1
 
 
 def image(image_id: int) -> Image | None:
@@ -525,12 +530,27 @@ def _model_from(model: type[peewee.Model], values: tuple[Any, ...]) -> Any:
 # ---------------------------------------------------------------- recovery: reaper and repair
 
 
-def reap_expired(max_attempts: int, dead_workers: Iterable[str] = ()) -> tuple[list[int], list[int]]:
+def reap_expired(
+    max_attempts: int, dead_workers: Iterable[str] = (), *, interrupted: Iterable[str] = ()
+) -> tuple[list[int], list[int]]:
     """Running rows whose lease expired (or whose owner is known dead): back to queued, or failed
     once they used every attempt. Returns (requeued ids, failed ids). Safe to run on many machines:
-    each UPDATE is guarded by the state it reads."""
+    each UPDATE is guarded by the state it reads.
+
+    Rows of `interrupted` workers (found dead as a daemon starts: their whole run was stopped from outside,
+    by kill -9 of the tree, a kernel restart or a reboot) go back with their attempt refunded, so stopping
+    a run again and again never fails the image it happened to be cutting."""
     now = now_expr()
-    dead = list(dead_workers)
+    stopped = list(interrupted)
+    refunded = [
+        r.id
+        for r in Image.update(status=QUEUED, lease_until=None, worker=None, queued_at=now,
+                              attempts=Image.attempts - 1)
+        .where((Image.status == RUNNING) & Image.worker.in_(stopped) & (Image.attempts > 0))
+        .returning(Image.id)
+        .execute()
+    ] if stopped else []
+    dead = list(dead_workers) + stopped  # a row the refund did not take is reaped as usual
     lost = (Image.status == RUNNING) & (
         (Image.lease_until < now) | (Image.worker.in_(dead) if dead else peewee.SQL("0=1"))
     )
@@ -554,7 +574,7 @@ def reap_expired(max_attempts: int, dead_workers: Iterable[str] = ()) -> tuple[l
         .returning(Image.id)
         .execute()
     ]
-    return requeued, failed
+    return refunded + requeued, failed
 
 
 def running_workers() -> list[str]:

@@ -51,9 +51,10 @@ def huey() -> Huey:
     return _state["huey"]
 
 
-def time_limit(pixel_bytes: int | None) -> int:
-    """Seconds one image may take before it is failed as 'timed out', scaled with its size."""
-    return max(1, int(defaults.TIME_LIMIT_BASE_S + (pixel_bytes or 0) / defaults.TIME_LIMIT_MIN_RATE))
+def time_limit(pixel_bytes: int | None) -> float:
+    """Seconds one image may take before it is failed as 'timed out', scaled with its size (to 0.1 s: huey's
+    timer takes fractions)."""
+    return max(0.1, round(defaults.TIME_LIMIT_BASE_S + (pixel_bytes or 0) / defaults.TIME_LIMIT_MIN_RATE, 1))
 
 
 def enqueue(image_ids: Iterable[int], pixel_bytes: dict[int, int | None] | None = None,

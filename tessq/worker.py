@@ -59,7 +59,7 @@ def process_image(image_id: int) -> None:
             return
         # Hard stop (second Ctrl-C / SIGTERM during shutdown): give the image straight back.
         with db.session():
-            if db.release_for_retry(claim, error_type=None, message=None):
+            if db.release_interrupted(claim):
                 tq.enqueue([image_id], {image_id: row.pixel_bytes})
         raise
 
@@ -138,10 +138,10 @@ def _timed_out(exc: BaseException) -> bool:
     return any(isinstance(link, TaskTimeout) for link in chain)
 
 
-def classify(exc: BaseException, rel_path: str, limit: int) -> tuple[str, str, str]:
+def classify(exc: BaseException, rel_path: str, limit: float) -> tuple[str, str, str]:
     """(action, error type, message) for a failure: 'fail' at once, or 'retry'/'internal' with backoff."""
     if _timed_out(exc):
-        return "fail", "timeout", f"{rel_path}: timed out after {limit} s"
+        return "fail", "timeout", f"{rel_path}: timed out after {limit:g} s"
     if isinstance(exc, TessqError):
         return ("fail" if exc.permanent else "retry"), exc.kind, str(exc)
     if isinstance(exc, OSError):
@@ -426,11 +426,17 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def recover() -> tuple[int, int]:
-    """Requeue images of dead or expired workers and re-enqueue queued rows that lost their message."""
+def recover(*, starting: bool = False) -> tuple[int, int]:
+    """Requeue images of dead or expired workers and re-enqueue queued rows that lost their message.
+
+    A worker that dies while its daemon runs spends an attempt of its image (MAX_LOST_ATTEMPTS such deaths
+    fail an image that kills every worker, e.g. by exhausting memory). Workers found dead as a daemon is
+    `starting` died with a run stopped from outside (kill -9 of the tree, a kernel restart): their images
+    get the attempt back."""
     with db.session():
         dead = dead_local_workers(db.running_workers())
-        requeued, failed = db.reap_expired(defaults.MAX_LOST_ATTEMPTS, dead)
+        stopped, dead = (dead, []) if starting else ([], dead)
+        requeued, failed = db.reap_expired(defaults.MAX_LOST_ATTEMPTS, dead, interrupted=stopped)
         sizes = db.queued_ids_with_size() if requeued else {}
         given_up = [db.image(i) for i in failed]
     if requeued:
@@ -453,7 +459,7 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     """
     from tessq import core  # noqa: F401 - the workers' heavy imports, done once here and inherited by every fork
 
-    reaped, repaired = recover()
+    reaped, repaired = recover(starting=True)
     remote.sweep_temp(process_alive)  # S3 spools and upload dirs left by SIGKILLed workers of this machine
     consumer = TessqConsumer(
         tq.huey(), workers=n, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.5,

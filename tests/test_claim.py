@@ -76,6 +76,28 @@ def test_dead_worker_images_are_reclaimed_before_lease_expiry(db_url: str) -> No
     assert requeued == [image_id]
 
 
+def test_images_of_workers_stopped_with_their_run_get_their_attempt_back(db_url: str) -> None:
+    ids = _setup(db_url, 2)
+    with db.session():
+        db.claim(ids[0], "host:7", 3600)
+        db.claim(ids[1], "host:8", 3600)
+        db.Image.update(attempts=5).execute()
+        requeued, failed = db.reap_expired(5, dead_workers=["host:8"], interrupted=["host:7"])
+        assert sorted(requeued) == [ids[0]] and failed == [ids[1]]
+        refunded = db.image(ids[0])
+    assert refunded.status == db.QUEUED and refunded.attempts == 4 and refunded.worker is None
+
+
+def test_an_interrupted_release_refunds_the_attempt_and_a_retry_release_does_not(db_url: str) -> None:
+    ids = _setup(db_url, 2)
+    with db.session():
+        stopped, failing = db.claim(ids[0], "host:1", 60), db.claim(ids[1], "host:1", 60)
+        assert db.release_interrupted(stopped)
+        assert db.release_for_retry(failing, error_type="io", message="disk full")
+        rows = [db.image(i) for i in ids]
+    assert [(r.status, r.attempts) for r in rows] == [(db.QUEUED, 0), (db.QUEUED, 1)]
+
+
 def _claimer(url: str, ids: list[int], out: mp.Queue) -> None:
     db.open_database(url)
     won = []

@@ -211,15 +211,25 @@ def test_very_long_source_names_stay_inside_the_output(tmp_path: Path, sqlite_en
 def test_an_image_over_its_time_limit_fails_as_timed_out_and_the_batch_goes_on(tmp_path: Path,
                                                                                 sqlite_env: dict) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
-    write_tiff(src / "huge.tif", 6000, 6000, compression="zlib")  # several seconds of work
-    write_tiff(src / "small.tif")
-    env = {**sqlite_env, "TESSQ_TIME_LIMIT_S": "1", "TESSQ_TIME_LIMIT_RATE": "1e12"}
+    write_tiff(src / "huge.tif", 6000, 6000, compression="zlib")  # 0.8 s of work on a fast, quiet machine
+    write_tiff(src / "small.tif")  # 0.03 s
+    env = {**sqlite_env, "TESSQ_TIME_LIMIT_S": "0.3", "TESSQ_TIME_LIMIT_RATE": "1e12"}
     proc = tessq_cmd("run", str(src), str(out), MIN, "--workers", "1", env=env, cwd=tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     rep = report_json(env, tmp_path)
     assert rep["batch_summary"]["successfully_processed"] == 1
     assert [(e["file"], e["type"]) for e in rep["errors"]] == [("huge.tif", "timeout")]
     assert "timed out" in rep["errors"][0]["message"] and not (out / "huge").exists() and not leftovers(out)
+
+
+def _hold_with_dead_worker(image_id: int, attempts: int) -> None:
+    """The row as a worker that died mid-image on its `attempts`-th claim leaves it."""
+    from tessq import db
+
+    with db.session():
+        db.Image.update(status=db.RUNNING, worker=f"{db.hostname()}:999999", attempts=attempts,  # no such pid
+                        lease_until=db.server_time() + 3600).where(db.Image.id == image_id).execute()
+    db.database.close()
 
 
 def test_an_image_whose_workers_keep_dying_ends_failed_and_its_leftovers_are_removed(
@@ -231,16 +241,41 @@ def test_an_image_whose_workers_keep_dying_ends_failed_and_its_leftovers_are_rem
     write_tiff(src / "killer.tif")
     tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
     in_process_status(sqlite_env, monkeypatch)
-    dead = f"{db.hostname()}:999999"  # a pid that does not exist on this host
     with db.session():
         [row] = list(db.Image.select())
-        db.Image.update(status=db.RUNNING, worker=dead, attempts=defaults.MAX_LOST_ATTEMPTS,
-                        lease_until=db.server_time() + 3600).where(db.Image.id == row.id).execute()
+        db.Image.update(status=db.DONE).where(db.Image.id == row.id).execute()  # its message is dropped
     db.database.close()
+    daemon = tessq_popen("workers", "--n", "1", env=sqlite_env, cwd=tmp_path)
     leftover = out / ".killer.tessq-tmp.deadbeef"
-    leftover.mkdir(parents=True)
-    (leftover / "slice_0_0_0_48_32.png").write_bytes(b"half")
-    tessq_cmd("workers", "--n", "1", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
+    try:
+        wait_for(lambda: worker_children(daemon.pid), timeout=30)
+        time.sleep(0.5)  # past the daemon's start-up recovery: the death below happens while it runs
+        _hold_with_dead_worker(row.id, defaults.MAX_LOST_ATTEMPTS)
+        leftover.mkdir(parents=True)
+        (leftover / "slice_0_0_0_48_32.png").write_bytes(b"half")
+        wait_for(lambda: report_json(sqlite_env, tmp_path)["errors"], timeout=60, every=0.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
     rep = report_json(sqlite_env, tmp_path)
     assert [(e["file"], e["type"]) for e in rep["errors"]] == [("killer.tif", "lost")]
     assert not leftover.exists()
+
+
+def test_a_run_stopped_from_outside_again_and_again_never_fails_the_image_it_was_cutting(
+    tmp_path: Path, sqlite_env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tessq import db, defaults
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "big.tif")
+    tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
+    in_process_status(sqlite_env, monkeypatch)
+    with db.session():
+        [row] = list(db.Image.select())
+    # as if `tessq workers` (daemon and workers) had been kill -9'ed during this image MAX_LOST_ATTEMPTS times
+    _hold_with_dead_worker(row.id, defaults.MAX_LOST_ATTEMPTS)
+    tessq_cmd("workers", "--n", "1", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
+    rep = report_json(sqlite_env, tmp_path)
+    assert rep["batch_summary"]["successfully_processed"] == 1 and rep["errors"] == []
+    assert (out / "big" / "metadata.json").exists()
