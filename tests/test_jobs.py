@@ -232,25 +232,35 @@ def _hold_with_dead_worker(image_id: int, attempts: int) -> None:
     db.database.close()
 
 
+def _one_scanned_image(tmp_path: Path, env: dict, monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[Path, int]:
+    """A tree of one TIFF, scanned and queued; (output folder, its image id)."""
+    from tessq import db
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / name)
+    tessq_cmd("scan", str(src), "--out", str(out), MIN, env=env, cwd=tmp_path, check=True)
+    in_process_status(env, monkeypatch)
+    with db.session():
+        [row] = list(db.Image.select())
+    db.database.close()
+    return out, row.id
+
+
 def test_an_image_whose_workers_keep_dying_ends_failed_and_its_leftovers_are_removed(
     tmp_path: Path, sqlite_env: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tessq import db, defaults
 
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tiff(src / "killer.tif")
-    tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
-    in_process_status(sqlite_env, monkeypatch)
+    out, image_id = _one_scanned_image(tmp_path, sqlite_env, monkeypatch, "killer.tif")
     with db.session():
-        [row] = list(db.Image.select())
-        db.Image.update(status=db.DONE).where(db.Image.id == row.id).execute()  # its message is dropped
+        db.Image.update(status=db.DONE).where(db.Image.id == image_id).execute()  # its message is dropped
     db.database.close()
     daemon = tessq_popen("workers", "--n", "1", env=sqlite_env, cwd=tmp_path)
     leftover = out / ".killer.tessq-tmp.deadbeef"
     try:
         wait_for(lambda: worker_children(daemon.pid), timeout=30)
         time.sleep(0.5)  # past the daemon's start-up recovery: the death below happens while it runs
-        _hold_with_dead_worker(row.id, defaults.MAX_LOST_ATTEMPTS)
+        _hold_with_dead_worker(image_id, defaults.MAX_LOST_ATTEMPTS)
         leftover.mkdir(parents=True)
         (leftover / "slice_0_0_0_48_32.png").write_bytes(b"half")
         wait_for(lambda: report_json(sqlite_env, tmp_path)["errors"], timeout=60, every=0.5)
@@ -265,16 +275,11 @@ def test_an_image_whose_workers_keep_dying_ends_failed_and_its_leftovers_are_rem
 def test_a_run_stopped_from_outside_again_and_again_never_fails_the_image_it_was_cutting(
     tmp_path: Path, sqlite_env: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tessq import db, defaults
+    from tessq import defaults
 
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tiff(src / "big.tif")
-    tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
-    in_process_status(sqlite_env, monkeypatch)
-    with db.session():
-        [row] = list(db.Image.select())
+    out, image_id = _one_scanned_image(tmp_path, sqlite_env, monkeypatch, "big.tif")
     # as if `tessq workers` (daemon and workers) had been kill -9'ed during this image MAX_LOST_ATTEMPTS times
-    _hold_with_dead_worker(row.id, defaults.MAX_LOST_ATTEMPTS)
+    _hold_with_dead_worker(image_id, defaults.MAX_LOST_ATTEMPTS)
     tessq_cmd("workers", "--n", "1", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
     rep = report_json(sqlite_env, tmp_path)
     assert rep["batch_summary"]["successfully_processed"] == 1 and rep["errors"] == []
