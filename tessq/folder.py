@@ -13,6 +13,8 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tessq.perprocess import PerProcess
+
 TMP_MARK = ".tessq-tmp."
 OLD_MARK = ".tessq-old."
 
@@ -52,19 +54,10 @@ def fsync_files(folder: Path) -> None:
         for path in files:
             fsync_path(path)
         return
-    list(_fsync_pool().map(fsync_path, files))
+    list(_FSYNC_POOL.get().map(fsync_path, files))
 
 
-_POOL: dict[int, ThreadPoolExecutor] = {}
-
-
-def _fsync_pool() -> ThreadPoolExecutor:
-    """One small thread pool per process (threads do not survive fork, hence keyed by pid)."""
-    pid = os.getpid()
-    if pid not in _POOL:
-        _POOL.clear()
-        _POOL[pid] = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
-    return _POOL[pid]
+_FSYNC_POOL = PerProcess(lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync"))
 
 
 def cleanup_stale(parent: str | Path, name: str) -> list[Path]:

@@ -31,6 +31,7 @@ from tessq.errors import (
     TessqError,
     UploadError,
 )
+from tessq.perprocess import PerProcess
 
 log = logging.getLogger("tessq.remote")
 
@@ -39,8 +40,6 @@ STREAM_CHUNK = 4 * 1024 * 1024
 # Bytes and requests of every GET this process made (tests and benchmarks read it; never reset implicitly).
 TRAFFIC: dict[str, int] = {"get_requests": 0, "get_bytes": 0}
 _traffic_lock = threading.Lock()
-_clients: dict[int, Any] = {}
-_client_lock = threading.Lock()
 
 
 # ---------------------------------------------------------------- URLs
@@ -103,19 +102,19 @@ def endpoint_url() -> str | None:
     return os.environ.get("TESSQ_S3_ENDPOINT_URL") or None
 
 
+def _make_client() -> Any:
+    from tessq.upload import make_client
+
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # "found credentials in ..."
+    return make_client(endpoint_url(), os.environ.get("AWS_PROFILE") or None, 2 * defaults.S3_UPLOAD_CONCURRENCY)
+
+
+_CLIENT = PerProcess(_make_client)
+
+
 def client() -> Any:
     """This process's S3 client (boto3 clients are thread-safe but must not cross a fork)."""
-    pid = os.getpid()
-    with _client_lock:
-        c = _clients.get(pid)
-        if c is None:
-            from tessq.upload import make_client
-
-            logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # "found credentials in ..."
-            c = make_client(endpoint_url(), os.environ.get("AWS_PROFILE") or None, 2 * defaults.S3_UPLOAD_CONCURRENCY)
-            _clients.clear()
-            _clients[pid] = c
-    return c
+    return _CLIENT.get()
 
 
 def translate(exc: BaseException, url: str, doing: str) -> BaseException:

@@ -27,6 +27,7 @@ from tessq import __version__, db, defaults, folder, remote
 from tessq import queue as tq
 from tessq.errors import LeaseLostError, SourceChangedError, TessqError
 from tessq.options import SliceOptions
+from tessq.perprocess import PerProcess
 
 log = logging.getLogger("tessq.worker")
 
@@ -43,13 +44,13 @@ def process_image(image_id: int) -> None:
     if claim is None or row is None:
         log.debug("image %s not claimable (done, taken or cancelled): message dropped", image_id)
         return
-    heartbeat = Heartbeat.of_this_process()
+    heartbeat = _HEARTBEAT.get()
     heartbeat.watch(claim)
     started = time.monotonic()
     prepared: Prepared | None = None
     try:
         prepared = cut(row, claim)
-        Committer.of_this_process().submit(claim, row, prepared, started)  # from here on the committer owns it
+        _COMMITTER.get().submit(claim, row, prepared, started)  # from here on the committer owns it
     except BaseException as exc:  # cut failed, or a signal/time limit came while waiting for the committer
         heartbeat.release(claim)
         if prepared is not None:
@@ -88,7 +89,7 @@ def _commit(claim: db.Claim, row: db.Image, prepared: Prepared, started: float) 
     except BaseException as exc:
         settle_failure(claim, row, exc, started)
     finally:
-        Heartbeat.of_this_process().release(claim)
+        _HEARTBEAT.get().release(claim)
 
 
 class Committer:
@@ -98,18 +99,9 @@ class Committer:
     (huey's on_shutdown hook, queue.configure); a killed one leaves a temporary folder and a running row,
     which the reaper and the next attempt's cleanup_stale take care of."""
 
-    _instance: Committer | None = None
-
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._pending: Future[None] | None = None
-
-    @classmethod
-    def of_this_process(cls) -> Committer:
-        if cls._instance is None or cls._instance.pid != os.getpid():  # threads do not survive fork
-            cls._instance = cls()
-        return cls._instance
 
     def submit(self, claim: db.Claim, row: db.Image, prepared: Prepared, started: float) -> None:
         """Queue the commit once the previous one is done; if this raises, the commit was not queued."""
@@ -121,10 +113,17 @@ class Committer:
             self._pending.result()
             self._pending = None
 
-    @classmethod
-    def wait_in_this_process(cls) -> None:
-        if cls._instance is not None and cls._instance.pid == os.getpid():
-            cls._instance.wait()
+
+
+_COMMITTER = PerProcess(Committer)
+
+
+def wait_for_commit() -> None:
+    """Wait for this process's committer, if it has one (huey's on_shutdown hook: a stopping worker first
+    commits the image it has cut)."""
+    committer = _COMMITTER.made()
+    if committer is not None:
+        committer.wait()
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -308,20 +307,11 @@ class Heartbeat:
     """One thread per worker process renews the lease of the image being cut, every HEARTBEAT_S, on its
     own connection (a thread per image cost a thread start and a connection per image)."""
 
-    _instance: Heartbeat | None = None
-
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self._claim: db.Claim | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def of_this_process(cls) -> Heartbeat:
-        if cls._instance is None or cls._instance.pid != os.getpid():  # threads do not survive fork
-            cls._instance = cls()
-        return cls._instance
 
     def watch(self, claim: db.Claim) -> None:
         with self._lock:
@@ -346,6 +336,9 @@ class Heartbeat:
                         self.release(claim)
             except Exception:  # a missed beat is not fatal; the lease has slack for two more
                 log.exception("heartbeat failed for image %s", claim.image_id)
+
+
+_HEARTBEAT = PerProcess(Heartbeat)
 
 
 # ---------------------------------------------------------------- the daemon

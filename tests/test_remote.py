@@ -37,9 +37,9 @@ def in_process_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("TESSQ_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.delenv("TESSQ_DB_URL", raising=False)
     monkeypatch.delenv("TESSQ_QUEUE_URL", raising=False)
-    remote._clients.clear()
+    remote._CLIENT.reset()
     yield remote
-    remote._clients.clear()
+    remote._CLIENT.reset()
 
 
 def report(env: dict[str, str], cwd: Path) -> dict:

@@ -33,7 +33,7 @@ def test_a_cut_image_is_committed_by_the_committer_and_recorded_done(workspace: 
     out, ids = _scan(workspace, 3)
     for image_id in ids:
         worker.process_image(image_id)
-    worker.Committer.wait_in_this_process()
+    worker.wait_for_commit()
     with db.session():
         rows = [db.image(i) for i in ids]
     assert [r.status for r in rows] == [db.DONE] * 3
@@ -90,7 +90,7 @@ def test_a_done_row_holds_the_size_mtime_and_dimensions_of_the_file_that_was_cut
     with db.session():
         db.Image.update(width=1, height=1).where(db.Image.id == image_id).execute()  # a stale header record
     worker.process_image(image_id)
-    worker.Committer.wait_in_this_process()
+    worker.wait_for_commit()
     with db.session():
         row = db.image(image_id)
     meta = json.loads((out / row.out_rel / "metadata.json").read_text())
