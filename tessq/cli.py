@@ -222,18 +222,22 @@ def workers(
 
 @app.command()
 def status(
-    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Print one snapshot and exit (the default when output is not a terminal).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one snapshot as JSON and exit.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="Refresh every N seconds.")] = 2.0,
 ) -> None:
-    """Live view: counts by state, progress and ETA, throughput, what each worker holds, latest errors."""
+    """Live view: counts by state, progress and ETA, throughput, what each worker holds, latest errors.
+
+    Live in a terminal; piped, redirected or run from a notebook cell (`!tessq status`) it prints one
+    snapshot, so it never blocks a script or a cell."""
     from tessq import status as st
 
     _open(create=False)
     if as_json:
         console.print_json(json.dumps(st.snapshot()))
         return
-    if once:
+    if once or not console.is_terminal:
         console.print(st.render(st.snapshot()))
         return
     try:

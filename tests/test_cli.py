@@ -55,6 +55,15 @@ def test_status_once_renders_counts(finished: tuple[Path, dict[str, str]]) -> No
     assert "done" in proc.stdout and "corrupt.tif" in proc.stdout
 
 
+def test_status_piped_or_in_a_notebook_cell_prints_one_snapshot_instead_of_blocking(
+    finished: tuple[Path, dict[str, str]],
+) -> None:
+    root, env = finished
+    env = {k: v for k, v in env.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    proc = tessq_cmd("status", env=env, cwd=root, check=True, timeout=60)  # stdout is a pipe, as in `!tessq status`
+    assert "done" in proc.stdout and "corrupt.tif" in proc.stdout
+
+
 def test_retry_requeues_failed_images(finished: tuple[Path, dict[str, str]]) -> None:
     root, env = finished
     proc = tessq_cmd("retry", "--failed", env=env, cwd=root, check=True)
