@@ -114,7 +114,6 @@ class Committer:
             self._pending = None
 
 
-
 _COMMITTER = PerProcess(Committer)
 
 
