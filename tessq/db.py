@@ -542,14 +542,8 @@ def reap_expired(
     a run again and again never fails the image it happened to be cutting."""
     now = now_expr()
     stopped = list(interrupted)
-    refunded = [
-        r.id
-        for r in Image.update(status=QUEUED, lease_until=None, worker=None, queued_at=now,
-                              attempts=Image.attempts - 1)
-        .where((Image.status == RUNNING) & Image.worker.in_(stopped) & (Image.attempts > 0))
-        .returning(Image.id)
-        .execute()
-    ] if stopped else []
+    refunded = _requeue((Image.status == RUNNING) & Image.worker.in_(stopped) & (Image.attempts > 0),
+                        refund=True) if stopped else []
     dead = list(dead_workers) + stopped  # a row the refund did not take is reaped as usual
     lost = (Image.status == RUNNING) & (
         (Image.lease_until < now) | (Image.worker.in_(dead) if dead else peewee.SQL("0=1"))
@@ -567,14 +561,17 @@ def reap_expired(
         .returning(Image.id)
         .execute()
     ]
-    requeued = [
-        r.id
-        for r in Image.update(status=QUEUED, lease_until=None, worker=None, queued_at=now)
-        .where(lost & (Image.attempts < max_attempts))
-        .returning(Image.id)
-        .execute()
-    ]
+    requeued = _requeue(lost & (Image.attempts < max_attempts), refund=False)
     return refunded + requeued, failed
+
+
+def _requeue(rows: peewee.Expression, *, refund: bool) -> list[int]:
+    """Running rows back to queued, without a holder; with `refund` their last attempt does not count."""
+    values: dict[peewee.Field, Any] = {
+        Image.status: QUEUED, Image.lease_until: None, Image.worker: None, Image.queued_at: now_expr()}
+    if refund:
+        values[Image.attempts] = Image.attempts - 1
+    return [r.id for r in Image.update(values).where(rows).returning(Image.id).execute()]
 
 
 def running_workers() -> list[str]:
