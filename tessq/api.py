@@ -36,7 +36,7 @@ class BatchJob:
     processes. min_image_size: images whose width or height is below this many px are skipped.
     skip_existing / resume_mode: keep work already done (both True by default); setting either to
     False forgets this input's records and redoes every image. log_level: DEBUG, INFO, WARNING, ERROR
-    (OUT/batch_processing.log). grid / tile_size / overlap / format / png_preset / world_files /
+    (OUT/batch_processing.log). grid / tile_size / overlap / format / png_preset / world_files / self_check /
     follow_symlinks: as the `tessq run` flags of the same names. workspace: where `.tessq/` (status
     table and queue) lives (default: $TESSQ_WORKSPACE, else the current folder). extra: free-form
     notes for the caller; tessq ignores it.
@@ -56,6 +56,7 @@ class BatchJob:
     format: str = defaults.SLICE_FORMAT
     png_preset: str = defaults.PNG_PRESET
     world_files: bool = False
+    self_check: bool = defaults.SELF_CHECK
     follow_symlinks: bool = False
     workspace: str | Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +72,7 @@ class BatchJob:
             format=self.format,
             png_preset=self.png_preset,
             world_files=self.world_files,
+            self_check=self.self_check,
         )
 
 

@@ -74,6 +74,13 @@ WorldFiles = Annotated[
     bool, typer.Option("--world-files", help="Write .pgw/.tfw world files beside slices of GeoTIFFs.")
 ]
 Series = Annotated[int, typer.Option("--series", min=0, help="Which image series of a multi-image TIFF to cut.")]
+SelfCheck = Annotated[
+    bool,
+    typer.Option(
+        "--self-check/--no-self-check",
+        help="Decode every slice just written and compare it with its pixels before the image counts as done.",
+    ),
+]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")]
 
 
@@ -88,6 +95,7 @@ def build_options(
     compress_level: int | None,
     world_files: bool,
     series: int,
+    self_check: bool = defaults.SELF_CHECK,
 ) -> SliceOptions:
     return SliceOptions(
         num_pieces=num_pieces,
@@ -100,6 +108,7 @@ def build_options(
         compress_level=compress_level,
         world_files=world_files,
         series=series,
+        self_check=self_check,
     )
 
 
@@ -163,13 +172,14 @@ def scan(
     compress_level: CompressLevel = None,
     world_files: WorldFiles = False,
     series: Series = 0,
+    self_check: SelfCheck = defaults.SELF_CHECK,
     follow_symlinks: FollowSymlinks = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run."""
     try:
         options = build_options(
-            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series
+            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
         )
         ws = _open()
         pipeline.start_logging(STATE["log_level"], out or pipeline.default_output_dir(input_dir))
@@ -290,6 +300,7 @@ def run(
     compress_level: CompressLevel = None,
     world_files: WorldFiles = False,
     series: Series = 0,
+    self_check: SelfCheck = defaults.SELF_CHECK,
     follow_symlinks: FollowSymlinks = False,
     n_workers: Annotated[
         int | None, typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).")
@@ -307,7 +318,7 @@ def run(
 
     try:
         options = build_options(
-            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series
+            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
         )
         ws = _open()
         pipeline.start_logging(STATE["log_level"], output_dir)

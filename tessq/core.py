@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tessq import defaults, encode, geo, remote
+from tessq import defaults, encode, geo, remote, selfcheck
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.folder import AtomicFolder
 from tessq.grid import Box, describe_grid, plan_grid, slice_name
@@ -45,7 +45,7 @@ class _Timer:
     """Accumulates seconds per phase (read/encode/write)."""
 
     def __init__(self) -> None:
-        self.totals = {"read_s": 0.0, "encode_s": 0.0, "write_s": 0.0}
+        self.totals = {"read_s": 0.0, "encode_s": 0.0, "write_s": 0.0, "check_s": 0.0}
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -292,7 +292,7 @@ def _write_slices(
             _stream_png_slices(reader, row, kind, options, folder, timer, records)
         else:
             for box in row:
-                records[box.index] = _stream_tiff_slice(reader, box, kind, folder, timer)
+                records[box.index] = _stream_tiff_slice(reader, box, kind, options, folder, timer)
         reader.forget_above(y1)
     return [records[b.index] for b in boxes]
 
@@ -330,10 +330,14 @@ def _band_slices(
     with timer.phase("read_s"):
         band = reader.read(y0, y1, xa, xb)
     for box in row:
+        pixels = band[:, box.x0 - xa : box.x1 - xa]
         with timer.phase("encode_s"):
-            data, ext = encode.encode_slice(band[:, box.x0 - xa : box.x1 - xa], kind, options)
+            data, ext = encode.encode_slice(pixels, kind, options)
             sha = hashlib.sha256(data).hexdigest()
         name = slice_name(box, ext)
+        if options.self_check:
+            with timer.phase("check_s"):
+                selfcheck.check_slice(data, pixels, kind, name, reader.path)
         with timer.phase("write_s"):
             folder.write(name, data)
         records[box.index] = _record(box, name, kind, len(data), sha)
@@ -376,6 +380,7 @@ def _stream_png_slices(
     xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
     method, engine, level = encode.png_settings(options)
     files, writers = [], []
+    digests = [selfcheck.StreamDigest(kind) for _ in row] if options.self_check else []
     try:
         for box in row:
             fh = open(folder.path / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
@@ -388,6 +393,9 @@ def _stream_png_slices(
             with timer.phase("encode_s"):
                 for box, writer in zip(row, writers, strict=True):
                     writer.feed(chunk[:, box.x0 - xa : box.x1 - xa])
+            with timer.phase("check_s"):
+                for box, digest in zip(row, digests, strict=False):
+                    digest.update(chunk[:, box.x0 - xa : box.x1 - xa])
             del chunk
         with timer.phase("write_s"):
             for box, writer in zip(row, writers, strict=True):
@@ -396,26 +404,52 @@ def _stream_png_slices(
     finally:
         for fh in files:
             fh.close()
+    with timer.phase("check_s"):
+        for box, digest in zip(row, digests, strict=False):
+            name = slice_name(box, kind.ext)
+            digest.check_file(folder.path / name, name, reader.path)
 
 
 def _stream_tiff_slice(
-    reader: RegionReader, box: Box, kind: encode.SliceKind, folder: AtomicFolder, timer: _Timer
+    reader: RegionReader,
+    box: Box,
+    kind: encode.SliceKind,
+    options: SliceOptions,
+    folder: AtomicFolder,
+    timer: _Timer,
 ) -> dict[str, Any]:
-    """A TIFF slice too big for one band: tiled TIFF written from row bands of this slice only."""
+    """A TIFF slice too big for one band: tiled TIFF written from row bands of this slice only.
+
+    tifffile takes the tiles of a planar-separate slice plane by plane, so such a slice reads its rows once
+    per sample (the rare multi-sample 1-bit case), keeping memory at one tile row."""
     tile = STREAM_TIFF_TILE
-    shape = (box.height, box.width) + ((kind.samples,) if kind.samples > 1 else ())
+    separate = kind.tiff_planar == "separate" and kind.samples > 1
+    planes: list[int | None] = list(range(kind.samples)) if separate else [None]
+    if separate:
+        shape: tuple[int, ...] = (kind.samples, box.height, box.width)
+    else:
+        shape = (box.height, box.width) + ((kind.samples,) if kind.samples > 1 else ())
+    digest = selfcheck.StreamDigest(kind) if options.self_check else None
 
     def tiles() -> Iterator[np.ndarray]:
-        for ya in range(box.y0, box.y1, tile):
-            with timer.phase("read_s"):
-                band = reader.read(ya, min(ya + tile, box.y1), box.x0, box.x1)
-            for x in range(0, box.width, tile):
-                yield band[:, x : x + tile]
+        for plane in planes:
+            for ya in range(box.y0, box.y1, tile):
+                with timer.phase("read_s"):
+                    band = encode.stored_values(reader.read(ya, min(ya + tile, box.y1), box.x0, box.x1), kind)
+                if digest is not None and plane in (None, 0):  # the first pass sees every sample
+                    digest.update(band)
+                if plane is not None:
+                    band = band[..., plane]
+                for x in range(0, box.width, tile):
+                    yield band[:, x : x + tile]
 
     name = slice_name(box, kind.ext)
     path = folder.path / name
     with timer.phase("encode_s"):
         encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile))
+    if digest is not None:
+        with timer.phase("check_s"):
+            digest.check_file(path, name, reader.path)
     with timer.phase("write_s"):
         sha = hashlib.sha256()
         with open(path, "rb") as fh:

@@ -73,6 +73,7 @@ class SliceKind:
     palette: bytes | None = field(default=None, repr=False)  # PLTE payload for palette PNGs
     tiff_photometric: str | None = None
     tiff_extrasamples: tuple[int, ...] = ()
+    tiff_planar: str = "contig"  # 'separate' for multi-sample 1-bit: tifffile packs contig 1-bit samples wrongly
     colormap: Any = field(default=None, repr=False, compare=False)  # uint16 (3, n) for palette TIFF slices
     reason: str | None = None
     note: str | None = None  # lossless but worth saying (e.g. MINISWHITE stored values in a gray PNG)
@@ -82,7 +83,11 @@ class SliceKind:
         if self.format == "png":
             out.update(png_color_type=self.color_type, png_bit_depth=self.bit_depth)
         else:
-            out.update(tiff_photometric=self.tiff_photometric, tiff_compression=TIFF_COMPRESSION[0])
+            out.update(
+                tiff_photometric=self.tiff_photometric,
+                tiff_compression=TIFF_COMPRESSION[0],
+                tiff_planar=self.tiff_planar,
+            )
         if self.reason:
             out["reason"] = self.reason
         if self.note:
@@ -109,13 +114,18 @@ def slice_kind(
     note = None
     if tiff_photometric != photometric:
         note = f"source photometric {photometric} written as minisblack samples (values unchanged)"
+    stored = dt
+    if tiff_photometric == "palette" and samples == 1 and colormap is not None and dt.kind == "b":
+        stored = np.dtype(np.uint8)  # a 1-bit palette TIFF slice is written with 8-bit indices, same values
+        note = "1-bit palette indices written as 8-bit indices with the same colour table"
     if tiff_photometric == "palette" and (
-        colormap is None or dt.kind != "u" or dt.itemsize > 2 or samples != 1
+        colormap is None or stored.kind != "u" or stored.itemsize > 2 or samples != 1
     ):
         tiff_photometric = "minisblack"
         note = "palette indices (and any extra samples) written as minisblack; the colour table is in metadata.json"
     if tiff_photometric == "rgb" and samples < 3:
         tiff_photometric = "minisblack"
+    planar = "separate" if dt.kind == "b" and samples > 1 else "contig"
     extras: tuple[int, ...] = ()
     base = {"rgb": 3, "separated": max(samples - len(extra_samples), 1), "cielab": 3}.get(tiff_photometric, 1)
     if samples > base:
@@ -124,10 +134,11 @@ def slice_kind(
     return SliceKind(
         format="tiff",
         ext="tif",
-        dtype=str(dt),
+        dtype=str(stored),
         samples=samples,
         tiff_photometric=tiff_photometric,
         tiff_extrasamples=extras,
+        tiff_planar=planar,
         colormap=colormap if tiff_photometric == "palette" else None,
         reason=reason,
         note=note,
@@ -138,6 +149,8 @@ def _png_refusal(
     dt: np.dtype, samples: int, photometric: str, extra: tuple[int, ...], colormap: np.ndarray | None
 ) -> str | None:
     """Why PNG cannot hold these pixels exactly, or None when it can."""
+    if photometric == "palette":
+        return _palette_png_refusal(dt, samples, colormap)
     if dt.kind == "f":
         return f"PNG cannot hold floating-point samples ({dt})"
     if dt.kind == "i":
@@ -154,18 +167,21 @@ def _png_refusal(
         if samples == 3 or (samples == 4 and len(extra) == 1):
             return None
         return f"RGB with {samples} samples does not fit RGB or RGBA PNG"
-    if photometric == "palette":
-        if samples != 1 or dt.itemsize != 1:
-            return f"palette indices of {dt} do not fit an 8-bit palette PNG"
-        if colormap is None:
-            return "palette image without a colour table"
-        cmap = np.asarray(colormap)
-        if cmap.shape[0] != 3 or cmap.shape[1] > 256:
-            return f"colour table of shape {cmap.shape} does not fit PNG's PLTE"
-        if np.any(cmap % 257):
-            return "colour table has 16-bit entries that PNG's 8-bit PLTE would round"
-        return None
     return f"PNG has no {photometric} colour model"
+
+
+def _palette_png_refusal(dt: np.dtype, samples: int, colormap: np.ndarray | None) -> str | None:
+    """Why a palette PNG (PLTE, indices of 1-8 bits) cannot hold this palette image exactly, or None."""
+    if samples != 1 or dt.kind not in "ub" or dt.itemsize != 1:
+        return f"palette indices of {dt} with {samples} sample(s) do not fit a palette PNG (at most 8-bit indices)"
+    if colormap is None:
+        return "palette image without a colour table"
+    cmap = np.asarray(colormap)
+    if cmap.ndim != 2 or cmap.shape[0] != 3 or cmap.shape[1] > 256:
+        return f"colour table of shape {cmap.shape} does not fit PNG's PLTE"
+    if np.any(cmap % 257):
+        return "colour table has 16-bit entries that PNG's 8-bit PLTE would round"
+    return None
 
 
 def _png_kind(
@@ -183,26 +199,27 @@ def _png_kind(
         note = "associated (premultiplied) alpha stored as-is in the PNG alpha channel"
     if bits_per_sample and dt.kind == "u" and bits_per_sample not in (8, 16):
         note = f"{bits_per_sample}-bit samples stored unchanged in {dt.itemsize * 8}-bit PNG samples"
+    if photometric == "palette":
+        return _palette_png_kind(dt, colormap, bits_per_sample)
     if dt.kind == "b":
         return SliceKind("png", "png", "bool", 1, color_type=0, bit_depth=1, note=note)
     depth = dt.itemsize * 8
-    if photometric == "palette":
-        cmap = (np.asarray(colormap) // 257).astype(np.uint8)
-        return SliceKind(
-            "png",
-            "png",
-            str(dt),
-            1,
-            color_type=3,
-            bit_depth=8,
-            palette=cmap.T.tobytes(),
-            colormap=colormap,
-            note="palette indices with the colour table in PLTE",
-        )
     color_type = {("gray", 1): 0, ("gray", 2): 4, ("rgb", 3): 2, ("rgb", 4): 6}[
         ("rgb" if photometric == "rgb" else "gray", samples)
     ]
     return SliceKind("png", "png", str(dt), samples, color_type=color_type, bit_depth=depth, note=note)
+
+
+def _palette_png_kind(dt: np.dtype, colormap: np.ndarray | None, bits_per_sample: int | None) -> SliceKind:
+    """Palette PNG at the source's index depth (1, 2, 4 or 8 bits), the colour table in PLTE."""
+    cmap = np.asarray(colormap)
+    entries = cmap.shape[1]
+    depth = bits_per_sample if bits_per_sample in (1, 2, 4, 8) and entries <= 2 ** (bits_per_sample or 8) else 8
+    palette = (cmap // 257).astype(np.uint8).T.tobytes()
+    note = f"{depth}-bit palette indices with the colour table ({entries} entries) in PLTE"
+    return SliceKind(
+        "png", "png", str(dt), 1, color_type=3, bit_depth=depth, palette=palette, colormap=colormap, note=note
+    )
 
 
 # -- PNG ---------------------------------------------------------------------------------------------------
@@ -215,6 +232,8 @@ def _png_rows(array: np.ndarray, kind: SliceKind) -> np.ndarray:
     """The image as PNG scanline bytes (height, rowbytes) uint8: packed bits, big-endian 16-bit."""
     if kind.bit_depth == 1:
         return np.packbits(array.astype(bool, copy=False), axis=1)
+    if kind.bit_depth in (2, 4):
+        return pack_indices(array, kind.bit_depth)
     height = array.shape[0]
     if array.dtype.itemsize == 2:
         array = array.astype(">u2", copy=False)
@@ -222,6 +241,19 @@ def _png_rows(array: np.ndarray, kind: SliceKind) -> np.ndarray:
         # a column of a band: each row is contiguous, so rows can be filtered in place, without a copy
         return array.view(np.uint8).reshape(height, -1)
     return np.ascontiguousarray(array).view(np.uint8).reshape(height, -1)
+
+
+def pack_indices(array: np.ndarray, depth: int) -> np.ndarray:
+    """(height, width) values below 2**depth -> PNG rows of `depth`-bit samples, leftmost in the high bits."""
+    per_byte = 8 // depth
+    height, width = array.shape
+    padded = np.zeros((height, -(-width // per_byte) * per_byte), dtype=np.uint8)
+    padded[:, :width] = array
+    groups = padded.reshape(height, -1, per_byte)
+    out = np.zeros(groups.shape[:2], dtype=np.uint8)
+    for k in range(per_byte):
+        out |= groups[:, :, k] << np.uint8(8 - depth * (k + 1))
+    return out
 
 
 # Filter and compress in row blocks of about this size: the block stays in L2 cache between the two passes.
@@ -285,7 +317,7 @@ def _filter_block(rows: np.ndarray, method: str, bpp: int, prev: np.ndarray | No
 
 
 def _bytes_per_pixel(kind: SliceKind) -> int:
-    if kind.bit_depth == 1:
+    if (kind.bit_depth or 8) < 8:
         return 1
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[kind.color_type or 0]
     return max(1, channels * (kind.bit_depth or 8) // 8)
@@ -319,7 +351,7 @@ def png_encode(
 ) -> bytes:
     """Whole-array PNG: numpy filters, then libdeflate in one go, or the stream compressor block by block."""
     height, width = array.shape[:2]
-    method = "none" if kind.bit_depth == 1 else method  # filters do not help packed 1-bit data
+    method = "none" if (kind.bit_depth or 8) < 8 else method  # filters do not help packed sub-byte data
     rows = _png_rows(array, kind)
     if engine == "libdeflate":
         data = imagecodecs.deflate_encode(filter_rows(rows, method, _bytes_per_pixel(kind)), level=min(level, 12))
@@ -352,7 +384,7 @@ class PngStreamWriter:
         self, fh: IO[bytes], width: int, height: int, kind: SliceKind, method: str, engine: str, level: int
     ):
         self.fh, self.kind, self.height = fh, kind, height
-        self.method = "none" if kind.bit_depth == 1 else method
+        self.method = "none" if (kind.bit_depth or 8) < 8 else method
         self.bpp = _bytes_per_pixel(kind)
         self.sha = hashlib.sha256()
         self.size = 0
@@ -395,11 +427,18 @@ class PngStreamWriter:
 
 
 # -- TIFF --------------------------------------------------------------------------------------------------
-def tiff_encode(array: np.ndarray, kind: SliceKind) -> bytes:
-    """A TIFF slice with the same dtype, samples and (where writable) photometric, Deflate-compressed."""
-    buf = io.BytesIO()
-    write_tiff(buf, array, kind)
-    return buf.getvalue()
+def stored_values(array: np.ndarray, kind: SliceKind) -> np.ndarray:
+    """The pixels as the slice stores them: the same values, in the slice's dtype (1-bit palette -> uint8)."""
+    if array.dtype != np.dtype(kind.dtype):
+        return array.astype(kind.dtype)
+    return array
+
+
+def tiff_planes(array: np.ndarray, kind: SliceKind) -> np.ndarray:
+    """Our (height, width[, samples]) layout -> what tifffile.imwrite takes for the slice's planar config."""
+    if kind.tiff_planar == "separate" and array.ndim == 3:
+        return np.moveaxis(array, -1, 0)
+    return array
 
 
 def write_tiff(
@@ -410,7 +449,8 @@ def write_tiff(
     rowsperstrip: int | None = None,
     tile: tuple[int, int] | None = None,
 ) -> None:
-    """tifffile.imwrite for slices; `data` may be an array or an iterator of row bands (then give shape)."""
+    """tifffile.imwrite for slices; `data` is an array in tifffile's layout (tiff_planes) or an iterator of
+    tiles in tifffile's order (then give its `shape`: (samples, h, w) for planar-separate slices)."""
     kwargs: dict[str, Any] = {
         "photometric": kind.tiff_photometric,
         "compression": TIFF_COMPRESSION[0],
@@ -418,7 +458,7 @@ def write_tiff(
         "metadata": None,
     }
     if kind.samples > 1:
-        kwargs["planarconfig"] = "contig"
+        kwargs["planarconfig"] = kind.tiff_planar
     if kind.tiff_extrasamples:
         kwargs["extrasamples"] = list(kind.tiff_extrasamples)
     if kind.colormap is not None:
@@ -441,8 +481,9 @@ def encode_slice(array: np.ndarray, kind: SliceKind, options: SliceOptions) -> t
     if kind.format == "png":
         method, engine, level = png_settings(options)
         return png_encode(array, kind, method, engine, level), kind.ext
+    array = stored_values(array, kind)
     # modest strips so readers of the slice do not need to decode it whole
     rps = max(1, (1 << 20) // max(1, array.shape[1] * kind.samples * array.dtype.itemsize))
     buf = io.BytesIO()
-    write_tiff(buf, array, kind, rowsperstrip=rps)
+    write_tiff(buf, tiff_planes(array, kind), kind, rowsperstrip=rps)
     return buf.getvalue(), kind.ext

@@ -68,6 +68,15 @@ class SourceModifiedError(SourceChangedError):
     permanent = False
 
 
+class SelfCheckError(ImageError):
+    """A slice just written does not decode to the pixels that were encoded: nothing is committed."""
+
+    kind = "self_check"
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(path, f"self-check failed: {reason}; nothing was committed")
+
+
 class TransientError(TessqError):
     """A failure that may pass on its own (disk full, I/O error, lock): retried with backoff."""
 

@@ -33,6 +33,7 @@ class SliceOptions:
     level: int = 0  # pyramid level within that series (0 = full resolution)
     min_size: int = defaults.MIN_IMAGE_SIZE
     memory_budget: int = defaults.MEMORY_BUDGET_BYTES
+    self_check: bool = defaults.SELF_CHECK  # decode every slice written and compare before the commit
 
     def __post_init__(self) -> None:
         if self.grid is not None:

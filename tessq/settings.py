@@ -52,5 +52,6 @@ def options_fingerprint(options: SliceOptions) -> str:
     relevant = options.to_dict()
     relevant.pop("min_size", None)  # eligibility, not output
     relevant.pop("memory_budget", None)  # how, not what
+    relevant.pop("self_check", None)  # a check, not the output
     blob = json.dumps(relevant, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -54,6 +54,8 @@ def decode_slice(path: Path, meta: dict[str, Any]) -> np.ndarray:
             array = imagecodecs.png_decode(data)
     else:
         array = tifffile.imread(io.BytesIO(data))
+        if output.get("tiff_planar") == "separate" and array.ndim == 3:
+            array = np.moveaxis(array, 0, -1)  # planar-separate slices (multi-sample 1-bit) back to interleaved
     if meta["source"]["dtype"] == "bool":
         array = array != 0
     return array
