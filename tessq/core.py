@@ -196,6 +196,8 @@ def prepare_image(
         )
         georef = geo.read_georef(reader.page.tags)
         geotags = geo.read_geotags(reader.page.tags) if georef else None
+        if georef is not None and geotags is not None and kind.format == "tiff":
+            georef["slice_geotiff"] = True  # the slices carry the geokeys themselves
         hasher = _SourceHasher(source, before.st_size)
         folder = AtomicFolder.create(image_dir)
         try:
@@ -455,8 +457,6 @@ def _add_georef(
     """Per-slice geotransform + CRS; world files beside the slices when asked, and for PNG slices a GDAL PAM
     `.aux.xml` with the SRS (TIFF slices carry it in their own GeoTIFF keys)."""
     gt = georef["geotransform"]
-    if geotags is not None and kind.format == "tiff":
-        georef["slice_geotiff"] = True
     pam = None
     if world_files and kind.format == "png":
         wkt, mapping, note = geo.srs_wkt(georef.get("epsg"), geotags)

@@ -4,10 +4,10 @@ for TIFF slices, and the sidecars of PNG slices (world file + GDAL PAM `.aux.xml
 Geotransforms use GDAL's order (x_origin, x_pixel, x_rot, y_origin, y_rot, y_pixel) for the pixel corner.
 
 TIFF slices are GeoTIFFs: the source's GeoKeyDirectory/GeoDoubleParams/GeoAsciiParams, GDAL_NODATA and
-GDAL_METADATA copied, and the raster-to-model tags (ModelTiepoint+ModelPixelScale or ModelTransformation) shifted
-in *raster* space by the slice's (x0, y0). Shifting raster coordinates rather than recomputing from the corner
-geotransform keeps the source's own convention (PixelIsArea/PixelIsPoint, GTRasterTypeGeoKey copied unchanged),
-so any reader interprets a slice exactly as it interprets the source.
+GDAL_METADATA (minus whole-image STATISTICS_*) copied, and ModelTiepoint+ModelPixelScale, ModelTransformation
+or the GCPs shifted in *raster* space by the slice's (x0, y0). Shifting raster coordinates rather than
+recomputing from the corner geotransform keeps the source's own convention (PixelIsArea/PixelIsPoint,
+GTRasterTypeGeoKey copied unchanged), so any reader interprets a slice exactly as it interprets the source.
 
 PNG slices cannot hold GeoTIFF keys, so `--world-files` writes `slice.pgw` (the affine transform) and
 `slice.png.aux.xml`, a GDAL PAM file with `<SRS>`: GDAL reads PAM for every raster format, so gdalinfo,
@@ -226,7 +226,10 @@ def _wkt_from_pyproj(epsg: int) -> tuple[str, str] | None:
         import pyproj
     except ImportError:
         return None
-    crs = pyproj.CRS.from_epsg(epsg)
+    try:
+        crs = pyproj.CRS.from_epsg(epsg)
+    except pyproj.exceptions.CRSError:
+        return None  # a code PROJ's database does not know: GDAL gets its chance next
     try:
         # WKT1 as GDAL writes it into PAM files itself; readable by GDAL 2 and ArcGIS too
         wkt = crs.to_wkt("WKT1_GDAL")
@@ -255,11 +258,14 @@ def _wkt_from_gdal(g: GeoTags) -> str | None:
     buf = io.BytesIO()
     tags = [t for t in geotiff_tags(g, 0, 0) if t[0] in keep]
     tifffile.imwrite(buf, np.zeros((1, 1), np.uint8), metadata=None, extratags=tags)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NotGeoreferencedWarning: the probe has keys but no transform
-        with MemoryFile(buf.getvalue()) as mem, mem.open() as ds:
-            crs = ds.crs
-    return crs.to_wkt() if crs else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NotGeoreferencedWarning: the probe has keys but no transform
+            with MemoryFile(buf.getvalue()) as mem, mem.open() as ds:
+                crs = ds.crs
+        return crs.to_wkt() if crs else None
+    except Exception:  # keys GDAL cannot make a CRS of: the slices still get their world files
+        return None
 
 
 def srs_wkt(epsg: int | None, g: GeoTags | None) -> tuple[str | None, str | None, str | None]:
@@ -270,12 +276,16 @@ def srs_wkt(epsg: int | None, g: GeoTags | None) -> tuple[str | None, str | None
             return found[0], found[1], None
     wkt = _wkt_from_gdal(g) if g is not None and g.geokeys is not None else None
     if wkt:
-        return wkt, None, None  # no mapping attribute: GDAL then applies traditional GIS order, as wanted
+        # no mapping attribute: GDAL then applies traditional GIS order, as wanted
+        note = f"EPSG:{epsg}: pyproj missing or without this code, SRS as GDAL reads the geokeys" if epsg else None
+        return wkt, None, note
     if epsg:
-        return None, None, f"EPSG:{epsg} not written as .aux.xml: needs pyproj (pip install 'tessq[geo]')"
+        why = "pyproj (pip install 'tessq[geo]') or GDAL (rasterio) found no WKT for it"
+        return None, None, f"EPSG:{epsg} not written as .aux.xml: {why}; only the world file was written"
     if g is None or g.geokeys is None:
         return None, None, "no GeoKeyDirectory: the CRS is unknown, only the world file was written"
-    return None, None, "user-defined CRS not written as .aux.xml: needs rasterio (GDAL) to read the geokeys"
+    why = "needs rasterio (GDAL) to read the geokeys, or GDAL could not"
+    return None, None, f"user-defined CRS not written as .aux.xml: {why}; only the world file was written"
 
 
 def pam_xml(wkt: str, axis_mapping: str | None) -> str:

@@ -201,3 +201,18 @@ def test_no_sidecars_without_world_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [r["file"] for r in meta["slices"]] + ["metadata.json", "batch_metadata.json"]
     )
+
+
+def test_an_epsg_code_pyproj_does_not_know_gets_what_gdal_reads_and_a_note(tmp_path: Path) -> None:
+    source = tmp_path / "odd.tif"
+    keys = (1, 1, 0, 2, 1024, 0, 1, 1, 3072, 0, 1, 30000)  # no such projected CRS in PROJ's database
+    tags = [
+        (geo.MODEL_PIXEL_SCALE, 12, 3, (1.0, 1.0, 0.0), True),
+        (geo.MODEL_TIEPOINT, 12, 6, (0.0, 0.0, 0.0, 100.0, 200.0, 0.0), True),
+        (geo.GEO_KEY_DIRECTORY, 3, len(keys), keys, True),
+    ]
+    tifffile.imwrite(source, _pixels(), metadata=None, extratags=tags)
+    out = tmp_path / "out"
+    meta = _cut(source, out, "png")
+    assert "EPSG:30000" in meta["georef"]["srs_note"]
+    _assert_slices_match_source(source, out, meta, "png")  # GDAL makes a LOCAL_CS of it, for source and slices
