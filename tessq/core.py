@@ -195,12 +195,15 @@ def prepare_image(
             options.format,
         )
         georef = geo.read_georef(reader.page.tags)
+        geotags = geo.read_geotags(reader.page.tags) if georef else None
+        if georef is not None and geotags is not None and kind.format == "tiff":
+            georef["slice_geotiff"] = True  # the slices carry the geokeys themselves
         hasher = _SourceHasher(source, before.st_size)
         folder = AtomicFolder.create(image_dir)
         try:
-            records = _write_slices(reader, boxes, kind, options, folder, timer)
+            records = _write_slices(reader, boxes, kind, options, folder, timer, geotags)
             if georef and georef.get("geotransform"):
-                _add_georef(records, georef, folder, options.world_files, timer)
+                _add_georef(records, georef, geotags, kind, folder, options.world_files, timer)
             source_sha = hasher.result()
             metadata = build_metadata(
                 info,
@@ -277,8 +280,10 @@ def _write_slices(
     options: SliceOptions,
     folder: AtomicFolder,
     timer: _Timer,
+    geotags: geo.GeoTags | None = None,
 ) -> list[dict[str, Any]]:
-    """Write every slice; one horizontal band (grid row) at a time, in row-major order."""
+    """Write every slice; one horizontal band (grid row) at a time, in row-major order. TIFF slices of a
+    georeferenced source carry its GeoTIFF tags (`geotags`), shifted to each slice."""
     info = reader.info
     records: dict[int, dict[str, Any]] = {}
     band_limit = min(options.memory_budget, BAND_LIMIT_BYTES)
@@ -287,12 +292,12 @@ def _write_slices(
         xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
         band_bytes = (y1 - y0) * (xb - xa) * info.samples * info.itemsize
         if band_bytes <= band_limit:
-            _band_slices(reader, row, kind, options, folder, timer, records)
+            _band_slices(reader, row, kind, options, folder, timer, records, geotags)
         elif kind.format == "png":
             _stream_png_slices(reader, row, kind, options, folder, timer, records)
         else:
             for box in row:
-                records[box.index] = _stream_tiff_slice(reader, box, kind, options, folder, timer)
+                records[box.index] = _stream_tiff_slice(reader, box, kind, options, folder, timer, geotags)
         reader.forget_above(y1)
     return [records[b.index] for b in boxes]
 
@@ -323,6 +328,7 @@ def _band_slices(
     folder: AtomicFolder,
     timer: _Timer,
     records: dict[int, dict[str, Any]],
+    geotags: geo.GeoTags | None = None,
 ) -> None:
     """Read the whole grid row once, cut the columns, encode each in one shot."""
     y0, y1 = row[0].y0, row[0].y1
@@ -332,7 +338,7 @@ def _band_slices(
     for box in row:
         pixels = band[:, box.x0 - xa : box.x1 - xa]
         with timer.phase("encode_s"):
-            data, ext = encode.encode_slice(pixels, kind, options)
+            data, ext = encode.encode_slice(pixels, kind, options, extratags=_geotiff_tags(geotags, kind, box))
             sha = hashlib.sha256(data).hexdigest()
         name = slice_name(box, ext)
         if options.self_check:
@@ -417,6 +423,7 @@ def _stream_tiff_slice(
     options: SliceOptions,
     folder: AtomicFolder,
     timer: _Timer,
+    geotags: geo.GeoTags | None = None,
 ) -> dict[str, Any]:
     """A TIFF slice too big for one band: tiled TIFF written from row bands of this slice only.
 
@@ -446,7 +453,8 @@ def _stream_tiff_slice(
     name = slice_name(box, kind.ext)
     path = folder.path / name
     with timer.phase("encode_s"):
-        encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile))
+        extratags = _geotiff_tags(geotags, kind, box)
+        encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile), extratags=extratags)
     if digest is not None:
         with timer.phase("check_s"):
             digest.check_file(path, name, reader.path)
@@ -458,11 +466,31 @@ def _stream_tiff_slice(
     return _record(box, name, kind, path.stat().st_size, sha.hexdigest())
 
 
+def _geotiff_tags(geotags: geo.GeoTags | None, kind: encode.SliceKind, box: Box) -> list[tuple[Any, ...]] | None:
+    """The GeoTIFF tags of one TIFF slice, or None (not georeferenced, or a PNG slice)."""
+    if geotags is None or kind.format != "tiff":
+        return None
+    return geo.geotiff_tags(geotags, box.x0, box.y0)
+
+
 def _add_georef(
-    records: list[dict[str, Any]], georef: dict[str, Any], folder: AtomicFolder, world_files: bool, timer: _Timer
+    records: list[dict[str, Any]],
+    georef: dict[str, Any],
+    geotags: geo.GeoTags | None,
+    kind: encode.SliceKind,
+    folder: AtomicFolder,
+    world_files: bool,
+    timer: _Timer,
 ) -> None:
-    """Per-slice geotransform + CRS; world files beside the slices when asked."""
+    """Per-slice geotransform + CRS; world files beside the slices when asked, and for PNG slices a GDAL PAM
+    `.aux.xml` with the SRS (TIFF slices carry it in their own GeoTIFF keys)."""
     gt = georef["geotransform"]
+    pam = None
+    if world_files and kind.format == "png":
+        wkt, mapping, note = geo.srs_wkt(georef.get("epsg"), geotags)
+        pam = geo.pam_xml(wkt, mapping).encode() if wkt else None
+        if note:
+            georef["srs_note"] = note
     for rec in records:
         rec["geotransform"] = geo.slice_geotransform(gt, rec["x0"], rec["y0"])
         rec["crs"] = georef.get("crs")
@@ -470,7 +498,11 @@ def _add_georef(
             name = geo.world_file_name(rec["file"])
             with timer.phase("write_s"):
                 folder.write(name, geo.world_file_text(rec["geotransform"]).encode())
+                if pam is not None:
+                    folder.write(geo.pam_name(rec["file"]), pam)
             rec["world_file"] = name
+            if pam is not None:
+                rec["aux_xml"] = geo.pam_name(rec["file"])
 
 
 # -- metadata --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -448,9 +449,12 @@ def write_tiff(
     shape: tuple[int, ...] | None = None,
     rowsperstrip: int | None = None,
     tile: tuple[int, int] | None = None,
+    extratags: Sequence[tuple[Any, ...]] | None = None,
 ) -> None:
     """tifffile.imwrite for slices; `data` is an array in tifffile's layout (tiff_planes) or an iterator of
-    tiles in tifffile's order (then give its `shape`: (samples, h, w) for planar-separate slices)."""
+    tiles in tifffile's order (then give its `shape`: (samples, h, w) for planar-separate slices).
+
+    `extratags`: tifffile's (code, dtype, count, value, writeonce) tuples, e.g. a slice's GeoTIFF tags."""
     kwargs: dict[str, Any] = {
         "photometric": kind.tiff_photometric,
         "compression": TIFF_COMPRESSION[0],
@@ -473,11 +477,16 @@ def write_tiff(
         kwargs["tile"] = tile
     elif rowsperstrip:
         kwargs["rowsperstrip"] = rowsperstrip
+    if extratags:
+        kwargs["extratags"] = list(extratags)
     tifffile.imwrite(target, data, **kwargs)
 
 
-def encode_slice(array: np.ndarray, kind: SliceKind, options: SliceOptions) -> tuple[bytes, str]:
-    """The one entry point for writing a slice held in memory: (file bytes, extension)."""
+def encode_slice(
+    array: np.ndarray, kind: SliceKind, options: SliceOptions, extratags: Sequence[tuple[Any, ...]] | None = None
+) -> tuple[bytes, str]:
+    """The one entry point for writing a slice held in memory: (file bytes, extension). `extratags` go into
+    TIFF slices only (PNG has no place for GeoTIFF tags: those get sidecar files)."""
     if kind.format == "png":
         method, engine, level = png_settings(options)
         return png_encode(array, kind, method, engine, level), kind.ext
@@ -485,5 +494,5 @@ def encode_slice(array: np.ndarray, kind: SliceKind, options: SliceOptions) -> t
     # modest strips so readers of the slice do not need to decode it whole
     rps = max(1, (1 << 20) // max(1, array.shape[1] * kind.samples * array.dtype.itemsize))
     buf = io.BytesIO()
-    write_tiff(buf, tiff_planes(array, kind), kind, rowsperstrip=rps)
+    write_tiff(buf, tiff_planes(array, kind), kind, rowsperstrip=rps, extratags=extratags)
     return buf.getvalue(), kind.ext

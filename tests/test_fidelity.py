@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -208,8 +209,8 @@ def test_a_slice_that_fails_the_self_check_is_never_committed(tmp_path: Path, mo
     tifffile.imwrite(src, np.random.default_rng(2).integers(0, 255, (40, 40, 3)).astype(np.uint8), photometric="rgb")
     real = encode.encode_slice
 
-    def off_by_one(array: np.ndarray, kind: encode.SliceKind, options: SliceOptions) -> tuple[bytes, str]:
-        return real(array ^ np.uint8(1), kind, options)  # an encoder bug: every value changed
+    def off_by_one(array: np.ndarray, kind: encode.SliceKind, options: SliceOptions, **kw: Any) -> tuple[bytes, str]:
+        return real(array ^ np.uint8(1), kind, options, **kw)  # an encoder bug: every value changed
 
     monkeypatch.setattr(encode, "encode_slice", off_by_one)
     out = tmp_path / "out" / "a"
