@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
 DEFAULT_CONTENDERS = ("naive", "library", "pyvips", "tessq")
 PRESET_CONTENDERS = ("library", "tessq-fast", "tessq-balanced", "tessq-small")
 LARGE_CONTENDERS = ("library", "pyvips", "tessq")
-TESSQ_RE = re.compile(r"^tessq(?:-(fast|balanced|small))?(?:-l(\d+))?(-nocheck)?$")
+TESSQ_RE = re.compile(r"^tessq(?:-(fast|balanced|small))?(?:-l(\d+))?(?:-check(sample|full|off))?$")
 PNG_RLE_STRATEGY = 3  # imagecodecs.PNG.STRATEGY.RLE (zlib Z_RLE)
 PNG_FILTER = {"none": 8, "sub": 16, "up": 32, "avg": 64, "paeth": 128}  # libpng / libvips filter flags
 MB = 1e6
@@ -354,9 +354,9 @@ def contender_label(name: str, args: argparse.Namespace) -> str:
     alt = name.startswith("alt:")
     m = TESSQ_RE.match(name.removeprefix("alt:"))
     assert m
-    preset, level, nocheck = m.groups()
+    preset, level, check = m.groups()
     extra = "".join([f" --png {preset}" if preset else "", f" --compress-level {level}" if level else "",
-                     " --no-self-check" if nocheck else ""])
+                     f" --self-check {check}" if check else ""])
     return f"{'[alt] ' if alt else ''}tessq run --workers {args.workers}{extra}"
 
 
@@ -376,7 +376,7 @@ def contender_cmd(name: str, corpus: Corpus, out: Path, ws: Path, plan_file: Pat
     m = TESSQ_RE.match(name.removeprefix("alt:"))
     if not m:
         raise SystemExit(f"unknown contender {name!r}")
-    preset, level, nocheck = m.groups()
+    preset, level, check = m.groups()
     cmd = [sys.executable, "-m", "tessq", "--workspace", str(ws), "run", str(corpus.root), str(out),
            "--workers", str(args.workers), "--num-pieces", str(corpus.spec.pieces), "--min-size", "0",
            "--json"]
@@ -384,8 +384,8 @@ def contender_cmd(name: str, corpus: Corpus, out: Path, ws: Path, plan_file: Pat
         cmd += ["--png", preset]
     if level:
         cmd += ["--compress-level", level]
-    if nocheck:
-        cmd += ["--no-self-check"]
+    if check:
+        cmd += ["--self-check", check]
     cmd += args.tessq_arg
     return cmd, env
 

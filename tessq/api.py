@@ -56,7 +56,7 @@ class BatchJob:
     format: str = defaults.SLICE_FORMAT
     png_preset: str = defaults.PNG_PRESET
     world_files: bool = False
-    self_check: bool = defaults.SELF_CHECK
+    self_check: str = defaults.SELF_CHECK
     follow_symlinks: bool = False
     workspace: str | Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)

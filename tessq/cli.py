@@ -75,10 +75,11 @@ WorldFiles = Annotated[
 ]
 Series = Annotated[int, typer.Option("--series", min=0, help="Which image series of a multi-image TIFF to cut.")]
 SelfCheck = Annotated[
-    bool,
+    str,
     typer.Option(
-        "--self-check/--no-self-check",
-        help="Decode every slice just written and compare it with its pixels before the image counts as done.",
+        "--self-check",
+        help="Decode slices just written and compare them with their pixels before an image is done: sample "
+        "(risky kinds and each kind's first image in full, then one slice per image), full, or off.",
     ),
 ]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")]
@@ -95,7 +96,7 @@ def build_options(
     compress_level: int | None,
     world_files: bool,
     series: int,
-    self_check: bool = defaults.SELF_CHECK,
+    self_check: str = defaults.SELF_CHECK,
 ) -> SliceOptions:
     return SliceOptions(
         num_pieces=num_pieces,

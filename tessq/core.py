@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
@@ -201,7 +202,8 @@ def prepare_image(
         hasher = _SourceHasher(source, before.st_size)
         folder = AtomicFolder.create(image_dir)
         try:
-            records = _write_slices(reader, boxes, kind, options, folder, timer, geotags)
+            check = selfcheck.plan(options.self_check, kind, options, len(boxes), str(source))
+            records = _write_slices(_Cut(reader, kind, options, folder, timer, geotags, check), boxes)
             if georef and georef.get("geotransform"):
                 _add_georef(records, georef, geotags, kind, folder, options.world_files, timer)
             source_sha = hasher.result()
@@ -273,32 +275,38 @@ def _json_default(value: Any) -> Any:
 
 
 # -- slicing ---------------------------------------------------------------------------------------------
-def _write_slices(
-    reader: RegionReader,
-    boxes: list[Box],
-    kind: encode.SliceKind,
-    options: SliceOptions,
-    folder: AtomicFolder,
-    timer: _Timer,
-    geotags: geo.GeoTags | None = None,
-) -> list[dict[str, Any]]:
-    """Write every slice; one horizontal band (grid row) at a time, in row-major order. TIFF slices of a
-    georeferenced source carry its GeoTIFF tags (`geotags`), shifted to each slice."""
-    info = reader.info
+@dataclass
+class _Cut:
+    """What every slice of one image is written with: the reader, the slice kind and options, the folder, the
+    timer, the source's GeoTIFF tags (shifted into each TIFF slice) and the self-check plan."""
+
+    reader: RegionReader
+    kind: encode.SliceKind
+    options: SliceOptions
+    folder: AtomicFolder
+    timer: _Timer
+    geotags: geo.GeoTags | None
+    check: selfcheck.Plan
+
+
+def _write_slices(cut: _Cut, boxes: list[Box]) -> list[dict[str, Any]]:
+    """Write every slice; one horizontal band (grid row) at a time, in row-major order."""
+    info = cut.reader.info
     records: dict[int, dict[str, Any]] = {}
-    band_limit = min(options.memory_budget, BAND_LIMIT_BYTES)
+    band_limit = min(cut.options.memory_budget, BAND_LIMIT_BYTES)
     for (y0, y1), group in groupby(boxes, key=lambda b: (b.y0, b.y1)):
         row = list(group)
         xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
         band_bytes = (y1 - y0) * (xb - xa) * info.samples * info.itemsize
         if band_bytes <= band_limit:
-            _band_slices(reader, row, kind, options, folder, timer, records, geotags)
-        elif kind.format == "png":
-            _stream_png_slices(reader, row, kind, options, folder, timer, records)
+            _band_slices(cut, row, records)
+        elif cut.kind.format == "png":
+            _stream_png_slices(cut, row, records)
         else:
             for box in row:
-                records[box.index] = _stream_tiff_slice(reader, box, kind, options, folder, timer, geotags)
-        reader.forget_above(y1)
+                records[box.index] = _stream_tiff_slice(cut, box)
+        cut.reader.forget_above(y1)
+    cut.check.passed()
     return [records[b.index] for b in boxes]
 
 
@@ -320,32 +328,25 @@ def _record(box: Box, name: str, kind: encode.SliceKind, size: int, sha: str) ->
     }
 
 
-def _band_slices(
-    reader: RegionReader,
-    row: list[Box],
-    kind: encode.SliceKind,
-    options: SliceOptions,
-    folder: AtomicFolder,
-    timer: _Timer,
-    records: dict[int, dict[str, Any]],
-    geotags: geo.GeoTags | None = None,
-) -> None:
+def _band_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, Any]]) -> None:
     """Read the whole grid row once, cut the columns, encode each in one shot."""
+    kind, timer = cut.kind, cut.timer
     y0, y1 = row[0].y0, row[0].y1
     xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
     with timer.phase("read_s"):
-        band = reader.read(y0, y1, xa, xb)
+        band = cut.reader.read(y0, y1, xa, xb)
     for box in row:
         pixels = band[:, box.x0 - xa : box.x1 - xa]
         with timer.phase("encode_s"):
-            data, ext = encode.encode_slice(pixels, kind, options, extratags=_geotiff_tags(geotags, kind, box))
+            tags = _geotiff_tags(cut.geotags, kind, box)
+            data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags)
             sha = hashlib.sha256(data).hexdigest()
         name = slice_name(box, ext)
-        if options.self_check:
+        if cut.check.wants(box.index):
             with timer.phase("check_s"):
-                selfcheck.check_slice(data, pixels, kind, name, reader.path)
+                selfcheck.check_slice(data, pixels, kind, name, cut.reader.path)
         with timer.phase("write_s"):
-            folder.write(name, data)
+            cut.folder.write(name, data)
         records[box.index] = _record(box, name, kind, len(data), sha)
         del data
     del band
@@ -372,24 +373,17 @@ def _row_steps(y0: int, y1: int, step: int, align: int) -> Iterator[tuple[int, i
         ya = yb
 
 
-def _stream_png_slices(
-    reader: RegionReader,
-    row: list[Box],
-    kind: encode.SliceKind,
-    options: SliceOptions,
-    folder: AtomicFolder,
-    timer: _Timer,
-    records: dict[int, dict[str, Any]],
-) -> None:
+def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, Any]]) -> None:
     """Strips/tile rows of the grid row, one chunk at a time, into one streaming PNG writer per column."""
+    reader, kind, timer = cut.reader, cut.kind, cut.timer
     y0, y1 = row[0].y0, row[0].y1
     xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
-    method, engine, level = encode.png_settings(options)
+    method, engine, level = encode.png_settings(cut.options)
     files, writers = [], []
-    digests = [selfcheck.StreamDigest(kind) for _ in row] if options.self_check else []
+    digests = [selfcheck.StreamDigest(kind) if cut.check.wants(box.index) else None for box in row]
     try:
         for box in row:
-            fh = open(folder.path / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
+            fh = open(cut.folder.path / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
             files.append(fh)
             writers.append(encode.PngStreamWriter(fh, box.width, box.height, kind, method, engine, level))
         step = _chunk_rows(reader, xb - xa)
@@ -400,8 +394,9 @@ def _stream_png_slices(
                 for box, writer in zip(row, writers, strict=True):
                     writer.feed(chunk[:, box.x0 - xa : box.x1 - xa])
             with timer.phase("check_s"):
-                for box, digest in zip(row, digests, strict=False):
-                    digest.update(chunk[:, box.x0 - xa : box.x1 - xa])
+                for box, digest in zip(row, digests, strict=True):
+                    if digest is not None:
+                        digest.update(chunk[:, box.x0 - xa : box.x1 - xa])
             del chunk
         with timer.phase("write_s"):
             for box, writer in zip(row, writers, strict=True):
@@ -411,24 +406,18 @@ def _stream_png_slices(
         for fh in files:
             fh.close()
     with timer.phase("check_s"):
-        for box, digest in zip(row, digests, strict=False):
-            name = slice_name(box, kind.ext)
-            digest.check_file(folder.path / name, name, reader.path)
+        for box, digest in zip(row, digests, strict=True):
+            if digest is not None:
+                name = slice_name(box, kind.ext)
+                digest.check_file(cut.folder.path / name, name, reader.path)
 
 
-def _stream_tiff_slice(
-    reader: RegionReader,
-    box: Box,
-    kind: encode.SliceKind,
-    options: SliceOptions,
-    folder: AtomicFolder,
-    timer: _Timer,
-    geotags: geo.GeoTags | None = None,
-) -> dict[str, Any]:
+def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:
     """A TIFF slice too big for one band: tiled TIFF written from row bands of this slice only.
 
     tifffile takes the tiles of a planar-separate slice plane by plane, so such a slice reads its rows once
     per sample (the rare multi-sample 1-bit case), keeping memory at one tile row."""
+    reader, kind, timer = cut.reader, cut.kind, cut.timer
     tile = STREAM_TIFF_TILE
     separate = kind.tiff_planar == "separate" and kind.samples > 1
     planes: list[int | None] = list(range(kind.samples)) if separate else [None]
@@ -436,7 +425,7 @@ def _stream_tiff_slice(
         shape: tuple[int, ...] = (kind.samples, box.height, box.width)
     else:
         shape = (box.height, box.width) + ((kind.samples,) if kind.samples > 1 else ())
-    digest = selfcheck.StreamDigest(kind) if options.self_check else None
+    digest = selfcheck.StreamDigest(kind) if cut.check.wants(box.index) else None
 
     def tiles() -> Iterator[np.ndarray]:
         for plane in planes:
@@ -451,9 +440,9 @@ def _stream_tiff_slice(
                     yield band[:, x : x + tile]
 
     name = slice_name(box, kind.ext)
-    path = folder.path / name
+    path = cut.folder.path / name
     with timer.phase("encode_s"):
-        extratags = _geotiff_tags(geotags, kind, box)
+        extratags = _geotiff_tags(cut.geotags, kind, box)
         encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile), extratags=extratags)
     if digest is not None:
         with timer.phase("check_s"):

@@ -16,9 +16,9 @@ SKIPPED_DIR_NAMES = frozenset({".git", ".hg", ".svn", "__MACOSX", ".ipynb_checkp
 
 # How to write it
 SLICE_FORMAT = "png"  # "png": PNG wherever PNG holds the pixels exactly, else TIFF; "tiff": always TIFF
-# Decode every slice just written and compare it with the encoded pixels before the commit (worker self-check);
-# its cost on scripts/bench.py is in the README. `--no-self-check` turns it off.
-SELF_CHECK = True
+# Worker self-check before the commit (tessq/selfcheck.py): "sample" decodes every slice of risky kinds and of
+# each kind's first image per worker, then one slice per image; "full" every slice; "off". Costs in the README.
+SELF_CHECK = "sample"
 PNG_PRESET = "balanced"  # fast | balanced | small, see encode.py
 HASH_ALGORITHM = "sha256"
 METADATA_SCHEMA_VERSION = 1

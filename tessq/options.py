@@ -15,6 +15,7 @@ from tessq.errors import ConfigError
 
 PNG_PRESETS = ("fast", "balanced", "small")
 SLICE_FORMATS = ("png", "tiff")
+SELF_CHECK_MODES = ("sample", "full", "off")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class SliceOptions:
     level: int = 0  # pyramid level within that series (0 = full resolution)
     min_size: int = defaults.MIN_IMAGE_SIZE
     memory_budget: int = defaults.MEMORY_BUDGET_BYTES
-    self_check: bool = defaults.SELF_CHECK  # decode every slice written and compare before the commit
+    self_check: str = defaults.SELF_CHECK  # sample | full | off: decode slices written, compare, before the commit
 
     def __post_init__(self) -> None:
         if self.grid is not None:
@@ -57,6 +58,8 @@ class SliceOptions:
             raise ConfigError(f"png preset must be one of {PNG_PRESETS}, got {self.png_preset!r}")
         if self.compress_level is not None and not 0 <= self.compress_level <= 12:
             raise ConfigError(f"compress_level must be 0..12, got {self.compress_level}")
+        if self.self_check not in SELF_CHECK_MODES:
+            raise ConfigError(f"self_check must be one of {SELF_CHECK_MODES}, got {self.self_check!r}")
         if self.min_size < 0:
             raise ConfigError(f"min_size must be >= 0, got {self.min_size}")
 

@@ -215,9 +215,9 @@ def test_a_slice_that_fails_the_self_check_is_never_committed(tmp_path: Path, mo
     monkeypatch.setattr(encode, "encode_slice", off_by_one)
     out = tmp_path / "out" / "a"
     with pytest.raises(SelfCheckError):
-        core.tessellate_image(src, out, SMALL)
+        core.tessellate_image(src, out, SliceOptions(min_size=1, self_check="full"))
     assert not out.exists() and list((tmp_path / "out").iterdir()) == []
-    core.tessellate_image(src, out, SliceOptions(min_size=1, self_check=False))  # the flag turns it off
+    core.tessellate_image(src, out, SliceOptions(min_size=1, self_check="off"))  # the flag turns it off
     assert (out / "metadata.json").exists()
 
 
@@ -228,3 +228,22 @@ def test_streamed_png_slices_are_self_checked(tmp_path: Path) -> None:
     summary = core.tessellate_image(src, out, SliceOptions(min_size=1, num_pieces=2, memory_budget=60_000))
     assert summary["timings"]["check_s"] >= 0
     assert verify_image(out, src)["overall_identical"]
+
+
+def test_sample_mode_checks_every_slice_until_a_kind_has_proven_itself_then_one_per_image() -> None:
+    rgb = encode.slice_kind("uint8", 3, "rgb")
+    options = SliceOptions(min_size=1, png_preset="fast")  # a kind key no other test in this process proved
+    first = selfcheck.plan("sample", rgb, options, 8, "a.tif")
+    assert all(first.wants(i) for i in range(8))
+    first.passed()
+    later = selfcheck.plan("sample", rgb, options, 8, "b.tif")
+    assert sum(later.wants(i) for i in range(8)) == 1
+    assert later.sampled == selfcheck.plan("sample", rgb, options, 8, "b.tif").sampled  # the same on reruns
+    palette = encode.slice_kind("uint8", 1, "palette", (), np.zeros((3, 4), np.uint16), 2)
+    tiff = encode.slice_kind("float32", 1, "minisblack")
+    for risky in (palette, tiff):
+        proven = selfcheck.plan("sample", risky, options, 8, "c.tif")
+        proven.passed()
+        assert all(selfcheck.plan("sample", risky, options, 8, "d.tif").wants(i) for i in range(8))
+    assert not any(selfcheck.plan("off", rgb, options, 8, "e.tif").wants(i) for i in range(8))
+    assert all(selfcheck.plan("full", rgb, options, 8, "e.tif").wants(i) for i in range(8))
