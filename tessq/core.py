@@ -307,6 +307,8 @@ def _write_slices(cut: _Cut, boxes: list[Box]) -> list[dict[str, Any]]:
                 records[box.index] = _stream_tiff_slice(cut, box)
         cut.reader.forget_above(y1)
     cut.check.passed()
+    for index, record in records.items():
+        record["self_checked"] = cut.check.wants(index)  # decoded again and compared before the commit
     return [records[b.index] for b in boxes]
 
 
@@ -511,6 +513,7 @@ def build_metadata(
 ) -> dict[str, Any]:
     """metadata.json, schema version defaults.METADATA_SCHEMA_VERSION (documented in README)."""
     output: dict[str, Any] = kind.describe()
+    output["self_check"] = options.self_check
     if kind.format == "png":
         method, engine, level = encode.png_settings(options)
         output["png"] = {"preset": options.png_preset, "filter": method, "engine": engine, "level": level}
