@@ -291,7 +291,11 @@ def _check_layout(page: Any, info: TiffInfo, path: Path, memory_budget: int) -> 
     offsets, counts = offsets[:expected], counts[:expected]
     ends = np.asarray(offsets, dtype=np.uint64) + np.asarray(counts, dtype=np.uint64)
     past = np.nonzero(ends > info.file_bytes)[0]
-    if len(past):
+    if len(past) and compression == 6:
+        # old-style JPEG: JPEGInterchangeFormatLength is often wrong and libtiff does not rely on it
+        note = f"{len(past)} old-style JPEG segment length(s) run past the end of the file: read up to it"
+        info = replace(info, warnings=(*info.warnings, note))
+    elif len(past):
         kind = "tile" if info.tiled else "strip"
         raise CorruptImageError(
             path,
@@ -395,6 +399,18 @@ def _fallback_class(page: Any, info: TiffInfo) -> str | None:
     return None
 
 
+def _fallback_decoders(page: Any, info: TiffInfo, cls: str) -> tuple[str, ...]:
+    """Fallbacks worth trying, in order, for a page tifffile refuses.
+
+    Pillow/libtiff first (a tessq dependency); GDAL only for 24-bit floats, the one class Pillow has no mode
+    for. Planar-separate YCbCr gets none: Pillow fails on it, and GDAL alone gives no second opinion."""
+    if page.photometric == 6 and info.planar == "separate":
+        return ()
+    if cls == "24-bit float":
+        return (tiffcodec.GDAL_DECODER,)
+    return (tiffcodec.PILLOW_DECODER,)
+
+
 def _fallback_target(path: Any) -> Any:
     """What a fallback decoder opens: the local path, or the remote source's spool/ranged reader."""
     if remote.is_remote(path):
@@ -404,36 +420,72 @@ def _fallback_target(path: Any) -> Any:
 
 def _choose_decoder(page: Any, info: TiffInfo, path: Any, memory_budget: int) -> TiffInfo:
     """tifffile where it decodes the page, else a fallback that does (recorded in info.decoder), else the
-    true reason why not."""
-    refusal = _tifffile_refusal(page, info, path)
-    if refusal is None:
+    true reason why not.
+
+    Old-style JPEG goes to libtiff first even where tifffile decodes it: the format is libtiff's own, the peers
+    (GDAL, Pillow) both read it through libtiff, and tifffile's plain-JPEG reading of it differs from theirs
+    (chroma upsampling; it also trusts JPEGInterchangeFormatLength, which writers got wrong)."""
+    ojpeg = int(page.compression) == 6
+    refusal = None if ojpeg else _tifffile_refusal(page, info, path)
+    if refusal is None and not ojpeg:
         return info
     cls = _fallback_class(page, info)
     if cls is None:
+        assert refusal is not None
         raise refusal
+    chosen, tried, too_large = _try_fallbacks(page, info, path, memory_budget, cls)
+    if chosen is not None:
+        if refusal is not None:
+            note = f"tifffile cannot decode this page ({refusal.reason}); decoded by {chosen.decoder}"
+        else:
+            note = f"old-style JPEG: decoded by {chosen.decoder} as GDAL and Pillow do (tifffile's differs)"
+        if chosen.decoder == tiffcodec.GDAL_DECODER:
+            note += f" {_gdal_version()}, region by region"
+        else:
+            note += ", whole image at once"
+        if page.photometric == 6:
+            note += " (YCbCr converted to RGB by libtiff)"
+        return replace(chosen, warnings=(*chosen.warnings, note))
+    if refusal is None:
+        refusal = _tifffile_refusal(page, info, path)
+        if refusal is None:  # tifffile decodes it, libtiff could not be used: say the pixels may differ
+            note = (
+                f"old-style JPEG decoded by tifffile, not libtiff ({'; '.join(tried)});"
+                " pixels may differ from what GDAL and Pillow give"
+            )
+            return replace(info, warnings=(*info.warnings, note))
+    if too_large is not None:
+        raise ImageTooLargeError(path, f"{refusal.reason}; {'; '.join(tried)}")
+    raise type(refusal)(path, f"{refusal.reason}; no fallback decodes this {cls} ({'; '.join(tried)})")
+
+
+def _try_fallbacks(
+    page: Any, info: TiffInfo, path: Any, memory_budget: int, cls: str
+) -> tuple[TiffInfo | None, list[str], ImageTooLargeError | None]:
+    """The first fallback that decodes this page exactly as stored (info with its decoder), else the reasons."""
     if not isinstance(page.index, int):
-        raise type(refusal)(path, f"{refusal.reason}; the fallback decoders read top-level pages only")
+        return None, ["the fallback decoders read top-level pages only"], None
     if info.orientation not in (0, 1):
         # libtiff's RGBA interface re-orients to top-left, tessq slices pixels as stored: they would differ
-        raise type(refusal)(
-            path, f"{refusal.reason}; no fallback decoder for orientation {info.orientation} ({cls})"
-        )
-    want_samples = 3 if page.is_subsampled or (page.photometric == 6 and not page.extrasamples) else info.samples
+        return None, [f"no fallback decoder for orientation {info.orientation}"], None
     if page.photometric == 6 and page.extrasamples:
-        raise type(refusal)(path, f"{refusal.reason}; YCbCr with extra samples has no exact fallback")
+        return None, ["YCbCr with extra samples has no exact fallback"], None
+    # YCbCr comes out of libtiff as RGB; every other photometric keeps its samples
+    want_samples = 3 if page.photometric == 6 else info.samples
+    decoders = _fallback_decoders(page, info, cls)
+    if not decoders:
+        return None, ["Pillow/libtiff cannot read planar-separate YCbCr (libtiff's RGBA interface is contiguous)"], None
     tried: list[str] = []
     too_large: ImageTooLargeError | None = None
     target = _fallback_target(path)
-    for decoder in (tiffcodec.PILLOW_DECODER, tiffcodec.GDAL_DECODER):
+    for decoder in decoders:
         try:
             if decoder == tiffcodec.PILLOW_DECODER:
                 dtype, samples, photometric = tiffcodec.pillow_plan(
                     target, info.page_index, info.width, info.height, memory_budget
                 )
             else:
-                dtype, samples, photometric, _ = tiffcodec.gdal_plan(
-                    target, info.page_index, info.width, info.height
-                )
+                dtype, samples, photometric, _ = tiffcodec.gdal_plan(target, info.page_index, info.width, info.height)
         except ImageTooLargeError as exc:
             too_large = too_large or exc
             tried.append(f"{decoder}: {exc.reason}")
@@ -446,22 +498,8 @@ def _choose_decoder(page: Any, info: TiffInfo, path: Any, memory_budget: int) ->
             continue
         if page.photometric != 6:
             photometric = info.decoded_photometric  # only YCbCr changes meaning (libtiff converts it to RGB)
-        note = f"tifffile cannot decode this page ({refusal.reason}); decoded whole by {decoder}"
-        if decoder == tiffcodec.GDAL_DECODER:
-            note = f"tifffile cannot decode this page ({refusal.reason}); decoded by GDAL {_gdal_version()}"
-        if page.photometric == 6:
-            note += " (YCbCr converted to RGB by libtiff)"
-        return replace(
-            info,
-            decoder=decoder,
-            dtype=dtype,
-            samples=samples,
-            decoded_photometric=photometric,
-            warnings=(*info.warnings, note),
-        )
-    if too_large is not None:
-        raise ImageTooLargeError(path, f"{refusal.reason}; {'; '.join(tried)}")
-    raise type(refusal)(path, f"{refusal.reason}; no fallback decodes this {cls} ({'; '.join(tried)})")
+        return replace(info, decoder=decoder, dtype=dtype, samples=samples, decoded_photometric=photometric), [], None
+    return None, tried, too_large
 
 
 def _gdal_version() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import threading
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,16 @@ def gdal_available() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _quiet_gdal() -> Any:
+    """GDAL's log off and rasterio's warnings (NotGeoreferencedWarning...) silenced: tessq reports its own."""
+    import rasterio
+
+    with warnings.catch_warnings(), rasterio.Env(CPL_LOG="/dev/null"):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _gdal_name(path: str, page_index: int) -> str:
     # GDAL's GTiff driver opens directory N of a multi-page file as GTIFF_DIR:N:path (1-based)
     return f"GTIFF_DIR:{page_index + 1}:{path}" if page_index else path
@@ -240,7 +251,7 @@ def gdal_plan(path: Any, page_index: int, width: int, height: int) -> tuple[str,
     import rasterio
 
     try:
-        with rasterio.Env(CPL_LOG="/dev/null"), rasterio.open(_gdal_name(str(path), page_index)) as ds:
+        with _quiet_gdal(), rasterio.open(_gdal_name(str(path), page_index)) as ds:
             dtypes = set(ds.dtypes)
             if (ds.width, ds.height) != (width, height) or len(dtypes) != 1:
                 raise UnsupportedImageError("", f"GDAL sees {ds.width}x{ds.height} px with bands {ds.dtypes}")
@@ -267,15 +278,21 @@ class GdalReader:
         import rasterio
 
         self.path, self.samples, self.dtype = path, samples, np.dtype(dtype)
-        self._env = rasterio.Env(CPL_LOG="/dev/null")
+        self._env = _quiet_gdal()
         self._env.__enter__()
-        self._ds = rasterio.open(_gdal_name(str(path), page_index))
+        try:
+            self._ds = rasterio.open(_gdal_name(str(path), page_index))
+        except BaseException:
+            self._env.__exit__(None, None, None)
+            raise
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         from rasterio.windows import Window
 
         try:
-            arr = self._ds.read(window=Window(x0, y0, x1 - x0, y1 - y0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = self._ds.read(window=Window(x0, y0, x1 - x0, y1 - y0))
         except Exception as exc:
             if is_io_error(exc) and not type(exc).__module__.startswith("rasterio"):
                 raise
