@@ -335,13 +335,21 @@ def _tifffile_refusal(page: Any, info: TiffInfo, path: Path) -> ImageError | Non
     jpeg = compression in JPEG_COMPRESSIONS
     if compression != 1 and compression not in TIFF.DECOMPRESSORS:
         return UnsupportedImageError(path, f"compression {info.compression} is not supported by the decoders")
-    if page.is_subsampled and not jpeg:
+    if page.is_subsampled and page.photometric != 6 and (not jpeg or info.planar == "separate"):
+        # tifffile's own message here says "without JPEG compression", also for JPEG: give the true one
+        return UnsupportedImageError(
+            path,
+            f"tifffile refuses {'planar-separate ' if info.planar == 'separate' else ''}{info.photometric}"
+            f" {info.compression} data that carries a YCbCrSubSampling tag"
+            " (meaningless outside YCbCr)",
+        )
+    if page.is_subsampled and page.photometric == 6 and not jpeg:
         return UnsupportedImageError(
             path,
             f"chroma-subsampled YCbCr ({_subsampling(page)}) with {info.compression} compression is not"
             " supported by tifffile (only JPEG-compressed YCbCr may be subsampled there)",
         )
-    if page.is_subsampled and info.planar == "separate":
+    if page.is_subsampled and page.photometric == 6 and info.planar == "separate":
         return UnsupportedImageError(
             path, f"planar-separate chroma-subsampled YCbCr ({_subsampling(page)}) {info.compression} is not"
             " supported by tifffile",
@@ -391,7 +399,7 @@ def _fallback_class(page: Any, info: TiffInfo) -> str | None:
     if compression == 6:
         return "old-style JPEG"
     if page.is_subsampled:
-        return "chroma-subsampled YCbCr"
+        return "chroma-subsampled YCbCr" if page.photometric == 6 else "stray YCbCrSubSampling tag"
     if compression in JPEG_COMPRESSIONS and info.planar == "separate":
         return "planar-separate JPEG"
     if info.sample_format == "ieeefp" and info.bits_per_sample == 24:

@@ -5,6 +5,7 @@ error categories, and whole-image (Pillow/libtiff) or windowed (GDAL) readers fo
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 import threading
 import warnings
@@ -40,8 +41,16 @@ _CODEC_ERRORS: tuple[type[BaseException], ...] = tuple(
     for cls in [getattr(imagecodecs, name)]
     if isinstance(cls, type) and issubclass(cls, Exception)
 )
-# codec messages that name a missing feature, not damaged data (libjpeg's "Unsupported JPEG process", ...)
-_UNSUPPORTED_PHRASES = ("not supported", "unsupported", "not implemented", "not available")
+# messages that name a missing feature, not damaged data. libjpeg says "Unsupported marker type" for garbage,
+# so only its feature messages ("Unsupported JPEG process", "... color conversion", "... data precision") count
+_UNSUPPORTED_PHRASES = (
+    "not supported",
+    "not implemented",
+    "not available",
+    "unsupported jpeg process",
+    "unsupported color conversion",
+    "unsupported jpeg data precision",
+)
 
 
 def classify_decode_error(exc: BaseException, what: str = "pixel data") -> tuple[type[ImageError], str]:
@@ -61,6 +70,9 @@ def classify_decode_error(exc: BaseException, what: str = "pixel data") -> tuple
         return UnsupportedImageError, f"{what}: {text}"
     if isinstance(exc, _CODEC_ERRORS):
         codec = type(exc).__name__.removesuffix("Error").lower()
+        if codec == "imcd":  # imagecodecs' own codecs (LZW, PackBits...) share one class: name it from the call
+            found = re.search(r"imcd_(\w+?)_(?:de|en)code", text)
+            codec = found.group(1) if found else codec
         if any(p in lowered for p in _UNSUPPORTED_PHRASES):
             return UnsupportedImageError, f"{what}: {codec} codec: {text}"
         return CorruptImageError, f"cannot decode {what} ({codec} codec: {text})"
@@ -171,6 +183,16 @@ def pillow_plan(target: Any, page_index: int, width: int, height: int, memory_bu
         im.close()
 
 
+def pillow_decode(target: Any, page_index: int = 0) -> np.ndarray:
+    """The whole page as Pillow decodes it with libtiff forced (also for uncompressed data)."""
+    im = _open_pillow(target, page_index)
+    try:
+        im.load()
+        return np.asarray(im)
+    finally:
+        im.close()
+
+
 def pillow_memory(width: int, height: int, mode: str) -> int:
     """Peak bytes of a whole-image Pillow decode: Pillow's image plus our numpy copy of it."""
     dtype, samples, _ = _PILLOW_MODES.get(mode, ("uint8", 4, ""))
@@ -192,12 +214,7 @@ class PillowReader:
     def _decode(self) -> np.ndarray:
         if self._whole is None:
             try:
-                im = _open_pillow(self.target, self.page_index)
-                try:
-                    im.load()
-                    arr = np.asarray(im)
-                finally:
-                    im.close()
+                arr = pillow_decode(self.target, self.page_index)
             except Exception as exc:
                 if is_io_error(exc):
                     raise

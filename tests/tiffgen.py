@@ -297,9 +297,11 @@ def planar_jpeg(
     samples: int = 3,
     size: tuple[int, int] = (40, 56),
     subsampling: tuple[int, int] | None = None,
+    stray_subsampling: bool = False,
 ) -> Path:
     """Planar-separate JPEG: one grayscale JPEG per plane and strip, without the JFIF marker (as libtiff and
-    GDAL write them). With `subsampling` (YCbCr), the Cb and Cr planes are stored at reduced size."""
+    GDAL write them). With `subsampling` (YCbCr), the Cb and Cr planes are stored at reduced size;
+    `stray_subsampling` only adds a YCbCrSubSampling tag (2, 2), which a non-YCbCr image ignores."""
     import imagecodecs
 
     height, width = size
@@ -321,8 +323,8 @@ def planar_jpeg(
         278: (4, [rps]),
         284: (3, [2]),
     }
-    if subsampling:
-        tags[530] = (3, list(subsampling))
+    if subsampling or stray_subsampling:
+        tags[530] = (3, list(subsampling or (2, 2)))
     return write_raw_tiff(path, width, height, tags, segments)
 
 
