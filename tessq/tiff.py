@@ -566,7 +566,8 @@ class RegionReader:
 
     Arrays come back interleaved (height, width[, samples]) in native byte order, with exactly the values
     tifffile's page.asarray() gives (planar-separate transposed, YCbCr JPEG as RGB, MINISWHITE as stored,
-    palette as indices).
+    palette as indices). Where probe chose a fallback (info.decoder), reads are served by it instead: exactly
+    the values Pillow/libtiff (whole image, decoded on first read) or GDAL (by region) give.
     """
 
     def __init__(self, path: str | Path, series: int = 0, level: int = 0, memory_budget: int | None = None):

@@ -18,6 +18,7 @@ from tessq.errors import ImageTooLargeError, UnsupportedImageError
 from tessq.options import SliceOptions
 from tessq.verify import decode_slice, load_metadata
 from tests import tiffgen
+from tests.s3server import s3_endpoint  # noqa: F401  (fixture)
 
 CORPUS = Path("/work/shared/corpus/tiff")
 
@@ -186,3 +187,31 @@ def test_whole_image_fallback_respects_memory_budget(tmp_path: Path) -> None:
     with tiff.RegionReader(path, memory_budget=need) as reader:
         assert reader.info.decoder == "pillow-libtiff"
         assert np.array_equal(reader.read(5, 40, 3, 50), _pillow(path)[5:40, 3:50])
+
+
+@pytest.mark.parametrize("spool", [True, False], ids=["spooled", "ranged"])
+def test_fallback_reads_s3_sources(
+    tmp_path: Path,
+    s3_endpoint: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    spool: bool,
+) -> None:
+    """A remote source goes to Pillow as its spooled copy, or as the ranged reader (no temp file)."""
+    from tessq import remote
+    from tests.s3tools import new_bucket, s3_client
+
+    monkeypatch.setenv("TESSQ_S3_ENDPOINT_URL", s3_endpoint)
+    remote._CLIENT.reset()
+    path = tiffgen.ycbcr_subsampled(tmp_path / "ycc.tif", 2, 2, "lzw")
+    bucket = new_bucket(s3_endpoint)
+    s3_client(s3_endpoint).upload_file(str(path), bucket, "ycc.tif")
+    source = remote.RemoteSource(f"s3://{bucket}/ycc.tif")
+    if spool:
+        source.fetch(tmp_path)
+    try:
+        with tiff.RegionReader(source) as reader:
+            assert reader.info.decoder == "pillow-libtiff"
+            assert np.array_equal(reader.read(0, reader.info.height), _gdal(path))
+    finally:
+        source.close()
+        remote._CLIENT.reset()
