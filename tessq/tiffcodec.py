@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import struct
 import threading
 import warnings
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,8 @@ _UNSUPPORTED_PHRASES = (
     "unsupported jpeg process",
     "unsupported color conversion",
     "unsupported jpeg data precision",
+    # tifffile asks libjpeg for RGB from the one-component planes of planar-separate RGB JPEG (no JFIF marker)
+    "bogus jpeg colorspace",
 )
 
 
@@ -86,8 +86,7 @@ def classify_decode_error(exc: BaseException, what: str = "pixel data") -> tuple
         return CorruptImageError, f"cannot decode {what} (Pillow/libtiff: {text})"
     if isinstance(exc, OverflowError | RecursionError):
         return CorruptImageError, f"TIFF structure is broken ({text})"
-    if isinstance(exc, ValueError | KeyError | IndexError | TypeError | struct.error | zlib.error | EOFError):
-        return CorruptImageError, f"cannot decode {what} ({type(exc).__name__}: {text})"
+    # anything else (ValueError, IndexError, struct.error, zlib.error...) is data that does not parse
     return CorruptImageError, f"cannot decode {what} ({type(exc).__name__}: {text})"
 
 

@@ -91,10 +91,17 @@ def test_jpeg_planar_cmyk_is_never_called_without_jpeg(tmp_path: Path) -> None:
         assert np.array_equal(reader.read(0, info.height), np.asarray(im))
 
 
-def test_decompression_bomb_is_too_large(tmp_path: Path) -> None:
+def test_whole_image_fallback_over_budget_is_too_large(tmp_path: Path) -> None:
     path = tiffgen.ycbcr_subsampled(tmp_path / "y.tif", 2, 2, "lzw", size=(64, 64))
-    with pytest.raises(ImageTooLargeError, match="over the memory budget"):
-        tiff.RegionReader(path, memory_budget=1000)
+    with pytest.raises(ImageTooLargeError, match="Pillow/libtiff fallback decodes the whole image at once"):
+        tiff.RegionReader(path, memory_budget=20_000)
+
+
+def test_planar_rgb_jpeg_tifffile_cannot_read_is_unsupported_when_no_fallback_fits(tmp_path: Path) -> None:
+    """tifffile's 'Bogus JPEG colorspace' on a sound file is its limitation, not corruption."""
+    path = tiffgen.planar_jpeg(tmp_path / "pj.tif")
+    with pytest.raises(ImageTooLargeError, match=r"Bogus JPEG colorspace; pillow-libtiff: .* over the memory budget"):
+        tiff.RegionReader(path, memory_budget=2000)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +114,7 @@ def test_decompression_bomb_is_too_large(tmp_path: Path) -> None:
         (ValueError("<COMPRESSION.SGILOG: 34676> not supported"), UnsupportedImageError, "SGILOG"),
         (imagecodecs.Jpeg8Error("Unsupported JPEG process: SOF type 0xc3"), UnsupportedImageError, "jpeg8 codec"),
         (imagecodecs.Jpeg8Error("Unsupported marker type 0x60"), CorruptImageError, "cannot decode strip 0"),
+        (imagecodecs.Jpeg8Error("Bogus JPEG colorspace"), UnsupportedImageError, "Bogus JPEG colorspace"),
         (imagecodecs.DeflateError("inflate", "BAD_DATA"), CorruptImageError, "(deflate codec: inflate"),
         (imagecodecs.LzwError("imcd_lzw_decode", "IMCD_LZW_CORRUPT"), CorruptImageError, "(lzw codec"),
         (tifffile.TiffFileError("corrupted strip cannot be reshaped"), CorruptImageError, "cannot be reshaped"),
