@@ -556,6 +556,7 @@ def build_metadata(
             "page_index": info.page_index,
             "page_count": info.n_pages,
             "colormap": colormap.tolist() if small_cmap and colormap is not None else None,
+            "decoder": info.decoder,
             "tifffile_warnings": list(warnings),
         },
         "grid": describe_grid(boxes, options),

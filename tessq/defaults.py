@@ -26,6 +26,10 @@ METADATA_SCHEMA_VERSION = 1
 # Safety limits against decompression bombs: a header may claim anything.
 MAX_IMAGE_PIXELS = 50_000 * 50_000 * 4  # 10 Gpx
 MEMORY_BUDGET_BYTES = 512 * 1024 * 1024  # per worker, for pixel buffers beyond one slice
+# Layouts tifffile refuses (old-style JPEG, subsampled YCbCr without JPEG, planar-separate JPEG) are decoded
+# whole by Pillow/libtiff: peak memory is tiffcodec.pillow_memory() = width*height*(Pillow's 4 bytes/px + the
+# numpy copy's samples*itemsize), 7 bytes/px for RGB, so the default budget admits about 76 Mpx (8,700 x 8,700);
+# larger images are refused as too_large with that figure. GDAL's fallback (24-bit floats) reads by region.
 
 # Job system
 WORKSPACE_DIRNAME = ".tessq"

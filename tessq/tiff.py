@@ -1,7 +1,7 @@
-"""Opening TIFFs with tifffile: header-only probing (`probe`) and a region reader that decodes only the
-strips/tiles a band needs, returning interleaved pixels exactly as tifffile decodes them.
+"""Opening TIFFs: header-only probing (`probe`, which also picks the decoder) and a region reader that decodes
+only the strips/tiles a band needs with tifffile, or delegates to a fallback decoder (tiffcodec) it cannot.
 
-Every tifffile/numpy failure on bad input becomes CorruptImageError or UnsupportedImageError naming the file.
+Every failure on bad input becomes an ImageError naming the file, classified by tiffcodec.classify_decode_error.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, TIFF
 
-from tessq import defaults, remote
+from tessq import defaults, remote, tiffcodec
 from tessq.errors import (
     CorruptImageError,
     ImageError,
@@ -71,6 +71,9 @@ class TiffInfo:
     orientation: int
     file_bytes: int
     warnings: tuple[str, ...] = field(default=())
+    # who decodes the pixels: "tifffile" (strip/tile at a time), "pillow-libtiff" (whole image, for layouts
+    # tifffile refuses; YCbCr comes out as RGB converted by libtiff) or "gdal" (windowed, when installed)
+    decoder: str = tiffcodec.TIFFFILE_DECODER
 
     @property
     def itemsize(self) -> int:
@@ -259,13 +262,12 @@ def _page_info(
     )
 
 
-def _check_decodable(page: Any, info: TiffInfo, path: Path, memory_budget: int) -> None:
-    """Refuse codecs, layouts and sizes tifffile cannot decode or that would be a decompression bomb."""
+def _check_layout(page: Any, info: TiffInfo, path: Path, memory_budget: int) -> TiffInfo:
+    """Refuse broken layouts and sizes that would be a decompression bomb, whoever decodes the pixels.
+
+    Offset/byte-count arrays longer than the layout needs are accepted (tifffile and libtiff ignore the
+    extras; only the first `expected` are used); shorter ones are corrupt."""
     compression = int(page.compression)
-    if compression != 1 and compression not in TIFF.DECOMPRESSORS:
-        raise UnsupportedImageError(path, f"compression {info.compression} is not supported by the decoders")
-    if page.is_subsampled and (compression not in JPEG_COMPRESSIONS or info.planar == "separate"):
-        raise UnsupportedImageError(path, "chroma-subsampled YCbCr without JPEG compression is not supported")
     pixels = info.width * info.height
     if pixels > defaults.MAX_IMAGE_PIXELS:
         raise ImageTooLargeError(
@@ -275,21 +277,32 @@ def _check_decodable(page: Any, info: TiffInfo, path: Path, memory_budget: int) 
     offsets, counts = page.dataoffsets, page.databytecounts
     if len(offsets) == 0 or len(counts) == 0:
         raise CorruptImageError(path, "no strip or tile offsets (image data missing)")
-    expected = math.prod(page.chunked)
-    if len(offsets) != expected or len(counts) != expected:
+    expected = _expected_segments(page)
+    if len(offsets) < expected or len(counts) < expected:
         raise CorruptImageError(
             path, f"has {len(offsets)} offsets / {len(counts)} byte counts, the layout needs {expected}"
         )
+    if len(offsets) > expected or len(counts) > expected:
+        note = (
+            f"{len(offsets)} offsets / {len(counts)} byte counts where the layout needs {expected}:"
+            f" the first {expected} are used, the rest ignored"
+        )
+        info = replace(info, n_segments=expected, warnings=(*info.warnings, note))
+    offsets, counts = offsets[:expected], counts[:expected]
     ends = np.asarray(offsets, dtype=np.uint64) + np.asarray(counts, dtype=np.uint64)
     past = np.nonzero(ends > info.file_bytes)[0]
-    if len(past):
+    if len(past) and compression == 6:
+        # old-style JPEG: JPEGInterchangeFormatLength is often wrong and libtiff does not rely on it
+        note = f"{len(past)} old-style JPEG segment length(s) run past the end of the file: read up to it"
+        info = replace(info, warnings=(*info.warnings, note))
+    elif len(past):
         kind = "tile" if info.tiled else "strip"
         raise CorruptImageError(
             path,
             f"truncated: {len(past)} {kind}(s) end past the end of the file ({info.file_bytes:,} bytes),"
             f" first is {kind} {int(past[0])}",
         )
-    if compression == 1:
+    if compression == 1 and not page.is_subsampled:
         # uncompressed data must be in the file in full: declared size against the stored byte counts
         stored = int(np.sum(np.asarray(counts, dtype=np.uint64)))
         planes = info.samples if info.planar == "separate" else 1
@@ -299,7 +312,7 @@ def _check_decodable(page: Any, info: TiffInfo, path: Path, memory_budget: int) 
             raise CorruptImageError(
                 path, f"uncompressed image needs {need:,} bytes, its strips hold {stored:,}"
             )
-    else:
+    elif compression != 1 and page.dtype is not None:
         # a compressed strip/tile is decoded whole: refuse one whose decoded size alone breaks the budget
         chunk = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
         if chunk > memory_budget:
@@ -307,10 +320,218 @@ def _check_decodable(page: Any, info: TiffInfo, path: Path, memory_budget: int) 
                 path,
                 f"one compressed strip/tile decodes to {chunk:,} bytes, over the memory budget {memory_budget:,}",
             )
+    return info
+
+
+def _expected_segments(page: Any) -> int:
+    """Strips/tiles the layout needs (planes x rows x columns), as tifffile computes it."""
+    return math.prod(page.chunked)
+
+
+def _tifffile_refusal(page: Any, info: TiffInfo, path: Path) -> ImageError | None:
+    """Why tifffile cannot decode this page, or None when it can: from tags, its decoder set-up, and for the
+    layouts its support is partial for (old-style JPEG, planar-separate JPEG) a trial decode of one segment."""
+    compression = int(page.compression)
+    jpeg = compression in JPEG_COMPRESSIONS
+    if compression != 1 and compression not in TIFF.DECOMPRESSORS:
+        return UnsupportedImageError(path, f"compression {info.compression} is not supported by the decoders")
+    if page.is_subsampled and page.photometric != 6 and (not jpeg or info.planar == "separate"):
+        # tifffile's own message here says "without JPEG compression", also for JPEG: give the true one
+        return UnsupportedImageError(
+            path,
+            f"tifffile refuses {'planar-separate ' if info.planar == 'separate' else ''}{info.photometric}"
+            f" {info.compression} data that carries a YCbCrSubSampling tag"
+            " (meaningless outside YCbCr)",
+        )
+    if page.is_subsampled and page.photometric == 6 and not jpeg:
+        return UnsupportedImageError(
+            path,
+            f"chroma-subsampled YCbCr ({_subsampling(page)}) with {info.compression} compression is not"
+            " supported by tifffile (only JPEG-compressed YCbCr may be subsampled there)",
+        )
+    if page.is_subsampled and page.photometric == 6 and info.planar == "separate":
+        return UnsupportedImageError(
+            path, f"planar-separate chroma-subsampled YCbCr ({_subsampling(page)}) {info.compression} is not"
+            " supported by tifffile",
+        )
+    try:
+        page.keyframe.init_decode()
+    except Exception as exc:  # e.g. NotImplementedError "unpredicting float24 not supported"
+        return tiffcodec.decode_error(path, exc, f"{info.compression} {info.sample_format} {info.bits_per_sample}-bit")
+    if compression == 6 or (jpeg and info.planar == "separate"):
+        return _trial_decode(page, info, path)
+    return None
+
+
+def _subsampling(page: Any) -> str:
+    h, v = page.subsampling or (2, 2)
+    names = {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (4, 1): "4:1:1"}
+    return f"{names.get((h, v), 'subsampling')} {h}x{v}"
+
+
+def _trial_decode(page: Any, info: TiffInfo, path: Path) -> ImageError | None:
+    """Decode the first stored segment with tifffile: None if that works, else the classified failure."""
+    kf = page.keyframe
+    expected = _expected_segments(page)
+    for index in range(expected):
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        if offset and count:
+            break
+    else:
+        return None  # no stored segment: nothing to decode, tifffile fills nodata
+    try:
+        fh = page.parent.filehandle
+        with fh.lock:
+            fh.seek(offset)
+            data = fh.read(count)
+        kf.decode(data, index, jpegtables=page.jpegtables, jpegheader=kf.jpegheader, _fullsize=False)
+    except OSError:
+        raise
+    except Exception as exc:
+        kind = "tile" if info.tiled else "strip"
+        return tiffcodec.decode_error(path, exc, f"{kind} {index}")
+    return None
+
+
+# classes of page tifffile refuses and the fallback decoders are trusted with (peers decode them identically)
+def _fallback_class(page: Any, info: TiffInfo) -> str | None:
+    compression = int(page.compression)
+    if compression == 6:
+        return "old-style JPEG"
+    if page.is_subsampled:
+        return "chroma-subsampled YCbCr" if page.photometric == 6 else "stray YCbCrSubSampling tag"
+    if compression in JPEG_COMPRESSIONS and info.planar == "separate":
+        return "planar-separate JPEG"
+    if info.sample_format == "ieeefp" and info.bits_per_sample == 24:
+        return "24-bit float"
+    return None
+
+
+def _fallback_decoders(page: Any, info: TiffInfo, cls: str) -> tuple[str, ...]:
+    """Fallbacks worth trying, in order, for a page tifffile refuses.
+
+    Pillow/libtiff first (a tessq dependency); GDAL only for 24-bit floats, the one class Pillow has no mode
+    for. Planar-separate YCbCr gets none: Pillow fails on it, and GDAL alone gives no second opinion."""
+    if page.photometric == 6 and info.planar == "separate":
+        return ()
+    if cls == "24-bit float":
+        return (tiffcodec.GDAL_DECODER,)
+    return (tiffcodec.PILLOW_DECODER,)
+
+
+def _fallback_target(path: Any) -> Any:
+    """What a fallback decoder opens: the local path, or the remote source's spool/ranged reader."""
+    if remote.is_remote(path):
+        return remote.tiff_target(path)[0]
+    return str(path)
+
+
+def _choose_decoder(page: Any, info: TiffInfo, path: Any, memory_budget: int) -> TiffInfo:
+    """tifffile where it decodes the page, else a fallback that does (recorded in info.decoder), else the
+    true reason why not.
+
+    Old-style JPEG goes to libtiff first even where tifffile decodes it: the format is libtiff's own, the peers
+    (GDAL, Pillow) both read it through libtiff, and tifffile's plain-JPEG reading of it differs from theirs
+    (chroma upsampling; it also trusts JPEGInterchangeFormatLength, which writers got wrong)."""
+    ojpeg = int(page.compression) == 6
+    refusal = None if ojpeg else _tifffile_refusal(page, info, path)
+    if refusal is None and not ojpeg:
+        return info
+    cls = _fallback_class(page, info)
+    if cls is None:
+        assert refusal is not None
+        raise refusal
+    chosen, tried, too_large = _try_fallbacks(page, info, path, memory_budget, cls)
+    if chosen is not None:
+        if refusal is not None:
+            note = f"tifffile cannot decode this page ({refusal.reason}); decoded by {chosen.decoder}"
+        else:
+            note = f"old-style JPEG: decoded by {chosen.decoder} as GDAL and Pillow do (tifffile's differs)"
+        if chosen.decoder == tiffcodec.GDAL_DECODER:
+            note += f" {_gdal_version()}, region by region"
+        else:
+            note += ", whole image at once"
+        if page.photometric == 6:
+            note += " (YCbCr converted to RGB by libtiff)"
+        return replace(chosen, warnings=(*chosen.warnings, note))
+    if refusal is None:
+        refusal = _tifffile_refusal(page, info, path)
+        if refusal is None:  # tifffile decodes it, libtiff could not be used: say the pixels may differ
+            note = (
+                f"old-style JPEG decoded by tifffile, not libtiff ({'; '.join(tried)});"
+                " pixels may differ from what GDAL and Pillow give"
+            )
+            return replace(info, warnings=(*info.warnings, note))
+    if too_large is not None:
+        raise ImageTooLargeError(path, f"{refusal.reason}; {'; '.join(tried)}")
+    raise type(refusal)(path, f"{refusal.reason}; no fallback decodes this {cls} ({'; '.join(tried)})")
+
+
+def _try_fallbacks(
+    page: Any, info: TiffInfo, path: Any, memory_budget: int, cls: str
+) -> tuple[TiffInfo | None, list[str], ImageTooLargeError | None]:
+    """The first fallback that decodes this page exactly as stored (info with its decoder), else the reasons."""
+    if not isinstance(page.index, int):
+        return None, ["the fallback decoders read top-level pages only"], None
+    if info.orientation not in (0, 1):
+        # libtiff's RGBA interface re-orients to top-left, tessq slices pixels as stored: they would differ
+        return None, [f"no fallback decoder for orientation {info.orientation}"], None
+    if page.photometric == 6 and page.extrasamples:
+        return None, ["YCbCr with extra samples has no exact fallback"], None
+    # YCbCr comes out of libtiff as RGB; every other photometric keeps its samples
+    want_samples = 3 if page.photometric == 6 else info.samples
+    decoders = _fallback_decoders(page, info, cls)
+    if not decoders:
+        return None, ["Pillow/libtiff cannot read planar-separate YCbCr (libtiff's RGBA interface is contiguous)"], None
+    tried: list[str] = []
+    too_large: ImageTooLargeError | None = None
+    target = _fallback_target(path)
+    for decoder in decoders:
+        try:
+            if decoder == tiffcodec.PILLOW_DECODER:
+                dtype, samples, photometric = tiffcodec.pillow_plan(
+                    target, info.page_index, info.width, info.height, memory_budget
+                )
+            else:
+                dtype, samples, photometric, _ = tiffcodec.gdal_plan(target, info.page_index, info.width, info.height)
+        except ImageTooLargeError as exc:
+            too_large = too_large or exc
+            tried.append(f"{decoder}: {exc.reason}")
+            continue
+        except UnsupportedImageError as exc:
+            tried.append(f"{decoder}: {exc.reason}")
+            continue
+        if dtype != info.dtype or samples != want_samples:
+            tried.append(f"{decoder} decodes {dtype} x{samples}, expected {info.dtype} x{want_samples}")
+            continue
+        if page.photometric != 6:
+            photometric = info.decoded_photometric  # only YCbCr changes meaning (libtiff converts it to RGB)
+        return replace(info, decoder=decoder, dtype=dtype, samples=samples, decoded_photometric=photometric), [], None
+    return None, tried, too_large
+
+
+def _gdal_version() -> str:
+    try:
+        import rasterio
+
+        return str(rasterio.__gdal_version__)
+    except ImportError:
+        return "?"
+
+
+def _header_failure(path: Any, exc: Exception) -> ImageError:
+    """A tifffile failure while parsing tags: classified, so a codec problem is never blamed on the header."""
+    kind, reason = tiffcodec.classify_decode_error(exc, "the page")
+    if kind is CorruptImageError and not isinstance(exc, tifffile.TiffFileError | NotImplementedError):
+        reason = f"TIFF header is broken ({_short(exc)})"
+    return kind(path, reason)
 
 
 def probe(path: str | Path, series: int = 0, level: int = 0) -> TiffInfo:
-    """Header-only description of the image tessq would slice; raises our ImageError types for bad input."""
+    """Header-only description of the image tessq would slice; raises our ImageError types for bad input.
+
+    Also decides who decodes it (info.decoder); for old-style and planar-separate JPEG that costs one trial
+    segment decode, for a fallback a Pillow/GDAL header parse."""
     path = path if remote.is_remote(path) else Path(path)
     with _captured_tifffile_warnings() as warns:
         tif = _open_tifffile(path)
@@ -318,14 +539,14 @@ def probe(path: str | Path, series: int = 0, level: int = 0) -> TiffInfo:
             page, ctx = _select_page(tif, path, series, level)
             ctx.update(series=series, level=level)
             info = _page_info(tif, page, path, ctx, warns)
-            _check_decodable(page, info, path, defaults.MEMORY_BUDGET_BYTES)
-            return info
+            info = _check_layout(page, info, path, defaults.MEMORY_BUDGET_BYTES)
+            return _choose_decoder(page, info, path, defaults.MEMORY_BUDGET_BYTES)
         except ImageError:
             raise
         except OSError:
             raise
         except Exception as exc:  # any tifffile parse error on a hostile header
-            raise CorruptImageError(path, f"TIFF header is broken ({_short(exc)})") from exc
+            raise _header_failure(path, exc) from exc
         finally:
             tif.close()
 
@@ -345,21 +566,29 @@ class RegionReader:
 
     Arrays come back interleaved (height, width[, samples]) in native byte order, with exactly the values
     tifffile's page.asarray() gives (planar-separate transposed, YCbCr JPEG as RGB, MINISWHITE as stored,
-    palette as indices).
+    palette as indices). Where probe chose a fallback (info.decoder), reads are served by it instead: exactly
+    the values Pillow/libtiff (whole image, decoded on first read) or GDAL (by region) give.
     """
 
     def __init__(self, path: str | Path, series: int = 0, level: int = 0, memory_budget: int | None = None):
         self.path = path if remote.is_remote(path) else Path(path)
         self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
+        self._fallback: tiffcodec.PillowReader | tiffcodec.GdalReader | None = None
+        self._fallback_rows = 1
         with _captured_tifffile_warnings() as warns:
             self._tif = _open_tifffile(self.path)
             try:
                 self.page, ctx = _select_page(self._tif, self.path, series, level)
                 ctx.update(series=series, level=level)
                 self.info = _page_info(self._tif, self.page, self.path, ctx, warns)
-                _check_decodable(self.page, self.info, self.path, self.memory_budget)
-                self._segments = self._layout()
-                self.page.keyframe.init_decode()
+                self.info = _check_layout(self.page, self.info, self.path, self.memory_budget)
+                self.info = _choose_decoder(self.page, self.info, self.path, self.memory_budget)
+                if self.info.decoder == tiffcodec.TIFFFILE_DECODER:
+                    self._segments = self._layout()
+                    self.page.keyframe.init_decode()
+                else:
+                    self._segments = []
+                    self._fallback = self._open_fallback()
             except ImageError:
                 self._tif.close()
                 raise
@@ -368,30 +597,38 @@ class RegionReader:
                 raise
             except Exception as exc:
                 self._tif.close()
-                raise CorruptImageError(self.path, f"TIFF header is broken ({_short(exc)})") from exc
+                raise _header_failure(self.path, exc) from exc
         self.warnings: list[str] = list(self.info.warnings)
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
         self._cache_bytes = 0
         self._whole: np.ndarray | None = None
         self.segments_decoded = 0
 
+    def _open_fallback(self) -> tiffcodec.PillowReader | tiffcodec.GdalReader:
+        info, target = self.info, _fallback_target(self.path)
+        if info.decoder == tiffcodec.PILLOW_DECODER:
+            # whole image in memory: band boundaries cost nothing
+            return tiffcodec.PillowReader(self.path, target, info.page_index, info.dtype, info.samples)
+        _, _, _, self._fallback_rows = tiffcodec.gdal_plan(target, info.page_index, info.width, info.height)
+        return tiffcodec.GdalReader(target, info.page_index, info.dtype, info.samples)
+
     # -- layout -------------------------------------------------------------------------------------
     def _layout(self) -> list[_Segment]:
         """Where every strip/tile lands in the image, with the same index arithmetic as tifffile."""
-        page, info = self.page, self.info
+        info = self.info
         planes = info.samples if info.planar == "separate" else 1
         segs = []
         if info.tiled:
             th, tw = info.tile_shape or (1, 1)
             gy, gx = math.ceil(info.height / th), math.ceil(info.width / tw)
-            for i in range(len(page.dataoffsets)):
+            for i in range(info.n_segments):  # extra offsets past the layout are ignored (as tifffile does)
                 plane, r, c = i // (gy * gx), (i // gx) % gy, i % gx
                 y, x = r * th, c * tw
                 segs.append(_Segment(i, plane, y, x, min(th, info.height - y), min(tw, info.width - x)))
         else:
             rps = min(info.rows_per_strip or info.height, info.height)
             gy = math.ceil(info.height / rps)
-            for i in range(len(page.dataoffsets)):
+            for i in range(info.n_segments):
                 plane, y = i // gy, (i % gy) * rps
                 segs.append(_Segment(i, plane, y, 0, min(rps, info.height - y), info.width))
         if planes and len(segs) != planes * (len(segs) // max(planes, 1)):
@@ -401,6 +638,8 @@ class RegionReader:
     @property
     def band_alignment(self) -> int:
         """Rows per strip/tile row: bands aligned to it decode every segment once."""
+        if self._fallback is not None:
+            return self._fallback_rows
         if self.info.tiled and self.info.tile_shape:
             return self.info.tile_shape[0]
         return max(1, min(self.info.rows_per_strip or 1, self.info.height))
@@ -409,6 +648,8 @@ class RegionReader:
         """Decoded bytes of one strip/tile (for memory planning)."""
         ch = self.band_alignment
         cw = self.info.tile_shape[1] if self.info.tiled and self.info.tile_shape else self.info.width
+        if self._fallback is not None:
+            cw = self.info.width
         return ch * cw * self.info.samples * self.info.itemsize
 
     # -- reading ------------------------------------------------------------------------------------
@@ -424,18 +665,17 @@ class RegionReader:
         if not (0 <= y0 < y1 <= info.height and 0 <= x0 < x1 <= info.width):
             raise ValueError(f"region {x0},{y0},{x1},{y1} outside {info.width}x{info.height}")
         try:
+            if self._fallback is not None:
+                return self._fallback.read(y0, y1, x0, x1)
             if self._needs_whole_page():
                 return self._read_whole()[y0:y1, x0:x1].copy()
             return self._read_segments(y0, y1, x0, x1)
         except ImageError:
             raise
-        except OSError:
-            raise
-        except MemoryError as exc:
-            raise ImageTooLargeError(self.path, f"decoding needs more memory than available ({exc})") from exc
         except Exception as exc:  # codec errors: truncated/garbled strips, unsupported variants
-            kind = UnsupportedImageError if isinstance(exc, NotImplementedError) else CorruptImageError
-            raise kind(self.path, f"cannot decode pixel data ({_short(exc)})") from exc
+            if tiffcodec.is_io_error(exc):
+                raise
+            raise tiffcodec.decode_error(self.path, exc, f"rows {y0}-{y1}") from exc
 
     def _read_whole(self) -> np.ndarray:
         if self._whole is None:
@@ -445,7 +685,14 @@ class RegionReader:
                     f"this layout ({self.info.compression} single-strip) decodes only whole; "
                     f"{self.info.raw_bytes:,} bytes exceed the memory budget {self.memory_budget:,}",
                 )
-            self._whole = _interleave(self.page.asarray(maxworkers=1), self.info)
+            try:
+                self._whole = _interleave(self.page.asarray(maxworkers=1), self.info)
+            except ImageError:
+                raise
+            except Exception as exc:
+                if tiffcodec.is_io_error(exc):
+                    raise
+                raise tiffcodec.decode_error(self.path, exc, "the single-strip image") from exc
         return self._whole
 
     def _read_segments(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -481,7 +728,13 @@ class RegionReader:
                 flat=True,
                 buffersize=READ_BUFFER_BYTES,
             ):
-                seg, _, _ = kf.decode(data, index, **decodeargs)
+                try:
+                    seg, _, _ = kf.decode(data, index, **decodeargs)
+                except Exception as exc:  # name the strip/tile and the codec's own reason
+                    if tiffcodec.is_io_error(exc):
+                        raise
+                    kind = "tile" if info.tiled else "strip"
+                    raise tiffcodec.decode_error(self.path, exc, f"{kind} {index}") from exc
                 del data
                 self.segments_decoded += 1
                 s = by_index[index]
@@ -566,6 +819,8 @@ class RegionReader:
     def close(self) -> None:
         self._cache.clear()
         self._whole = None
+        if self._fallback is not None:
+            self._fallback.close()
         self._tif.close()
 
     def __enter__(self) -> RegionReader:

@@ -5,6 +5,7 @@ Each variant is (name -> writer); `write_variant(dir, name)` returns (path, expe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,219 @@ def write_variant(directory: Path, name: str) -> tuple[Path, np.ndarray]:
     path = Path(directory) / f"{name}.tif"
     expected = VARIANTS[name](path)
     return path, expected
+
+
+# -- hand-built TIFFs for layouts tifffile does not write (subsampled YCbCr, float24 + predictor, ...) -------
+_TYPE_FORMAT = {3: "H", 4: "I", 5: "II", 12: "d"}  # SHORT, LONG, RATIONAL (num, den), DOUBLE
+
+
+def write_raw_tiff(
+    path: Path,
+    width: int,
+    height: int,
+    tags: dict[int, tuple[int, list[Any]]],
+    segments: list[bytes],
+    *,
+    tile: tuple[int, int] | None = None,
+    extra_offsets: int = 0,
+    offset_tags: tuple[int, int] = (273, 279),
+) -> Path:
+    """A little-endian classic TIFF with the given tags and already-encoded strips/tiles, nothing more.
+
+    `tags` maps tag -> (TIFF type, values); offsets and byte counts are added here. `extra_offsets` appends
+    that many bogus (zero-length) entries past what the layout needs, as some writers do. `offset_tags`
+    (513, 514) writes JPEGInterchangeFormat/Length instead of StripOffsets/ByteCounts (old-style JPEG)."""
+    import struct
+
+    data = bytearray(b"II*\x00\x00\x00\x00\x00")
+    offsets, counts = [], []
+    for seg in segments:
+        offsets.append(len(data))
+        counts.append(len(seg))
+        data += seg
+        if len(data) % 2:
+            data += b"\x00"
+    offsets += [offsets[-1]] * extra_offsets
+    counts += [0] * extra_offsets
+    all_tags = dict(tags)
+    all_tags[256] = (4, [width])
+    all_tags[257] = (4, [height])
+    if tile:
+        all_tags[322], all_tags[323] = (4, [tile[1]]), (4, [tile[0]])
+        all_tags[324], all_tags[325] = (4, offsets), (4, counts)
+    else:
+        all_tags[offset_tags[0]], all_tags[offset_tags[1]] = (4, offsets), (4, counts)
+    entries = []
+    for code in sorted(all_tags):
+        typ, values = all_tags[code]
+        fmt = _TYPE_FORMAT[typ]
+        flat = [v for pair in values for v in pair] if typ == 5 else list(values)
+        payload = struct.pack("<" + fmt[0] * len(flat), *flat)
+        if len(payload) <= 4:
+            entries.append(struct.pack("<HHI", code, typ, len(values)) + payload.ljust(4, b"\x00"))
+        else:
+            entries.append(struct.pack("<HHII", code, typ, len(values), len(data)))
+            data += payload
+            if len(data) % 2:
+                data += b"\x00"
+    ifd = len(data)
+    data += struct.pack("<H", len(entries)) + b"".join(entries) + b"\x00\x00\x00\x00"
+    data[4:8] = struct.pack("<I", ifd)
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
+
+
+def ycbcr_subsampled(
+    path: Path, h: int, v: int, compression: str = "lzw", size: tuple[int, int] = (48, 61), rps: int = 16
+) -> Path:
+    """Uncompressed/LZW/deflate YCbCr with YCbCrSubSampling (h, v), packed in data units as TIFF 6.0 says:
+    per h x v block, its h*v luma samples, then Cb, then Cr. Width/height need not be multiples of h/v."""
+    import zlib
+
+    import imagecodecs
+
+    height, width = size
+    rng = np.random.default_rng(h * 10 + v)
+    y = ((np.mgrid[0:height, 0:width].sum(axis=0) * 3) % 200 + 30 + rng.integers(0, 20, (height, width))).astype(
+        np.uint8
+    )
+    bw, rows_per_strip = math.ceil(width / h), rps
+    segments = []
+    for y0 in range(0, height, rows_per_strip):
+        y1 = min(height, y0 + rows_per_strip)
+        units = bytearray()
+        for by in range(y0, y1, v):
+            for bx in range(bw):
+                block = np.zeros((v, h), np.uint8)
+                part = y[by : min(by + v, y1), bx * h : min(bx * h + h, width)]
+                block[: part.shape[0], : part.shape[1]] = part
+                units += block.tobytes()
+                units += bytes([(bx * 37 + by * 5) % 256, (200 - bx * 11 - by * 3) % 256])
+        raw = bytes(units)
+        if compression == "lzw":
+            raw = imagecodecs.lzw_encode(raw)
+        elif compression == "deflate":
+            raw = zlib.compress(raw)
+        segments.append(raw)
+    codes = {"none": 1, "lzw": 5, "deflate": 8}
+    tags: dict[int, tuple[int, list[Any]]] = {
+        258: (3, [8, 8, 8]),
+        259: (3, [codes[compression]]),
+        262: (3, [6]),
+        277: (3, [3]),
+        278: (4, [rows_per_strip]),
+        284: (3, [1]),
+        530: (3, [h, v]),
+        532: (5, [(0, 1), (255, 1), (128, 1), (255, 1), (128, 1), (255, 1)]),  # ReferenceBlackWhite
+    }
+    return write_raw_tiff(path, width, height, tags, segments)
+
+
+def planar_jpeg(
+    path: Path,
+    photometric: int = 2,
+    samples: int = 3,
+    size: tuple[int, int] = (40, 56),
+    subsampling: tuple[int, int] | None = None,
+    stray_subsampling: bool = False,
+) -> Path:
+    """Planar-separate JPEG: one grayscale JPEG per plane and strip, without the JFIF marker (as libtiff and
+    GDAL write them). With `subsampling` (YCbCr), the Cb and Cr planes are stored at reduced size;
+    `stray_subsampling` only adds a YCbCrSubSampling tag (2, 2), which a non-YCbCr image ignores."""
+    import imagecodecs
+
+    height, width = size
+    data = smooth(height, width, samples=samples)
+    rps = 16
+    h, v = subsampling or (1, 1)
+    segments = []
+    for s in range(samples):
+        plane = data[:, :, s] if s == 0 or not subsampling else data[::v, ::h, s]
+        step = rps if s == 0 or not subsampling else rps // v
+        for y0 in range(0, plane.shape[0], step):
+            stream = imagecodecs.jpeg8_encode(np.ascontiguousarray(plane[y0 : y0 + step]), level=90)
+            segments.append(_strip_jfif(bytes(stream)))
+    tags: dict[int, tuple[int, list[Any]]] = {
+        258: (3, [8] * samples),
+        259: (3, [7]),
+        262: (3, [photometric]),
+        277: (3, [samples]),
+        278: (4, [rps]),
+        284: (3, [2]),
+    }
+    if subsampling or stray_subsampling:
+        tags[530] = (3, list(subsampling or (2, 2)))
+    return write_raw_tiff(path, width, height, tags, segments)
+
+
+def _strip_jfif(stream: bytes) -> bytes:
+    """The JPEG without its APP0 (JFIF) segment: libtiff's streams have none, and tifffile decides the
+    colour space from that marker."""
+    if stream[2:4] == b"\xff\xe0":
+        length = int.from_bytes(stream[4:6], "big")
+        return stream[:2] + stream[4 + length :]
+    return stream
+
+
+def float24_predicted(path: Path, size: tuple[int, int] = (24, 40), compression: int = 8) -> tuple[Path, np.ndarray]:
+    """24-bit floats with the floating-point predictor (3), deflate: returns (path, the float32 values).
+
+    The values are chosen representable in float24 (1 sign, 7 exponent, 16 mantissa bits), so float32 holds
+    them exactly; the predictor is TIFF Technical Note 3's byte-plane shuffle plus horizontal differencing."""
+    import zlib
+
+    import imagecodecs
+
+    height, width = size
+    values = (np.mgrid[0:height, 0:width].sum(axis=0).astype(np.float32) / 8 - 3).astype(np.float32)
+    raw24 = np.frombuffer(imagecodecs.float24_encode(values, byteorder="<"), np.uint8).reshape(height, width, 3)
+    # TN3: within a row, bytes most-significant first, grouped by byte plane, then byte-wise differences
+    planes = raw24[:, :, ::-1].transpose(0, 2, 1).reshape(height, width * 3)
+    diff = planes.copy()
+    diff[:, 1:] = planes[:, 1:] - planes[:, :-1]
+    strip = diff.astype(np.uint8).tobytes()
+    encoded = zlib.compress(strip) if compression == 8 else strip
+    tags: dict[int, tuple[int, list[Any]]] = {
+        258: (3, [24]),
+        259: (3, [compression]),
+        262: (3, [1]),
+        277: (3, [1]),
+        278: (4, [height]),
+        284: (3, [1]),
+        317: (3, [3]),
+        339: (3, [3]),
+    }
+    return write_raw_tiff(path, width, height, tags, [encoded]), imagecodecs.float24_decode(
+        imagecodecs.float24_encode(values, byteorder="<"), byteorder="<"
+    ).reshape(height, width)
+
+
+def ojpeg_interchange(path: Path, size: tuple[int, int] = (32, 48), bogus_length: int = 0) -> Path:
+    """Old-style JPEG (compression 6) located only by JPEGInterchangeFormat; its Length is off by
+    `bogus_length` bytes (files in the wild have it wrong, libtiff does not rely on it)."""
+    import imagecodecs
+
+    height, width = size
+    stream = bytes(imagecodecs.jpeg8_encode(smooth(height, width), level=90, colorspace="rgb", outcolorspace="ycbcr"))
+    tags: dict[int, tuple[int, list[Any]]] = {
+        258: (3, [8, 8, 8]),
+        259: (3, [6]),
+        262: (3, [6]),
+        277: (3, [3]),
+        278: (4, [height]),
+        284: (3, [1]),
+        512: (3, [1]),
+        530: (3, [2, 2]),
+    }
+    path = write_raw_tiff(path, width, height, tags, [stream], offset_tags=(513, 514))
+    if bogus_length:
+        import struct
+
+        raw = bytearray(path.read_bytes())
+        ifd = struct.unpack_from("<I", raw, 4)[0]
+        for i in range(struct.unpack_from("<H", raw, ifd)[0]):
+            entry = ifd + 2 + 12 * i
+            if struct.unpack_from("<H", raw, entry)[0] == 514:
+                struct.pack_into("<I", raw, entry + 8, len(stream) + bogus_length)
+        path.write_bytes(bytes(raw))
+    return path
