@@ -175,6 +175,8 @@ def _check_slice(
     )
     if got.shape != expected_shape:
         result["shape_match"] = False
+    if not _colour_table_ok(path, meta, reader):
+        result["errors"].append(f"{rec['file']}: colour table differs from the source's")
     if str(got.dtype) != src["dtype"]:
         result["dtype_match"] = False
     if reader is not None:
@@ -187,6 +189,33 @@ def _check_slice(
         result["pixels_different"] += different
         result["max_abs_diff"] = max(result["max_abs_diff"], max_diff)
     result["slices_checked"] += 1
+
+
+def slice_colour_table(path: Path) -> np.ndarray | None:
+    """A palette slice's colour table as TIFF stores it, uint16 (3, entries); None for other slices."""
+    if path.suffix.lower() == ".png":
+        with Image.open(path) as im:
+            if im.mode != "P":
+                return None
+            palette = np.asarray(im.getpalette() or [], dtype=np.uint16)
+        return (palette.reshape(-1, 3).T * 257).astype(np.uint16)
+    with tifffile.TiffFile(path) as tif:
+        cmap = tif.pages.first.colormap
+    return None if cmap is None else np.asarray(cmap, dtype=np.uint16)
+
+
+def _colour_table_ok(path: Path, meta: dict[str, Any], reader: RegionReader | None) -> bool:
+    """A palette slice carries the source's colour table (from the source, else from metadata.json)."""
+    output = meta.get("output", {})
+    if output.get("png_color_type") != 3 and output.get("tiff_photometric") != "palette":
+        return True
+    source_table = reader.colormap() if reader is not None else meta["source"].get("colormap")
+    if source_table is None:
+        return True  # a table too big for metadata.json and no source to read it from: nothing to compare
+    want = np.asarray(source_table, dtype=np.uint16)
+    got = slice_colour_table(path)
+    entries = want.shape[1]
+    return got is not None and got.shape[1] >= entries and np.array_equal(got[:, :entries], want)
 
 
 def reconstruct(image_dir: str | Path, dest: str | Path) -> Path:

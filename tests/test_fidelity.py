@@ -247,3 +247,23 @@ def test_sample_mode_checks_every_slice_until_a_kind_has_proven_itself_then_one_
         assert all(selfcheck.plan("sample", risky, options, 8, "d.tif").wants(i) for i in range(8))
     assert not any(selfcheck.plan("off", rgb, options, 8, "e.tif").wants(i) for i in range(8))
     assert all(selfcheck.plan("full", rgb, options, 8, "e.tif").wants(i) for i in range(8))
+
+
+def test_verify_notices_a_palette_slice_whose_colour_table_changed(tmp_path: Path) -> None:
+    table = np.random.default_rng(5).integers(0, 256, (3, 16)).astype(np.uint16) * 257
+    src = tmp_path / "pal4.tif"
+    _palette_tiff(src, 4, table, seed=5)
+    out = tmp_path / "out"
+    core.tessellate_image(src, out, SMALL)
+    assert verify_image(out, src)["overall_identical"]
+    first = json.loads((out / "metadata.json").read_text())["slices"][0]["file"]
+    with Image.open(out / first) as im:
+        indices = np.asarray(im)
+        palette = im.getpalette()
+    palette[0] ^= 0xFF  # entry 0's red changed, indices untouched
+    swapped = Image.fromarray(indices, mode="P")
+    swapped.putpalette(palette)
+    swapped.save(out / first, bits=4)
+    result = verify_image(out, src)
+    assert not result["overall_identical"]
+    assert any("colour table differs" in e for e in result["errors"])
