@@ -75,6 +75,11 @@ WorldFiles = Annotated[
 ]
 Series = Annotated[int, typer.Option("--series", min=0, help="Which image series of a multi-image TIFF to cut.")]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")]
+CheckOutput = Annotated[str, typer.Option(
+    "--check-output",
+    help="How done images' folders are checked before counting as done: stat (default: every slice there with "
+         "its recorded size), hash (re-hash every slice against metadata.json's sha256), none. Missing or "
+         "damaged ones are queued again.")]
 
 
 def build_options(
@@ -164,6 +169,7 @@ def scan(
     world_files: WorldFiles = False,
     series: Series = 0,
     follow_symlinks: FollowSymlinks = False,
+    check_output: CheckOutput = "stat",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run."""
@@ -173,7 +179,8 @@ def scan(
         )
         ws = _open()
         pipeline.start_logging(STATE["log_level"], out or pipeline.default_output_dir(input_dir))
-        summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws)
+        summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws,
+                                            check_output=check_output)
     except TessqError as exc:
         fail(exc)
     if as_json:
@@ -187,6 +194,7 @@ def print_scan(summary: Any) -> None:
     table.add_row("TIFFs found", str(summary.found))
     table.add_row("queued (new)", str(summary.queued))
     table.add_row("queued again (changed)", str(summary.requeued))
+    table.add_row("queued again (output missing/damaged)", str(summary.requeued_damaged))
     table.add_row("already done, unchanged", str(summary.already_done))
     table.add_row("queued earlier / running / failed", str(summary.in_progress_or_failed))
     for reason, n in sorted(summary.skipped.items()):
@@ -195,8 +203,25 @@ def print_scan(summary: Any) -> None:
     table.add_row("folders with TIFFs", str(summary.folders_with_tiffs))
     for reason, n in sorted(summary.folders_skipped.items()):
         table.add_row(f"folders skipped: {reason}", str(n))
+    others: dict[str, int] = {}
+    for e in summary.skipped_entries:
+        if not (e["kind"] == "folder" and e["reason"] in summary.folders_skipped) and not (
+                e["kind"] == "file" and e["reason"] in summary.skipped):
+            others[f"{e['kind']}s not scanned: {e['reason']}"] = others.get(f"{e['kind']}s not scanned: {e['reason']}",
+                                                                            0) + 1
+    for label, n in sorted(others.items()):
+        table.add_row(label, str(n))
     table.add_row("output", summary.output_dir)
     console.print(table)
+    for d in summary.damaged[:10]:
+        err.print(f"[yellow]queued again:[/yellow] {d['file']}: {d['reason']}")
+    if len(summary.damaged) > 10:
+        err.print(f"... and {len(summary.damaged) - 10} more queued again (tessq scan --json lists them)")
+    shown = summary.skipped_entries[:20]
+    for e in shown:
+        err.print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
+    if len(summary.skipped_entries) > len(shown):
+        err.print(f"... and {len(summary.skipped_entries) - len(shown)} more skipped (tessq scan --json lists them)")
     for f in summary.failed_at_scan[:10]:
         err.print(f"[yellow]unreadable:[/yellow] {f['message']}")
 
@@ -269,6 +294,18 @@ def print_report(rep: dict[str, Any]) -> None:
     console.print(table)
     for reason, n in rep["skip_reasons"].items():
         console.print(f"skipped ({reason}): {n}")
+    skipped = rep.get("skipped", [])
+    for e in skipped[:20]:
+        console.print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
+    if len(skipped) > 20:
+        console.print(f"... and {len(skipped) - 20} more skipped (tessq report --json lists them all)")
+    states = rep["states"]
+    if states.get("queued") or states.get("running"):
+        console.print(f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
+                      "(`tessq workers` processes them; `tessq status` watches)")
+        for u in rep.get("unfinished", [])[:20]:
+            holder = f" ({u['worker']})" if u.get("worker") else ""
+            console.print(f"  {u['status']}: {u['file']}{holder}")
     for e in rep["errors"][:20]:
         err.print(f"[red]{e['type']}[/red] {e['message']}")
     if len(rep["errors"]) > 20:
@@ -291,6 +328,7 @@ def run(
     world_files: WorldFiles = False,
     series: Series = 0,
     follow_symlinks: FollowSymlinks = False,
+    check_output: CheckOutput = "stat",
     n_workers: Annotated[
         int | None, typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).")
     ] = None,
@@ -314,7 +352,7 @@ def run(
         if not resume:
             pipeline.forget_job(input_dir)
         summary = pipeline.scan_and_enqueue(
-            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws
+            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws, check_output=check_output
         )
     except TessqError as exc:
         fail(exc)
@@ -343,11 +381,15 @@ def retry(
     error_type: Annotated[
         list[str] | None, typer.Option("--type", help="Only failures of this type (repeatable).")
     ] = None,
+    different: Annotated[bool | None, typer.Option(
+        "--different/--no-different",
+        help="Also re-queue done images `tessq verify` found different (default: yes, unless --type is given).")
+    ] = None,
 ) -> None:
-    """Re-queue failed images (fresh attempts); run `tessq workers` to process them."""
+    """Re-queue failed images (fresh attempts) and images `tessq verify` found different; run `tessq workers`."""
     _open(create=False)
-    n = pipeline.retry_failed(error_type)
-    console.print(f"re-queued {n} failed image(s)")
+    n = pipeline.retry_failed(error_type, different)
+    console.print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
 
 
 @app.command()
