@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import stat
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -47,6 +47,8 @@ IMAGE_FOLDER_REASONS = ("no_tiff",)
 # Slice file extensions (world files .pgw/.tfw sit beside them and are not slices).
 SLICE_SUFFIXES = (".png", ".tif", ".tiff")
 CHECK_OUTPUT_MODES = ("stat", "hash", "none")
+CHECK_PARALLEL_MIN = 256  # done images from which their output folders are checked by a thread pool
+CHECK_THREADS = 8
 SKIP_LOG_EACH_MAX = 1000  # above this many skipped entries the log has one INFO summary and each at DEBUG
 
 
@@ -392,15 +394,20 @@ def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: 
         raise ValueError(f"check_output must be one of {', '.join(CHECK_OUTPUT_MODES)}, not {mode!r}")
     with db.session():
         rows = db.done_outputs(job_id)
-    redo: dict[int, tuple[str, str]] = {}
-    for image_id, rel_path, out_rel, n_slices, bytes_out, verified in rows:
-        reason = None
+    def problem(row: tuple[int, str, str, int | None, int | None, int | None]) -> str | None:
+        _, _, out_rel, n_slices, bytes_out, verified = row
         if verified == 0:
-            reason = "tessq verify found it different"
-        elif isinstance(output_dir, Path):  # an s3:// output is not checked here (tessq verify does)
-            reason = output_problem(output_dir / out_rel, n_slices, bytes_out, mode)
-        if reason:
-            redo[image_id] = (rel_path, reason)
+            return "tessq verify found it different"
+        if isinstance(output_dir, Path):  # an s3:// output is not checked here (tessq verify does)
+            return output_problem(output_dir / out_rel, n_slices, bytes_out, mode)
+        return None
+
+    if len(rows) >= CHECK_PARALLEL_MIN:  # directory listings and reads release the GIL: overlap their waits
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="check-output") as pool:
+            reasons = list(pool.map(problem, rows, chunksize=64))
+    else:
+        reasons = [problem(row) for row in rows]
+    redo = {row[0]: (row[1], reason) for row, reason in zip(rows, reasons, strict=True) if reason}
     if not redo:
         return []
     with db.session():

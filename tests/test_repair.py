@@ -185,3 +185,51 @@ def test_scan_summary_rows_add_up_to_the_tiffs_found(tmp_path: Path, sqlite_env:
     tessq_cmd("workers", "--n", "2", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
     third = scan_json(src, out, sqlite_env, tmp_path)
     assert rows(third) == third["found"] and third["already_done"] == 5 and third["in_progress_or_failed"] == 0
+
+
+def test_output_problem_names_what_is_wrong(tmp_path: Path) -> None:
+    from tessq import core, scan
+    from tessq.options import SliceOptions
+
+    source = write_tiff(tmp_path / "photo.tif", 64, 96, seed=3)
+    folder = tmp_path / "photo"
+    result = core.tessellate_image(source, folder, SliceOptions(num_pieces=4, min_size=1))
+    n, size = result["slices"], result["bytes_out"]
+    assert scan.output_problem(folder, n, size) is None
+    assert scan.output_problem(folder, n, size, "hash") is None
+    assert scan.output_problem(folder, None, None) is None  # no table record: metadata.json is the reference
+    assert scan.output_problem(tmp_path / "nowhere", n, size) == "output missing"
+    records = json.loads((folder / "metadata.json").read_text())["slices"]
+    (folder / records[1]["file"]).unlink()
+    (folder / records[2]["file"]).write_bytes(b"short")
+    assert scan.output_problem(folder, n, size) == f"slice {records[1]['file']} missing (and 1 more)"
+    assert scan.output_problem(folder, n, size, "none") is None
+
+
+def test_many_done_images_are_checked_in_parallel_with_the_same_verdicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tessq import db, scan
+    from tessq.options import SliceOptions
+    from tessq.settings import options_fingerprint
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(6):
+        write_tiff(src / f"img_{i}.tif", 40, 48, seed=i)
+    db.open_database(f"sqlite:///{tmp_path}/ws/tessq.db")
+    db.create_schema()
+    options = SliceOptions(min_size=1, num_pieces=2)
+    scan.scan_tree(src, out, options, options_fingerprint(options))
+    with db.session():  # as if cut: 2 slices of 10 bytes each
+        db.Image.update(status=db.DONE, n_slices=2, bytes_out=20, options_hash=options_fingerprint(options)).execute()
+    for i in range(6):
+        (out / f"img_{i}").mkdir(parents=True)
+        (out / f"img_{i}/metadata.json").write_text(json.dumps(
+            {"slices": [{"file": f"slice_{k}_0_0_1_1.png", "bytes": 10} for k in range(2)]}))
+        for k in range(2 if i % 2 else 1):  # the even ones lost a slice
+            (out / f"img_{i}/slice_{k}_0_0_1_1.png").write_bytes(b"x" * 10)
+    monkeypatch.setattr(scan, "CHECK_PARALLEL_MIN", 1)
+    summary = scan.scan_tree(src, out, options, options_fingerprint(options))
+    assert summary.damaged == [{"file": f"img_{i}.tif", "reason": "slice slice_1_0_0_1_1.png missing"}
+                               for i in (0, 2, 4)]
+    assert summary.requeued_damaged == 3 and summary.already_done == 3 and len(summary.enqueue_ids) == 3
