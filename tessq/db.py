@@ -626,6 +626,22 @@ def requeue_done(image_ids: Iterable[int]) -> list[int]:
     return requeued
 
 
+def forget_done(image_ids: Iterable[int]) -> list[int]:
+    """Done images whose source and output are both gone: cancelled as 'source_removed' (as forget_missing
+    does for the unfinished ones), so nothing expects their folder any more."""
+    ids = list(image_ids)
+    forgotten: list[int] = []
+    for batch in peewee.chunked(ids, 500):
+        forgotten.extend(
+            r.id
+            for r in Image.update(status=CANCELLED, skip_reason="source_removed", lease_until=None)
+            .where(Image.id.in_(batch) & (Image.status == DONE))
+            .returning(Image.id)
+            .execute()
+        )
+    return forgotten
+
+
 def different_ids() -> list[int]:
     """Done images `tessq verify` recorded as not identical to their source."""
     return [i for (i,) in Image.select(Image.id).where((Image.status == DONE) & (Image.verified == 0)).tuples()]

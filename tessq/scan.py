@@ -47,6 +47,7 @@ IMAGE_FOLDER_REASONS = ("no_tiff",)
 # Slice file extensions (world files .pgw/.tfw sit beside them and are not slices).
 SLICE_SUFFIXES = (".png", ".tif", ".tiff")
 CHECK_OUTPUT_MODES = ("stat", "hash", "none")
+VERIFIED_DIFFERENT = "tessq verify found it different"
 CHECK_PARALLEL_MIN = 256  # done images from which their output folders are checked by a thread pool
 CHECK_THREADS = 8
 SKIP_LOG_EACH_MAX = 1000  # above this many skipped entries the log has one INFO summary and each at DEBUG
@@ -71,6 +72,8 @@ class ScanSummary:
     # different: {"file", "reason"}
     requeued_damaged: int = 0
     damaged: list[dict[str, str]] = field(default_factory=list)
+    # done images whose source and output are both gone: nothing left to ship or redo, no longer counted
+    forgotten: list[dict[str, str]] = field(default_factory=list)
     check_output: str = "stat"
     enqueue_ids: list[int] = field(default_factory=list)
 
@@ -387,9 +390,14 @@ def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None,
     return problems[0] + more
 
 
-def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: ScanSummary) -> list[int]:
+def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: ScanSummary,
+                       present: set[str] | None = None) -> list[int]:
     """Done images that must be cut again: their output folder is missing or damaged (output_problem), or
-    `tessq verify` recorded them as different. They are queued again; returns their ids."""
+    `tessq verify` recorded them as different. They are queued again; returns their ids.
+
+    `present`: the rel_paths of the sources in the tree now. A done image whose source is gone cannot be
+    redone: if its output is damaged too, nothing of it is left and it is forgotten (cancelled,
+    'source_removed'), so exports stop expecting its folder; an intact one keeps its output."""
     if mode not in CHECK_OUTPUT_MODES:
         raise ValueError(f"check_output must be one of {', '.join(CHECK_OUTPUT_MODES)}, not {mode!r}")
     with db.session():
@@ -397,7 +405,7 @@ def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: 
     def problem(row: tuple[int, str, str, int | None, int | None, int | None]) -> str | None:
         _, _, out_rel, n_slices, bytes_out, verified = row
         if verified == 0:
-            return "tessq verify found it different"
+            return VERIFIED_DIFFERENT
         if isinstance(output_dir, Path):  # an s3:// output is not checked here (tessq verify does)
             return output_problem(output_dir / out_rel, n_slices, bytes_out, mode)
         return None
@@ -407,7 +415,16 @@ def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: 
             reasons = list(pool.map(problem, rows, chunksize=64))
     else:
         reasons = [problem(row) for row in rows]
-    redo = {row[0]: (row[1], reason) for row, reason in zip(rows, reasons, strict=True) if reason}
+    found = {row[0]: (row[1], reason) for row, reason in zip(rows, reasons, strict=True) if reason}
+    redo = {i: v for i, v in found.items() if present is None or v[0] in present}
+    gone = {i: v for i, v in found.items() if i not in redo and v[1] != VERIFIED_DIFFERENT}
+    if gone:
+        with db.session():
+            forgotten = db.forget_done(list(gone))
+        for image_id in forgotten:
+            rel_path, reason = gone[image_id]
+            summary.forgotten.append({"file": rel_path, "reason": f"{reason}; source gone"})
+            log.info("forgotten %s: %s and its source is gone", rel_path, reason)
     if not redo:
         return []
     with db.session():
@@ -505,7 +522,7 @@ def scan_tree(
             summary.failed_at_scan.append(
                 {"file": c["rel_path"], "type": c["error_type"], "message": c["error_message"]}
             )
-    damaged = check_done_outputs(job.id, output_dir, check_output, summary)
+    damaged = check_done_outputs(job.id, output_dir, check_output, summary, {c["rel_path"] for c in candidates})
     summary.skipped_entries.sort(key=lambda e: (e["path"], e["kind"]))
     _log_skipped(summary.skipped_entries)
     for f in summary.failed_at_scan:

@@ -233,3 +233,17 @@ def test_many_done_images_are_checked_in_parallel_with_the_same_verdicts(
     assert summary.damaged == [{"file": f"img_{i}.tif", "reason": "slice slice_1_0_0_1_1.png missing"}
                                for i in (0, 2, 4)]
     assert summary.requeued_damaged == 3 and summary.already_done == 3 and len(summary.enqueue_ids) == 3
+
+
+def test_a_done_image_whose_source_and_folder_are_both_gone_no_longer_blocks_the_export(
+    done: tuple[Path, Path, dict[str, str]],
+) -> None:
+    src, out, env = done
+    (src / "a/two.tif").unlink()
+    shutil.rmtree(out / "a/two")  # nothing left to redo it from
+    (src / "b/three.tif").unlink()  # its folder stays: it keeps its output, and ships
+    summary = scan_json(src, out, env, src.parent)
+    assert summary["forgotten"] == [{"file": "a/two.tif", "reason": "output missing; source gone"}]
+    assert summary["requeued_damaged"] == 0 and summary["queued"] == 0
+    ok = tessq_cmd("export", "--zip", env=env, cwd=src.parent)
+    assert ok.returncode == 0, ok.stderr
