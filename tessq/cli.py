@@ -203,25 +203,18 @@ def print_scan(summary: Any) -> None:
     table.add_row("folders with TIFFs", str(summary.folders_with_tiffs))
     for reason, n in sorted(summary.folders_skipped.items()):
         table.add_row(f"folders skipped: {reason}", str(n))
-    others: dict[str, int] = {}
+    counted = {("file", r) for r in summary.skipped} | {("folder", r) for r in summary.folders_skipped}
+    others: dict[str, int] = {}  # hidden, excluded, symlink, tessq_output: not in the counts above
     for e in summary.skipped_entries:
-        if not (e["kind"] == "folder" and e["reason"] in summary.folders_skipped) and not (
-                e["kind"] == "file" and e["reason"] in summary.skipped):
-            others[f"{e['kind']}s not scanned: {e['reason']}"] = others.get(f"{e['kind']}s not scanned: {e['reason']}",
-                                                                            0) + 1
+        if (e["kind"], e["reason"]) not in counted:
+            label = f"{e['kind']}s not scanned: {e['reason']}"
+            others[label] = others.get(label, 0) + 1
     for label, n in sorted(others.items()):
         table.add_row(label, str(n))
     table.add_row("output", summary.output_dir)
     console.print(table)
-    for d in summary.damaged[:10]:
-        err.print(f"[yellow]queued again:[/yellow] {d['file']}: {d['reason']}")
-    if len(summary.damaged) > 10:
-        err.print(f"... and {len(summary.damaged) - 10} more queued again (tessq scan --json lists them)")
-    shown = summary.skipped_entries[:20]
-    for e in shown:
-        err.print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
-    if len(summary.skipped_entries) > len(shown):
-        err.print(f"... and {len(summary.skipped_entries) - len(shown)} more skipped (tessq scan --json lists them)")
+    # each skipped file/folder and each image queued again is named by the scan's log (console and
+    # OUT/batch_processing.log) and by `tessq scan --json`
     for f in summary.failed_at_scan[:10]:
         err.print(f"[yellow]unreadable:[/yellow] {f['message']}")
 
