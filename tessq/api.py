@@ -36,10 +36,10 @@ class BatchJob:
     processes. min_image_size: images whose width or height is below this many px are skipped.
     skip_existing / resume_mode: keep work already done (both True by default); setting either to
     False forgets this input's records and redoes every image. log_level: DEBUG, INFO, WARNING, ERROR
-    (OUT/batch_processing.log). grid / tile_size / overlap / format / png_preset / world_files / self_check /
-    follow_symlinks: as the `tessq run` flags of the same names. workspace: where `.tessq/` (status
-    table and queue) lives (default: $TESSQ_WORKSPACE, else the current folder). extra: free-form
-    notes for the caller; tessq ignores it.
+    (the console, stderr; OUT/batch_processing.log). grid / tile_size / overlap / format / png_preset /
+    world_files / self_check / follow_symlinks / check_output: as the `tessq run` flags of the same names.
+    workspace: where `.tessq/` (status table and queue) lives (default: $TESSQ_WORKSPACE, else the
+    current folder). extra: free-form notes for the caller; tessq ignores it.
     """
 
     input_dir: str | Path
@@ -58,6 +58,7 @@ class BatchJob:
     world_files: bool = False
     self_check: str = defaults.SELF_CHECK
     follow_symlinks: bool = False
+    check_output: str = "stat"
     workspace: str | Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,7 +84,8 @@ class BatchTesselator:
         self.job = job
         self.workspace = pipeline.open_workspace(job.workspace)
         out = _location(job.output_dir)
-        pipeline.start_logging(job.log_level, out.resolve() if isinstance(out, Path) else out, console=False)
+        # the console (stderr) at log_level, as the seed logged; the file OUT/batch_processing.log as always
+        pipeline.start_logging(job.log_level, out.resolve() if isinstance(out, Path) else out, console=True)
 
     def _activate(self) -> None:
         """Point the process-wide database and queue at this batch's workspace again.
@@ -105,18 +107,37 @@ class BatchTesselator:
             job.slice_options(),
             follow_symlinks=job.follow_symlinks,
             workspace=self.workspace,
+            check_output=job.check_output,
         )
         return summary.as_dict()
 
-    def process(self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0) -> int:
+    def process(self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0,
+                progress: bool = False) -> int:
         """Run `tessq workers --n max_workers --drain` as a child process until nothing is left to do.
 
         on_progress, if given, is called about every `poll_s` seconds and once at the end with
         `tessq.status.snapshot()` (counts by state, progress finished/total, throughput, ETA, workers).
+        progress=True also shows tessq's own progress display (tessq.progress: a bar in a terminal, a line
+        redrawn in place in a notebook, a log line every 30 s elsewhere). The workers' console log (at
+        log_level) is passed on to this process's stderr as it comes.
         Returns the child's exit status (0); raises RuntimeError with its last output if it fails.
         Ctrl-C (interrupting the notebook cell) stops the workers gracefully; run again to resume.
         """
         from tessq import status
+        from tessq.progress import BatchProgress
+
+        shown = BatchProgress() if progress else None
+        try:
+            return self._process(on_progress, poll_s, shown)
+        finally:
+            if shown is not None:
+                shown.close(status.snapshot())
+
+    def _process(self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float,
+                 shown: Callable[[dict[str, Any]], None] | None) -> int:
+        from tessq import status
+
+        callbacks = [f for f in (on_progress, shown) if f is not None]
 
         self._activate()
         cmd = [
@@ -136,22 +157,29 @@ class BatchTesselator:
         # The child's console log goes to a file, not a pipe: a pipe nobody reads while polling fills up
         # (64 KiB: ~1,000 images at INFO, ~250 at DEBUG) and the workers then block writing to it for
         # ever. OUT/batch_processing.log has the full log as well.
-        with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as console_log:
-            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=console_log, text=True)
+        # O_APPEND: the child shares this file's offset, so its writes must land at the end whatever we read
+        with tempfile.TemporaryFile(mode="a+b") as console_log:
+            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=console_log)
+            relay = _LogRelay(console_log)
             try:
                 while child.poll() is None:
-                    if on_progress:
-                        on_progress(status.snapshot())
+                    relay.forward()
+                    if callbacks:
+                        snap = status.snapshot()
+                        for f in callbacks:
+                            f(snap)
                     time.sleep(poll_s)
             except BaseException:
                 child.terminate()  # graceful: running images finish or go back to the queue
                 child.wait()
                 raise
+            finally:
+                relay.forward(final=True)
             if on_progress:
                 on_progress(status.snapshot())
             if child.returncode != 0:
                 console_log.seek(0)
-                tail = console_log.read()[-4000:]
+                tail = console_log.read()[-4000:].decode("utf-8", "replace")
                 raise RuntimeError(f"tessq workers exited with {child.returncode}: {tail}")
         return child.returncode
 
@@ -160,8 +188,38 @@ class BatchTesselator:
         self._activate()
         return pipeline.finish_report()
 
-    def run_batch(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Scan, process everything, and return the final report (the seed's batch_summary and more)."""
+    def run_batch(self, on_progress: Callable[[dict[str, Any]], None] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+        """Scan, process everything, and return the final report (the seed's batch_summary and more).
+
+        progress=True (the default) shows the progress as it goes: a bar in a terminal, a line redrawn in place
+        in a notebook, a log line every 30 s elsewhere; the console log (stderr, at log_level) says what
+        each step and worker does. progress=False keeps only the log."""
         self.scan()
-        self.process(on_progress)
+        self.process(on_progress, progress=progress)
         return self.report()
+
+
+class _LogRelay:
+    """Passes the worker child's console log (a temporary file) on to this process's stderr, whole lines as
+    they are written, so a batch run from Python logs to the console like the CLI does."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.pos = file, 0
+
+    def forward(self, final: bool = False) -> None:
+        try:
+            self.file.seek(self.pos)
+            data = self.file.read()
+        except (OSError, ValueError):
+            return
+        if not final:
+            data = data[: data.rfind(b"\n") + 1]
+        if not data:
+            return
+        self.pos += len(data)
+        try:
+            sys.stderr.write(data.decode("utf-8", "replace"))
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass

@@ -83,6 +83,11 @@ SelfCheck = Annotated[
     ),
 ]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")]
+CheckOutput = Annotated[str, typer.Option(
+    "--check-output",
+    help="How done images' folders are checked before counting as done: stat (default: every slice there with "
+         "its recorded size), hash (re-hash every slice against metadata.json's sha256), none. Missing or "
+         "damaged ones are queued again.")]
 
 
 def build_options(
@@ -175,6 +180,7 @@ def scan(
     series: Series = 0,
     self_check: SelfCheck = defaults.SELF_CHECK,
     follow_symlinks: FollowSymlinks = False,
+    check_output: CheckOutput = "stat",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run."""
@@ -184,7 +190,8 @@ def scan(
         )
         ws = _open()
         pipeline.start_logging(STATE["log_level"], out or pipeline.default_output_dir(input_dir))
-        summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws)
+        summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws,
+                                            check_output=check_output)
     except TessqError as exc:
         fail(exc)
     if as_json:
@@ -198,6 +205,7 @@ def print_scan(summary: Any) -> None:
     table.add_row("TIFFs found", str(summary.found))
     table.add_row("queued (new)", str(summary.queued))
     table.add_row("queued again (changed)", str(summary.requeued))
+    table.add_row("queued again (output missing/damaged)", str(summary.requeued_damaged))
     table.add_row("already done, unchanged", str(summary.already_done))
     table.add_row("queued earlier / running / failed", str(summary.in_progress_or_failed))
     for reason, n in sorted(summary.skipped.items()):
@@ -206,8 +214,18 @@ def print_scan(summary: Any) -> None:
     table.add_row("folders with TIFFs", str(summary.folders_with_tiffs))
     for reason, n in sorted(summary.folders_skipped.items()):
         table.add_row(f"folders skipped: {reason}", str(n))
+    counted = {("file", r) for r in summary.skipped} | {("folder", r) for r in summary.folders_skipped}
+    others: dict[str, int] = {}  # hidden, excluded, symlink, tessq_output: not in the counts above
+    for e in summary.skipped_entries:
+        if (e["kind"], e["reason"]) not in counted:
+            label = f"{e['kind']}s not scanned: {e['reason']}"
+            others[label] = others.get(label, 0) + 1
+    for label, n in sorted(others.items()):
+        table.add_row(label, str(n))
     table.add_row("output", summary.output_dir)
     console.print(table)
+    # each skipped file/folder and each image queued again is named by the scan's log (console and
+    # OUT/batch_processing.log) and by `tessq scan --json`
     for f in summary.failed_at_scan[:10]:
         err.print(f"[yellow]unreadable:[/yellow] {f['message']}")
 
@@ -280,6 +298,18 @@ def print_report(rep: dict[str, Any]) -> None:
     console.print(table)
     for reason, n in rep["skip_reasons"].items():
         console.print(f"skipped ({reason}): {n}")
+    skipped = rep.get("skipped", [])
+    for e in skipped[:20]:
+        console.print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
+    if len(skipped) > 20:
+        console.print(f"... and {len(skipped) - 20} more skipped (tessq report --json lists them all)")
+    states = rep["states"]
+    if states.get("queued") or states.get("running"):
+        console.print(f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
+                      "(`tessq workers` processes them; `tessq status` watches)")
+        for u in rep.get("unfinished", [])[:20]:
+            holder = f" ({u['worker']})" if u.get("worker") else ""
+            console.print(f"  {u['status']}: {u['file']}{holder}")
     for e in rep["errors"][:20]:
         err.print(f"[red]{e['type']}[/red] {e['message']}")
     if len(rep["errors"]) > 20:
@@ -303,6 +333,7 @@ def run(
     series: Series = 0,
     self_check: SelfCheck = defaults.SELF_CHECK,
     follow_symlinks: FollowSymlinks = False,
+    check_output: CheckOutput = "stat",
     n_workers: Annotated[
         int | None, typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).")
     ] = None,
@@ -326,7 +357,7 @@ def run(
         if not resume:
             pipeline.forget_job(input_dir)
         summary = pipeline.scan_and_enqueue(
-            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws
+            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws, check_output=check_output
         )
     except TessqError as exc:
         fail(exc)
@@ -355,11 +386,15 @@ def retry(
     error_type: Annotated[
         list[str] | None, typer.Option("--type", help="Only failures of this type (repeatable).")
     ] = None,
+    different: Annotated[bool | None, typer.Option(
+        "--different/--no-different",
+        help="Also re-queue done images `tessq verify` found different (default: yes, unless --type is given).")
+    ] = None,
 ) -> None:
-    """Re-queue failed images (fresh attempts); run `tessq workers` to process them."""
+    """Re-queue failed images (fresh attempts) and images `tessq verify` found different; run `tessq workers`."""
     _open(create=False)
-    n = pipeline.retry_failed(error_type)
-    console.print(f"re-queued {n} failed image(s)")
+    n = pipeline.retry_failed(error_type, different)
+    console.print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
 
 
 @app.command()

@@ -559,6 +559,15 @@ def build_metadata(
             "decoder": info.decoder,
             "tifffile_warnings": list(warnings),
         },
+        # The seed's key: its batch-verification loop reads meta["original_image"]["path"] (same as source's).
+        "original_image": {
+            "path": str(source.resolve()),
+            "filename": source.name,
+            "relative_path": relative_path if relative_path is not None else source.name,
+            "width": info.width,
+            "height": info.height,
+            "size_bytes": stat.st_size,
+        },
         "grid": describe_grid(boxes, options),
         "output": output,
         "georef": georef,

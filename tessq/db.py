@@ -252,21 +252,22 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
                 continue
             changed = not same_source(row.src_size, row.src_mtime, cand["src_size"], cand["src_mtime"])
             stale = row.status == DONE and row.options_hash != options_hash
+            # unchanged_other counts only images whose header is fine and that wait in the queue, run, or
+            # failed earlier: a skipped or unreadable file is counted once, by the scan summary's own rows.
             if cand["status"] == SKIPPED:
                 if row.status in (QUEUED, RUNNING) and not changed:
-                    outcome.unchanged_other += 1
                     continue
                 Image.update(**_fresh(cand)).where(Image.id == row.id).execute()
-                outcome.unchanged_other += 1
                 continue
             if row.status in (QUEUED, RUNNING) or (row.status == DONE and not changed and not stale):
                 if row.status == DONE:
                     outcome.unchanged_done += 1
-                else:
+                elif cand["status"] == QUEUED:
                     outcome.unchanged_other += 1
                 continue
             if row.status == FAILED and not changed:
-                outcome.unchanged_other += 1
+                if cand["status"] == QUEUED:
+                    outcome.unchanged_other += 1
                 continue
             Image.update(**_fresh(cand)).where(Image.id == row.id).execute()
             if cand["status"] == QUEUED:
@@ -596,6 +597,54 @@ def requeue_failed(error_types: Iterable[str] | None = None) -> list[int]:
         .returning(Image.id)
         .execute()
     ]
+
+
+def done_outputs(job_id: int) -> list[tuple[int, str, str, int | None, int | None, int | None]]:
+    """(id, rel_path, out_rel, n_slices, bytes_out, verified) of the job's done images (the scan checks them)."""
+    return list(
+        Image.select(Image.id, Image.rel_path, Image.out_rel, Image.n_slices, Image.bytes_out, Image.verified)
+        .where((Image.job == job_id) & (Image.status == DONE))
+        .order_by(Image.id)
+        .tuples()
+    )
+
+
+def requeue_done(image_ids: Iterable[int]) -> list[int]:
+    """Done images back to queued with fresh attempts (their output is missing, damaged or verified different);
+    guarded by the state, so an image a worker is redoing right now is left to it."""
+    ids = list(image_ids)
+    requeued: list[int] = []
+    for batch in peewee.chunked(ids, 500):
+        requeued.extend(
+            r.id
+            for r in Image.update(status=QUEUED, attempts=0, worker=None, lease_until=None, queued_at=now_expr(),
+                                  verified=None, verified_at=None, error_type=None, error_message=None)
+            .where(Image.id.in_(batch) & (Image.status == DONE))
+            .returning(Image.id)
+            .execute()
+        )
+    return requeued
+
+
+def forget_done(image_ids: Iterable[int]) -> list[int]:
+    """Done images whose source and output are both gone: cancelled as 'source_removed' (as forget_missing
+    does for the unfinished ones), so nothing expects their folder any more."""
+    ids = list(image_ids)
+    forgotten: list[int] = []
+    for batch in peewee.chunked(ids, 500):
+        forgotten.extend(
+            r.id
+            for r in Image.update(status=CANCELLED, skip_reason="source_removed", lease_until=None)
+            .where(Image.id.in_(batch) & (Image.status == DONE))
+            .returning(Image.id)
+            .execute()
+        )
+    return forgotten
+
+
+def different_ids() -> list[int]:
+    """Done images `tessq verify` recorded as not identical to their source."""
+    return [i for (i,) in Image.select(Image.id).where((Image.status == DONE) & (Image.verified == 0)).tuples()]
 
 
 def outstanding() -> int:

@@ -83,6 +83,22 @@ def _walk_files(root: str, rel_root: str) -> Iterable[tuple[str, str]]:
                     yield entry.path, rel
 
 
+class MissingImagesError(ExportError):
+    """Done images whose folder is missing on disk (or has no metadata.json): named, with the fix."""
+
+    SHOWN = 5
+
+    def __init__(self, missing: Sequence[str], hint: str | None = None) -> None:
+        self.missing = list(missing)
+        shown = ", ".join(self.missing[: self.SHOWN])
+        more = f" and {len(self.missing) - self.SHOWN} more" if len(self.missing) > self.SHOWN else ""
+        hint = hint or "run `tessq run IN OUT` (or `tessq scan IN --out OUT`) again to redo them"
+        super().__init__(
+            f"{len(self.missing)} done image folder(s) are missing on disk: {shown}{more}; "
+            f"{hint} (the scan checks every done image's folder and queues the missing ones again)"
+        )
+
+
 def shipped_files(
     out_dir: Path,
     image_dirs: Sequence[str],
@@ -101,15 +117,16 @@ def shipped_files(
     # Walked paths start from the resolved root, so comparing resolved strings is enough.
     excluded = {str(Path(p).resolve()) for p in exclude}
     files: dict[str, str] = {}
+    missing: list[str] = []
     for rel_dir in select_image_dirs(image_dirs, folder):
         path = root / rel_dir
         if not path.is_dir():
-            raise ExportError(
-                f"image folder {path} is marked done in the status table but is missing on disk; "
-                "run `tessq scan` again to queue it for redoing"
-            )
+            missing.append(rel_dir)
+            continue
         for file_path, rel in _walk_files(str(path), rel_dir):
             files[rel] = file_path
+    if missing:
+        raise MissingImagesError(missing)
     for name in extra_files:
         rel = _normalise_rel(name)
         path = root / rel

@@ -45,8 +45,14 @@ def default_output_dir(input_dir: Path | str) -> Path | str:
 
 
 def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, options: SliceOptions, *,
-                     follow_symlinks: bool = False, workspace: Workspace) -> scan.ScanSummary:
-    """Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3)."""
+                     follow_symlinks: bool = False, workspace: Workspace,
+                     check_output: str = "stat") -> scan.ScanSummary:
+    """Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3).
+
+    check_output: how done images' output folders are checked before they count as done ("stat", "hash",
+    "none"; see scan.output_problem); damaged ones are queued again."""
+    if check_output not in scan.CHECK_OUTPUT_MODES:
+        raise ConfigError(f"--check-output must be one of {', '.join(scan.CHECK_OUTPUT_MODES)}, not {check_output!r}")
     if remote.is_remote(input_dir):
         remote.check_input(str(input_dir))
     elif not Path(input_dir).is_dir():
@@ -59,12 +65,14 @@ def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, optio
     else:
         remote.check_bucket(out)
     summary = scan.scan_tree(input_dir, out, options, options_fingerprint(options),
-                             follow_symlinks=follow_symlinks, exclude=(workspace.state_dir,))
+                             follow_symlinks=follow_symlinks, exclude=(workspace.state_dir,),
+                             check_output=check_output)
     with db.session():
         sizes = db.queued_ids_with_size()
     tq.enqueue([i for i in summary.enqueue_ids if i in sizes], sizes)
-    log.info("scan of %s: %d found, %d queued, %d requeued, %d already done", summary.input_dir, summary.found,
-             summary.queued, summary.requeued, summary.already_done)
+    log.info("scan of %s: %d found, %d queued, %d requeued, %d already done, %d queued again (output missing, "
+             "damaged or verified different), %d skipped", summary.input_dir, summary.found, summary.queued,
+             summary.requeued, summary.already_done, summary.requeued_damaged, len(summary.skipped_entries))
     return summary
 
 
@@ -87,9 +95,15 @@ def finish_report() -> dict[str, Any]:
     return rep
 
 
-def retry_failed(error_types: list[str] | None = None) -> int:
+def retry_failed(error_types: list[str] | None = None, different: bool | None = None) -> int:
+    """Re-queue failed images (only `error_types` if given) and, unless `different` is False (by default
+    when no error type is given), the done images `tessq verify` found different."""
+    if different is None:
+        different = not error_types
     with db.session():
         ids = db.requeue_failed(error_types)
+        if different:
+            ids += db.requeue_done(db.different_ids())
         sizes = db.queued_ids_with_size()
     tq.enqueue(ids, sizes)
     return len(ids)
@@ -139,19 +153,36 @@ def _done_dirs() -> tuple[Path, list[str]]:
     return out, [r.out_rel for r in rows if Path(r.job.output_dir) == out]
 
 
+def redo_hint(out: Path | str) -> str:
+    """The command that really redoes the done images missing from `out`: the same scan or run again (the scan
+    checks every done image's folder and queues the missing or damaged ones)."""
+    with db.session():
+        job = db.Job.select().where(db.Job.output_dir == str(out)).order_by(db.Job.id.desc()).first()
+    src = job.input_dir if job is not None else "IN"
+    return (f"run `tessq run {src} {out}` (or `tessq scan {src} --out {out}` then `tessq workers --drain`) "
+            "again to redo them")
+
+
 def export_zip(dest: Path | None, folder: str | None,
                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     from tessq import export
 
     out, image_dirs = _done_dirs()
-    return export.export_zip(out, image_dirs, dest, folder=folder, progress=progress)
+    try:
+        return export.export_zip(out, image_dirs, dest, folder=folder, progress=progress)
+    except export.MissingImagesError as exc:
+        raise export.MissingImagesError(exc.missing, redo_hint(out)) from None
 
 
 def upload(url: str, *, endpoint_url: str | None = None, profile: str | None = None, concurrency: int = 8,
            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    from tessq import export
     from tessq import upload as up
 
     out, image_dirs = _done_dirs()
-    files = up.files_to_ship(out, image_dirs)
+    try:
+        files = up.files_to_ship(out, image_dirs)
+    except export.MissingImagesError as exc:
+        raise export.MissingImagesError(exc.missing, redo_hint(out)) from None
     return up.upload_outputs(files, url, ledger=db.UploadLedger(), endpoint_url=endpoint_url, profile=profile,
                              concurrency=concurrency, progress=progress)

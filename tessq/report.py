@@ -36,6 +36,25 @@ def batch_summary(counts: dict[str, int], folders_skipped: int, first_start: flo
     }
 
 
+IMAGE_FOLDER_REASONS = ("no_tiff",)  # = scan.IMAGE_FOLDER_REASONS (not imported: scan pulls in numpy)
+UNFINISHED_LISTED = 100  # queued/running images named in the report (all of them are counted in "states")
+
+
+def skipped_entries() -> list[dict[str, str]]:
+    """Every TIFF and folder the last scans did not cut on purpose, with the reason (call inside a session)."""
+    files = [
+        {"path": rel, "kind": "file", "reason": reason}
+        for rel, reason in Image.select(Image.rel_path, Image.skip_reason)
+        .where(Image.status == db.SKIPPED).order_by(Image.rel_path).tuples()
+    ]
+    folders = [
+        {"path": path, "kind": "folder", "reason": reason}
+        for path, reason in Folder.select(Folder.path, Folder.skip_reason)
+        .where(Folder.skip_reason.is_null(False)).order_by(Folder.path).tuples()
+    ]
+    return sorted(files + folders, key=lambda e: (e["path"], e["kind"]))
+
+
 def state_counts() -> dict[str, int]:
     rows = Image.select(Image.status, peewee.fn.COUNT(Image.id)).group_by(Image.status).tuples()
     counts = dict.fromkeys(db.STATES, 0)
@@ -46,7 +65,9 @@ def state_counts() -> dict[str, int]:
 def build_report() -> dict[str, Any]:
     with db.session():
         counts = state_counts()
-        folders_skipped = Folder.select().where(Folder.skip_reason.is_null(False)).count()
+        # the seed's JPG-only folders; hidden, symlinked, excluded and tessq-output folders are in "skipped" only
+        image_folder = Folder.skip_reason.in_(IMAGE_FOLDER_REASONS)
+        folders_skipped = Folder.select().where(image_folder).count()
         first_start, last_finish, busy, n_timed, bytes_in, bytes_out, pixels = (
             Image.select(
                 peewee.fn.MIN(Image.started_at),
@@ -69,7 +90,7 @@ def build_report() -> dict[str, Any]:
         )
         folder_reasons = dict(
             Folder.select(Folder.skip_reason, peewee.fn.COUNT(Folder.id))
-            .where(Folder.skip_reason.is_null(False))
+            .where(image_folder)
             .group_by(Folder.skip_reason)
             .tuples()
         )
@@ -93,6 +114,14 @@ def build_report() -> dict[str, Any]:
             .group_by(Image.verified)
             .tuples()
         )
+        skipped = skipped_entries()
+        unfinished = [
+            {"file": r.rel_path, "status": r.status, "worker": r.worker}
+            for r in Image.select(Image.rel_path, Image.status, Image.worker)
+            .where(Image.status.in_([db.RUNNING, db.QUEUED]))
+            .order_by(Image.status.desc(), Image.rel_path)  # running first
+            .limit(UNFINISHED_LISTED)
+        ]
         job_rows = [
             {"input_dir": j.input_dir, "output_dir": j.output_dir, "options": json.loads(j.options)}
             for j in Job.select().order_by(Job.id)
@@ -114,6 +143,8 @@ def build_report() -> dict[str, Any]:
         "folders_skipped_by_reason": folder_reasons,
         "per_folder": dict(sorted(per_folder.items())),
         "errors": errors,
+        "skipped": skipped,
+        "unfinished": unfinished,
         "verification": {"identical": int(verified.get(1, 0)), "different": int(verified.get(0, 0))},
         "uploads": db.UploadLedger().summary(),
         "jobs": job_rows,

@@ -7,12 +7,13 @@ reads directory entries and TIFF headers, never pixels. `scan_tree` records it a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import stat
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +35,22 @@ class FolderEntries:
     rel: str  # posix path relative to the input root, '' for the root
     tiffs: list[os.DirEntry[str]] = field(default_factory=list)
     other_images: int = 0
+    # Set on a folder that was not entered (or not used as input): 'hidden', 'excluded', 'symlink', 'tessq_output'.
+    skip_reason: str | None = None
+    # TIFF names in this folder that were not read, with why ('symlink': a symbolic link not followed).
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+
+# Folder skip reasons that count in batch_summary.folders_skipped (the seed's JPG-only folders); the others
+# (hidden, excluded, symlink, tessq_output) are listed by path and reason in ScanSummary.skipped_entries only.
+IMAGE_FOLDER_REASONS = ("no_tiff",)
+# Slice file extensions (world files .pgw/.tfw sit beside them and are not slices).
+SLICE_SUFFIXES = (".png", ".tif", ".tiff")
+CHECK_OUTPUT_MODES = ("stat", "hash", "none")
+VERIFIED_DIFFERENT = "tessq verify found it different"
+CHECK_PARALLEL_MIN = 256  # done images from which their output folders are checked by a thread pool
+CHECK_THREADS = 8
+SKIP_LOG_EACH_MAX = 1000  # above this many skipped entries the log has one INFO summary and each at DEBUG
 
 
 @dataclass
@@ -49,6 +66,15 @@ class ScanSummary:
     failed_at_scan: list[dict[str, str]] = field(default_factory=list)
     folders_with_tiffs: int = 0
     folders_skipped: dict[str, int] = field(default_factory=dict)
+    # every TIFF and folder not cut on purpose: {"path", "kind": "file"|"folder", "reason"}
+    skipped_entries: list[dict[str, str]] = field(default_factory=list)
+    # done images queued again because their output folder is missing/damaged or `tessq verify` found them
+    # different: {"file", "reason"}
+    requeued_damaged: int = 0
+    damaged: list[dict[str, str]] = field(default_factory=list)
+    # done images whose source and output are both gone: nothing left to ship or redo, no longer counted
+    forgotten: list[dict[str, str]] = field(default_factory=list)
+    check_output: str = "stat"
     enqueue_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,20 +156,33 @@ def walk(root: Path, *, follow_symlinks: bool, exclude: set[Path]) -> Iterator[F
         seen.add((st.st_dev, st.st_ino))
         folder = FolderEntries(rel=rel)
         subdirs: list[tuple[Path, str]] = []
+        not_entered: list[FolderEntries] = []
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as exc:
             log.warning("cannot list %s: %s", path, exc)
             continue
+        if any(e.name == METADATA_NAME for e in entries) and is_tessq_output(path):
+            yield FolderEntries(rel=rel, skip_reason="tessq_output")  # an image folder tessq wrote: not input
+            continue
         for entry in entries:
             try:
+                child_rel = f"{rel}/{entry.name}" if rel else entry.name
                 if entry.is_symlink() and not follow_symlinks:
+                    if is_tiff_name(entry.name):
+                        folder.skipped_files.append((entry.name, "symlink"))
+                    elif entry.is_dir():
+                        not_entered.append(FolderEntries(rel=child_rel, skip_reason="symlink"))
                     continue
                 if entry.is_dir(follow_symlinks=follow_symlinks):
                     child = Path(entry.path)
-                    if is_skipped_dir(entry.name) or child.resolve() in exclude:
+                    if is_skipped_dir(entry.name):
+                        not_entered.append(FolderEntries(rel=child_rel, skip_reason="hidden"))
                         continue
-                    subdirs.append((child, f"{rel}/{entry.name}" if rel else entry.name))
+                    if child.resolve() in exclude:
+                        not_entered.append(FolderEntries(rel=child_rel, skip_reason="excluded"))
+                        continue
+                    subdirs.append((child, child_rel))
                 elif entry.is_file(follow_symlinks=follow_symlinks):
                     if is_tiff_name(entry.name):
                         folder.tiffs.append(entry)
@@ -152,7 +191,22 @@ def walk(root: Path, *, follow_symlinks: bool, exclude: set[Path]) -> Iterator[F
             except OSError as exc:
                 log.warning("cannot read %s: %s", entry.path, exc)
         yield folder
+        yield from not_entered
         stack.extend(reversed(subdirs))
+
+
+METADATA_NAME = "metadata.json"
+TESSQ_METADATA_SCHEMA = "tessq.metadata"
+
+
+def is_tessq_output(folder: str | Path) -> bool:
+    """Whether `folder` is an image folder tessq wrote (its metadata.json says schema "tessq.metadata")."""
+    try:
+        with open(Path(folder) / METADATA_NAME, "rb") as fh:
+            meta = json.loads(fh.read(64 * 1024 * 1024))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("schema") == TESSQ_METADATA_SCHEMA
 
 
 def printable(text: str) -> str:
@@ -272,6 +326,128 @@ def pixel_bytes(info: Any) -> int:
     return int(info.width) * int(info.height) * int(info.samples or 1) * itemsize
 
 
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 * 1024 * 1024):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None, mode: str = "stat") -> str | None:
+    """None when a done image's folder is complete, else what is wrong with it ('output missing', 'slice X
+    size differs', ...).
+
+    mode "stat" (the default, no file is read but a damaged folder's metadata.json): the folder and its
+    metadata.json exist, and its slice files are as many and as large as the status table recorded; when
+    they are not, metadata.json names the slice that is missing or has another size. mode "hash": every
+    slice recorded in metadata.json exists with its size and sha256 (reads every slice). mode "none": no check.
+    """
+    if mode == "none":
+        return None
+    try:
+        entries = {e.name: e for e in os.scandir(image_dir)}
+    except FileNotFoundError:
+        return "output missing"
+    except NotADirectoryError:
+        return "output is not a folder"
+    except OSError as exc:
+        return f"output unreadable ({exc.strerror or exc})"
+    if METADATA_NAME not in entries:
+        return "metadata.json missing"
+    if mode == "stat" and n_slices is not None and bytes_out is not None:
+        try:
+            sizes = [e.stat().st_size for name, e in entries.items()
+                     if name.startswith("slice_") and name.lower().endswith(SLICE_SUFFIXES) and e.is_file()]
+        except OSError:
+            sizes = []
+        if len(sizes) == n_slices and sum(sizes) == bytes_out:
+            return None
+    try:
+        meta = json.loads((image_dir / METADATA_NAME).read_bytes())
+        records = meta["slices"]
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return "metadata.json unreadable"
+    problems: list[str] = []
+    for rec in records:
+        name = rec.get("file", "?")
+        entry = entries.get(name)
+        try:
+            size = entry.stat().st_size if entry is not None else None
+        except OSError:
+            size = None
+        if size is None:
+            problems.append(f"slice {name} missing")
+        elif size != rec.get("bytes"):
+            problems.append(f"slice {name} size differs ({size} bytes, metadata.json says {rec.get('bytes')})")
+        elif mode == "hash" and rec.get("sha256") and _sha256(image_dir / name) != rec["sha256"]:
+            problems.append(f"slice {name} hash differs from metadata.json")
+    if not problems and mode == "stat" and n_slices is not None and len(records) != n_slices:
+        problems.append(f"metadata.json lists {len(records)} slices, the status table {n_slices}")
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: ScanSummary,
+                       present: set[str] | None = None) -> list[int]:
+    """Done images that must be cut again: their output folder is missing or damaged (output_problem), or
+    `tessq verify` recorded them as different. They are queued again; returns their ids.
+
+    `present`: the rel_paths of the sources in the tree now. A done image whose source is gone cannot be
+    redone: if its output is damaged too, nothing of it is left and it is forgotten (cancelled,
+    'source_removed'), so exports stop expecting its folder; an intact one keeps its output."""
+    if mode not in CHECK_OUTPUT_MODES:
+        raise ValueError(f"check_output must be one of {', '.join(CHECK_OUTPUT_MODES)}, not {mode!r}")
+    with db.session():
+        rows = db.done_outputs(job_id)
+    def problem(row: tuple[int, str, str, int | None, int | None, int | None]) -> str | None:
+        _, _, out_rel, n_slices, bytes_out, verified = row
+        if verified == 0:
+            return VERIFIED_DIFFERENT
+        if isinstance(output_dir, Path):  # an s3:// output is not checked here (tessq verify does)
+            return output_problem(output_dir / out_rel, n_slices, bytes_out, mode)
+        return None
+
+    if len(rows) >= CHECK_PARALLEL_MIN:  # directory listings and reads release the GIL: overlap their waits
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="check-output") as pool:
+            reasons = list(pool.map(problem, rows, chunksize=64))
+    else:
+        reasons = [problem(row) for row in rows]
+    found = {row[0]: (row[1], reason) for row, reason in zip(rows, reasons, strict=True) if reason}
+    redo = {i: v for i, v in found.items() if present is None or v[0] in present}
+    gone = {i: v for i, v in found.items() if i not in redo and v[1] != VERIFIED_DIFFERENT}
+    if gone:
+        with db.session():
+            forgotten = db.forget_done(list(gone))
+        for image_id in forgotten:
+            rel_path, reason = gone[image_id]
+            summary.forgotten.append({"file": rel_path, "reason": f"{reason}; source gone"})
+            log.info("forgotten %s: %s and its source is gone", rel_path, reason)
+    if not redo:
+        return []
+    with db.session():
+        requeued = db.requeue_done(list(redo))
+    for image_id in requeued:
+        rel_path, reason = redo[image_id]
+        summary.damaged.append({"file": rel_path, "reason": reason})
+        log.info("queued again %s: %s", rel_path, reason)
+    summary.requeued_damaged = len(requeued)
+    summary.already_done -= len(requeued)
+    return requeued
+
+
+def _log_skipped(entries: list[dict[str, str]]) -> None:
+    if not entries:
+        return
+    each = log.info if len(entries) <= SKIP_LOG_EACH_MAX else log.debug
+    if each is log.debug:
+        log.info("skipped %d files and folders (each listed at DEBUG, and in `tessq report --json`)", len(entries))
+    for e in entries:
+        each("skipped %s %s: %s", e["kind"], e["path"], e["reason"])
+
+
 def scan_tree(
     input_dir: Path | str,
     output_dir: Path | str,
@@ -280,12 +456,18 @@ def scan_tree(
     *,
     follow_symlinks: bool = False,
     exclude: tuple[Path, ...] = (),
+    check_output: str = "stat",
 ) -> ScanSummary:
     """Walk `input_dir`, record the job, its folders and every candidate; return what to enqueue.
 
+    Done images whose output folder is missing or damaged (check_output: "stat", "hash" or "none", see
+    output_problem) or that `tessq verify` found different are queued again.
+
     Either side may be an s3:// URL: an S3 input is listed (remote.walk, same rules) and probed by ranged GETs."""
     input_dir, output_dir = remote.resolve(input_dir), remote.resolve(output_dir)
-    summary = ScanSummary(str(input_dir), str(output_dir))
+    if check_output not in CHECK_OUTPUT_MODES:
+        raise ValueError(f"check_output must be one of {', '.join(CHECK_OUTPUT_MODES)}, not {check_output!r}")
+    summary = ScanSummary(str(input_dir), str(output_dir), check_output=check_output)
     folders: list[dict[str, Any]] = []
     files: list[tuple[Any, str, str]] = []  # (directory entry, folder, output folder name) of every TIFF
     if isinstance(input_dir, str):
@@ -294,9 +476,19 @@ def scan_tree(
         excluded = {p.resolve() for p in (output_dir, *exclude) if isinstance(p, Path)}
         tree = walk(input_dir, follow_symlinks=follow_symlinks, exclude=excluded)
     for folder in tree:
+        for name, why in folder.skipped_files:
+            summary.skipped_entries.append(
+                {"path": printable(relative_path(folder.rel, name)), "kind": "file", "reason": why})
+        if folder.skip_reason:
+            summary.skipped_entries.append({"path": printable(folder.rel), "kind": "folder",
+                                            "reason": folder.skip_reason})
+            folders.append({"path": printable(folder.rel), "n_tiffs": 0, "n_other_images": 0,
+                            "skip_reason": folder.skip_reason})
+            continue
         reason = classify_folder(len(folder.tiffs), folder.other_images)
         if reason:
             summary.folders_skipped[reason] = summary.folders_skipped.get(reason, 0) + 1
+            summary.skipped_entries.append({"path": printable(folder.rel), "kind": "folder", "reason": reason})
         if folder.tiffs or reason:
             folders.append(
                 {
@@ -325,9 +517,15 @@ def scan_tree(
     for c in candidates:
         if c["status"] == db.SKIPPED:
             summary.skipped[c["skip_reason"]] = summary.skipped.get(c["skip_reason"], 0) + 1
+            summary.skipped_entries.append({"path": c["rel_path"], "kind": "file", "reason": c["skip_reason"]})
         elif c["status"] == db.FAILED:
             summary.failed_at_scan.append(
                 {"file": c["rel_path"], "type": c["error_type"], "message": c["error_message"]}
             )
-    summary.enqueue_ids = outcome.new_queued + outcome.requeued
+    damaged = check_done_outputs(job.id, output_dir, check_output, summary, {c["rel_path"] for c in candidates})
+    summary.skipped_entries.sort(key=lambda e: (e["path"], e["kind"]))
+    _log_skipped(summary.skipped_entries)
+    for f in summary.failed_at_scan:
+        log.info("unreadable %s: %s", f["file"], f["message"])
+    summary.enqueue_ids = outcome.new_queued + outcome.requeued + damaged
     return summary

@@ -37,6 +37,18 @@ def eta_seconds(remaining: int, images_per_hour: float) -> float | None:
     return remaining / images_per_hour * 3600.0 if images_per_hour > 0 else None
 
 
+def split_live(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(live, stalled) running images: stalled when the holder is a process of this host that is gone, or its
+    lease has expired (a worker elsewhere that stopped renewing it)."""
+    from tessq.worker import dead_local_workers
+
+    dead = set(dead_local_workers(sorted({w["worker"] for w in workers if w["worker"]})))
+    live, stalled = [], []
+    for w in workers:
+        (stalled if w["worker"] in dead or w["lease_left_s"] < 0 else live).append(w)
+    return live, stalled
+
+
 def snapshot() -> dict[str, Any]:
     with db.session():
         now = db.server_time()
@@ -73,6 +85,10 @@ def snapshot() -> dict[str, Any]:
     to_do = counts[db.DONE] + counts[db.FAILED] + counts[db.QUEUED] + counts[db.RUNNING]
     finished = counts[db.DONE] + counts[db.FAILED]
     remaining = counts[db.QUEUED] + counts[db.RUNNING]
+    workers, stalled = split_live(workers)
+    # "running" counts the images a live worker holds; those of dead workers (or expired leases) are "stalled":
+    # they go back to the queue when workers next start (or the reaper runs).
+    counts = dict(counts, running=counts[db.RUNNING] - len(stalled))
     hosts: dict[str, int] = {}
     for w in workers:
         host = (w["worker"] or "?").rpartition(":")[0]
@@ -81,8 +97,10 @@ def snapshot() -> dict[str, Any]:
         "counts": counts,
         "progress": {"finished": finished, "total": to_do, "remaining": remaining},
         "throughput": rate,
-        "eta_s": eta_seconds(remaining, rate["images_per_hour"]),
+        # an ETA only while workers are at it: with none alive nothing will finish, whatever the recent rate
+        "eta_s": eta_seconds(remaining, rate["images_per_hour"]) if workers or not remaining else None,
         "workers": workers,
+        "stalled": stalled,
         "hosts": hosts,
         "latest_errors": errors,
         "uploads": db.UploadLedger().summary(),
@@ -118,6 +136,9 @@ def render(snap: dict[str, Any]) -> Panel:
         for w in snap["workers"]:
             table.add_row(w["worker"], w["image"], f"{w['seconds']:.0f}", str(w["attempt"]))
         parts.append(table)
+    if snap.get("stalled"):
+        parts.append(Text(f"{len(snap['stalled'])} image(s) held by workers that are gone (dead process or expired "
+                          "lease): they go back to the queue when workers start", style="yellow"))
     if snap["latest_errors"]:
         errs = Table(title="latest errors", expand=False)
         errs.add_column("file")

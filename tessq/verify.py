@@ -281,8 +281,18 @@ def _whole_image(path: Path) -> np.ndarray:
 
 
 def verify_images_identical(path_a: str | Path, path_b: str | Path) -> dict[str, Any]:
-    """The seed's check: do two image files hold the same pixels? (`overall_identical`)."""
-    a, b = _whole_image(Path(path_a)), _whole_image(Path(path_b))
+    """The seed's check: do two images hold the same pixels? (`overall_identical`).
+
+    Each side is an image file (the original TIFF, a reconstructed TIFF, a PNG) or a tessq image folder (or
+    its metadata.json): a folder is compared slice by slice with the other side, the original file, without
+    reassembling it (the result is then `verify_image`'s: overall_identical, shape_match, dtype_match,
+    pixels_different, max_abs_diff, ...)."""
+    a_path, b_path = Path(path_a), Path(path_b)
+    folder = _image_folder(b_path) or _image_folder(a_path)
+    if folder is not None:
+        other = a_path if _image_folder(b_path) is not None else b_path
+        return verify_image(folder, other)
+    a, b = _whole_image(a_path), _whole_image(b_path)
     different, max_diff = _diff(a, b)
     return {
         "overall_identical": a.shape == b.shape and a.dtype == b.dtype and different == 0,
@@ -295,3 +305,12 @@ def verify_images_identical(path_a: str | Path, path_b: str | Path) -> dict[str,
         "pixels_different": different,
         "max_abs_diff": max_diff,
     }
+
+
+def _image_folder(path: Path) -> Path | None:
+    """The tessq image folder `path` names (the folder itself or its metadata.json), else None."""
+    if path.is_dir() and (path / "metadata.json").is_file():
+        return path
+    if path.name == "metadata.json" and path.is_file():
+        return path.parent
+    return None

@@ -84,7 +84,7 @@ def test_notebook_runs_top_to_bottom_on_sample_data(
         monkeypatch.delenv(key)  # the embedded SQLite workspace, whatever the developer's shell has
     sample = tmp_path / "sample"
     overrides = {
-        "TESSQ_NB_INPUT_DIR": str(tmp_path / "no-such-dataset"),  # missing: the notebook generates the sample
+        "TESSQ_NB_INPUT_DIR": "sample",  # the notebook generates its sample tree (a missing path is an error)
         "TESSQ_NB_SAMPLE_DIR": str(sample),
         "TESSQ_NB_SAMPLE_SIZE": "320",
         "TESSQ_NB_MIN_SIZE": "300",
