@@ -1653,7 +1653,8 @@ def fault_leftovers(ctx: Ctx, budget: float) -> Result:
     kills = 3 if ctx.quick else 9
     for _ in range(kills):
         proc = tq.popen("export", "--zip")
-        seen = wait_until(lambda: [p for p in out.iterdir() if ".tessq-tmp-" in p.name], 60, every=0.01)
+        mine = out / f".{out.resolve().name}_results.zip.tessq-tmp-{proc.pid}"  # this export's own archive
+        seen = wait_until(mine.exists, 60, every=0.01)
         time.sleep(ctx.rng.uniform(0.0, 0.4))
         if proc.poll() is not None or not seen:
             res.notes.append("an export finished before it could be killed")
@@ -1662,8 +1663,8 @@ def fault_leftovers(ctx: Ctx, budget: float) -> Result:
         proc.wait(timeout=30)
         res.injected += 1
     left = [p.name for p in out.iterdir() if ".tessq-tmp-" in p.name]
-    res.notes.append(f"{len(left)} temporary archive(s) after {res.injected} kills, before the next export (each "
-                     "export removes those its killed predecessors left)")
+    res.notes.append(f"{len(left)} temporary archive(s) after {res.injected} kills mid-archive, before the next "
+                     "export (each export removes those its killed predecessors left)")
     proc = tq.run("export", "--zip")
     if proc.returncode != 0:
         res.findings.add("other", f"the export after the kills exited {proc.returncode}: {proc.stderr[-300:]}")

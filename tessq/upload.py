@@ -328,19 +328,13 @@ def list_target(client: Any, target: S3Target) -> dict[str, tuple[int, str | Non
     return objects
 
 
-def _verify_target(client: Any, target: S3Target, files: Sequence[tuple[Path, str]],
-                   skip: set[str]) -> tuple[int, list[dict[str, str]]]:
-    """A fresh listing: every local file (but those already failed) must be in the target at its size."""
+def _verify_target(client: Any, target: S3Target, shipped: dict[str, tuple[Path, int]]
+                   ) -> tuple[int, list[dict[str, str]]]:
+    """A fresh listing: every file sent or skipped (key -> (path, size it had then)) must be in the target at
+    that size. The size taken when shipping, not now: a log still being appended to is not a failure."""
     listing = list_target(client, target)
     verified, missing = 0, []
-    for path, rel in files:
-        key = target.key_for(rel)
-        if key in skip:
-            continue
-        try:
-            size = os.lstat(path).st_size
-        except OSError:
-            continue  # reported by its own failure
+    for key, (path, size) in sorted(shipped.items()):
         found = listing.get(key)
         if found is not None and found[0] == size:
             verified += 1
@@ -400,6 +394,7 @@ def upload_outputs(
     run = _Run(client, manager, target, ledger, total=total, progress=progress, endpoint=endpoint_id(endpoint),
                remote=remote)
     counts = {"uploaded": 0, "skipped": 0}
+    shipped: dict[str, tuple[Path, int]] = {}
     bytes_uploaded = 0
     failed: list[dict[str, str]] = []
     try:
@@ -412,6 +407,7 @@ def upload_outputs(
                 exc = fut.exception()
                 if exc is None:
                     outcome, size = fut.result()
+                    shipped[target.key_for(rel)] = (path, size)
                     counts[outcome] += 1
                     bytes_uploaded += size if outcome == "uploaded" else 0
                     continue
@@ -425,7 +421,7 @@ def upload_outputs(
     finally:
         manager.shutdown()
     try:
-        verified, missing = _verify_target(client, target, files, {f["key"] for f in failed})
+        verified, missing = _verify_target(client, target, shipped)
     except Exception as exc:
         fatal = fatal_error(exc, target, endpoint)
         raise (fatal or UploadError(f"cannot list s3://{target.bucket}/{target.prefix} to verify it: {exc}")) from exc
