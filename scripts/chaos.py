@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -1314,6 +1315,380 @@ def snapshot(root: Path, exclude: tuple[Path, ...]) -> set[str]:
     return keep
 
 
+# ============================================================== issue 19: shipping (upload, links, secrets, leftovers)
+
+MARKER_TOKEN = "CHAOSMARKERSESSIONTOKEN7f3a9c1e5b"
+MARKER_SECRET = "CHAOSMARKERSECRETKEY2d8e4b6a0c"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+          "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+class Moto:
+    """A real S3 endpoint: moto's server in its own process on a free local port."""
+
+    def __init__(self, base: Path) -> None:
+        import socket
+        import urllib.error
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = open(base / f"moto-{port}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                     env={**os.environ, **S3_ENV}, stdout=self._log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=1):
+                    return True
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
+
+        if not wait_until(lambda: self.proc.poll() is not None or up(), 30) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("moto server did not start")
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def listing(self, bucket: str, prefix: str) -> dict[str, int]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
+        return {o["Key"][len(prefix) + 1:]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def moto_or_skip(res: Result, base: Path) -> Moto | None:
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+
+        return Moto(base)
+    except (ImportError, RuntimeError) as exc:
+        res.skipped = f"no moto S3 server ({exc})"
+        return None
+
+
+def shipped_locally(tq: Tessq, out: Path) -> dict[str, bytes]:
+    """What a correct shipment holds, from the status table (sqlite3) and the disk: the regular files of
+    the done folders (no link, nothing reached through one) and the reports."""
+    files: dict[str, bytes] = {}
+    for r in tq.query("SELECT out_rel FROM image WHERE status='done'"):
+        top, parts = out / r["out_rel"], Path(r["out_rel"]).parts
+        if any((out / Path(*parts[:i])).is_symlink() for i in range(1, len(parts) + 1)):
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+            for name in filenames:
+                p = Path(dirpath) / name
+                if not p.is_symlink() and p.is_file() and ".tessq-" not in str(p.relative_to(out)):
+                    files[p.relative_to(out).as_posix()] = p.read_bytes()
+    for name in ("batch_report.json", "batch_processing.log"):
+        p = out / name
+        if p.is_file() and not p.is_symlink():
+            files[name] = p.read_bytes()
+    return files
+
+
+def compare_bucket(f: Findings, moto: Moto, bucket: str, prefix: str, local: dict[str, bytes], what: str) -> None:
+    """A fresh listing plus a GET of every object: the bucket must hold exactly the local files, byte for byte.
+    (The log may have grown since it was sent: a prefix of the local log is accepted.)"""
+    remote = moto.listing(bucket, prefix)
+    client = moto.client()
+    for rel, data in sorted(local.items()):
+        if rel not in remote:
+            f.add("other", f"{what}: {rel} is not in s3://{bucket}/{prefix}")
+            continue
+        body = client.get_object(Bucket=bucket, Key=f"{prefix}/{rel}")["Body"].read()
+        if body != data and not (rel == "batch_processing.log" and data.startswith(body)):
+            f.add("other", f"{what}: s3://{bucket}/{prefix}/{rel} differs from the local file")
+    for rel in sorted(set(remote) - set(local)):
+        f.add("other", f"{what}: s3://{bucket}/{prefix}/{rel} should not be there (not a shipped file)")
+
+
+def small_run(ctx: Ctx, name: str, n: int = 8, env: dict[str, str] | None = None) -> tuple[Tessq, Path, Path, Tree]:
+    base = ctx.dir(name)
+    tree = ctx.tree.subset(base / "in", n, ctx.rng, with_bad=False)
+    tq = Tessq(base)
+    tq.env.update(S3_ENV)
+    tq.env.update(env or {})
+    out = base / "out"
+    proc = tq.run("run", str(tree.root), str(out), MIN_ARG, "--workers", "2")
+    if proc.returncode != 0:
+        raise RuntimeError(f"`tessq run` exited {proc.returncode}: {proc.stderr[-1500:]}")
+    return tq, base, out, tree
+
+
+def fault_upload_target(ctx: Ctx, budget: float) -> Result:
+    """10. Objects deleted from (or overwritten in) the bucket between uploads, and a second, empty endpoint
+    with the same bucket name: every upload must end with the bucket holding every shipped file."""
+    res = Result("10 upload: objects deleted, 2nd empty endpoint")
+    tq, base, out, _ = small_run(ctx, "upload_target")
+    moto = moto_or_skip(res, base)
+    if moto is None:
+        return res
+    other: Moto | None = None
+    try:
+        bucket, url = "chaos-ship", "s3://chaos-ship/run"
+        moto.client().create_bucket(Bucket=bucket)
+        local = shipped_locally(tq, out)
+        end = time.monotonic() + budget
+        rounds = 4 if ctx.quick else 10
+        for i in range(rounds):
+            if i and time.monotonic() > end:
+                break
+            if i:  # a fault between uploads: delete some objects, overwrite one with other bytes
+                present = sorted(moto.listing(bucket, "run"))
+                client = moto.client()
+                for rel in ctx.rng.sample(present, min(len(present), ctx.rng.randint(1, 10))):
+                    client.delete_object(Bucket=bucket, Key=f"run/{rel}")
+                    res.injected += 1
+                if present:
+                    client.put_object(Bucket=bucket, Key=f"run/{ctx.rng.choice(present)}", Body=b"tampered")
+                    res.injected += 1
+            proc = tq.run("upload", url, "--endpoint-url", moto.url)
+            if proc.returncode != 0:
+                res.findings.add("other", f"upload round {i}: exited {proc.returncode}: {proc.stderr[-300:]}")
+            compare_bucket(res.findings, moto, bucket, "run", shipped_locally(tq, out) or local, f"round {i}")
+        other = Moto(base)
+        other.client().create_bucket(Bucket=bucket)
+        res.injected += 1
+        proc = tq.run("upload", url, "--endpoint-url", other.url)
+        if proc.returncode != 0:
+            res.findings.add("other", f"upload to the second endpoint exited {proc.returncode}: {proc.stderr[-300:]}")
+        compare_bucket(res.findings, other, bucket, "run", shipped_locally(tq, out), "second endpoint")
+        res.notes.append(f"{len(local)} shipped files; last upload said: {proc.stdout.strip()[:160]}")
+    finally:
+        moto.stop()
+        if other is not None:
+            other.stop()
+    return res
+
+
+def digest_tree(paths: list[Path]) -> dict[str, str]:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def fault_symlinks(ctx: Ctx, budget: float) -> Result:
+    """11. Symbolic links planted in OUT (the log, the report, files and folders in done image folders, the
+    temporary archive name): nothing is written through one, nothing outside OUT is read through one."""
+    res = Result("11 symlinks planted in OUT")
+    tq, base, out, tree = small_run(ctx, "symlinks")
+    outside = base / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("CHAOS-SECRET-CONTENT\n")
+    (outside / "dir").mkdir()
+    (outside / "dir" / "inner.txt").write_text("CHAOS-SECRET-CONTENT in a folder\n")
+    log_target = outside / "victim.log"
+    log_target.write_text("precious log\n")
+    report_target = outside / "victim.json"
+    report_target.write_text("{}\n")
+    watched = [secret, outside / "dir" / "inner.txt", log_target, report_target]
+    before = digest_tree(watched)
+    folders = [out / r["out_rel"] for r in tq.query("SELECT out_rel FROM image WHERE status='done'")]
+    for i, folder in enumerate(ctx.rng.sample(folders, min(4, len(folders)))):
+        (folder / f"stolen_{i}.png").symlink_to(secret)
+        (folder / f"linked_dir_{i}").symlink_to(outside / "dir")
+        res.injected += 2
+    (out / "batch_processing.log").rename(out / "kept.log")
+    (out / "batch_processing.log").symlink_to(log_target)
+    (out / "batch_report.json").unlink()
+    (out / "batch_report.json").symlink_to(report_target)
+    zip_name = f"{out.resolve().name}_results.zip"
+    for pid in range(os.getpid() + 1, os.getpid() + 400):  # the export's temporary name, for the next pids
+        (out / f".{zip_name}.tessq-tmp-{pid}").symlink_to(outside / f"victim_zip_{pid}")
+    res.injected += 3
+    # A command that would log to OUT must refuse the linked log, not append to it.
+    proc = tq.run("scan", str(tree.root), "--out", str(out), MIN_ARG)
+    if proc.returncode == 0:
+        res.notes.append("`tessq scan` ran with OUT/batch_processing.log a link (must not have written it)")
+    tq.run("report")
+    exp = tq.run("export", "--zip")
+    if exp.returncode != 0:
+        res.findings.add("other", f"export exited {exp.returncode}: {exp.stderr[-300:]}")
+    moto = moto_or_skip(res, base)
+    if moto is None:  # the ZIP and the links are still checked
+        res.notes.append(f"upload not checked: {res.skipped}")
+        res.skipped = None
+    else:
+        try:
+            moto.client().create_bucket(Bucket="chaos-links")
+            up = tq.run("upload", "s3://chaos-links/run", "--endpoint-url", moto.url)
+            if up.returncode != 0:
+                res.findings.add("other", f"upload exited {up.returncode}: {up.stderr[-300:]}")
+            compare_bucket(res.findings, moto, "chaos-links", "run", shipped_locally(tq, out), "upload")
+            client = moto.client()
+            for rel in moto.listing("chaos-links", "run"):
+                if b"CHAOS-SECRET" in client.get_object(Bucket="chaos-links", Key=f"run/{rel}")["Body"].read():
+                    res.findings.add("other", f"upload sent a file read through a link: {rel}")
+        finally:
+            moto.stop()
+    archive = out / zip_name
+    if archive.exists():
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                if b"CHAOS-SECRET" in zf.read(name) or "stolen_" in name or "linked_dir_" in name:
+                    res.findings.add("other", f"the ZIP holds {name}, read through a link")
+    elif exp.returncode == 0:
+        res.findings.add("other", "export said it succeeded but wrote no archive")
+    after = digest_tree(watched)
+    for path, digest in before.items():
+        if after[path] != digest:
+            res.findings.add("other", f"{path} (outside OUT) was written through a link")
+    for p in outside.iterdir():
+        if p.name.startswith("victim_zip_"):
+            res.findings.add("other", f"the temporary archive was written through a link to {p}")
+    return res
+
+
+def fault_secrets(ctx: Ctx, budget: float) -> Result:
+    """12. --log-level DEBUG with S3 output (with and without the SDK's wire log), an upload at DEBUG, and a
+    mistyped DB URL with a password: no token, secret key, signature or password in any file or output."""
+    res = Result("12 secrets in logs (DEBUG + S3, DB URL)")
+    base = ctx.dir("secrets")
+    moto = moto_or_skip(res, base)
+    if moto is None:
+        return res
+    texts: list[tuple[str, str]] = []
+    try:
+        tree = ctx.tree.subset(base / "in", 6, ctx.rng, with_bad=False)
+        tq = Tessq(base)
+        tq.env.update({**S3_ENV, "AWS_SESSION_TOKEN": MARKER_TOKEN, "AWS_SECRET_ACCESS_KEY": MARKER_SECRET,
+                       "TESSQ_S3_ENDPOINT_URL": moto.url})
+        moto.client().create_bucket(Bucket="chaos-secrets")
+        for i, wire in enumerate(("0", "1")):
+            tq.env["TESSQ_LOG_WIRE"] = wire
+            proc = tq.run("--log-level", "DEBUG", "run", str(tree.root), f"s3://chaos-secrets/cut{i}", MIN_ARG,
+                          "--workers", "2")
+            res.injected += 1
+            texts.append((f"run (wire log {wire})", proc.stdout + proc.stderr))
+            if proc.returncode != 0:
+                res.findings.add("other", f"DEBUG run to S3 exited {proc.returncode}: {proc.stderr[-300:]}")
+        out = base / "out"
+        proc = tq.run("run", str(tree.root), str(out), MIN_ARG, "--workers", "2")
+        proc = tq.run("--log-level", "DEBUG", "upload", "s3://chaos-secrets/ship", "--endpoint-url", moto.url)
+        texts.append(("upload", proc.stdout + proc.stderr))
+        proc = tq.run("export", "--zip")
+        res.injected += 2
+        for typo in ("postgress://chaos:CHAOSDBPASSWORD99@db.example/tessq",
+                     "mysql://chaos:CHAOSDBPASSWORD99@db.example/tessq"):
+            for cmd in (("status", "--once"), ("scan", str(tree.root))):
+                p = subprocess.run(tq.argv("--log-level", "DEBUG", *cmd), env={**tq.env, "TESSQ_DB_URL": typo},
+                                   cwd=tq.base, capture_output=True, text=True, timeout=120)
+                texts.append((f"{cmd[0]} with {typo.split(':')[0]}", p.stdout + p.stderr))
+                res.injected += 1
+    finally:
+        moto.stop()
+    for path in base.rglob("*"):
+        if path.is_file() and not path.is_symlink() and not path.name.startswith("moto-"):
+            data = path.read_bytes()
+            if path.suffix == ".zip":
+                with contextlib.suppress(zipfile.BadZipFile), zipfile.ZipFile(path) as zf:
+                    data += b"".join(zf.read(n) for n in zf.namelist())
+            texts.append((str(path.relative_to(base)), data.decode(errors="replace")))
+    secrets = (MARKER_TOKEN, MARKER_SECRET, "CHAOSDBPASSWORD99")
+    # a token, credential or signature with any value but the mask: quoted ('...': b'...') or not (a=...&)
+    token_re = re.compile(r"(?i)\b(X-Amz-Security-Token|X-Amz-Credential|X-Amz-Signature|Signature|Authorization)"
+                          r"['\"]?\s*[:=]\s*(?:b?(['\"])(.*?)\2|([^'\"&\s,;}]+))")
+    for where, text in texts:
+        for s in secrets:
+            if s in text:
+                res.findings.add("other", f"{where}: holds the secret {s[:12]}... ({text.count(s)} times)")
+        for m in token_re.finditer(text):
+            if (m.group(3) if m.group(2) else m.group(4)) != "***":
+                res.findings.add("other", f"{where}: an unmasked value: {text[m.start():m.start() + 60]!r}")
+                break
+    res.notes.append(f"{len(texts)} files and outputs searched")
+    return res
+
+
+def pool_kill(tq: Tessq, args: list[str], res: Result, label: str) -> None:
+    """Start a tessq command, SIGKILL it once its header-probe pool is up, and check the pool dies too."""
+    proc = tq.popen(*args)
+    pool: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(pool) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        pool |= set(descendants(proc.pid))
+        time.sleep(0.005)
+    if not pool:
+        stop(proc, signal.SIGKILL)
+        res.notes.append(f"{label}: finished before its probe pool was seen (not counted)")
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)  # the parent alone, as `kill -9 PID` does
+    proc.wait(timeout=30)
+    res.injected += 1
+    if not wait_until(lambda: not [p for p in pool if alive(p)], 3):
+        orphans = [p for p in pool if alive(p)]
+        res.findings.add("other", f"{label}: probe processes {orphans} outlived the SIGKILLed parent")
+        for p in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+
+
+def fault_leftovers(ctx: Ctx, budget: float) -> Result:
+    """13. kill -9 of `tessq export` mid-archive (the next export must leave no temporary archive) and of
+    `tessq scan` / `tessq run` while headers are probed (no probe process may outlive them)."""
+    res = Result("13 leftovers: kill -9 export / probing")
+    tq, base, out, _ = small_run(ctx, "leftovers")
+    # A big incompressible file in a done folder makes the archive take long enough to be killed inside.
+    folder = out / tq.query("SELECT out_rel FROM image WHERE status='done' LIMIT 1")[0]["out_rel"]
+    with open(folder / "filler.bin", "wb") as f:
+        for _ in range(48):
+            f.write(os.urandom(1 << 20))
+    kills = 3 if ctx.quick else 9
+    for _ in range(kills):
+        proc = tq.popen("export", "--zip")
+        mine = out / f".{out.resolve().name}_results.zip.tessq-tmp-{proc.pid}"  # this export's own archive
+        seen = wait_until(mine.exists, 60, every=0.01)
+        time.sleep(ctx.rng.uniform(0.0, 0.4))
+        if proc.poll() is not None or not seen:
+            res.notes.append("an export finished before it could be killed")
+            continue
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        res.injected += 1
+    left = [p.name for p in out.iterdir() if ".tessq-tmp-" in p.name]
+    res.notes.append(f"{len(left)} temporary archive(s) after {res.injected} kills mid-archive, before the next "
+                     "export (each export removes those its killed predecessors left)")
+    proc = tq.run("export", "--zip")
+    if proc.returncode != 0:
+        res.findings.add("other", f"the export after the kills exited {proc.returncode}: {proc.stderr[-300:]}")
+    for p in out.iterdir():
+        if ".tessq-tmp-" in p.name:
+            res.findings.add("other", f"{p.name} ({p.stat().st_size / 1e6:.0f} MB) left after the next export")
+    archive = out / f"{out.resolve().name}_results.zip"
+    with zipfile.ZipFile(archive) as zf:
+        if zf.testzip() is not None:
+            res.findings.add("other", "the archive after the kills fails its CRC check")
+    # Probing: enough files that the scan forks its probe pool (hard links of one TIFF: made in a moment).
+    from tessq.scan import PROBE_PARALLEL_MIN
+
+    src = base / "many"
+    one = write_good(src / "seed.tif", 40, 48, seed=7)
+    for i in range(3 * PROBE_PARALLEL_MIN):
+        os.link(one, src / f"img_{i:05d}.tif")
+    rounds = 2 if ctx.quick else 5
+    for i in range(rounds):
+        pool_kill(tq, ["scan", str(src), "--out", str(base / f"many_out_{i}"), MIN_ARG], res, f"scan {i}")
+        pool_kill(tq, ["run", str(src), str(base / f"many_run_{i}"), MIN_ARG, "--workers", "1"], res, f"run {i}")
+    return res
+
+
 FAULTS: list[tuple[Callable[[Ctx, float], Result], float, bool]] = [  # (fault, share of the time, in --quick)
     (fault_kill, 0.30, True),
     (fault_signals, 0.15, True),
@@ -1324,6 +1699,10 @@ FAULTS: list[tuple[Callable[[Ctx, float], Result], float, bool]] = [  # (fault, 
     (fault_backup_restore, 0.10, False),
     (fault_bad_inputs, 0.10, True),
     (fault_escaping_names, 0.04, True),
+    (fault_upload_target, 0.03, True),
+    (fault_symlinks, 0.02, True),
+    (fault_secrets, 0.03, True),
+    (fault_leftovers, 0.03, True),
 ]
 
 

@@ -14,6 +14,7 @@ from huey.api import Task
 from huey.storage import PostgresStorage, SqliteStorage
 
 from tessq.errors import ConfigError
+from tessq.redact import redact_url
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -44,7 +45,7 @@ def make_database(url: str) -> peewee.Database:
 
         dsn = "psycopg3://" + url.split("://", 1)[1]
         return db_url.connect(dsn)
-    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
+    raise ConfigError(f"unsupported database URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
 
 
 class _SqliteStorage(SqliteStorage):
@@ -118,7 +119,7 @@ def make_queue(url: str, name: str = "tessq") -> Huey:
     if is_postgres(parsed.geturl()):
         dsn = "postgresql://" + url.split("://", 1)[1]
         return _PostgresQueue(name, dsn=dsn, results=False)
-    raise ConfigError(f"unsupported queue URL {url!r}: use sqlite:///PATH, redis://HOST:6379/N or postgresql://...")
+    raise ConfigError(f"unsupported queue URL {redact_url(url)!r}: use sqlite:///PATH, redis://HOST:6379/N or postgresql://...")
 
 
 def server_now(database: peewee.Database) -> peewee.Node:

@@ -489,7 +489,7 @@ def upload(
             fail(exc, 1)
     console.print(
         f"uploaded {result['uploaded']} file(s), skipped {result['skipped']} already there, "
-        f"{result['bytes_uploaded'] / 1e6:.1f} MB"
+        f"{result['bytes_uploaded'] / 1e6:.1f} MB; verified {result.get('verified', 0)} objects in the target"
     )
     if result.get("failed"):
         for f in result["failed"]:

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import shutil
+import stat
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +20,7 @@ from typing import BinaryIO
 from tessq.errors import ExportDiskFullError, ExportError
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger("tessq.export")
 
 DEFAULT_EXTRA_FILES = ("batch_report.json", "batch_processing.log")
 # Markers of folders and files that are work in progress (atomic image folders, our own temp archives).
@@ -31,6 +35,8 @@ FILE_MODE = 0o100644  # regular file, rw-r--r--
 CHUNK = 1 << 20
 # Size of a local header + central record without the name, with ZIP64 extras: a lower bound per entry.
 ENTRY_OVERHEAD = 30 + 46 + 2 * 28
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+TMP_SUFFIX = ".tessq-tmp-"
 
 
 # ---------------------------------------------------------------- what is shipped
@@ -66,9 +72,21 @@ def select_image_dirs(image_dirs: Iterable[str], folder: str | None) -> list[str
     return [d for d in dirs if d == limit or d.startswith(limit + "/")]
 
 
-def _walk_files(root: str, rel_root: str) -> Iterable[tuple[str, str]]:
-    """Regular files below `root` as (path, relative name), not following symlinked folders and
-    skipping work-in-progress items. Plain strings: this runs once per slice, 100,000s of times."""
+def _not_shipped(not_shipped: list[dict[str, str]] | None, path: str, reason: str) -> None:
+    log.warning("not shipped: %s (%s)", path, reason)
+    if not_shipped is not None:
+        not_shipped.append({"path": path, "reason": reason})
+
+
+def _kind(mode: int) -> str:
+    return "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+
+
+def _walk_files(root: str, rel_root: str, not_shipped: list[dict[str, str]] | None = None
+                ) -> Iterable[tuple[str, str]]:
+    """Regular files below `root` as (path, relative name), never following a symbolic link (a link is
+    left out and listed in `not_shipped`, as are sockets, FIFOs and devices) and skipping
+    work-in-progress items. Plain strings: this runs once per slice, 100,000s of times."""
     stack = [(root, rel_root)]
     while stack:
         here, rel_here = stack.pop()
@@ -79,8 +97,24 @@ def _walk_files(root: str, rel_root: str) -> Iterable[tuple[str, str]]:
                 rel = f"{rel_here}/{entry.name}" if rel_here else entry.name
                 if entry.is_dir(follow_symlinks=False):
                     stack.append((entry.path, rel))
-                elif entry.is_file():
+                elif entry.is_file(follow_symlinks=False):
                     yield entry.path, rel
+                else:
+                    _not_shipped(not_shipped, entry.path, _kind(entry.stat(follow_symlinks=False).st_mode))
+
+
+def _link_on_the_way(root: Path, rel: str) -> str | None:
+    """The first component of root/rel (below root) that is a symbolic link or not a folder, else None."""
+    here = root
+    for part in PurePosixPath(rel).parts:
+        here = here / part
+        try:
+            mode = os.lstat(here).st_mode
+        except FileNotFoundError:
+            return None  # missing: the caller's error
+        if not stat.S_ISDIR(mode):
+            return f"{here} is {_kind(mode)}"
+    return None
 
 
 class MissingImagesError(ExportError):
@@ -106,12 +140,15 @@ def shipped_files(
     folder: str | None = None,
     extra_files: Iterable[str] = DEFAULT_EXTRA_FILES,
     exclude: Iterable[Path] = (),
+    not_shipped: list[dict[str, str]] | None = None,
 ) -> list[tuple[Path, str]]:
     """Every file of the done image folders plus the reports, as (absolute path, relative posix name),
     sorted by name so archives and uploads see the same deterministic order.
 
     A done image whose folder is missing on disk is an error: the status table and the disk disagree,
-    and silently shipping less than the table promises would hide it.
+    and silently shipping less than the table promises would hide it. Nothing is reached through a
+    symbolic link inside OUT: a linked file, a linked image folder (or a link on its way) and a linked
+    report are left out, logged, and listed in `not_shipped` ({"path", "reason"}).
     """
     root = Path(out_dir).resolve()
     # Walked paths start from the resolved root, so comparing resolved strings is enough.
@@ -120,18 +157,30 @@ def shipped_files(
     missing: list[str] = []
     for rel_dir in select_image_dirs(image_dirs, folder):
         path = root / rel_dir
+        link = _link_on_the_way(root, rel_dir)
+        if link is not None:
+            _not_shipped(not_shipped, str(path), link)
+            continue
         if not path.is_dir():
             missing.append(rel_dir)
             continue
-        for file_path, rel in _walk_files(str(path), rel_dir):
+        for file_path, rel in _walk_files(str(path), rel_dir, not_shipped):
             files[rel] = file_path
     if missing:
         raise MissingImagesError(missing)
     for name in extra_files:
         rel = _normalise_rel(name)
         path = root / rel
-        if rel and not is_temporary(rel) and path.is_file():
+        if not rel or is_temporary(rel) or _link_on_the_way(root, str(PurePosixPath(rel).parent)):
+            continue
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(mode):
             files[rel] = str(path)
+        else:
+            _not_shipped(not_shipped, str(path), _kind(mode))
     return [(Path(files[rel]), rel) for rel in sorted(files) if files[rel] not in excluded]
 
 
@@ -184,16 +233,27 @@ def _copy_exactly(src: BinaryIO, dst: BinaryIO, size: int, path: Path) -> None:
         remaining -= len(chunk)
 
 
+def _create_new(tmp: Path) -> int:
+    """A new file, never opened through a link planted at the temporary name (O_EXCL refuses anything there)."""
+    try:
+        return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
+    except FileExistsError as exc:
+        raise ExportError(f"{tmp} exists and is not this export's (a link, or another export): remove it") from exc
+
+
 def _write_archive(
-    tmp: Path, files: Sequence[tuple[Path, str]], sizes: Sequence[int], progress: Progress | None
+    tmp: Path | BinaryIO, files: Sequence[tuple[Path, str]], sizes: Sequence[int], progress: Progress | None
 ) -> tuple[int, int]:
-    """Stream every file into `tmp` chunk by chunk; returns (stored, deflated) entry counts."""
+    """Stream every file into `tmp` (a new path, or a file open for writing that this closes) chunk by
+    chunk; returns (stored, deflated) entry counts."""
     total = sum(sizes)
     done = stored = deflated = 0
-    with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+    raw = tmp if not isinstance(tmp, Path) else os.fdopen(_create_new(tmp), "w+b")
+    with raw, zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
         for (path, rel), size in zip(files, sizes, strict=True):
             info = _zip_info(rel, size)
-            with open(path, "rb") as src, zf.open(info, "w") as dst:
+            # O_NOFOLLOW: a file swapped for a link after the listing is refused (ELOOP), not read through.
+            with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb") as src, zf.open(info, "w") as dst:
                 _copy_exactly(src, dst, size, path)
             if info.compress_type == zipfile.ZIP_STORED:
                 stored += 1
@@ -229,6 +289,53 @@ def verify_archive(path: Path, expected: Sequence[tuple[str, int]]) -> None:
                 raise ExportError(f"{path}: entry {name!r} fails its CRC check ({exc})") from exc
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _started_after(pid: int, mtime: float) -> bool:
+    """True when process `pid` started after `mtime` (so it is a reused pid, not the temp file's writer)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_ctime > mtime + 1.0
+    except OSError:
+        return False
+
+
+def remove_stale_temps(dest: Path) -> list[Path]:
+    """Remove `.<dest name>.tessq-tmp-<pid>` left beside `dest` by an export killed with SIGKILL (its pid
+    is gone, or was reused by a process started after the file was last written); returns what went."""
+    pattern = re.compile(re.escape(f".{dest.name}{TMP_SUFFIX}") + r"(\d+)$")
+    removed = []
+    try:
+        entries = list(os.scandir(dest.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match:
+            continue
+        pid = int(match.group(1))
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if pid == os.getpid() or not _pid_alive(pid) or _started_after(pid, mtime):
+            try:
+                os.unlink(entry.path)  # a link is removed itself, never its target
+            except OSError as exc:
+                log.warning("cannot remove the stale temporary archive %s: %s", entry.path, exc)
+                continue
+            log.info("removed the stale temporary archive %s (its export was killed)", entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def export_zip(
     out_dir: Path,
     image_dirs: Sequence[str],
@@ -248,19 +355,24 @@ def export_zip(
     out_dir = Path(out_dir)
     dest = Path(dest) if dest is not None else default_zip_path(out_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tessq-tmp-{os.getpid()}")
+    tmp = dest.with_name(f".{dest.name}{TMP_SUFFIX}{os.getpid()}")
+    stale = remove_stale_temps(dest)
     if not select_image_dirs(image_dirs, folder):
         where = f" under folder {folder!r}" if folder else ""
         raise ExportError(f"nothing to export: no done images{where} in {out_dir}")
-    files = shipped_files(out_dir, image_dirs, folder=folder, extra_files=extra_files, exclude=(dest, tmp))
+    not_shipped: list[dict[str, str]] = []
+    files = shipped_files(out_dir, image_dirs, folder=folder, extra_files=extra_files, exclude=(dest, tmp),
+                          not_shipped=not_shipped)
     # Sizes are taken once: the header, the progress total and the verification all agree on them.
-    sizes = [path.stat().st_size for path, _ in files]
+    sizes = [os.lstat(path).st_size for path, _ in files]
     _check_free_space(dest, files, sizes)
+    raw = os.fdopen(_create_new(tmp), "w+b")
     try:
-        stored, deflated = _write_archive(tmp, files, sizes, progress)
+        stored, deflated = _write_archive(raw, files, sizes, progress)
         verify_archive(tmp, [(rel, size) for (_, rel), size in zip(files, sizes, strict=True)])
         os.replace(tmp, dest)
     except OSError as exc:
+        raw.close()
         tmp.unlink(missing_ok=True)
         if _is_disk_full(exc):
             raise ExportDiskFullError(
@@ -269,6 +381,7 @@ def export_zip(
             ) from exc
         raise
     except BaseException:
+        raw.close()
         tmp.unlink(missing_ok=True)
         raise
     return {
@@ -279,5 +392,7 @@ def export_zip(
         "stored": stored,
         "deflated": deflated,
         "verified": True,
+        "not_shipped": not_shipped,
+        "stale_temps_removed": len(stale),
         "seconds": round(time.monotonic() - started, 3),
     }

@@ -163,8 +163,11 @@ def write_report(report: dict[str, Any], output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / defaults.REPORT_FILENAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(report_bytes(report))
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a leftover (or a planted link) is removed itself, never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(report_bytes(report))
+    os.replace(tmp, path)  # replaces a link planted at `path` itself, not its target
     return path
 
 

@@ -298,7 +298,8 @@ def probe_all(files: list[tuple[Any, str, str]], min_size: int, *, parallel: boo
     else:
         jobs = [(FileRef(entry.path, entry.name), *rest) for entry, *rest in jobs]
         context = multiprocessing.get_context("fork")  # the pool inherits the imported modules: no start-up
-        with ProcessPoolExecutor(max_workers=cpus, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=cpus, mp_context=context, initializer=_init_probe_process,
+                                 initargs=(os.getpid(),)) as pool:
             rows = list(pool.map(_probe_one, jobs, chunksize=256))
     candidates = []
     for row in rows:
@@ -307,6 +308,16 @@ def probe_all(files: list[tuple[Any, str, str]], min_size: int, *, parallel: boo
         else:
             candidates.append(row)
     return candidates
+
+
+def _init_probe_process(parent: int) -> None:
+    """Each probe process dies with the scan (PR_SET_PDEATHSIG): a kill -9 of `tessq scan`/`run` while headers
+    are read leaves no orphan. A parent that died before the prctl took effect is caught by the ppid check."""
+    from tessq.queue import die_with_parent
+
+    die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _probe_one(job: tuple[Any, str, str, int, db.KnownHeader | None]) -> dict[str, Any] | str:

@@ -1,7 +1,11 @@
 """Uploading the shipped output tree to S3 or any S3-compatible store: concurrent, checksummed, resumable.
 
-Each object is recorded in the status table's upload ledger right after S3 confirms it, so a re-run
-(or a run after kill -9) sends only what is missing or changed.
+The target is listed once (ListObjectsV2 over the prefix) and compared with the local files: a missing
+object, or one of another size, is sent. Each object is recorded in the status table's upload ledger,
+keyed by endpoint + bucket + key, right after S3 confirms it; an object of the right size is skipped
+only when the ledger recorded that very object (same ETag) for these local bytes, or when S3's CRC32 of
+it (one HEAD) equals the local file's. The run ends with a second listing: every object must be there
+with the local file's size, or the run reports it as failed.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
+import os
 import threading
 import time
 import zlib
@@ -17,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from tessq.errors import (
     BucketNotFoundError,
@@ -38,7 +44,6 @@ MULTIPART_THRESHOLD = 16 << 20
 MULTIPART_CHUNKSIZE = 16 << 20
 MAX_ATTEMPTS = 8  # botocore "standard" retry mode: exponential backoff with jitter, capped at 20 s
 CHECKSUM_PREFIX = "crc32:"
-MTIME_TOLERANCE_S = 1e-6
 AUTH_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
      "InvalidClientTokenId", "AllAccessDisabled", "403"}
@@ -63,8 +68,31 @@ class S3Target:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def url_for(self, key: str) -> str:
-        """The ledger's key: the full s3:// URL, so one ledger can serve several buckets and prefixes."""
         return f"s3://{self.bucket}/{key}"
+
+    def list_prefix(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+
+def endpoint_id(endpoint_url: str | None) -> str:
+    """The endpoint as the ledger names it: 'aws' for AWS S3 (any region), else scheme://host[:port][/path],
+    lower-cased, without credentials, default port or trailing slash."""
+    if not endpoint_url:
+        return "aws"
+    parts = urlsplit(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
+    host = (parts.hostname or "").lower()
+    if host == "amazonaws.com" or host.endswith(".amazonaws.com"):
+        return "aws"
+    scheme = (parts.scheme or "https").lower()
+    port = parts.port
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def ledger_key(endpoint: str, target: S3Target, key: str) -> str:
+    """The ledger's key: endpoint + s3://BUCKET/KEY, so the same bucket name on another endpoint (another
+    MinIO, another cloud) is another target, and one ledger serves several buckets and prefixes."""
+    return f"{endpoint} {target.url_for(key)}"
 
 
 def parse_s3_url(url: str) -> S3Target:
@@ -77,16 +105,26 @@ def parse_s3_url(url: str) -> S3Target:
 
 
 def files_to_ship(
-    out_dir: Path, image_dirs: Sequence[str], *, folder: str | None = None
+    out_dir: Path, image_dirs: Sequence[str], *, folder: str | None = None,
+    not_shipped: list[dict[str, str]] | None = None,
 ) -> list[tuple[Path, str]]:
-    """Every file of the done image folders plus the reports: the same listing the ZIP export ships."""
-    return shipped_files(out_dir, image_dirs, folder=folder)
+    """Every file of the done image folders plus the reports: the same listing the ZIP export ships
+    (symbolic links and special files are left out, and listed in `not_shipped`)."""
+    return shipped_files(out_dir, image_dirs, folder=folder, not_shipped=not_shipped)
+
+
+NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_nofollow(path: Path) -> Any:
+    """The file for reading, refusing a symbolic link (ELOOP): nothing is read through a link in OUT."""
+    return os.fdopen(os.open(path, NOFOLLOW), "rb")
 
 
 def file_crc32(path: Path) -> str:
     """The file's CRC32 as S3 writes it (base64 of the big-endian 4 bytes), read in chunks."""
     crc = 0
-    with open(path, "rb") as f:
+    with open_nofollow(path) as f:
         while chunk := f.read(CHUNK):
             crc = zlib.crc32(chunk, crc)
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
@@ -188,6 +226,8 @@ class _Run:
     ledger: Ledger
     total: int
     progress: Progress | None
+    endpoint: str = "aws"
+    remote: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # key -> (size, ETag)
     done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -215,16 +255,18 @@ def _send(run: _Run, path: Path, key: str, size: int, crc: str) -> str | None:
     """Upload one file with its CRC32 and check what S3 reports back; returns the ETag."""
     extra = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc, "ContentType": content_type(key)}
     if size < MULTIPART_THRESHOLD:
-        with open(path, "rb") as body:
+        with open_nofollow(path) as body:
             resp = run.client.put_object(Bucket=run.target.bucket, Key=key, Body=body, **extra)
         server_size, server_crc = size, resp.get("ChecksumCRC32")
         run.advance(size)
     else:
         sent = [0]
         try:
-            run.manager.upload(
-                str(path), run.target.bucket, key, extra_args=extra, subscribers=[_subscriber(run, sent)]
-            ).result()
+            # An open file, not its name: s3transfer would open the name itself, following a link.
+            with open_nofollow(path) as body:
+                run.manager.upload(
+                    body, run.target.bucket, key, extra_args=extra, subscribers=[_subscriber(run, sent)]
+                ).result()
         except BaseException:
             run.advance(-sent[0])  # the bar should not keep bytes of a transfer that failed
             raise
@@ -239,25 +281,68 @@ def _send(run: _Run, path: Path, key: str, size: int, crc: str) -> str | None:
     return resp.get("ETag")
 
 
+def _remote_crc32(run: _Run, key: str) -> str | None:
+    """S3's full-object CRC32 of `key` (one HEAD), or None when it holds none (or the HEAD fails)."""
+    try:
+        resp = run.client.head_object(Bucket=run.target.bucket, Key=key, ChecksumMode="ENABLED")
+    except Exception as exc:
+        if fatal_error(exc, run.target, run.endpoint) is not None:
+            raise
+        return None
+    return resp.get("ChecksumCRC32")
+
+
 def _ship_one(run: _Run, path: Path, rel: str) -> tuple[str, int]:
     """Skip or upload one file: ('skipped' | 'uploaded', size). The ledger row is written only after S3
-    confirmed the object."""
+    confirmed the object. Nothing is skipped that the target's listing does not hold at the local size."""
     key = run.target.key_for(rel)
-    ledger_key = run.target.url_for(key)
-    st = path.stat()
+    lkey = ledger_key(run.endpoint, run.target, key)
+    st = os.lstat(path)
     size, mtime = st.st_size, st.st_mtime
-    prior = run.ledger.get(ledger_key)
+    remote = run.remote.get(key)
     checksum: str | None = None
-    # Cheap test first: only a file whose size and mtime match the ledger is worth hashing to confirm.
-    if prior is not None and prior.size == size and abs(prior.mtime - mtime) <= MTIME_TOLERANCE_S:
+    if remote is not None and remote[0] == size:
+        prior = run.ledger.get(lkey)
         checksum = CHECKSUM_PREFIX + file_crc32(path)
-        if checksum == prior.checksum:
+        # The ledger vouches for the object only if it recorded this very object (its ETag) for these bytes.
+        recorded = (prior is not None and prior.size == size and prior.checksum == checksum
+                    and (prior.etag is None or remote[1] is None or prior.etag == remote[1]))
+        if recorded or _remote_crc32(run, key) == checksum.removeprefix(CHECKSUM_PREFIX):
+            if not recorded:  # there already (an older ledger, another machine's upload): record it
+                run.ledger.record(lkey, str(path), size, mtime, checksum, remote[1])
             run.advance(size)
             return "skipped", size
     checksum = checksum or CHECKSUM_PREFIX + file_crc32(path)
     etag = _send(run, path, key, size, checksum.removeprefix(CHECKSUM_PREFIX))
-    run.ledger.record(ledger_key, str(path), size, mtime, checksum, etag)
+    run.ledger.record(lkey, str(path), size, mtime, checksum, etag)
     return "uploaded", size
+
+
+def list_target(client: Any, target: S3Target) -> dict[str, tuple[int, str | None]]:
+    """Every object under the target prefix: key -> (size, ETag), from paginated ListObjectsV2."""
+    objects: dict[str, tuple[int, str | None]] = {}
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=target.list_prefix())
+    for page in pages:
+        for obj in page.get("Contents", []):
+            objects[obj["Key"]] = (int(obj["Size"]), obj.get("ETag"))
+    return objects
+
+
+def _verify_target(client: Any, target: S3Target, shipped: dict[str, tuple[Path, int]]
+                   ) -> tuple[int, list[dict[str, str]]]:
+    """A fresh listing: every file sent or skipped (key -> (path, size it had then)) must be in the target at
+    that size. The size taken when shipping, not now: a log still being appended to is not a failure."""
+    listing = list_target(client, target)
+    verified, missing = 0, []
+    for key, (path, size) in sorted(shipped.items()):
+        found = listing.get(key)
+        if found is not None and found[0] == size:
+            verified += 1
+            continue
+        what = "is missing" if found is None else f"holds {found[0]} bytes, the local file {size}"
+        missing.append({"path": str(path), "key": key,
+                        "error": f"s3://{target.bucket}/{key} {what} after the upload; run the upload again"})
+    return verified, missing
 
 
 def _size_or_zero(path: Path) -> int:
@@ -279,7 +364,7 @@ def upload_outputs(
     progress: Progress | None = None,
     client: Any = None,
 ) -> dict:
-    """Upload (local path, relative key) pairs under s3://BUCKET/PREFIX, skipping what the ledger holds.
+    """Upload (local path, relative key) pairs under s3://BUCKET/PREFIX, skipping what the target already holds.
 
     `progress(done_bytes, total_bytes)` counts skipped files at once and uploaded bytes as they go; it
     is called from worker threads, one call at a time.
@@ -295,14 +380,21 @@ def upload_outputs(
     client = client if client is not None else make_client(endpoint_url, profile, concurrency)
     endpoint = endpoint_url or getattr(getattr(client, "meta", None), "endpoint_url", None)
     check_bucket(client, target, endpoint)
+    try:
+        remote = list_target(client, target)
+    except Exception as exc:
+        fatal = fatal_error(exc, target, endpoint)
+        raise (fatal or UploadError(f"cannot list s3://{target.bucket}/{target.prefix}: {exc}")) from exc
     config = TransferConfig(
         multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNKSIZE,
         max_concurrency=concurrency, use_threads=True,
     )
     manager = create_transfer_manager(client, config)
     total = sum(_size_or_zero(path) for path, _ in files)
-    run = _Run(client, manager, target, ledger, total=total, progress=progress)
+    run = _Run(client, manager, target, ledger, total=total, progress=progress, endpoint=endpoint_id(endpoint),
+               remote=remote)
     counts = {"uploaded": 0, "skipped": 0}
+    shipped: dict[str, tuple[Path, int]] = {}
     bytes_uploaded = 0
     failed: list[dict[str, str]] = []
     try:
@@ -315,6 +407,7 @@ def upload_outputs(
                 exc = fut.exception()
                 if exc is None:
                     outcome, size = fut.result()
+                    shipped[target.key_for(rel)] = (path, size)
                     counts[outcome] += 1
                     bytes_uploaded += size if outcome == "uploaded" else 0
                     continue
@@ -327,9 +420,18 @@ def upload_outputs(
                 failed.append({"path": str(path), "key": target.key_for(rel), "error": str(exc)})
     finally:
         manager.shutdown()
+    try:
+        verified, missing = _verify_target(client, target, shipped)
+    except Exception as exc:
+        fatal = fatal_error(exc, target, endpoint)
+        raise (fatal or UploadError(f"cannot list s3://{target.bucket}/{target.prefix} to verify it: {exc}")) from exc
+    for item in missing:
+        log.warning("%s", item["error"])
+    failed.extend(missing)
     return {
         "uploaded": counts["uploaded"],
         "skipped": counts["skipped"],
+        "verified": verified,
         "bytes_uploaded": bytes_uploaded,
         "failed": failed,
         "seconds": round(time.monotonic() - started, 3),

@@ -161,15 +161,17 @@ def test_kill_9_mid_upload_resumes_without_resending_completed_files(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    before = {f"{url}/{rel}": ledger.get(f"{url}/{rel}") for _, rel in files}
+    at = upload.endpoint_id(s3_endpoint)
+    before = {f"{url}/{rel}": ledger.get(f"{at} {url}/{rel}") for _, rel in files}
     completed = {key: row.uploaded_at for key, row in before.items() if row is not None}
     assert 30 <= len(completed) < len(files)
 
     result = upload_outputs(files, url, ledger=ledger, endpoint_url=s3_endpoint)
-    assert result["skipped"] == len(completed)
-    assert result["uploaded"] == len(files) - len(completed)
+    # An object S3 confirmed just before the kill, not yet in the ledger, is found by its CRC32 and skipped.
+    assert len(completed) <= result["skipped"] <= len(completed) + 2
+    assert result["uploaded"] + result["skipped"] == len(files) == result["verified"]
     for key, uploaded_at in completed.items():
-        assert ledger.get(key).uploaded_at == uploaded_at, f"{key} was sent again"
+        assert ledger.get(f"{at} {key}").uploaded_at == uploaded_at, f"{key} was sent again"
     remote = bucket_objects(s3, bucket)
     assert remote == {f"resume/{rel}": path.read_bytes() for path, rel in files}
 
@@ -187,12 +189,15 @@ def test_a_transfer_that_does_not_match_the_local_checksum_fails_and_is_not_reco
     result = upload_outputs(files, f"s3://{bucket}/c", ledger=ledger, endpoint_url=s3_endpoint)
     assert [f["path"] for f in result["failed"]] == [str(big)]
     assert "CRC32" in result["failed"][0]["error"]
-    assert ledger.get(f"s3://{bucket}/c/{DONE[0]}/slice_big.png") is None
+    assert ledger.get(f"{upload.endpoint_id(s3_endpoint)} s3://{bucket}/c/{DONE[0]}/slice_big.png") is None
     assert result["uploaded"] == len(files) - 1
 
     monkeypatch.setattr(upload, "file_crc32", real_crc)
     retry = upload_outputs(files, f"s3://{bucket}/c", ledger=ledger, endpoint_url=s3_endpoint)
-    assert (retry["uploaded"], retry["failed"]) == (1, [])
+    # The object S3 kept holds the right bytes (its CRC32 equals the local file's): it is recorded, not sent.
+    assert retry["failed"] == [] and retry["verified"] == len(files)
+    assert (retry["uploaded"], retry["skipped"]) in ((1, len(files) - 1), (0, len(files)))
+    assert ledger.get(f"{upload.endpoint_id(s3_endpoint)} s3://{bucket}/c/{DONE[0]}/slice_big.png") is not None
 
 
 def test_a_missing_bucket_is_a_clear_error(tmp_path: Path, ledger: db.UploadLedger, s3_endpoint: str) -> None:
