@@ -38,7 +38,9 @@ class BatchJob:
     False forgets this input's records and redoes every image. log_level: DEBUG, INFO, WARNING, ERROR
     (OUT/batch_processing.log). grid / tile_size / overlap / format / png_preset / world_files /
     follow_symlinks: as the `tessq run` flags of the same names. workspace: where `.tessq/` (status
-    table and queue) lives (default: $TESSQ_WORKSPACE, else the current folder). extra: free-form
+    table and queue) lives (default: $TESSQ_WORKSPACE, else OUT/.tessq, so any process that sees OUT
+    resumes the job). force_options: accept cut options that differ from the ones OUT was made with
+    (finished images are then cut again; without it such a scan raises ConfigError). extra: free-form
     notes for the caller; tessq ignores it.
     """
 
@@ -58,6 +60,7 @@ class BatchJob:
     world_files: bool = False
     follow_symlinks: bool = False
     workspace: str | Path | None = None
+    force_options: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def slice_options(self) -> SliceOptions:
@@ -79,9 +82,16 @@ class BatchTesselator:
 
     def __init__(self, job: BatchJob) -> None:
         self.job = job
-        self.workspace = pipeline.open_workspace(job.workspace)
-        out = _location(job.output_dir)
+        inp, out = _location(job.input_dir), _location(job.output_dir)
+        pipeline.check_locations(inp, out)  # bad locations and lost work are refused before anything is written
+        self.workspace = pipeline.open_workspace(job.workspace, output_dir=out)
+        if job.skip_existing and job.resume_mode:
+            pipeline.check_job(inp, out, job.slice_options(), force_options=job.force_options)
         pipeline.start_logging(job.log_level, out.resolve() if isinstance(out, Path) else out, console=False)
+        if self.workspace.legacy:
+            from tessq.settings import legacy_message
+
+            pipeline.log.warning("%s", legacy_message(self.workspace, out))
 
     def _activate(self) -> None:
         """Point the process-wide database and queue at this batch's workspace again.
@@ -103,11 +113,19 @@ class BatchTesselator:
             job.slice_options(),
             follow_symlinks=job.follow_symlinks,
             workspace=self.workspace,
+            force_options=job.force_options or not (job.skip_existing and job.resume_mode),
         )
         return summary.as_dict()
 
+    def _job(self) -> Any:
+        """This batch's row in the status table, found by its output folder (None before its first scan)."""
+        from tessq import db, remote
+
+        with db.session():
+            return db.Job.get_or_none(db.Job.output_dir == str(remote.resolve(_location(self.job.output_dir))))
+
     def process(self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0) -> int:
-        """Run `tessq workers --n max_workers --drain` as a child process until nothing is left to do.
+        """Run `tessq workers --workers max_workers --drain` as a child process until nothing is left to do.
 
         on_progress, if given, is called about every `poll_s` seconds and once at the end with
         `tessq.status.snapshot()` (counts by state, progress finished/total, throughput, ETA, workers).
@@ -117,6 +135,8 @@ class BatchTesselator:
         from tessq import status
 
         self._activate()
+        row = self._job()
+        job_id = row.id if row is not None else None
         cmd = [
             sys.executable,
             "-m",
@@ -126,7 +146,7 @@ class BatchTesselator:
             "--log-level",
             self.job.log_level,
             "workers",
-            "--n",
+            "--workers",
             str(self.job.max_workers),
             "--drain",
         ]
@@ -139,14 +159,14 @@ class BatchTesselator:
             try:
                 while child.poll() is None:
                     if on_progress:
-                        on_progress(status.snapshot())
+                        on_progress(status.snapshot(job_id))
                     time.sleep(poll_s)
             except BaseException:
                 child.terminate()  # graceful: running images finish or go back to the queue
                 child.wait()
                 raise
             if on_progress:
-                on_progress(status.snapshot())
+                on_progress(status.snapshot(job_id))
             if child.returncode != 0:
                 console_log.seek(0)
                 tail = console_log.read()[-4000:]
@@ -156,7 +176,7 @@ class BatchTesselator:
     def report(self) -> dict[str, Any]:
         """The report from the status table (what `tessq report --json` prints); also OUT/batch_report.json."""
         self._activate()
-        return pipeline.finish_report()
+        return pipeline.finish_report(self._job())
 
     def run_batch(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Scan, process everything, and return the final report (the seed's batch_summary and more)."""

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from tessq import db
 from tessq.db import Image
-from tessq.report import state_counts
+from tessq.report import of_job, state_counts
 
 WINDOW_S = 300.0  # throughput is measured over the last five minutes
 
@@ -37,16 +37,18 @@ def eta_seconds(remaining: int, images_per_hour: float) -> float | None:
     return remaining / images_per_hour * 3600.0 if images_per_hour > 0 else None
 
 
-def snapshot() -> dict[str, Any]:
+def snapshot(job_id: int | None = None) -> dict[str, Any]:
+    """One job's live counts (every job's when job_id is None)."""
     with db.session():
         now = db.server_time()
-        counts = state_counts()
+        counts = state_counts(job_id)
         window_start = now - WINDOW_S
-        first_start = Image.select(peewee.fn.MIN(Image.started_at)).where(Image.status == db.DONE).scalar()
+        first_start = Image.select(peewee.fn.MIN(Image.started_at)).where(
+            of_job(Image.status == db.DONE, Image, job_id)).scalar()
         window = max(min(WINDOW_S, now - first_start), 1.0) if first_start else WINDOW_S
         n_recent, bytes_recent = (
             Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0))
-            .where((Image.status == db.DONE) & (Image.finished_at >= window_start))
+            .where(of_job((Image.status == db.DONE) & (Image.finished_at >= window_start), Image, job_id))
             .tuples()
             .first()
         )
@@ -59,13 +61,13 @@ def snapshot() -> dict[str, Any]:
                 "lease_left_s": round((r.lease_until or now) - now, 1),
             }
             for r in Image.select(Image.worker, Image.rel_path, Image.started_at, Image.attempts, Image.lease_until)
-            .where(Image.status == db.RUNNING)
+            .where(of_job(Image.status == db.RUNNING, Image, job_id))
             .order_by(Image.worker)
         ]
         errors = [
             {"file": r.rel_path, "type": r.error_type, "message": r.error_message}
             for r in Image.select(Image.rel_path, Image.error_type, Image.error_message)
-            .where(Image.status == db.FAILED)
+            .where(of_job(Image.status == db.FAILED, Image, job_id))
             .order_by(Image.finished_at.desc())
             .limit(5)
         ]
@@ -86,6 +88,7 @@ def snapshot() -> dict[str, Any]:
         "hosts": hosts,
         "latest_errors": errors,
         "uploads": db.UploadLedger().summary(),
+        "job_id": job_id,
         "at": now,
     }
 
