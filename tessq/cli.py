@@ -426,6 +426,7 @@ def run(
         else:  # --no-resume redoes every image on purpose: no option check
             pipeline.check_locations(input_dir, output_dir)
             ws = pipeline.open_workspace(STATE["workspace"], output_dir=output_dir, command="run")
+            pipeline.check_job(input_dir, output_dir, options, force_options=True)  # still one IN per OUT
             pipeline.forget_job(input_dir)
         pipeline.start_logging(STATE["log_level"], output_dir)
         summary = pipeline.scan_and_enqueue(

@@ -338,3 +338,43 @@ def test_the_state_folder_is_never_scanned_as_input(tmp_path: Path, env: dict[st
     assert again["found"] == 2 and again["already_done"] == 2
     con = sqlite3.connect(out / ".tessq/tessq.db")
     assert con.execute("select count(*) from image where rel_path like '%tessq%'").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------ the lookup rule itself (settings.resolve_workspace)
+
+
+def test_the_lookup_order_explicit_then_out_then_upwards_then_an_error(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessq.settings import resolve_workspace
+
+    out = tmp_path / "out"
+    (out / ".tessq").mkdir(parents=True)
+    (out / ".tessq/tessq.db").write_bytes(b"")
+    deep = out / "a/b"
+    deep.mkdir(parents=True)
+    (nowhere,) = folders(tmp_path, "nowhere")
+
+    monkeypatch.chdir(nowhere)
+    assert resolve_workspace(output_dir=out).root == out
+    assert resolve_workspace(tmp_path / "ws").root == tmp_path / "ws"
+    assert resolve_workspace(out / ".tessq").root == out, "-w OUT/.tessq means OUT"
+    with pytest.raises(ConfigError, match=r"pass the output folder.*tessq report OUT"):
+        resolve_workspace(command="report")
+    monkeypatch.setenv("TESSQ_WORKSPACE", str(tmp_path / "env_ws"))
+    assert resolve_workspace(output_dir=out).root == tmp_path / "env_ws", "explicit beats OUT"
+    monkeypatch.delenv("TESSQ_WORKSPACE")
+
+    monkeypatch.chdir(deep)
+    found = resolve_workspace()
+    assert found.root == out and found.how == "search"
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    remote = resolve_workspace(output_dir="s3://bucket/processed/")
+    assert remote.root.parent == tmp_path / "cache/tessq/workspaces"
+    assert remote.root == resolve_workspace(output_dir="s3://bucket/processed").root, "one URL, one state"
+    assert remote.root != resolve_workspace(output_dir="s3://bucket/other").root
+
+    monkeypatch.chdir(nowhere)
+    monkeypatch.setenv("TESSQ_DB_URL", "postgresql://nobody@127.0.0.1:1/none")
+    shared = resolve_workspace()
+    assert shared.how == "shared-db" and not shared.is_embedded
