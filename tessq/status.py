@@ -18,7 +18,7 @@ from rich.text import Text
 
 from tessq import db
 from tessq.db import Image
-from tessq.report import of_job, state_counts
+from tessq.report import busy_seconds, of_job, state_counts
 
 WINDOW_S = 300.0  # throughput is measured over the last five minutes
 
@@ -43,9 +43,13 @@ def snapshot(job_id: int | None = None) -> dict[str, Any]:
         now = db.server_time()
         counts = state_counts(job_id)
         window_start = now - WINDOW_S
-        first_start = Image.select(peewee.fn.MIN(Image.started_at)).where(
-            of_job(Image.status == db.DONE, Image, job_id)).scalar()
-        window = max(min(WINDOW_S, now - first_start), 1.0) if first_start else WINDOW_S
+        # the rate over the last five minutes counts only the time images were being cut in them (the union of
+        # their intervals): the idle minutes before a resumed run, or between runs, do not dilute it
+        recent = Image.select(Image.started_at, Image.finished_at).where(
+            of_job((Image.status == db.DONE) & (Image.finished_at >= window_start)
+                   & Image.started_at.is_null(False), Image, job_id)).tuples()
+        busy = busy_seconds([(max(float(a), window_start), float(b)) for a, b in recent])
+        window = max(busy, 1.0) if busy else WINDOW_S
         n_recent, bytes_recent = (
             Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0))
             .where(of_job((Image.status == db.DONE) & (Image.finished_at >= window_start), Image, job_id))

@@ -218,6 +218,8 @@ def test_time_figures_leave_out_the_idle_gap_between_runs(tmp_path: Path, env: d
     assert summary["total_processing_time"] < throughput["calendar_s"] - 2.5, throughput
     assert throughput["idle_s"] >= 2.5
     assert summary["images_per_hour"] == pytest.approx(3 / summary["total_processing_time"] * 3600, rel=0.01)
+    live = run_json("status", str(out), env=env, cwd=tmp_path)["throughput"]["images_per_hour"]
+    assert live > 3 / throughput["calendar_s"] * 3600 * 1.5, "the live rate leaves the idle gap out too"
 
 
 def test_busy_seconds_is_the_union_of_image_intervals() -> None:
