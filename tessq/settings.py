@@ -9,7 +9,7 @@ huey's queue). A command finds it, in this order, from
      local folder named after the URL under the user cache dir ($XDG_CACHE_HOME/tessq/workspaces/);
   3. otherwise the nearest `.tessq/` in the current folder or one of its parents, as git finds `.git`
      (so anywhere inside OUT finds OUT/.tessq);
-  4. else, with a PostgreSQL TESSQ_DB_URL, the shared database (jobs are told apart by output folder);
+  4. else, with a TESSQ_DB_URL (PostgreSQL), that shared database (jobs are told apart by output folder);
      with the embedded SQLite default it is an error saying what to pass.
 
 Flag > environment (TESSQ_WORKSPACE, TESSQ_DB_URL, TESSQ_QUEUE_URL) > defaults.
@@ -138,7 +138,7 @@ def resolve_workspace(workspace: str | os.PathLike[str] | None = None, *,
     the current folder and its parents when neither a workspace nor an output is given (else the
     current folder is the workspace, the old behaviour, for callers that create one on purpose)."""
     explicit = workspace or os.environ.get("TESSQ_WORKSPACE")
-    shared = backends.is_postgres(os.environ.get("TESSQ_DB_URL") or "")
+    shared = bool(os.environ.get("TESSQ_DB_URL"))  # the status table is not in any .tessq/ (PostgreSQL, usually)
     if explicit:
         root, how = _root_of(explicit), "explicit"
     elif output_dir is not None:
