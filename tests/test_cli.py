@@ -68,7 +68,7 @@ def test_retry_requeues_failed_images(finished: tuple[Path, dict[str, str]]) -> 
     root, env = finished
     proc = tessq_cmd("retry", "--failed", env=env, cwd=root, check=True)
     assert "re-queued 1" in proc.stdout
-    tessq_cmd("workers", "--n", "1", "--drain", env=env, cwd=root, check=True)
+    tessq_cmd("workers", "--workers", "1", "--drain", env=env, cwd=root, check=True)
     report = json.loads(tessq_cmd("report", "--json", env=env, cwd=root, check=True).stdout)
     assert report["batch_summary"]["errors"] == 1  # still corrupt: failed again, with the reason
     assert report["errors"][0]["type"] == "corrupt"
