@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/src" "$work/run"
-cp pyproject.toml README.md alembic_free_schema.sql "$work/src/"   # tessq/schema.sql links to the last
+cp pyproject.toml README.md alembic_free_schema.sql batch_tesselate.py enhanced_tesselate.py "$work/src/"  # schema.sql links here
 cp -a tessq "$work/src/tessq"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 python -m pip wheel --no-deps -q -w "$work/dist" "$work/src"
@@ -15,4 +15,7 @@ python -m venv "$work/venv"
 cd "$work/run"
 env -u TESSQ_WORKSPACE -u TESSQ_DB_URL -u TESSQ_QUEUE_URL "$work/venv/bin/tessq" --help >/dev/null
 env -u TESSQ_WORKSPACE -u TESSQ_DB_URL -u TESSQ_QUEUE_URL "$work/venv/bin/tessq" demo demo-from-wheel
+# the seed's module names, as its README imports them
+"$work/venv/bin/python" -c "from batch_tesselate import BatchTesselator, BatchJob; \
+from enhanced_tesselate import verify_images_identical"
 echo "wheel check: ok"

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_wheel_installed_in_a_fresh_venv_runs_help_and_the_demo(tmp_path: Path) -> None:
     src = tmp_path / "src"  # a copy: the build leaves build/ and *.egg-info behind, never in the worktree
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "alembic_free_schema.sql"):  # tessq/schema.sql links to the last
+    # tessq/schema.sql links to alembic_free_schema.sql; the seed's module names sit at the root
+    files = ("pyproject.toml", "README.md", "alembic_free_schema.sql", "batch_tesselate.py", "enhanced_tesselate.py")
+    for name in files:
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "tessq", src / "tessq", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TESSQ_", "PYTHON", "VIRTUAL_ENV"))}
@@ -49,3 +51,7 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_help_and_the_demo(tmp_path: Pa
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "verify: 4/4 images reassemble bit for bit" in demo.stdout
     assert "Traceback" not in demo.stderr
+    seed = subprocess.run([str(venv / "bin/python"), "-c", "from batch_tesselate import BatchTesselator, BatchJob; "
+                           "from enhanced_tesselate import verify_images_identical"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert seed.returncode == 0, seed.stderr
