@@ -34,6 +34,9 @@ def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("interrupted: run the same command again to resume")
             raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
+        except Exception as exc:  # a workspace that cannot be written, a database that cannot be reached
+            _storage_failure(exc)
+            raise
 
     return wrapper
 
@@ -155,6 +158,26 @@ def _open(create: bool = True) -> Any:
         return pipeline.open_workspace(STATE["workspace"], create=create)
     except TessqError as exc:
         fail(exc)
+    except Exception as exc:
+        _storage_failure(exc)
+        raise
+
+
+def _storage_failure(exc: Exception) -> None:
+    """Exit with one line (exit code 2) when `exc` is a failure to open or write the workspace's databases."""
+    if isinstance(exc, (TessqError, typer.Exit)):
+        return
+    from tessq import db
+    from tessq.settings import resolve_workspace
+
+    try:
+        ws = resolve_workspace(STATE.get("workspace"))
+        url, where = ws.db_url, ws.root
+    except Exception:
+        url, where = None, None
+    problem = db.storage_problem(exc, url, where)
+    if problem is not None:
+        fail(problem)
 
 
 # ------------------------------------------------------------------ commands
@@ -519,3 +542,9 @@ def main() -> None:
     except TessqError as exc:  # anything not caught by a command still prints as one clear line
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(defaults.EXIT_USAGE)
+    except Exception as exc:
+        try:
+            _storage_failure(exc)
+        except typer.Exit as stop:
+            sys.exit(stop.exit_code)
+        raise
