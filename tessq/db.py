@@ -142,6 +142,8 @@ def create_schema() -> None:
     """Create every table and index from alembic_free_schema.sql (idempotent)."""
     dialect = "postgresql" if not isinstance(database.obj, peewee.SqliteDatabase) else "sqlite"
     with database.connection_context(), database.atomic():
+        if dialect == "postgresql":  # concurrent CREATE TABLE IF NOT EXISTS races on pg_type without it
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (backends.SCHEMA_LOCK_KEY,))
         for statement in schema_statements(dialect):
             database.execute_sql(statement)
 
