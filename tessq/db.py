@@ -258,7 +258,7 @@ def upsert_job(input_dir: str, output_dir: str, options: dict[str, Any], options
                 raise ConfigError(
                     f"output folder {output_dir} is already written by the job of {other_input}"
                     f" (its output is {other_output}): two jobs in one output folder would overwrite each"
-                    f" other's images; choose another --out, or `tessq forget {other_input}` first")
+                    f" other's images; choose another --out")
         job = Job.get_or_none(Job.input_dir == input_dir)
         if job is None:
             return Job.create(
