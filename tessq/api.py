@@ -38,8 +38,10 @@ class BatchJob:
     False forgets this input's records and redoes every image. log_level: DEBUG, INFO, WARNING, ERROR
     (the console, stderr; OUT/batch_processing.log). grid / tile_size / overlap / format / png_preset /
     world_files / self_check / follow_symlinks / check_output: as the `tessq run` flags of the same names.
-    workspace: where `.tessq/` (status table and queue) lives (default: $TESSQ_WORKSPACE, else the
-    current folder). extra: free-form notes for the caller; tessq ignores it.
+    workspace: where `.tessq/` (status table and queue) lives (default: $TESSQ_WORKSPACE, else OUT/.tessq,
+    so any process that sees OUT resumes the job). force_options: accept cut options that differ from the
+    ones OUT was made with (finished images are then cut again; without it such a scan raises ConfigError).
+    extra: free-form notes for the caller; tessq ignores it.
     """
 
     input_dir: str | Path
@@ -60,6 +62,7 @@ class BatchJob:
     follow_symlinks: bool = False
     check_output: str = "stat"
     workspace: str | Path | None = None
+    force_options: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def slice_options(self) -> SliceOptions:
@@ -82,10 +85,17 @@ class BatchTesselator:
 
     def __init__(self, job: BatchJob) -> None:
         self.job = job
-        self.workspace = pipeline.open_workspace(job.workspace)
-        out = _location(job.output_dir)
+        inp, out = _location(job.input_dir), _location(job.output_dir)
+        pipeline.check_locations(inp, out)  # bad locations and lost work are refused before anything is written
+        self.workspace = pipeline.open_workspace(job.workspace, output_dir=out)
+        if job.skip_existing and job.resume_mode:
+            pipeline.check_job(inp, out, job.slice_options(), force_options=job.force_options)
         # the console (stderr) at log_level, as the seed logged; the file OUT/batch_processing.log as always
         pipeline.start_logging(job.log_level, out.resolve() if isinstance(out, Path) else out, console=True)
+        if self.workspace.legacy:
+            from tessq.settings import legacy_message
+
+            pipeline.log.warning("%s", legacy_message(self.workspace, out))
 
     def _activate(self) -> None:
         """Point the process-wide database and queue at this batch's workspace again.
@@ -108,12 +118,20 @@ class BatchTesselator:
             follow_symlinks=job.follow_symlinks,
             workspace=self.workspace,
             check_output=job.check_output,
+            force_options=job.force_options or not (job.skip_existing and job.resume_mode),
         )
         return summary.as_dict()
 
+    def _job(self) -> Any:
+        """This batch's row in the status table, found by its output folder (None before its first scan)."""
+        from tessq import db, remote
+
+        with db.session():
+            return db.Job.get_or_none(db.Job.output_dir == str(remote.resolve(_location(self.job.output_dir))))
+
     def process(self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0,
                 progress: bool = False) -> int:
-        """Run `tessq workers --n max_workers --drain` as a child process until nothing is left to do.
+        """Run `tessq workers --workers max_workers --drain` as a child process until nothing is left to do.
 
         on_progress, if given, is called about every `poll_s` seconds and once at the end with
         `tessq.status.snapshot()` (counts by state, progress finished/total, throughput, ETA, workers).
@@ -126,20 +144,21 @@ class BatchTesselator:
         from tessq import status
         from tessq.progress import BatchProgress
 
+        self._activate()
+        row = self._job()
+        job_id = row.id if row is not None else None
         shown = BatchProgress() if progress else None
         try:
-            return self._process(on_progress, poll_s, shown)
+            return self._process(on_progress, poll_s, shown, job_id)
         finally:
             if shown is not None:
-                shown.close(status.snapshot())
+                shown.close(status.snapshot(job_id))
 
     def _process(self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float,
-                 shown: Callable[[dict[str, Any]], None] | None) -> int:
+                 shown: Callable[[dict[str, Any]], None] | None, job_id: int | None) -> int:
         from tessq import status
 
         callbacks = [f for f in (on_progress, shown) if f is not None]
-
-        self._activate()
         cmd = [
             sys.executable,
             "-m",
@@ -149,7 +168,7 @@ class BatchTesselator:
             "--log-level",
             self.job.log_level,
             "workers",
-            "--n",
+            "--workers",
             str(self.job.max_workers),
             "--drain",
         ]
@@ -165,7 +184,7 @@ class BatchTesselator:
                 while child.poll() is None:
                     relay.forward()
                     if callbacks:
-                        snap = status.snapshot()
+                        snap = status.snapshot(job_id)
                         for f in callbacks:
                             f(snap)
                     time.sleep(poll_s)
@@ -176,7 +195,7 @@ class BatchTesselator:
             finally:
                 relay.forward(final=True)
             if on_progress:
-                on_progress(status.snapshot())
+                on_progress(status.snapshot(job_id))
             if child.returncode != 0:
                 console_log.seek(0)
                 tail = console_log.read()[-4000:].decode("utf-8", "replace")
@@ -186,7 +205,7 @@ class BatchTesselator:
     def report(self) -> dict[str, Any]:
         """The report from the status table (what `tessq report --json` prints); also OUT/batch_report.json."""
         self._activate()
-        return pipeline.finish_report()
+        return pipeline.finish_report(self._job())
 
     def run_batch(self, on_progress: Callable[[dict[str, Any]], None] | None = None,
                   progress: bool = True) -> dict[str, Any]:

@@ -6,6 +6,7 @@ No logic lives here; every command is a thin wrapper so the Python API and the C
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import time
@@ -45,6 +46,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode="rich",
+    pretty_exceptions_enable=False,  # an unexpected error is one line (main), never a 60-line rich traceback
     help="Cut folders of large TIFFs into exact, lossless pieces: scan, run workers, watch, report, verify, ship.",
 )
 console = Console(soft_wrap=True)  # paths in output stay on one line when piped
@@ -91,6 +93,65 @@ CheckOutput = Annotated[str, typer.Option(
     help="How done images' folders are checked before counting as done: stat (default: every slice there with "
          "its recorded size), hash (re-hash every slice against metadata.json's sha256), none. Missing or "
          "damaged ones are queued again.")]
+
+
+WORKSPACE_HELP = (
+    "The job's output folder OUT (its .tessq/ holds the job's state), or any folder holding a .tessq/. "
+    "Default: found from OUT, else from the current folder and its parents."
+)
+WorkspaceOpt = Annotated[
+    Path | None, typer.Option("--workspace", "-w", help=WORKSPACE_HELP, show_default=False)
+]
+LogLevelOpt = Annotated[
+    str | None, typer.Option("--log-level", help="Console log level: DEBUG, INFO, WARNING, ERROR.", show_default=False)
+]
+OutArg = Annotated[
+    Path | None,
+    typer.Argument(help="The job's output folder (default: the .tessq/ found from the current folder upwards).",
+                   show_default=False, metavar="[OUT]"),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="The job's output folder (default: the .tessq/ found from the current folder "
+                 "upwards).", show_default=False),
+]
+JobOpt = Annotated[
+    int | None, typer.Option("--job", min=1, help="Which job, when several share one database (ids: tessq report).",
+                             show_default=False)
+]
+Workers = Annotated[
+    int | None, typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).",
+                             show_default=False)
+]
+ForceOptions = Annotated[
+    bool, typer.Option("--force-options", help="Accept cut options that differ from the job's: finished images "
+                       "made with the old ones are cut again (without it, such a scan is refused).")
+]
+
+
+def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Also accept the global --workspace/-w and --log-level after the command (`tessq status -w OUT`)."""
+    base = inspect.signature(command, eval_str=True)
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, workspace_opt: Path | None = None, log_level_opt: str | None = None,
+                **kwargs: Any) -> Any:
+        if workspace_opt is not None:
+            STATE["workspace"] = workspace_opt
+        if log_level_opt is not None:
+            STATE["log_level"] = log_level_opt.upper()
+        return command(*args, **kwargs)
+
+    extra = [
+        inspect.Parameter("workspace_opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=WorkspaceOpt),
+        inspect.Parameter("log_level_opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LogLevelOpt),
+    ]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base.parameters.values()]
+    wrapper.__signature__ = base.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in params},
+                               "workspace_opt": WorkspaceOpt, "log_level_opt": LogLevelOpt}
+    del wrapper.__wrapped__  # typer must read the signature above, not the command's own
+    return wrapper
 
 
 def build_options(
@@ -140,7 +201,8 @@ def root(
             "--workspace",
             "-w",
             envvar="TESSQ_WORKSPACE",
-            help="Folder whose .tessq/ holds the status and queue databases (default: current folder).",
+            help=WORKSPACE_HELP,
+            show_default=False,
         ),
     ] = None,
     log_level: Annotated[
@@ -153,28 +215,52 @@ def root(
     STATE["workspace"], STATE["log_level"] = workspace, log_level.upper()
 
 
-def _open(create: bool = True) -> Any:
+def _open_job(command: str, out: Path | None = None, job_id: int | None = None,
+              require_job: bool = True, note: bool = True) -> tuple[Any, Any]:
+    """The workspace and the job a reading command speaks of (settings.py has the rule); nothing is created.
+    When several jobs share the database, says which one this is and how to pick another."""
     try:
-        return pipeline.open_workspace(STATE["workspace"], create=create)
+        ws = pipeline.open_workspace(STATE["workspace"], create=False, output_dir=out, command=command)
+        _legacy_note(ws, out)
+        choice = pipeline.select_job(ws, out=out, job_id=job_id, require=require_job)
     except TessqError as exc:
         fail(exc)
     except Exception as exc:
         _storage_failure(exc)
         raise
+    if note and choice is not None and choice.note:
+        err.print(f"[yellow]note:[/yellow] {choice.note}")
+    return ws, (choice.job if choice else None)
+
+
+def _legacy_note(ws: Any, out: Path | str | None) -> None:
+    if ws.legacy and out is not None:
+        from tessq.settings import legacy_message
+
+        err.print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
+
+
+def _open_for(input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool, command: str) -> Any:
+    """scan/run: refuse bad locations and work-losing option changes before creating any file or folder."""
+    pipeline.check_locations(input_dir, out)
+    ws = pipeline.open_workspace(STATE["workspace"], output_dir=out, command=command)
+    _legacy_note(ws, out)
+    pipeline.check_job(input_dir, out, options, force_options=force_options)
+    return ws
 
 
 def _storage_failure(exc: Exception) -> None:
     """Exit with one line (exit code 2) when `exc` is a failure to open or write the workspace's databases."""
     if isinstance(exc, (TessqError, typer.Exit)):
         return
-    from tessq import db
-    from tessq.settings import resolve_workspace
+    import os
 
-    try:
-        ws = resolve_workspace(STATE.get("workspace"))
-        url, where = ws.db_url, ws.root
-    except Exception:
-        url, where = None, None
+    from tessq import db
+    from tessq import queue as tq
+
+    ws = tq.workspace()  # what was being opened (None when the queue itself could not be set up)
+    url = ws.db_url if ws is not None else os.environ.get("TESSQ_DB_URL")
+    where = ws.state_dir if ws is not None else STATE.get("workspace")
     problem = db.storage_problem(exc, url, where)
     if problem is not None:
         fail(problem)
@@ -184,6 +270,7 @@ def _storage_failure(exc: Exception) -> None:
 
 
 @app.command()
+@global_options
 @interruptible
 def scan(
     input_dir: Annotated[Path, typer.Argument(help="Folder tree (or s3://BUCKET/PREFIX) to scan for TIFFs.")],
@@ -204,17 +291,21 @@ def scan(
     self_check: SelfCheck = defaults.SELF_CHECK,
     follow_symlinks: FollowSymlinks = False,
     check_output: CheckOutput = "stat",
+    force_options: ForceOptions = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run."""
+    """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run.
+
+    The job's state goes to OUT/.tessq/: `tessq workers OUT`, `tessq status OUT` (or run them inside OUT)."""
     try:
         options = build_options(
             num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
         )
-        ws = _open()
-        pipeline.start_logging(STATE["log_level"], out or pipeline.default_output_dir(input_dir))
-        summary = pipeline.scan_and_enqueue(input_dir, out, options, follow_symlinks=follow_symlinks, workspace=ws,
-                                            check_output=check_output)
+        target = out or pipeline.default_output_dir(input_dir)
+        ws = _open_for(input_dir, target, options, force_options, "scan")
+        pipeline.start_logging(STATE["log_level"], target)
+        summary = pipeline.scan_and_enqueue(input_dir, target, options, follow_symlinks=follow_symlinks, workspace=ws,
+                                            force_options=force_options, check_output=check_output)
     except TessqError as exc:
         fail(exc)
     if as_json:
@@ -254,18 +345,29 @@ def print_scan(summary: Any) -> None:
 
 
 @app.command()
+@global_options
 @interruptible
 def workers(
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of worker processes.")] = 2,
+    out: OutArg = None,
+    n_workers: Workers = None,
+    legacy_n: Annotated[int | None, typer.Option("--n", "-n", min=1, hidden=True)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when nothing is left to do.")] = False,
 ) -> None:
-    """Run N worker processes until Ctrl-C/SIGTERM (graceful; twice = at once) or, with --drain, until done."""
+    """Run worker processes until Ctrl-C/SIGTERM (graceful; twice = at once) or, with --drain, until done.
+
+    They serve the queue of the job in OUT (or of the .tessq/ found from the current folder upwards)."""
+    import os
+
     from tessq import worker
 
-    _open()
-    pipeline.start_logging(STATE["log_level"], pipeline.latest_output_dir())
+    if legacy_n is not None:
+        err.print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
+                  "run): use --workers N")
+        n_workers = n_workers or legacy_n
+    _, job = _open_job("workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
+    pipeline.start_logging(STATE["log_level"], job.output_dir if job else None)
     try:
-        outcome = worker.run_workers(n, drain=drain)
+        outcome = worker.run_workers(n_workers or os.cpu_count() or 2, drain=drain)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         err.print("stopped at once; running images went back to the queue")
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
@@ -273,7 +375,10 @@ def workers(
 
 
 @app.command()
+@global_options
 def status(
+    out: OutArg = None,
+    job_id: JobOpt = None,
     once: Annotated[bool, typer.Option(
         "--once", help="Print one snapshot and exit (the default when output is not a terminal).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one snapshot as JSON and exit.")] = False,
@@ -285,29 +390,33 @@ def status(
     snapshot, so it never blocks a script or a cell."""
     from tessq import status as st
 
-    _open(create=False)
+    _, job = _open_job("status", out, job_id)
+    snap = functools.partial(st.snapshot, job.id)
     if as_json:
-        console.print_json(json.dumps(st.snapshot()))
+        console.print_json(json.dumps(snap()))
         return
     if once or not console.is_terminal:
-        console.print(st.render(st.snapshot()))
+        console.print(st.render(snap()))
         return
     try:
-        with Live(st.render(st.snapshot()), console=console, refresh_per_second=4) as live:
+        with Live(st.render(snap()), console=console, refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
-                live.update(st.render(st.snapshot()))
+                live.update(st.render(snap()))
     except KeyboardInterrupt:
         pass
 
 
 @app.command()
+@global_options
 def report(
+    out: OutArg = None,
+    job_id: JobOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
 ) -> None:
-    """The final report from the status table; also written to OUT/batch_report.json."""
-    _open(create=False)
-    rep = pipeline.finish_report()
+    """One job's final report from the status table; also written to OUT/batch_report.json."""
+    _, job = _open_job("report", out, job_id)
+    rep = pipeline.finish_report(job)
     if as_json:
         console.print_json(json.dumps(rep))
     else:
@@ -315,7 +424,9 @@ def report(
 
 
 def print_report(rep: dict[str, Any]) -> None:
-    table = Table(title="batch_summary", show_header=False)
+    job = rep.get("job") or {}
+    title = f"batch_summary: {job['input_dir']} -> {job['output_dir']}" if job else "batch_summary"
+    table = Table(title=title, show_header=False)
     for key, value in rep["batch_summary"].items():
         table.add_row(key, str(value))
     console.print(table)
@@ -340,6 +451,7 @@ def print_report(rep: dict[str, Any]) -> None:
 
 
 @app.command()
+@global_options
 @interruptible
 def run(
     input_dir: Annotated[Path, typer.Argument(help="Input folder tree.")],
@@ -357,9 +469,8 @@ def run(
     self_check: SelfCheck = defaults.SELF_CHECK,
     follow_symlinks: FollowSymlinks = False,
     check_output: CheckOutput = "stat",
-    n_workers: Annotated[
-        int | None, typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).")
-    ] = None,
+    n_workers: Workers = None,
+    force_options: ForceOptions = False,
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Keep finished work (default). --no-resume redoes every image.")
     ] = True,
@@ -375,13 +486,19 @@ def run(
         options = build_options(
             num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
         )
-        ws = _open()
-        pipeline.start_logging(STATE["log_level"], output_dir)
-        if not resume:
+        if resume:
+            ws = _open_for(input_dir, output_dir, options, force_options, "run")
+        else:  # --no-resume redoes every image on purpose: no option check
+            pipeline.check_locations(input_dir, output_dir)
+            ws = pipeline.open_workspace(STATE["workspace"], output_dir=output_dir, command="run")
+            pipeline.check_job(input_dir, output_dir, options, force_options=True)  # still one IN per OUT
             pipeline.forget_job(input_dir)
+        pipeline.start_logging(STATE["log_level"], output_dir)
         summary = pipeline.scan_and_enqueue(
-            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws, check_output=check_output
+            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws,
+            force_options=force_options or not resume, check_output=check_output,
         )
+        job = pipeline.select_job(ws, out=output_dir).job  # type: ignore[union-attr]
     except TessqError as exc:
         fail(exc)
     if not as_json:
@@ -390,9 +507,9 @@ def run(
         stopped_by = worker.run_workers(n_workers or os.cpu_count() or 2, drain=True).stopped_by
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         stopped_by = "signal"
-    rep = pipeline.finish_report()
+    rep = pipeline.finish_report(job)
     if zip_ and stopped_by == "drained":
-        _export_zip(None, None)
+        _export_zip(None, None, job)
     if as_json:
         console.print_json(json.dumps(rep))
     else:
@@ -404,7 +521,10 @@ def run(
 
 
 @app.command()
+@global_options
 def retry(
+    out: OutArg = None,
+    job_id: JobOpt = None,
     failed: Annotated[bool, typer.Option("--failed", help="Re-queue every failed image (the default).")] = True,
     error_type: Annotated[
         list[str] | None, typer.Option("--type", help="Only failures of this type (repeatable).")
@@ -415,19 +535,22 @@ def retry(
     ] = None,
 ) -> None:
     """Re-queue failed images (fresh attempts) and images `tessq verify` found different; run `tessq workers`."""
-    _open(create=False)
-    n = pipeline.retry_failed(error_type, different)
+    _, job = _open_job("retry", out, job_id)
+    n = pipeline.retry_failed(error_type, job, different)
     console.print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
 
 
 @app.command()
+@global_options
 @interruptible
 def verify(
+    out: OutArg = None,
+    job_id: JobOpt = None,
     sample: Annotated[int | None, typer.Option("--sample", min=1, help="Check only the first N done images.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Reassemble every done image and compare it bit for bit with its source; record the verdict."""
-    _open(create=False)
+    _, job = _open_job("verify", out, job_id)
     with Progress(
         TextColumn("verify"),
         BarColumn(),
@@ -441,7 +564,7 @@ def verify(
         def tick(i: int, total: int, _name: str) -> None:
             bar.update(task, completed=i, total=total)
 
-        result = pipeline.verify_done(tick, sample)
+        result = pipeline.verify_done(tick, sample, job)
     if as_json:
         console.print_json(json.dumps(result))
     else:
@@ -454,12 +577,13 @@ def verify(
         raise typer.Exit(defaults.EXIT_SOME_FAILED)
 
 
-def _export_zip(path: Path | None, folder: str | None) -> dict[str, Any]:
+def _export_zip(path: Path | None, folder: str | None, job: Any = None) -> dict[str, Any]:
     with Progress(
         TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
     ) as bar:
         task = bar.add_task("zip", total=None)
-        result = pipeline.export_zip(path, folder, lambda done, total: bar.update(task, completed=done, total=total))
+        result = pipeline.export_zip(path, folder, lambda done, total: bar.update(task, completed=done, total=total),
+                                     job=job)
     console.print(
         f"wrote {result['path']}: {result['entries']} entries, {result['bytes'] / 1e6:.1f} MB, "
         f"verified={result['verified']}"
@@ -468,24 +592,31 @@ def _export_zip(path: Path | None, folder: str | None) -> dict[str, Any]:
 
 
 @app.command()
+@global_options
 @interruptible
 def export(
     path: Annotated[Path | None, typer.Argument(help="Archive path (default OUT/<OUT name>_results.zip).")] = None,
+    out: OutOpt = None,
+    job_id: JobOpt = None,
     zip_: Annotated[bool, typer.Option("--zip", help="Write a ZIP archive (the only format today).")] = True,
     folder: Annotated[str | None, typer.Option("--folder", help="Only this sub-folder of the output.")] = None,
 ) -> None:
-    """Package every done image and the reports into a ZIP: `tessq export --zip [PATH]` (streamed, ZIP64, checked)."""
-    _open(create=False)
+    """Package one job's done images and reports into a ZIP: `tessq export --zip [PATH] [--out OUT]` (streamed,
+    ZIP64, checked; the job's .tessq/ state is never in it)."""
+    _, job = _open_job("export", out, job_id)
     try:
-        _export_zip(path, folder)
+        _export_zip(path, folder, job)
     except TessqError as exc:
         fail(exc, 1)
 
 
 @app.command()
+@global_options
 @interruptible
 def upload(
     url: Annotated[str, typer.Argument(help="Destination s3://BUCKET/PREFIX.")],
+    out: OutOpt = None,
+    job_id: JobOpt = None,
     endpoint_url: Annotated[
         str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph...).")
     ] = None,
@@ -494,8 +625,8 @@ def upload(
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel transfers.")] = 8,
 ) -> None:
-    """Upload every done image's files and the reports to S3; resumable and checksummed."""
-    _open(create=False)
+    """Upload one job's done images and reports to S3; resumable and checksummed."""
+    _, job = _open_job("upload", out, job_id)
     with Progress(
         TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
     ) as bar:
@@ -507,6 +638,7 @@ def upload(
                 profile=profile,
                 concurrency=concurrency,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                job=job,
             )
         except TessqError as exc:
             fail(exc, 1)
@@ -521,12 +653,13 @@ def upload(
 
 
 @app.command()
+@global_options
 @interruptible
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where to create the sample tree and its output.")] = Path(
         "tessq-demo"
     ),
-    n_workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 2,
+    n_workers: Annotated[int, typer.Option("--workers", "--max-workers", min=1, help="Worker processes.")] = 2,
 ) -> None:
     """Generate a realistic sample tree, then scan, run, report and verify it end to end."""
     from tessq import demo as demo_mod
@@ -537,14 +670,29 @@ def demo(
 
 def main() -> None:
     """Run the app; tessq.entry.main (the console script) wraps this with the SIGTERM handling."""
+    import os
+
     try:
         app()
     except TessqError as exc:  # anything not caught by a command still prints as one clear line
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(defaults.EXIT_USAGE)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a bug or an unforeseen input: one line, the traceback only when asked for
         try:
-            _storage_failure(exc)
+            _storage_failure(exc)  # an unwritable workspace, an unreachable database: what to fix, exit 2
         except typer.Exit as stop:
             sys.exit(stop.exit_code)
-        raise
+        if os.environ.get("TESSQ_DEBUG"):
+            raise
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "
+                  f"please report it if the input looks valid)")
+        sys.exit(1)
+
+
+def _shared_db() -> bool:
+    """Whether the status table is a shared database (TESSQ_DB_URL), where workers may start before any scan."""
+    import os
+
+    return bool(os.environ.get("TESSQ_DB_URL"))

@@ -695,8 +695,10 @@ def queued_ids_with_size() -> dict[int, int | None]:
     return {r.id: r.pixel_bytes for r in query}
 
 
-def requeue_failed(error_types: Iterable[str] | None = None) -> list[int]:
+def requeue_failed(error_types: Iterable[str] | None = None, job_id: int | None = None) -> list[int]:
     cond = Image.status == FAILED
+    if job_id is not None:
+        cond &= Image.job == job_id
     types = list(error_types or [])
     if types:
         cond &= Image.error_type.in_(types)
@@ -752,9 +754,12 @@ def forget_done(image_ids: Iterable[int]) -> list[int]:
     return forgotten
 
 
-def different_ids() -> list[int]:
-    """Done images `tessq verify` recorded as not identical to their source."""
-    return [i for (i,) in Image.select(Image.id).where((Image.status == DONE) & (Image.verified == 0)).tuples()]
+def different_ids(job_id: int | None = None) -> list[int]:
+    """Done images (of one job, if given) `tessq verify` recorded as not identical to their source."""
+    cond = (Image.status == DONE) & (Image.verified == 0)
+    if job_id is not None:
+        cond &= Image.job == job_id
+    return [i for (i,) in Image.select(Image.id).where(cond).tuples()]
 
 
 def outstanding() -> int:
@@ -765,8 +770,11 @@ def outstanding() -> int:
 # ---------------------------------------------------------------- verification and uploads
 
 
-def done_images() -> list[Image]:
-    return list(Image.select(Image, Job).join(Job).where(Image.status == DONE).order_by(Image.job, Image.rel_path))
+def done_images(job_id: int | None = None) -> list[Image]:
+    cond = Image.status == DONE
+    if job_id is not None:
+        cond &= Image.job == job_id
+    return list(Image.select(Image, Job).join(Job).where(cond).order_by(Image.job, Image.rel_path))
 
 
 def record_verification(image_id: int, identical: bool) -> None:
@@ -791,9 +799,14 @@ class UploadLedger:
                         Upload.checksum: checksum, Upload.etag: etag, Upload.uploaded_at: time.time()},
             ).execute()
 
-    def summary(self) -> dict[str, int]:
+    def summary(self, local_prefix: str | None = None) -> dict[str, int]:
+        """Objects and bytes uploaded; with `local_prefix`, only files from under that folder (one job's OUT)."""
         with session():
-            row = Upload.select(peewee.fn.COUNT(Upload.id), peewee.fn.COALESCE(peewee.fn.SUM(Upload.size), 0)).tuples()
+            row = Upload.select(peewee.fn.COUNT(Upload.id), peewee.fn.COALESCE(peewee.fn.SUM(Upload.size), 0))
+            if local_prefix is not None:
+                prefix = local_prefix.rstrip("/") + "/"
+                row = row.where(peewee.fn.SUBSTR(Upload.local_path, 1, len(prefix)) == prefix)
+            row = row.tuples()
             count, total = row.first() or (0, 0)
             return {"objects": int(count), "bytes": int(total)}
 

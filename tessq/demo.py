@@ -1,6 +1,6 @@
 """`tessq demo`: build the sample tree, then scan, run, report and verify it, end to end.
 
-Uses exactly the code paths of `tessq run` on the embedded SQLite workspace inside DIR.
+Uses exactly the code paths of `tessq run` on the embedded SQLite workspace of its output, DIR/output/.tessq.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ def run_demo(directory: Path, n_workers: int, console: Console) -> int:
     started = time.monotonic()
     console.print(f"[bold]tessq demo[/bold]: writing a sample tree to {input_dir}")
     expected = samples.make_sample_tree(input_dir)
-    os.environ["TESSQ_WORKSPACE"] = str(root)
-    for key in ("TESSQ_DB_URL", "TESSQ_QUEUE_URL"):  # the demo always uses the embedded SQLite default
+    for key in ("TESSQ_WORKSPACE", "TESSQ_DB_URL", "TESSQ_QUEUE_URL"):  # always the embedded default: OUT/.tessq
         os.environ.pop(key, None)
-    ws = pipeline.open_workspace(root)
+    ws = pipeline.open_workspace(output_dir=output_dir)
     pipeline.start_logging("WARNING", output_dir)
     summary = pipeline.scan_and_enqueue(input_dir, output_dir, SliceOptions(), workspace=ws)
     console.print(f"scan: {summary.found} TIFFs, {summary.queued} queued, skipped {summary.skipped}, "
@@ -39,7 +38,7 @@ def run_demo(directory: Path, n_workers: int, console: Console) -> int:
         console.print(f"[yellow]expected failure[/yellow] {error['type']}: {error['message']}")
     console.print(f"verify: {verification['identical']}/{verification['checked']} images reassemble bit for bit")
     console.print(f"output: {output_dir}\nreport: {output_dir / defaults.REPORT_FILENAME}\n"
-                  f"workspace: {ws.state_dir} (try: tessq -w {root} status --once)")
+                  f"state: {ws.state_dir} (try: tessq status {output_dir} --once)")
     console.print(f"finished in {time.monotonic() - started:.1f} s")
     got = report["batch_summary"]
     ok = (got["successfully_processed"] == expected["done"] and got["errors"] == expected["errors"]

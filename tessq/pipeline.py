@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +16,117 @@ from tessq import db, defaults, logs, remote, report, scan
 from tessq import queue as tq
 from tessq.errors import ConfigError, TessqError
 from tessq.options import SliceOptions
-from tessq.settings import Workspace, options_fingerprint, resolve_workspace
+from tessq.settings import Workspace, legacy_message, options_changes, options_fingerprint, resolve_workspace
 
 log = logging.getLogger("tessq")
 
 
-def open_workspace(workspace: str | Path | None = None, *, create: bool = True) -> Workspace:
-    """Resolve the workspace and point the database and the queue at it (schema created if needed)."""
-    ws = resolve_workspace(workspace)
-    if ws.is_embedded and not create and not ws.state_dir.exists():
-        raise ConfigError(f"no tessq workspace in {ws.root} (run `tessq scan IN` there first, or pass --workspace)")
+def open_workspace(workspace: str | Path | None = None, *, create: bool = True,
+                   output_dir: Path | str | None = None, search: bool | None = None,
+                   command: str = "status") -> Workspace:
+    """Resolve the workspace (settings.resolve_workspace: explicit, else OUT/.tessq, else a `.tessq/` found
+    from the current folder up) and point the database and the queue at it (schema created if needed).
+
+    `create=False` (the commands that read a job) refuses a workspace that holds no state, creating nothing;
+    `search` defaults to `not create` (a reader looks upwards; a writer without OUT uses the current folder)."""
+    ws = resolve_workspace(workspace, output_dir=output_dir, search=(not create) if search is None else search,
+                           command=command)
+    if not create and not ws.exists:
+        raise ConfigError(_missing_state(ws, output_dir))
+    if ws.legacy and output_dir is not None:
+        log.warning("%s", legacy_message(ws, output_dir))
     tq.configure(ws)
     db.create_schema()
     return ws
 
 
+def _missing_state(ws: Workspace, output_dir: Path | str | None) -> str:
+    if ws.how == "output" and output_dir is not None:
+        return (f"no tessq job in {output_dir}: {ws.state_dir} does not exist (pass the output folder of a job, "
+                f"or start one with `tessq run IN {output_dir}` or `tessq scan IN --out {output_dir}`)")
+    return (f"no tessq workspace in {ws.root} ({ws.state_dir} holds no status table): pass the output folder of "
+            f"a job (`-w OUT`), or start one with `tessq scan IN --out OUT` / `tessq run IN OUT`")
+
+
+def _where(ws: Workspace | None) -> str:
+    if ws is None or ws.is_embedded:
+        return str(ws.state_dir) if ws else "this workspace"
+    from urllib.parse import urlparse
+
+    url = urlparse(ws.db_url)
+    return f"the database {url.hostname or ''}{url.path}"
+
+
+@dataclass
+class JobChoice:
+    """The job a command speaks of, and a note when other jobs share its database."""
+
+    job: db.Job
+    note: str | None = None
+
+
+def select_job(ws: Workspace | None = None, *, out: Path | str | None = None, job_id: int | None = None,
+               require: bool = True) -> JobChoice | None:
+    """One job of the workspace: by --job ID, else by output folder, else the only one, else the one whose
+    output holds the workspace or the current folder, else the latest scanned (said so in `note`)."""
+    ws = ws or tq.workspace()
+    with db.session():
+        jobs = list(db.Job.select().order_by(db.Job.id))
+    if not jobs:
+        if not require:
+            return None
+        raise ConfigError(f"no job in {_where(ws)} yet: start one with `tessq scan IN --out OUT` or "
+                          f"`tessq run IN OUT`")
+    listing = "; ".join(f"--job {j.id}: {j.input_dir} -> {j.output_dir}" for j in jobs)
+    if job_id is not None:
+        chosen = [j for j in jobs if j.id == job_id]
+        if not chosen:
+            raise ConfigError(f"no job {job_id} in {_where(ws)}; the jobs are: {listing}")
+        job = chosen[0]
+    elif out is not None:
+        wanted = str(remote.resolve(out))
+        chosen = [j for j in jobs if j.output_dir == wanted]
+        if not chosen:
+            raise ConfigError(f"no job writes to {wanted} in {_where(ws)}; the jobs are: {listing}")
+        job = chosen[0]
+    elif len(jobs) == 1:
+        job = jobs[0]
+    else:
+        job = _job_here(jobs, ws) or max(jobs, key=lambda j: (j.updated_at, j.id))
+    note = None
+    if len(jobs) > 1:
+        note = (f"{len(jobs)} jobs share {_where(ws)}; this is job {job.id} ({job.input_dir} -> {job.output_dir}). "
+                f"Pick another with --job ID or its output folder: {listing}")
+    return JobChoice(job, note)
+
+
+def _job_here(jobs: list[db.Job], ws: Workspace | None) -> db.Job | None:
+    """The job whose output folder is the workspace or holds the current folder (deepest match)."""
+    places = [Path.cwd().resolve()] + ([ws.root] if ws else [])
+    best: tuple[int, db.Job] | None = None
+    for job in jobs:
+        if remote.is_remote(job.output_dir):
+            continue
+        out = Path(job.output_dir)
+        for place in places:
+            if place == out or out in place.parents:
+                depth = len(out.parts)
+                if best is None or depth > best[0]:
+                    best = (depth, job)
+    return best[1] if best else None
+
+
+def _job(job: db.Job | None) -> db.Job:
+    if job is not None:
+        return job
+    choice = select_job()
+    assert choice is not None
+    return choice.job
+
+
 def start_logging(level: str, output_dir: Path | str | None = None, console: bool = True) -> None:
     if output_dir is not None and remote.is_remote(output_dir):  # S3 holds no log: it stays in the workspace
-        output_dir = (tq.workspace() or resolve_workspace()).state_dir
+        output_dir = (tq.workspace() or resolve_workspace(search=False)).state_dir
     log_file = (Path(output_dir) / defaults.LOG_FILENAME) if output_dir else None
     logs.setup(level, log_file, console=console)
 
@@ -44,22 +138,69 @@ def default_output_dir(input_dir: Path | str) -> Path | str:
     return input_dir.resolve().parent / f"{input_dir.resolve().name}_tessq"
 
 
-def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, options: SliceOptions, *,
-                     follow_symlinks: bool = False, workspace: Workspace,
-                     check_output: str = "stat") -> scan.ScanSummary:
-    """Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3).
+def check_locations(input_dir: Path | str, output_dir: Path | str | None) -> Path | str:
+    """Refuse an input or output that cannot work before anything is created; returns the resolved OUT.
 
-    check_output: how done images' output folders are checked before they count as done ("stat", "hash",
-    "none"; see scan.output_problem); damaged ones are queued again."""
-    if check_output not in scan.CHECK_OUTPUT_MODES:
-        raise ConfigError(f"--check-output must be one of {', '.join(scan.CHECK_OUTPUT_MODES)}, not {check_output!r}")
+    Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3)."""
     if remote.is_remote(input_dir):
         remote.check_input(str(input_dir))
     elif not Path(input_dir).is_dir():
         raise ConfigError(f"input folder {input_dir} does not exist or is not a folder")
     out = remote.resolve(output_dir or default_output_dir(input_dir))
     if out == remote.resolve(input_dir):
-        raise ConfigError("the output folder must differ from the input folder")
+        raise ConfigError(f"the output folder must differ from the input folder ({out}): pass another OUT")
+    if isinstance(out, Path) and out.exists() and not out.is_dir():
+        raise ConfigError(f"the output {out} exists and is not a folder")
+    return out
+
+
+def check_job(input_dir: Path | str, output_dir: Path | str, options: SliceOptions, *,
+              force_options: bool = False) -> None:
+    """Refuse a scan that would silently throw finished work away (the workspace must be open).
+
+    - OUT already holds another input's job; - IN is already cut into another OUT in this database;
+    - the cut options differ from the job's and some images are done: they would be cut again, so it
+      takes `force_options` (`--force-options`, `BatchJob(force_options=True)`)."""
+    inp, out = str(remote.resolve(input_dir)), str(remote.resolve(output_dir))
+    fingerprint = options_fingerprint(options)
+    with db.session():
+        by_out = db.Job.get_or_none(db.Job.output_dir == out)
+        by_in = db.Job.get_or_none(db.Job.input_dir == inp)
+        if by_out is not None and by_out.input_dir != inp:
+            raise ConfigError(f"{out} already holds the output of another input, {by_out.input_dir} (job {by_out.id}); "
+                              f"use another output folder for {inp}")
+        if by_in is not None and by_in.output_dir != out:
+            raise ConfigError(f"{inp} is already cut into {by_in.output_dir} (job {by_in.id}) in "
+                              f"{_where(tq.workspace())}; resume that job, or pass -w/--workspace to keep this "
+                              f"new output's state apart")
+        if by_in is None:
+            return
+        redo = (db.Image.select().where((db.Image.job == by_in.id) & (db.Image.status == db.DONE)
+                                         & (db.Image.options_hash != fingerprint)).count())
+    if redo and not force_options:
+        import json
+
+        changes = options_changes(json.loads(by_in.options), options.to_dict()) or ["settings fingerprint"]
+        raise ConfigError(
+            f"the cut options differ from the ones {out} was made with ({', '.join(changes)}): this would cut "
+            f"{redo} finished image(s) again and replace their output. To do that, repeat the command with "
+            f"--force-options (Python: BatchJob(force_options=True)); to keep them, use the job's options or "
+            f"another output folder")
+    if redo:
+        log.warning("options changed (--force-options): %d finished image(s) of %s will be cut again", redo, out)
+
+
+def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, options: SliceOptions, *,
+                     follow_symlinks: bool = False, workspace: Workspace,
+                     force_options: bool = False, check_output: str = "stat") -> scan.ScanSummary:
+    """Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3).
+
+    check_output: how done images' output folders are checked before they count as done ("stat", "hash",
+    "none"; see scan.output_problem); damaged ones are queued again."""
+    if check_output not in scan.CHECK_OUTPUT_MODES:
+        raise ConfigError(f"--check-output must be one of {', '.join(scan.CHECK_OUTPUT_MODES)}, not {check_output!r}")
+    out = check_locations(input_dir, output_dir)
+    check_job(input_dir, out, options, force_options=force_options)
     if isinstance(out, Path):
         out.mkdir(parents=True, exist_ok=True)
     else:
@@ -77,44 +218,49 @@ def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, optio
 
 
 def latest_output_dir() -> Path | None:
-    dirs = report.output_dirs()
-    return dirs[-1] if dirs else None
+    """The output folder of the job `select_job` picks (None when the workspace holds no job)."""
+    choice = select_job(require=False)
+    return Path(choice.job.output_dir) if choice else None
 
 
-def finish_report() -> dict[str, Any]:
-    """Compute the report and write it into every job's output folder."""
-    rep = report.build_report()
-    for out in report.output_dirs():
-        if remote.is_remote(out):
-            try:
-                remote.put_bytes(report.report_bytes(rep), remote.join(out, defaults.REPORT_FILENAME))
-            except TessqError as exc:
-                log.warning("could not write the report to %s: %s", remote.normalize(out), exc)
-        elif out.is_dir():
-            report.write_report(rep, out)
+def finish_report(job: db.Job | None = None) -> dict[str, Any]:
+    """Compute one job's report and write it into that job's output folder (OUT/batch_report.json)."""
+    job = _job(job)
+    rep = report.build_report(job.id)
+    out = Path(job.output_dir)
+    if remote.is_remote(job.output_dir):
+        try:
+            remote.put_bytes(report.report_bytes(rep), remote.join(job.output_dir, defaults.REPORT_FILENAME))
+        except TessqError as exc:
+            log.warning("could not write the report to %s: %s", remote.normalize(job.output_dir), exc)
+    elif out.is_dir():
+        report.write_report(rep, out)
     return rep
 
 
-def retry_failed(error_types: list[str] | None = None, different: bool | None = None) -> int:
-    """Re-queue failed images (only `error_types` if given) and, unless `different` is False (by default
-    when no error type is given), the done images `tessq verify` found different."""
+def retry_failed(error_types: list[str] | None = None, job: db.Job | None = None, different: bool | None = None) -> int:
+    """Re-queue one job's failed images (only `error_types` if given) and, unless `different` is False (by
+    default when no error type is given), its done images `tessq verify` found different."""
+    job = _job(job)
     if different is None:
         different = not error_types
     with db.session():
-        ids = db.requeue_failed(error_types)
+        ids = db.requeue_failed(error_types, job.id)
         if different:
-            ids += db.requeue_done(db.different_ids())
+            ids += db.requeue_done(db.different_ids(job.id))
         sizes = db.queued_ids_with_size()
     tq.enqueue(ids, sizes)
     return len(ids)
 
 
-def verify_done(progress: Callable[[int, int, str], None] | None = None, sample: int | None = None) -> dict[str, Any]:
-    """Check every done image against its source (or its recorded hashes) and record the verdict."""
+def verify_done(progress: Callable[[int, int, str], None] | None = None, sample: int | None = None,
+                job: db.Job | None = None) -> dict[str, Any]:
+    """Check every done image of one job against its source (or its recorded hashes); record the verdict."""
     from tessq import verify
 
+    job = _job(job)
     with db.session():
-        rows = db.done_images()
+        rows = db.done_images(job.id)
     if sample is not None:
         rows = rows[:sample]
     results = {"checked": 0, "identical": 0, "different": [], "errors": []}
@@ -144,13 +290,14 @@ def forget_job(input_dir: Path | str) -> None:
         db.forget_job(str(remote.resolve(input_dir)))
 
 
-def _done_dirs() -> tuple[Path, list[str]]:
-    with db.session():
-        rows = db.done_images()
-    out = latest_output_dir()
-    if out is None:
+def _done_dirs(job: db.Job | None = None) -> tuple[Path, list[str]]:
+    """One job's output folder and its done image folders (the state dir .tessq/ is never among them)."""
+    choice = select_job(require=False) if job is None else JobChoice(job)
+    if choice is None:
         raise ConfigError("nothing to ship: no job in this workspace (run `tessq scan` / `tessq run` first)")
-    return out, [r.out_rel for r in rows if Path(r.job.output_dir) == out]
+    with db.session():
+        rows = db.done_images(choice.job.id)
+    return Path(choice.job.output_dir), [r.out_rel for r in rows]
 
 
 def redo_hint(out: Path | str) -> str:
@@ -164,10 +311,10 @@ def redo_hint(out: Path | str) -> str:
 
 
 def export_zip(dest: Path | None, folder: str | None,
-               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+               progress: Callable[[int, int], None] | None = None, job: db.Job | None = None) -> dict[str, Any]:
     from tessq import export
 
-    out, image_dirs = _done_dirs()
+    out, image_dirs = _done_dirs(job)
     try:
         return export.export_zip(out, image_dirs, dest, folder=folder, progress=progress)
     except export.MissingImagesError as exc:
@@ -175,11 +322,11 @@ def export_zip(dest: Path | None, folder: str | None,
 
 
 def upload(url: str, *, endpoint_url: str | None = None, profile: str | None = None, concurrency: int = 8,
-           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+           progress: Callable[[int, int], None] | None = None, job: db.Job | None = None) -> dict[str, Any]:
     from tessq import export
     from tessq import upload as up
 
-    out, image_dirs = _done_dirs()
+    out, image_dirs = _done_dirs(job)
     try:
         files = up.files_to_ship(out, image_dirs)
     except export.MissingImagesError as exc:

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from tessq import db
 from tessq.db import Image
-from tessq.report import state_counts
+from tessq.report import busy_seconds, of_job, state_counts
 
 WINDOW_S = 300.0  # throughput is measured over the last five minutes
 
@@ -49,16 +49,22 @@ def split_live(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     return live, stalled
 
 
-def snapshot() -> dict[str, Any]:
+def snapshot(job_id: int | None = None) -> dict[str, Any]:
+    """One job's live counts (every job's when job_id is None)."""
     with db.session():
         now = db.server_time()
-        counts = state_counts()
+        counts = state_counts(job_id)
         window_start = now - WINDOW_S
-        first_start = Image.select(peewee.fn.MIN(Image.started_at)).where(Image.status == db.DONE).scalar()
-        window = max(min(WINDOW_S, now - first_start), 1.0) if first_start else WINDOW_S
+        # the rate over the last five minutes counts only the time images were being cut in them (the union of
+        # their intervals): the idle minutes before a resumed run, or between runs, do not dilute it
+        recent = Image.select(Image.started_at, Image.finished_at).where(
+            of_job((Image.status == db.DONE) & (Image.finished_at >= window_start)
+                   & Image.started_at.is_null(False), Image, job_id)).tuples()
+        busy = busy_seconds([(max(float(a), window_start), float(b)) for a, b in recent])
+        window = max(busy, 1.0) if busy else WINDOW_S
         n_recent, bytes_recent = (
             Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0))
-            .where((Image.status == db.DONE) & (Image.finished_at >= window_start))
+            .where(of_job((Image.status == db.DONE) & (Image.finished_at >= window_start), Image, job_id))
             .tuples()
             .first()
         )
@@ -71,13 +77,13 @@ def snapshot() -> dict[str, Any]:
                 "lease_left_s": round((r.lease_until or now) - now, 1),
             }
             for r in Image.select(Image.worker, Image.rel_path, Image.started_at, Image.attempts, Image.lease_until)
-            .where(Image.status == db.RUNNING)
+            .where(of_job(Image.status == db.RUNNING, Image, job_id))
             .order_by(Image.worker)
         ]
         errors = [
             {"file": r.rel_path, "type": r.error_type, "message": r.error_message}
             for r in Image.select(Image.rel_path, Image.error_type, Image.error_message)
-            .where(Image.status == db.FAILED)
+            .where(of_job(Image.status == db.FAILED, Image, job_id))
             .order_by(Image.finished_at.desc())
             .limit(5)
         ]
@@ -104,6 +110,7 @@ def snapshot() -> dict[str, Any]:
         "hosts": hosts,
         "latest_errors": errors,
         "uploads": db.UploadLedger().summary(),
+        "job_id": job_id,
         "at": now,
     }
 

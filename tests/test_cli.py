@@ -53,6 +53,15 @@ def test_status_once_renders_counts(finished: tuple[Path, dict[str, str]]) -> No
     root, env = finished
     proc = tessq_cmd("status", "--once", env=env, cwd=root, check=True)
     assert "done" in proc.stdout and "corrupt.tif" in proc.stdout
+    counts = json.loads(tessq_cmd("status", "--json", env=env, cwd=root, check=True).stdout)["counts"]
+    assert counts["done"] > 0 and counts["failed"] == 1
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if "done" in line and "failed" in line)
+    names, values = lines[header].split(), lines[header + 1].split()
+    labels = [n.strip("│┃") for n in names if n.strip("│┃")]
+    numbers = [v.strip("│┃") for v in values if v.strip("│┃")]
+    shown = dict(zip(labels, numbers, strict=True))
+    assert shown["done"] == str(counts["done"]) and shown["failed"] == "1"  # the numbers, not just the labels
 
 
 def test_status_piped_or_in_a_notebook_cell_prints_one_snapshot_instead_of_blocking(
@@ -68,7 +77,7 @@ def test_retry_requeues_failed_images(finished: tuple[Path, dict[str, str]]) -> 
     root, env = finished
     proc = tessq_cmd("retry", "--failed", env=env, cwd=root, check=True)
     assert "re-queued 1" in proc.stdout
-    tessq_cmd("workers", "--n", "1", "--drain", env=env, cwd=root, check=True)
+    tessq_cmd("workers", "--workers", "1", "--drain", env=env, cwd=root, check=True)
     report = json.loads(tessq_cmd("report", "--json", env=env, cwd=root, check=True).stdout)
     assert report["batch_summary"]["errors"] == 1  # still corrupt: failed again, with the reason
     assert report["errors"][0]["type"] == "corrupt"

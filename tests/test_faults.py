@@ -50,7 +50,7 @@ def test_worker_killed_mid_image_gets_its_image_redone_once_with_no_partial_fold
     tq = chaos.Tessq(tmp_path)
     chaos.scan(tq, src, out)
     watch = chaos.PartialWatch(out, every=0.05)
-    daemon = tq.popen("workers", "--n", "2", "--drain")
+    daemon = tq.popen("workers", "--workers", "2", "--drain")
     rng = random.Random(5)
     kills = []
     try:
@@ -118,7 +118,7 @@ def test_disk_full_is_retried_after_space_is_freed_and_never_reported_done_corru
         tree = good_tree(src, [(420 + 9 * i, 400) for i in range(8)], seed=300)
         tq = chaos.Tessq(tmp_path)
         chaos.scan(tq, src, out)
-        daemon = tq.popen("workers", "--n", "2", "--drain")
+        daemon = tq.popen("workers", "--workers", "2", "--drain")
         full = chaos.wait_until(lambda: tq.query(
             "SELECT id FROM image WHERE error_message LIKE '%disk full%' AND status = 'queued'"), 60, 0.05)
         assert full, "the 1 MB output never filled up"

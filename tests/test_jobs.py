@@ -94,7 +94,7 @@ def test_rerun_redoes_nothing_and_a_touched_file_alone_is_redone(tmp_path: Path,
     scan = json.loads(tessq_cmd("scan", str(src), "--out", str(out), MIN, "--json", env=backend, cwd=tmp_path,
                                 check=True).stdout)
     assert scan["requeued"] == 1 and scan["queued"] == 0 and scan["already_done"] == 4
-    tessq_cmd("workers", "--n", "2", "--drain", env=backend, cwd=tmp_path, check=True)
+    tessq_cmd("workers", "--workers", "2", "--drain", env=backend, cwd=tmp_path, check=True)
     second = started_at(out)
     changed = {k for k in first if first[k] != second[k]}
     assert changed == {"dup/a.tif"}
@@ -121,7 +121,7 @@ def test_sigkill_of_a_worker_mid_image_loses_and_duplicates_nothing(tmp_path: Pa
         write_tiff(src / f"big_{i:02d}.tif", 2000, 2000, seed=i)
     tessq_cmd("scan", str(src), "--out", str(out), MIN, env=backend, cwd=tmp_path, check=True)
     snapshot = in_process_status(backend, monkeypatch)
-    daemon = tessq_popen("workers", "--n", "2", "--drain", env=backend, cwd=tmp_path)
+    daemon = tessq_popen("workers", "--workers", "2", "--drain", env=backend, cwd=tmp_path)
     killed, victims = 0, set()
     try:
         while killed < 3 and daemon.poll() is None:
@@ -153,14 +153,14 @@ def test_sigterm_stops_gracefully_and_a_restart_finishes_the_rest(tmp_path: Path
     for i in range(16):
         write_tiff(src / f"img_{i:02d}.tif", 900, 900, seed=i)
     tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
-    daemon = tessq_popen("workers", "--n", "2", env=sqlite_env, cwd=tmp_path)
+    daemon = tessq_popen("workers", "--workers", "2", env=sqlite_env, cwd=tmp_path)
     wait_for(lambda: status_json(sqlite_env, tmp_path)["counts"]["done"] >= 2, timeout=120)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=120) == 0
     snap = status_json(sqlite_env, tmp_path)
     assert snap["counts"]["running"] == 0  # nothing left claimed by a stopped worker
     assert snap["counts"]["done"] + snap["counts"]["queued"] == 16
-    tessq_cmd("workers", "--n", "2", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
+    tessq_cmd("workers", "--workers", "2", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
     assert report_json(sqlite_env, tmp_path)["batch_summary"]["successfully_processed"] == 16
     assert not leftovers(out)
 
@@ -169,13 +169,13 @@ def test_killing_the_daemon_leaves_no_orphan_workers(tmp_path: Path, sqlite_env:
     src, out = tmp_path / "in", tmp_path / "out"
     many_tiffs(src, 30, 400, 400)
     tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
-    daemon = tessq_popen("workers", "--n", "2", env=sqlite_env, cwd=tmp_path)
+    daemon = tessq_popen("workers", "--workers", "2", env=sqlite_env, cwd=tmp_path)
     children = wait_for(lambda: len(worker_children(daemon.pid)) >= 3 and worker_children(daemon.pid), timeout=30)
     daemon.kill()  # SIGKILL the parent only
     daemon.wait()
     wait_for(lambda: not [p for p in children if Path(f"/proc/{p}").exists() and "Z" not in
                           Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]], timeout=10)
-    tessq_cmd("workers", "--n", "2", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
+    tessq_cmd("workers", "--workers", "2", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
     rep = report_json(sqlite_env, tmp_path)
     assert rep["batch_summary"]["successfully_processed"] == 30 and not leftovers(out)
 
@@ -184,7 +184,7 @@ def test_six_workers_and_a_polling_reader_never_hit_database_is_locked(tmp_path:
     src, out = tmp_path / "in", tmp_path / "out"
     many_tiffs(src, 200)
     tessq_cmd("scan", str(src), "--out", str(out), MIN, env=sqlite_env, cwd=tmp_path, check=True)
-    daemon = tessq_popen("workers", "--n", "6", "--drain", env=sqlite_env, cwd=tmp_path)
+    daemon = tessq_popen("workers", "--workers", "6", "--drain", env=sqlite_env, cwd=tmp_path)
     snapshots = []
     while daemon.poll() is None:
         snap = status_json(sqlite_env, tmp_path)
@@ -255,7 +255,7 @@ def test_an_image_whose_workers_keep_dying_ends_failed_and_its_leftovers_are_rem
     with db.session():
         db.Image.update(status=db.DONE).where(db.Image.id == image_id).execute()  # its message is dropped
     db.database.close()
-    daemon = tessq_popen("workers", "--n", "1", env=sqlite_env, cwd=tmp_path)
+    daemon = tessq_popen("workers", "--workers", "1", env=sqlite_env, cwd=tmp_path)
     leftover = out / ".killer.tessq-tmp.deadbeef"
     try:
         wait_for(lambda: worker_children(daemon.pid), timeout=30)
@@ -280,7 +280,7 @@ def test_a_run_stopped_from_outside_again_and_again_never_fails_the_image_it_was
     out, image_id = _one_scanned_image(tmp_path, sqlite_env, monkeypatch, "big.tif")
     # as if `tessq workers` (daemon and workers) had been kill -9'ed during this image MAX_LOST_ATTEMPTS times
     _hold_with_dead_worker(image_id, defaults.MAX_LOST_ATTEMPTS)
-    tessq_cmd("workers", "--n", "1", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
+    tessq_cmd("workers", "--workers", "1", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
     rep = report_json(sqlite_env, tmp_path)
     assert rep["batch_summary"]["successfully_processed"] == 1 and rep["errors"] == []
     assert (out / "big" / "metadata.json").exists()

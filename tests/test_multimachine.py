@@ -80,11 +80,11 @@ def test_a_machine_that_disappears_loses_nothing_and_every_image_is_done_exactly
     scan = json.loads(tessq_cmd("scan", f"s3://{bucket}/raw", "--out", f"s3://{bucket}/cut", "--min-size=64",
                                 "--json", env=a, cwd=tmp_path, check=True).stdout)
     assert scan["queued"] == N_IMAGES
-    daemon_a = tessq_popen("workers", "--n", "2", env=a, cwd=tmp_path)
+    daemon_a = tessq_popen("workers", "--workers", "2", env=a, cwd=tmp_path)
     daemon_b = None
     try:
         wait_for(lambda: sum(r[1] == "done" for r in rows(shared)) >= 2 and hosts_busy(shared).get("machine-a"))
-        daemon_b = tessq_popen("workers", "--n", "2", "--drain", env=b, cwd=tmp_path)
+        daemon_b = tessq_popen("workers", "--workers", "2", "--drain", env=b, cwd=tmp_path)
         seen = wait_for(lambda: (lambda h: h if {"machine-a", "machine-b"} <= set(h) else None)(hosts_busy(shared)))
         status = json.loads(tessq_cmd("status", "--json", env=b, cwd=tmp_path, check=True).stdout)
         assert set(status["hosts"]) <= {"machine-a", "machine-b"} and status["counts"]["done"] >= 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
+import time
 
 from tessq.perprocess import PerProcess
 
@@ -35,6 +36,7 @@ def test_threads_racing_for_the_first_value_share_one() -> None:
 
     def slow_factory() -> object:
         made.append(1)
+        time.sleep(0.05)  # long enough for every racing thread to arrive while the first is still making it
         return object()
 
     value: PerProcess[object] = PerProcess(slow_factory)

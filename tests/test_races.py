@@ -151,7 +151,7 @@ def test_settings_changed_while_an_image_is_cut_are_not_reported_done_stale(tmp_
     tifffile.imwrite(src / "big.tif", rng.integers(0, 255, (5000, 5000, 3), dtype=np.uint8), photometric="rgb")
     tessq_cmd("scan", str(src), "--out", str(out), MIN, "--num-pieces", "8", env=sqlite_env, cwd=tmp_path,
               check=True)
-    workers = popen("workers", "--n", "1", "--drain", env=sqlite_env, cwd=tmp_path)
+    workers = popen("workers", "--workers", "1", "--drain", env=sqlite_env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while query(ws, "SELECT status FROM image")[0][0] != "running":
@@ -230,7 +230,7 @@ def test_read_only_workspace_is_one_line_with_exit_2(tmp_path: Path, sqlite_env:
         env = dict(sqlite_env, TESSQ_WORKSPACE=str(ws))
         tessq_cmd("scan", str(src), "--out", str(tmp_path / "out"), MIN, env=env, cwd=tmp_path, check=True)
         subprocess.run(["mount", "-o", "remount,ro", str(ws)], check=True)
-        for args in (("scan", str(src), "--out", str(tmp_path / "out"), MIN), ("workers", "--n", "1", "--drain"),
+        for args in (("scan", str(src), "--out", str(tmp_path / "out"), MIN), ("workers", "--workers", "1", "--drain"),
                      ("retry",)):
             one_line_error(tessq_cmd(*args, env=env, cwd=tmp_path, timeout=60), "cannot be written", str(ws))
         for args in (("report", "--json"), ("status", "--json")):  # reading a read-only workspace works

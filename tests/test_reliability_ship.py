@@ -235,10 +235,13 @@ def test_debug_logs_with_s3_output_hold_no_token_or_secret(
     quiet = tessq_cmd("--log-level", "DEBUG", "run", str(src), f"s3://{bucket}/cut", MIN, "--workers", "2",
                       env=env, cwd=tmp_path)
     # With the SDK's wire log asked for explicitly, the headers are logged, masked.
+    # (another OUT is another job: its state goes to a workspace of its own)
+    wire_env = {**env, "TESSQ_LOG_WIRE": "1", "TESSQ_WORKSPACE": str(tmp_path / "ws2")}
     wire = tessq_cmd("--log-level", "DEBUG", "run", str(src), f"s3://{bucket}/cut2", MIN, "--workers", "1",
-                     env={**env, "TESSQ_LOG_WIRE": "1"}, cwd=tmp_path)
-    assert quiet.returncode == wire.returncode == 3, quiet.stderr[-2000:]  # the seed tree has one corrupt file
-    log = (tmp_path / "ws/.tessq/batch_processing.log").read_text()
+                     env=wire_env, cwd=tmp_path)
+    assert quiet.returncode == 3, quiet.stderr[-2000:]  # the seed tree has one corrupt file
+    assert wire.returncode == 3, wire.stderr[-2000:]
+    log = (tmp_path / "ws2/.tessq/batch_processing.log").read_text()
     assert "X-Amz-Security-Token" in log and "X-Amz-Security-Token': b'***'" in log
     texts = [quiet.stdout, quiet.stderr, wire.stdout, wire.stderr]
     for path in tmp_path.rglob("*"):

@@ -112,7 +112,7 @@ def test_s3_in_and_local_out_spools_small_objects_and_redoes_a_replaced_one(
     scan = json.loads(tessq_cmd("scan", f"s3://{bucket}/raw", "--out", str(out), MIN, "--json", env=s3_env,
                                 cwd=tmp_path, check=True).stdout)
     assert scan["requeued"] == 1 and scan["already_done"] == expected["done"] - 1
-    tessq_cmd("workers", "--n", "1", "--drain", env=s3_env, cwd=tmp_path, check=True)
+    tessq_cmd("workers", "--workers", "1", "--drain", env=s3_env, cwd=tmp_path, check=True)
     assert json.loads((out / "dup/a.tif/batch_metadata.json").read_text())["started_at"] != before
     assert_bit_exact(out, src, expected["done"])
 
