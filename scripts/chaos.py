@@ -1689,6 +1689,288 @@ def fault_leftovers(ctx: Ctx, budget: float) -> Result:
     return res
 
 
+# ------------------------------------------------------------ 14-16: issue #19 items 2, 6, 8
+
+
+def folder_is_image(f: Findings, out: Path, row: dict[str, Any], src: Path, what: str) -> None:
+    """The row's output folder exists, names its own source and reassembles to it bit for bit."""
+    folder = out / row["out_rel"]
+    try:
+        meta = json.loads((folder / "metadata.json").read_text())
+    except (OSError, ValueError) as exc:
+        f.add("lost", f"{what}: {row['rel_path']} is done but its folder {row['out_rel']!r} is gone ({exc})")
+        return
+    if meta["source"]["relative_path"] != row["rel_path"]:
+        f.add("lost", f"{what}: folder {row['out_rel']!r} of {row['rel_path']} holds "
+                      f"{meta['source']['relative_path']} instead")
+        return
+    problem = same_pixels(folder, src / row["rel_path"])
+    if problem:
+        f.add("lost", f"{what}: {problem}")
+
+
+def all_done_and_intact(f: Findings, tq: Tessq, out: Path, src: Path, what: str, n: int) -> None:
+    rows = [r for r in tq.rows() if r["input_dir"] == str(src.resolve())]
+    if len(rows) != n:
+        f.add("report", f"{what}: {len(rows)} rows, {n} TIFFs")
+    for row in rows:
+        if row["status"] != "done":
+            f.add("lost", f"{what}: {row['rel_path']} is {row['status']} ({row['error_message']})")
+        else:
+            folder_is_image(f, out, row, src, what)
+    if len({r["out_rel"].lower() for r in rows}) != len(rows):
+        f.add("twice", f"{what}: two images share an output folder")
+    for p in leftovers(out):
+        f.add("half", f"{what}: leftover {p}")
+
+
+def run_ok(tq: Tessq, f: Findings, what: str, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = tq.run(*args)
+    if proc.returncode != 0:
+        f.add("other", f"{what}: `tessq {args[0]}` exited {proc.returncode}: {proc.stderr[-400:]}")
+    return proc
+
+
+def fault_output_collisions(ctx: Ctx, budget: float) -> Result:
+    """14. Output folders that collide: an image beside an input folder of its name (either order), names
+    sanitised alike, two jobs into one OUT (one status table, and two): no done work destroyed."""
+    res = Result("14 colliding output folders")
+    rounds = 1 if ctx.quick else 3
+    for r in range(rounds):
+        seed = 1400 + 10 * r
+        # (a) site/ holds images, then site.tif appears and is touched: OUT/site must keep their folders
+        base = ctx.dir(f"collide_a{r}")
+        src, out, tq = base / "in", base / "out", Tessq(base)
+        stem = ctx.rng.choice(["site", "Scan", "a b", "x.y"])
+        for i in range(3):
+            write_good(src / stem / f"detail_{i}.tif", 48, 64, seed=seed + i)
+        run_ok(tq, res.findings, "a", "run", str(src), str(out), MIN_ARG, "--workers", "1")
+        write_good(src / f"{stem}.tif", 64, 80, seed=seed + 5)
+        run_ok(tq, res.findings, "a", "run", str(src), str(out), MIN_ARG, "--workers", "1")
+        os.utime(src / f"{stem}.tif")
+        run_ok(tq, res.findings, "a", "run", str(src), str(out), MIN_ARG, "--workers", "1")
+        all_done_and_intact(res.findings, tq, out, src, f"(a) {stem}.tif beside {stem}/", 4)
+        res.injected += 1
+        # the other order: the image was done as OUT/<stem> before the folder appeared
+        base = ctx.dir(f"collide_a2{r}")
+        src, out, tq = base / "in", base / "out", Tessq(base)
+        write_good(src / f"{stem}.tif", 64, 80, seed=seed + 6)
+        run_ok(tq, res.findings, "a2", "run", str(src), str(out), MIN_ARG, "--workers", "1")
+        write_good(src / stem / "detail.tif", 48, 64, seed=seed + 7)
+        run_ok(tq, res.findings, "a2", "run", str(src), str(out), MIN_ARG, "--workers", "1")
+        os.utime(src / f"{stem}.tif")
+        run_ok(tq, res.findings, "a2", "run", str(src), str(out), MIN_ARG, "--workers", "1")
+        all_done_and_intact(res.findings, tq, out, src, f"(a) {stem}/ appearing beside a done {stem}.tif", 2)
+        res.injected += 1
+        # (b) names that sanitising maps to one folder
+        base = ctx.dir(f"collide_b{r}")
+        src, out, tq = base / "in", base / "out", Tessq(base)
+        names = [".hid.tif", "_.hid.tif", "a\\b.tif", "a_b.tif", "x\n.tif", "x_.tif"]
+        for i, name in enumerate(names):
+            write_good(src / name, 40, 48, seed=seed + 20 + i)
+        run_ok(tq, res.findings, "b", "run", str(src), str(out), MIN_ARG, "--workers", "2")
+        all_done_and_intact(res.findings, tq, out, src, "(b) names sanitised alike", len(names))
+        res.injected += len(names) // 2
+        # (c) a second job into the same OUT, in the same status table: refused at scan
+        base = ctx.dir(f"collide_c{r}")
+        a, b, out, tq = base / "a", base / "b", base / "out", Tessq(base)
+        for i in range(4):
+            write_good(a / f"img_{i}.tif", 40, 48, seed=seed + 40 + i)
+            write_good(b / f"img_{i}.tif", 40, 48, seed=seed + 50 + i)
+        run_ok(tq, res.findings, "c", "run", str(a), str(out), MIN_ARG, "--workers", "2")
+        proc = tq.run("run", str(b), str(out), MIN_ARG, "--workers", "2")
+        if proc.returncode != 2 or "Traceback" in proc.stderr or not re.search(
+                r"already (written by the job of|holds the output of another input)", proc.stderr):
+            res.findings.add("other", f"(c) a 2nd job into one OUT: exit {proc.returncode}, {proc.stderr[-300:]}")
+        all_done_and_intact(res.findings, tq, out, a, "(c) 2nd job refused", 4)
+        res.injected += 1
+        # ... and from a second workspace (its own status table): each commit refuses another image's folder
+        other = Tessq(base / "other")
+        proc = other.run("run", str(b), str(out), MIN_ARG, "--workers", "2")
+        failed = [r for r in other.rows() if r["status"] == "failed" and r["error_type"] == "output_collision"]
+        if proc.returncode != 3 or len(failed) != 4:
+            res.findings.add("other", f"(c) 2nd workspace into one OUT: exit {proc.returncode}, "
+                                      f"{len(failed)}/4 failed as output_collision")
+        all_done_and_intact(res.findings, tq, out, a, "(c) 2nd workspace refused", 4)
+        res.injected += 1
+    return res
+
+
+def tiled_bomb_bytes(side: int, tile: int, distinct: int = 1) -> tuple[bytes, bytes, bytes]:
+    """(head, offsets, counts) of a valid side x side deflate TIFF in tile x tile tiles all pointing at
+    `distinct` blobs: the issue's bomb is 46000 px in 16 px tiles, 8.27M tiles, 66 MB."""
+    across = -(-side // tile)
+    n = across * across
+    blobs = [zlib.compress(bytes([i]) * tile * tile, 9) for i in range(distinct)]
+    data = b"".join(blobs)
+    starts = np.cumsum([0] + [len(b) for b in blobs[:-1]]) + 8
+    offsets = np.resize(np.asarray(starts, dtype="<u4"), n)
+    counts = np.resize(np.asarray([len(b) for b in blobs], dtype="<u4"), n)
+    small = {256: [side], 257: [side], 258: [8], 259: [8], 262: [1], 277: [1], 322: [tile], 323: [tile]}
+    pad = b"\0" if len(data) % 2 else b""
+    ifd = 8 + len(data) + len(pad)
+    ext = ifd + 2 + 12 * (len(small) + 2) + 4
+    entries = b"".join(struct.pack("<HHI", tag, 4 if tag in (256, 257) else 3, 1)
+                       + struct.pack("<I" if tag in (256, 257) else "<H", v[0]).ljust(4, b"\0")
+                       for tag, v in sorted(small.items()))
+    entries += struct.pack("<HHII", 324, 4, n, ext) + struct.pack("<HHII", 325, 4, n, ext + 4 * n)
+    head = b"II*\0" + struct.pack("<I", ifd) + data + pad + struct.pack("<H", len(small) + 2) + entries \
+        + struct.pack("<I", 0)
+    return head, offsets.tobytes(), counts.tobytes()
+
+
+def fault_tiled_bomb(ctx: Ctx, budget: float) -> Result:
+    """15. Tiled bombs: 46000x46000 in 8.27M 16x16 tiles on one blob (and smaller ones sharing a few blobs)
+    beside good files: refused with a reason, the batch goes on, no process past the memory bound."""
+    res = Result("15 tiled bomb (8.27M tiles)")
+    base = ctx.dir("tilebomb")
+    src, out, tq = base / "in", base / "out", Tessq(base)
+    src.mkdir()
+    bombs = {"bomb_46000.tif": (46000, 16, 1), "shared_4096.tif": (4096, 16, 3)}
+    if not ctx.quick:
+        bombs["bomb_20000_32.tif"] = (20000, 32, 2)
+    for name, (side, tile, distinct) in bombs.items():
+        with open(src / name, "wb") as fh:
+            for part in tiled_bomb_bytes(side, tile, distinct):
+                fh.write(part)
+    for i in range(3):
+        write_good(src / f"good_{i}.tif", 64, 80, seed=1500 + i)
+    started = time.monotonic()
+    proc = tq.popen("run", str(src), str(out), MIN_ARG, "--workers", "2")
+    watch = RssWatch(proc, limit=1024**3)  # the issue's bound is ~730 MB a worker; the bomb took 2,181 MiB
+    try:
+        rc = proc.wait(timeout=min(budget, 300))
+    except subprocess.TimeoutExpired:
+        killpg(proc)
+        rc = None
+    peak = watch.stop()
+    took = time.monotonic() - started
+    res.injected = len(bombs)
+    res.notes.append(f"peak RSS of one process {peak / 2**20:.0f} MiB, {took:.1f} s for {len(bombs)} bombs + 3 good")
+    if watch.tripped:
+        res.findings.add("other", f"a process grew past 1 GiB ({peak / 2**20:.0f} MiB)")
+    if rc != 3:
+        res.findings.add("other", f"`tessq run` exited {rc} (3 expected: images failed, the batch went on)")
+    rows = {r["rel_path"]: r for r in tq.rows()}
+    for name in bombs:
+        row = rows.get(name)
+        if row is None or row["status"] != "failed" or row["error_type"] != "too_large" or name not in (
+                row["error_message"] or ""):
+            res.findings.add("other", f"{name}: {row and (row['status'], row['error_type'], row['error_message'])}")
+        elif row["attempts"]:
+            res.findings.add("other", f"{name}: handed to a worker ({row['attempts']} attempts) before refused")
+    for i in range(3):
+        row = rows.get(f"good_{i}.tif")
+        if row is None or row["status"] != "done":
+            res.findings.add("lost", f"good_{i}.tif: {row and row['status']}")
+        else:
+            folder_is_image(res.findings, out, row, src, "beside the bombs")
+    return res
+
+
+def one_line_exit_2(proc: subprocess.CompletedProcess[str], needle: str) -> str | None:
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    if proc.returncode != 2 or "Traceback" in proc.stdout + proc.stderr or len(errors) != 1 or needle not in errors[0]:
+        return f"exit {proc.returncode}, {(proc.stdout + proc.stderr)[-300:]!r}"
+    return None
+
+
+def fault_races_messages(ctx: Ctx, budget: float) -> Result:
+    """16. Races and messages: concurrent scans of one tree, options changed while an image is cut, zip
+    entries that escape where `\\` separates, a newline forging a log line, a read-only workspace and an
+    unreachable PostgreSQL."""
+    res = Result("16 races and messages")
+    f = res.findings
+    base = ctx.dir("races")
+    tree = base / "tree"
+    one = write_good(base / "one.tif", 40, 48, seed=1600)
+    for i in range(200):
+        (tree / f"f{i % 4}").mkdir(parents=True, exist_ok=True)
+        os.link(one, tree / f"f{i % 4}" / f"img_{i:03d}.tif")
+    rounds = 8 if ctx.quick else 25
+    for r in range(rounds):
+        tq = Tessq(base / f"scan{r}")
+        procs = [subprocess.Popen(tq.argv("scan", str(tree), "--out", str(base / f"out{r}"), MIN_ARG), env=tq.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=120)
+            if p.returncode != 0 or "Traceback" in stdout + stderr:
+                f.add("other", f"concurrent scans, round {r}: exit {p.returncode}: {(stdout + stderr)[-300:]}")
+        n = tq.query("SELECT count(*) AS n, count(DISTINCT rel_path) AS d FROM image")[0]
+        con = sqlite3.connect(str(tq.db_path.with_name("queue.db")))
+        tasks = con.execute("SELECT count(*) FROM task").fetchone()[0]
+        con.close()
+        if (n["n"], n["d"], tasks) != (200, 200, 200):
+            f.add("twice" if tasks > 200 else "report", f"round {r}: {n['n']} rows, {tasks} queue messages, 200 TIFFs")
+        res.injected += 1
+    # options changed while the image is being cut
+    for r in range(1 if ctx.quick else 3):
+        b = ctx.dir(f"options{r}")
+        src, out, tq = b / "in", b / "out", Tessq(b)
+        src.mkdir()
+        tifffile.imwrite(src / "big.tif", np.random.default_rng(r).integers(0, 255, (5000, 5000, 3), dtype=np.uint8),
+                         photometric="rgb")
+        run_ok(tq, f, "options", "scan", str(src), "--out", str(out), MIN_ARG, "--num-pieces", "8")
+        workers = tq.popen("workers", "--workers", "1", "--drain")
+        if wait_until(lambda tq=tq: tq.query("SELECT status FROM image")[0]["status"] == "running", 60, every=0.02):
+            time.sleep(ctx.rng.uniform(0, 1.0))
+            run_ok(tq, f, "options", "scan", str(src), "--out", str(out), MIN_ARG, "--num-pieces", "4")
+            res.injected += 1
+        if wait_or_kill(workers, 300) != 0 or (tq.outstanding() and drain(tq, 1, 300) != 0):
+            f.add("other", "options: the workers did not drain")  # (a rescan after the commit queues it again)
+        row = tq.query("SELECT i.status, i.n_slices, i.options_hash AS h, j.options_hash AS jh "
+                       "FROM image i JOIN job j ON j.id = i.job_id")[0]
+        if (row["status"], row["n_slices"]) != ("done", 4) or row["h"] != row["jh"]:
+            f.add("report", f"options changed mid-run: {row['status']}, {row['n_slices']} slices, hash "
+                            f"{row['h']} vs the job's {row['jh']}")
+        problem = same_pixels(out / "big", src / "big.tif")
+        if problem or len(list((out / "big").glob("slice_*"))) != 4:
+            f.add("lost", f"options changed mid-run: {problem or 'not 4 slices on disk'}")
+    # zip entries from folder names holding backslashes, a newline in a file name
+    b = ctx.dir("names16")
+    src, out, tq = b / "in", b / "out", Tessq(b)
+    write_good(src / "a\\..\\..\\..\\pwn" / "img.tif", 40, 48, seed=1610)
+    forged = "x\n2026-01-01 00:00:00,000 INFO [1 tessq.worker] done forged.tif (9 slices, 0.01 s)\r"
+    write_good(src / f"{forged}.tif", 40, 48, seed=1611)
+    run_ok(tq, f, "names", "run", str(src), str(out), MIN_ARG, "--workers", "1", "--zip")
+    res.injected += 2
+    for archive in out.glob("*_results.zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                win = name.replace("\\", "/").split("/")
+                if "\\" in name or ".." in win or name.startswith("/"):
+                    f.add("other", f"zip entry {name!r} escapes where a backslash is a separator")
+    log = out / "batch_processing.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    if not lines or [line for line in lines if line.startswith("2026-01-01")]:
+        f.add("other", "a file name forged a line of batch_processing.log")
+    # a read-only workspace, an unreachable PostgreSQL: one line each, exit 2
+    ro = b / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(ro)], capture_output=True).returncode:
+        res.notes.append("read-only workspace not tried (cannot mount a tmpfs here)")
+    else:
+        try:
+            tq_ro = Tessq(ro)
+            tq_ro.run("scan", str(src), "--out", str(b / "out_ro"), MIN_ARG)
+            subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+            for args in (("scan", str(src), "--out", str(b / "out_ro"), MIN_ARG),
+                         ("workers", "--workers", "1", "--drain")):
+                problem = one_line_exit_2(tq_ro.run(*args), "cannot be written")
+                if problem:
+                    f.add("other", f"read-only workspace, `tessq {args[0]}`: {problem}")
+                res.injected += 1
+        finally:
+            subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+    tq.env["TESSQ_DB_URL"] = "postgresql://tessq:pw@127.0.0.1:1/tessq"
+    for args in (("scan", str(src), "--out", str(out), MIN_ARG), ("report",)):
+        problem = one_line_exit_2(tq.run(*args), "cannot reach the status database")
+        if problem:
+            f.add("other", f"unreachable PostgreSQL, `tessq {args[0]}`: {problem}")
+        res.injected += 1
+    return res
+
+
 FAULTS: list[tuple[Callable[[Ctx, float], Result], float, bool]] = [  # (fault, share of the time, in --quick)
     (fault_kill, 0.30, True),
     (fault_signals, 0.15, True),
@@ -1703,6 +1985,9 @@ FAULTS: list[tuple[Callable[[Ctx, float], Result], float, bool]] = [  # (fault, 
     (fault_symlinks, 0.02, True),
     (fault_secrets, 0.03, True),
     (fault_leftovers, 0.03, True),
+    (fault_output_collisions, 0.03, True),
+    (fault_tiled_bomb, 0.02, True),
+    (fault_races_messages, 0.04, True),
 ]
 
 

@@ -24,6 +24,9 @@ SQLITE_PRAGMAS = {
 }
 
 
+SCHEMA_LOCK_KEY = 0x7465_7372  # PostgreSQL advisory lock held while tessq or huey create their tables
+
+
 def sqlite_path(url: str) -> str:
     """sqlite:////abs/path.db -> /abs/path.db; sqlite:///rel.db -> rel.db."""
     return urlparse(url).path[1:] if url.startswith("sqlite:///") else url[len("sqlite://") :]
@@ -64,6 +67,14 @@ class _SqliteStorage(SqliteStorage):
 
 
 class _PostgresStorage(PostgresStorage):
+    def initialize_schema(self) -> None:
+        """huey's CREATE TABLE IF NOT EXISTS under a transaction-scoped advisory lock: two processes creating
+        the queue tables at once otherwise fail with a unique violation on pg_type (PostgreSQL's own race)."""
+        with self.db(commit=True, close=True) as curs:
+            curs.execute("select pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+            for sql in self.ddl:
+                curs.execute(sql)
+
     def enqueue_many(self, messages: list[tuple[bytes, int]]) -> None:
         with self.db(commit=True) as curs:
             curs.executemany(f"insert into {self.table_task} (queue, data, priority) values (%s, %s, %s)",

@@ -35,6 +35,9 @@ def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("interrupted: run the same command again to resume")
             raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
+        except Exception as exc:  # a workspace that cannot be written, a database that cannot be reached
+            _storage_failure(exc)
+            raise
 
     return wrapper
 
@@ -222,6 +225,9 @@ def _open_job(command: str, out: Path | None = None, job_id: int | None = None,
         choice = pipeline.select_job(ws, out=out, job_id=job_id, require=require_job)
     except TessqError as exc:
         fail(exc)
+    except Exception as exc:
+        _storage_failure(exc)
+        raise
     if note and choice is not None and choice.note:
         err.print(f"[yellow]note:[/yellow] {choice.note}")
     return ws, (choice.job if choice else None)
@@ -241,6 +247,23 @@ def _open_for(input_dir: Path, out: Path | str, options: SliceOptions, force_opt
     _legacy_note(ws, out)
     pipeline.check_job(input_dir, out, options, force_options=force_options)
     return ws
+
+
+def _storage_failure(exc: Exception) -> None:
+    """Exit with one line (exit code 2) when `exc` is a failure to open or write the workspace's databases."""
+    if isinstance(exc, (TessqError, typer.Exit)):
+        return
+    import os
+
+    from tessq import db
+    from tessq import queue as tq
+
+    ws = tq.workspace()  # what was being opened (None when the queue itself could not be set up)
+    url = ws.db_url if ws is not None else os.environ.get("TESSQ_DB_URL")
+    where = ws.state_dir if ws is not None else STATE.get("workspace")
+    problem = db.storage_problem(exc, url, where)
+    if problem is not None:
+        fail(problem)
 
 
 # ------------------------------------------------------------------ commands
@@ -657,6 +680,10 @@ def main() -> None:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # a bug or an unforeseen input: one line, the traceback only when asked for
+        try:
+            _storage_failure(exc)  # an unwritable workspace, an unreachable database: what to fix, exit 2
+        except typer.Exit as stop:
+            sys.exit(stop.exit_code)
         if os.environ.get("TESSQ_DEBUG"):
             raise
         err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "

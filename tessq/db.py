@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import peewee
@@ -142,8 +142,47 @@ def create_schema() -> None:
     """Create every table and index from alembic_free_schema.sql (idempotent)."""
     dialect = "postgresql" if not isinstance(database.obj, peewee.SqliteDatabase) else "sqlite"
     with database.connection_context(), database.atomic():
+        if dialect == "postgresql":  # concurrent CREATE TABLE IF NOT EXISTS races on pg_type without it
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (backends.SCHEMA_LOCK_KEY,))
         for statement in schema_statements(dialect):
             database.execute_sql(statement)
+
+
+_UNWRITABLE = ("readonly database", "read-only file system", "unable to open database file", "permission denied",
+               "disk i/o error")
+
+
+def storage_problem(exc: BaseException, db_url: str | None = None, where: str | os.PathLike[str] | None = None,
+                    ) -> Exception | None:
+    """A one-line ConfigError saying what to fix, for a failure to open or write the status database or the
+    queue (a read-only or unwritable workspace, an unreachable PostgreSQL or Redis); None for anything else.
+    `db_url` and `where` (the workspace) name what was being opened."""
+    from tessq.errors import ConfigError
+    from tessq.redact import redact, redact_url
+
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    kinds = {f"{type(e).__module__}.{type(e).__name__}" for e in chain}
+    text = " ".join(str(e) for e in chain).lower()
+    first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    remote_db = db_url is not None and backends.is_postgres(db_url)
+    connection = any(k.endswith(("OperationalError", "InterfaceError")) for k in kinds) or any(
+        k.startswith(("redis.", "psycopg")) and "Connection" in k for k in kinds)
+    if remote_db and connection and ("connect" in text or "server" in text or "timeout" in text):
+        return ConfigError(f"cannot reach the status database {redact_url(db_url or '')}: {first}; check that"
+                           " PostgreSQL runs and accepts connections there, or fix TESSQ_DB_URL")
+    if any(k.startswith("redis.") for k in kinds):
+        return ConfigError(f"cannot reach the queue (TESSQ_QUEUE_URL): {first}; check that Redis runs there")
+    errno_rofs = any(isinstance(e, OSError) and e.errno in (13, 30, 1) for e in chain)  # EACCES, EROFS, EPERM
+    if errno_rofs or (connection and any(m in text for m in _UNWRITABLE)):
+        place = f"the workspace {where}" if where else "the tessq workspace"
+        return ConfigError(f"{place} cannot be written ({first}): tessq keeps its status table and queue there;"
+                           " make it writable (a read-only mount, a full disk, permissions), or point --workspace"
+                           " / TESSQ_WORKSPACE at a writable folder")
+    return None
 
 
 @contextmanager
@@ -185,9 +224,41 @@ def worker_identity() -> str:
 # ---------------------------------------------------------------- jobs, folders, scan records
 
 
+SCAN_LOCK_KEY = 0x7465_7373  # PostgreSQL advisory lock taken by every scan's write transaction ("tess")
+
+
+@contextmanager
+def scan_transaction() -> Iterator[None]:
+    """One write transaction around a scan's reads and writes of the job's rows, serialising concurrent scans:
+    on SQLite the IMMEDIATE BEGIN takes the write lock before the first read; on PostgreSQL (read committed,
+    where a read sees no uncommitted insert) a transaction-scoped advisory lock does."""
+    with database.atomic():
+        if not isinstance(database.obj, peewee.SqliteDatabase):
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCAN_LOCK_KEY,))
+        yield
+
+
+def same_output(a: str, b: str) -> bool:
+    """Whether two output locations are one folder, or one inside the other (trailing slashes ignored)."""
+    a, b = a.rstrip("/") or "/", b.rstrip("/") or "/"
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def upsert_job(input_dir: str, output_dir: str, options: dict[str, Any], options_hash: str) -> Job:
+    """The job of `input_dir`, created or given the new output and settings. An output folder another job
+    of this status table writes to (the same, or one inside the other) is refused: the two jobs' images
+    would overwrite each other's folders."""
+    from tessq.errors import ConfigError
+
     now = time.time()
     with database.atomic():
+        for other_input, other_output in (Job.select(Job.input_dir, Job.output_dir)
+                                          .where(Job.input_dir != input_dir).tuples()):
+            if same_output(output_dir, other_output):
+                raise ConfigError(
+                    f"output folder {output_dir} is already written by the job of {other_input}"
+                    f" (its output is {other_output}): two jobs in one output folder would overwrite each"
+                    f" other's images; choose another --out")
         job = Job.get_or_none(Job.input_dir == input_dir)
         if job is None:
             return Job.create(
@@ -236,22 +307,30 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
     running one is left alone (its message is already in flight); failed ones wait for `retry`
     unless their source changed.
     """
-    existing = {
-        row.rel_path: row
-        for row in Image.select(
-            Image.id, Image.rel_path, Image.status, Image.src_size, Image.src_mtime, Image.options_hash
-        ).where(Image.job == job_id)
-    }
     outcome = ScanOutcome([], [], 0, 0)
     to_insert: list[dict[str, Any]] = []
+    # The rows are read inside the write transaction (IMMEDIATE on SQLite; scan_transaction on PostgreSQL):
+    # read outside it, a concurrent scan could insert the same rows between this read and our insert.
     with database.atomic():
+        existing = {
+            row.rel_path: row
+            for row in Image.select(
+                Image.id, Image.rel_path, Image.out_rel, Image.status, Image.src_size, Image.src_mtime,
+                Image.options_hash,
+            ).where(Image.job == job_id)
+        }
+        claimed = _claimed_outputs(candidates)
         for cand in candidates:
             row = existing.get(cand["rel_path"])
             if row is None:
                 to_insert.append(dict(cand, job=job_id))
                 continue
             changed = not same_source(row.src_size, row.src_mtime, cand["src_size"], cand["src_mtime"])
-            stale = row.status == DONE and row.options_hash != options_hash
+            displaced = _displaced(row.out_rel, cand.get("out_rel"), claimed)
+            if displaced and row.status == QUEUED:  # not cut yet: it will be, under its new name
+                Image.update(out_rel=cand["out_rel"]).where(Image.id == row.id).execute()
+            stale = row.status == DONE and (row.options_hash != options_hash or displaced)
+            changed = changed or (displaced and row.status == FAILED)
             # unchanged_other counts only images whose header is fine and that wait in the queue, run, or
             # failed earlier: a skipped or unreadable file is counted once, by the scan summary's own rows.
             if cand["status"] == SKIPPED:
@@ -282,6 +361,30 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
                 .order_by(Image.id).tuples()
             )
     return outcome
+
+
+def _claimed_outputs(candidates: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """The output paths this scan's images use, and every folder above them (lower case)."""
+    images: set[str] = set()
+    folders: set[str] = set()
+    for cand in candidates:
+        rel = cand.get("out_rel")
+        if rel and cand["status"] != FAILED:
+            path = PurePosixPath(rel.lower())
+            images.add(str(path))
+            folders.update(str(p) for p in path.parents if str(p) != ".")
+    return images, folders
+
+
+def _displaced(stored: str, wanted: str | None, claimed: tuple[set[str], set[str]]) -> bool:
+    """Whether an image's stored output path (named by an earlier scan) is now another image's, or a folder
+    holding other images' folders, or lies inside another image's folder: it is cut again under its new,
+    unique name (the old folder is left alone, never deleted)."""
+    if not wanted or stored == wanted:
+        return False
+    images, folders = claimed
+    path = PurePosixPath(stored.lower())
+    return str(path) in images or str(path) in folders or any(str(p) in images for p in path.parents)
 
 
 def _insert_images(rows: list[dict[str, Any]]) -> None:
@@ -450,7 +553,8 @@ _FINISH_DONE = Statement(lambda: Image.update(
     src_mtime=peewee.fn.COALESCE(slot("src_mtime"), Image.src_mtime),
     width=peewee.fn.COALESCE(slot("width"), Image.width),
     height=peewee.fn.COALESCE(slot("height"), Image.height),
-).where(_fenced()))
+    # ... and only while the job's settings are still those the image was cut with (a scan may change them)
+).where(_fenced() & Image.job.in_(Job.select(Job.id).where(Job.options_hash == slot("options_hash")))))
 _FINISH_FAILED = Statement(lambda: Image.update(
     status=FAILED, lease_until=None, finished_at=now_expr(), error_type=slot("error_type"),
     error_message=slot("message"), duration_s=slot("duration_s"),
@@ -485,7 +589,8 @@ def lease_left(c: Claim) -> float | None:
 def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, options_hash: str,
                 pixel_bytes: int | None, source_state: tuple[int, float] | None = None,
                 dimensions: tuple[int, int] | None = None) -> bool:
-    """Mark done (fenced). source_state = the (size, mtime) the output was made from and dimensions its
+    """Mark done (fenced on the claim, and on `options_hash` still being the job's). source_state = the
+    (size, mtime) the output was made from and dimensions its
     (width, height), so the next scan compares against what was actually cut, and may trust the row's
     header fields for a file whose size and mtime still match (scan.probe_all)."""
     src_size, src_mtime = source_state if source_state is not None else (None, None)
@@ -495,6 +600,11 @@ def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, o
         pixel_bytes=pixel_bytes, src_size=src_size, src_mtime=src_mtime, width=width, height=height,
     )
     return cursor.rowcount == 1
+
+
+def job_options_hash(job_id: int) -> str | None:
+    """The job's current settings fingerprint (a scan with other options changes it)."""
+    return Job.select(Job.options_hash).where(Job.id == job_id).scalar()
 
 
 def finish_failed(c: Claim, *, error_type: str, message: str, duration_s: float | None) -> bool:

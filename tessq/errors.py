@@ -77,6 +77,19 @@ class SelfCheckError(ImageError):
         super().__init__(path, f"self-check failed: {reason}; nothing was committed")
 
 
+class OutputCollisionError(TessqError):
+    """An image's output folder holds another image's output: refused, never replaced or deleted."""
+
+    kind = "output_collision"
+
+
+class OptionsChangedError(TessqError):
+    """The job's settings changed (a new scan) while the image was cut: discarded and cut again."""
+
+    permanent = False
+    kind = "options_changed"
+
+
 class TransientError(TessqError):
     """A failure that may pass on its own (disk full, I/O error, lock): retried with backoff."""
 

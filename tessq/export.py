@@ -187,6 +187,35 @@ def shipped_files(
 # ---------------------------------------------------------------- the archive
 
 
+_UNSAFE_IN_ENTRY = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
+def zip_entry_name(rel: str) -> str:
+    """The archive entry name of the shipped file `rel`, built from its path components only.
+
+    Zip readers on Windows (Explorer, 7-Zip, .NET) also split names at backslashes, so a folder named
+    `a\\..\\..\\pwn` would extract outside the target: a backslash (and any control character) in a
+    component becomes `_`. Empty, `.` and `..` components, and absolute names, are refused."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ExportError(f"refusing archive entry {rel!r}: not a relative path inside the output folder")
+    return "/".join(_UNSAFE_IN_ENTRY.sub("_", part) for part in parts)
+
+
+def archive_entries(files: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """`files` with their archive entry names (zip_entry_name); two files whose names would become one
+    entry are refused with both named, never merged."""
+    seen: dict[str, str] = {}
+    entries = []
+    for path, rel in files:
+        name = zip_entry_name(rel)
+        if name in seen:
+            raise ExportError(f"{rel!r} and {seen[name]!r} would both be archive entry {name!r}; rename one")
+        seen[name] = rel
+        entries.append((path, name))
+    return entries
+
+
 def compression_for(name: str) -> int:
     already_compressed = os.path.splitext(name)[1].lower() in STORED_SUFFIXES
     return zipfile.ZIP_STORED if already_compressed else zipfile.ZIP_DEFLATED
@@ -363,6 +392,7 @@ def export_zip(
     not_shipped: list[dict[str, str]] = []
     files = shipped_files(out_dir, image_dirs, folder=folder, extra_files=extra_files, exclude=(dest, tmp),
                           not_shipped=not_shipped)
+    files = archive_entries(files)
     # Sizes are taken once: the header, the progress total and the verification all agree on them.
     sizes = [os.lstat(path).st_size for path, _ in files]
     _check_free_space(dest, files, sizes)

@@ -7,12 +7,14 @@ A crash at any moment leaves either no folder, the old complete folder, or the n
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tessq.errors import OutputCollisionError
 from tessq.perprocess import PerProcess
 
 TMP_MARK = ".tessq-tmp."
@@ -84,6 +86,50 @@ def cleanup_stale(parent: str | Path, name: str) -> list[Path]:
     return removed
 
 
+METADATA = "metadata.json"
+NESTED_SCAN_MAX = 10_000  # entries looked at under a folder about to be replaced (an image folder has ~10)
+
+
+def _source_of(folder: Path) -> tuple[str | None, str | None, str | None] | None:
+    """(relative_path, absolute_path, sha256) of the source a tessq image folder was cut from; None when
+    `folder` holds no readable tessq metadata.json."""
+    try:
+        with open(folder / METADATA, "rb") as fh:
+            meta = json.loads(fh.read(64 * 1024 * 1024))
+        src = meta["source"] if meta.get("schema") == "tessq.metadata" else None
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(src, dict):
+        return None
+    return src.get("relative_path"), src.get("absolute_path"), src.get("sha256")
+
+
+def replace_problem(final: Path, new: Path) -> str | None:
+    """Why the existing folder `final` must not be replaced by `new` (both image folders), or None.
+
+    Replaceable: the same image's earlier output (same relative path, and the same source file or the same
+    content), or a folder holding no image at all (a leftover). Not replaceable: another image's folder, or a
+    folder with image folders inside (an input folder's images nested under an image's name)."""
+    if final.is_symlink() or not final.is_dir():
+        return "is not a folder"
+    old, ours = _source_of(final), _source_of(new)
+    if old is not None and ours is not None:
+        same_rel = old[0] == ours[0]
+        same_file = old[1] is not None and old[1] == ours[1]
+        same_content = old[2] is not None and old[2] == ours[2]
+        if not (same_rel and (same_file or same_content)):
+            return f"holds the output of another image ({old[1] or old[0]})"
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(final):
+        if Path(dirpath) != final and METADATA in filenames:
+            return f"holds other images' output folders ({Path(dirpath).relative_to(final)})"
+        dirnames[:] = [d for d in dirnames if not is_leftover(d)]
+        seen += len(dirnames) + len(filenames)
+        if seen > NESTED_SCAN_MAX:
+            return f"holds more than {NESTED_SCAN_MAX:,} entries: not an image folder"
+    return None
+
+
 class AtomicFolder:
     """The temporary folder being filled; `commit()` renames it to the final name."""
 
@@ -116,12 +162,19 @@ class AtomicFolder:
         return path
 
     def commit(self) -> None:
-        """fsync the files and the folder, move any existing final folder aside, rename into place."""
+        """fsync the files and the folder, move any existing final folder aside, rename into place.
+
+        The folder moved aside (and deleted) must be this image's own earlier output or a leftover holding
+        no image: one that holds another image's output (its metadata.json names another source) or other
+        images' folders (a subfolder with a metadata.json) raises OutputCollisionError and is left alone."""
         fsync_files(self.path)
         fsync_path(self.path)
         parent = self.final.parent
         displaced = None
         if self.final.exists():
+            problem = replace_problem(self.final, self.path)
+            if problem:
+                raise OutputCollisionError(f"{self.final}: {problem}; nothing was replaced or deleted")
             displaced = parent / old_name(self.final.name, self.token)
             os.rename(self.final, displaced)
         os.rename(self.path, self.final)

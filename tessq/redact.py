@@ -55,8 +55,29 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", url)
 
 
+# Characters that would start a new line (or rewrite the current one) in a log file or a terminal.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group(0)
+    return {"\n": "\\n", "\r": "\\r"}.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with line breaks and other control characters written as escapes (a newline becomes the two
+    characters \\n): a file name holding a newline cannot forge a second log line. Tabs are kept."""
+    return _CONTROL.sub(_escaped, text) if text else text
+
+
 class RedactingFormatter(logging.Formatter):
-    """A Formatter whose whole output (message, arguments, traceback) goes through `redact`."""
+    """A Formatter whose whole output (message, arguments, traceback) goes through `redact`, and whose message
+    (the log line itself, not a traceback below it) has its control characters escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -70,7 +91,7 @@ class RedactFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format string is logging's to report, not ours
             return True
-        masked = redact(message)
+        masked = escape_controls(redact(message))
         if masked != message:
             record.msg, record.args = masked, None
         return True

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -111,7 +111,7 @@ def eligibility(width: int, height: int, min_size: int) -> str | None:
 
 def safe_component(name: str) -> str:
     """A file-system-safe output folder name: no separators, NUL or dot-only names, bounded length."""
-    cleaned = name.replace("/", "_").replace("\\", "_").replace("\x00", "_")
+    cleaned = "".join("_" if c in "/\\" or ord(c) < 32 or ord(c) == 127 else c for c in name)
     if cleaned in ("", ".", "..") or cleaned.startswith("."):
         cleaned = "_" + cleaned
     if len(cleaned.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
@@ -121,19 +121,80 @@ def safe_component(name: str) -> str:
     return cleaned
 
 
-def output_folder_names(file_names: list[str]) -> dict[str, str]:
-    """Map each TIFF file name of one folder to its output folder name.
+def output_folder_names(file_names: list[str], taken: Iterable[str] = ()) -> dict[str, str]:
+    """Map each TIFF file name of one folder to its output folder name, unique in that folder by construction.
 
-    The stem is used ('a.tif' -> 'a'); when two files share a stem case-insensitively ('a.tif',
-    'A.tiff'), each of them uses its whole file name instead, so no two images share a folder.
+    The stem is used ('a.tif' -> 'a'); when two files share a stem case-insensitively ('a.tif', 'A.tiff'), or
+    the stem is the name of a sibling input folder whose images have output folders under OUT (`taken`: 'site'
+    for 'site.tif' beside 'site/detail.tif'), the whole file name is used instead. Names that sanitising
+    (safe_component) made equal ('.hid.tif' and '_.hid.tif' -> '_.hid'), or that still meet a sibling folder,
+    get a short hash of the original file name: no two images, and no image and input folder, share a path.
     """
+    taken_keys = {t.lower() for t in taken}
     stems: dict[str, int] = {}
     for name in file_names:
         key = Path(name).stem.lower()
         stems[key] = stems.get(key, 0) + 1
-    return {
-        name: safe_component(Path(name).stem if stems[Path(name).stem.lower()] == 1 else name) for name in file_names
-    }
+
+    def first_choice(name: str) -> str:
+        stem = Path(name).stem
+        return stem if stems[stem.lower()] == 1 and stem.lower() not in taken_keys else name
+
+    names = {name: safe_component(first_choice(name)) for name in file_names}
+    for _ in range(2):  # 1st pass: the names sanitising changed; 2nd: any still shared
+        groups: dict[str, list[str]] = {}
+        for name, out in names.items():
+            groups.setdefault(out.lower(), []).append(name)
+        clashing = [name for key, members in groups.items() if len(members) > 1 or key in taken_keys
+                    for name in members]
+        if not clashing:
+            break
+        changed = [n for n in clashing if names[n] != first_choice(n)]
+        for name in changed or clashing:
+            names[name] = hashed_name(names[name], name)
+    return names
+
+
+def hashed_name(out_name: str, original: str) -> str:
+    """`out_name` made distinct by a stable hash of the `original` file name (bounded like safe_component)."""
+    digest = hashlib.sha256(original.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    head = out_name.encode("utf-8", "surrogateescape")[: MAX_NAME_BYTES - 9].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
+def output_parents(folder_rels: Iterable[str]) -> dict[str, set[str]]:
+    """For the input folders holding TIFFs: parent folder -> the names of its subfolders that will hold image
+    folders under OUT (each such folder and every folder above it, up to the root)."""
+    children: dict[str, set[str]] = {}
+    for rel in folder_rels:
+        path = PurePosixPath(rel)
+        while rel:
+            parent = str(path.parent) if str(path.parent) != "." else ""
+            children.setdefault(parent, set()).add(path.name)
+            path, rel = path.parent, parent
+    return children
+
+
+def colliding_outputs(out_rels: list[str]) -> dict[int, str]:
+    """Output paths of one job that would share a folder: {index: the out_rel it collides with}. Two images
+    collide when their paths are equal (case-insensitively: macOS and Windows file systems) or one lies inside
+    the other's folder; the first of them keeps its path. Run on the final names, an empty result is the
+    scan's check that they are unique."""
+    seen: dict[str, str] = {}
+    clashes: dict[int, str] = {}
+    for i, rel in enumerate(out_rels):
+        key = rel.lower()
+        if key in seen:
+            clashes[i] = seen[key]
+        else:
+            seen[key] = rel
+    for i, rel in enumerate(out_rels):
+        for parent in PurePosixPath(rel.lower()).parents:
+            other = seen.get(str(parent))
+            if other is not None and str(parent) != ".":
+                clashes.setdefault(i, other)
+                break
+    return clashes
 
 
 def walk(root: Path, *, follow_symlinks: bool, exclude: set[Path]) -> Iterator[FolderEntries]:
@@ -329,6 +390,19 @@ def _probe_one(job: tuple[Any, str, str, int, db.KnownHeader | None]) -> dict[st
         return f"cannot stat {entry.path}: {exc}"
 
 
+def refuse_colliding(candidates: list[dict[str, Any]]) -> None:
+    """The scan's check that output paths are unique: an image whose output folder would be another's (or lie
+    inside it) is failed at scan with `output_collision` instead of overwriting or nesting in done work.
+    output_folder_names makes this impossible within a folder; this catches whatever else could."""
+    cut = [c for c in candidates if c["status"] != db.FAILED]
+    clashes = colliding_outputs([c["out_rel"] for c in cut])
+    for i, other in clashes.items():
+        c = cut[i]
+        c.update(status=db.FAILED, skip_reason=None, error_type="output_collision",
+                 error_message=f"{c['rel_path']}: its output folder {c['out_rel']!r} would collide with"
+                               f" {other!r}, another image's; rename the file or its folder")
+
+
 def pixel_bytes(info: Any) -> int:
     try:
         itemsize = np.dtype(info.dtype).itemsize
@@ -481,6 +555,7 @@ def scan_tree(
     summary = ScanSummary(str(input_dir), str(output_dir), check_output=check_output)
     folders: list[dict[str, Any]] = []
     files: list[tuple[Any, str, str]] = []  # (directory entry, folder, output folder name) of every TIFF
+    with_tiffs: list[FolderEntries] = []
     if isinstance(input_dir, str):
         tree: Iterator[FolderEntries] = remote.walk(input_dir, exclude=(str(output_dir),))
     else:
@@ -512,12 +587,16 @@ def scan_tree(
         if not folder.tiffs:
             continue
         summary.folders_with_tiffs += 1
-        names = output_folder_names([e.name for e in folder.tiffs])
+        with_tiffs.append(folder)
+    subfolders = output_parents(f.rel for f in with_tiffs)
+    for folder in with_tiffs:
+        names = output_folder_names([e.name for e in folder.tiffs], subfolders.get(folder.rel, ()))
         files.extend((entry, folder.rel, names[entry.name]) for entry in folder.tiffs)
     with db.session():
         known = db.known_headers(str(input_dir))
     candidates = probe_all(files, options.min_size, parallel=isinstance(input_dir, Path), known=known)
-    with db.session():
+    refuse_colliding(candidates)
+    with db.session(), db.scan_transaction():  # one write transaction: concurrent scans of a tree queue each once
         job = db.upsert_job(str(input_dir), str(output_dir), options.to_dict(), options_hash)
         db.replace_folders(job.id, folders)
         outcome = db.record_candidates(job.id, candidates, options_hash)

@@ -289,6 +289,8 @@ def _check_layout(page: Any, info: TiffInfo, path: Path, memory_budget: int) -> 
         )
         info = replace(info, n_segments=expected, warnings=(*info.warnings, note))
     offsets, counts = offsets[:expected], counts[:expected]
+    _check_segment_count(info, path, memory_budget, expected)
+    _check_shared_segments(info, path, offsets, counts)
     ends = np.asarray(offsets, dtype=np.uint64) + np.asarray(counts, dtype=np.uint64)
     past = np.nonzero(ends > info.file_bytes)[0]
     if len(past) and compression == 6:
@@ -321,6 +323,54 @@ def _check_layout(page: Any, info: TiffInfo, path: Path, memory_budget: int) -> 
                 f"one compressed strip/tile decodes to {chunk:,} bytes, over the memory budget {memory_budget:,}",
             )
     return info
+
+
+# What each strip/tile costs the reader before any pixel is decoded: tifffile's offset and byte-count entries
+# and tessq's segment record (measured: ~300 bytes), and a decode call of its own (~40 us).
+SEGMENT_BOOKKEEPING_BYTES = 320
+SEGMENT_COUNT_FLOOR = 100_000  # never refused for their count below this many strips/tiles (any budget)
+SHARED_CHECK_MIN = 10_000  # from this many strips/tiles, data shared between them is looked for
+SHARED_MAX_FRACTION = 0.01  # more than this share of non-empty segments pointing at another's data: crafted
+
+
+def _check_segment_count(info: TiffInfo, path: Path, memory_budget: int, n: int) -> None:
+    """Refuse a layout whose strips/tiles are so many that their bookkeeping alone breaks the memory budget
+    (half of it; the pixel buffers need the rest): the issue's bomb, 46000x46000 in 16x16 tiles, has 8.27M
+    tiles, 2.6 GB of bookkeeping and ~6 min of per-tile calls. Real files (256/512 tiles, strips of a few
+    rows) stay far below: a 10 Gpx image in 128x128 tiles has 610,000."""
+    need = n * SEGMENT_BOOKKEEPING_BYTES
+    if n > SEGMENT_COUNT_FLOOR and need > memory_budget // 2:
+        if info.tiled and info.tile_shape:
+            what = f"tiles of {'x'.join(str(v) for v in info.tile_shape)} px"
+        else:
+            what = f"strips of {info.rows_per_strip} row(s)"
+        raise ImageTooLargeError(
+            path,
+            f"{n:,} {what}: their bookkeeping alone needs ~{need / 2**20:,.0f} MiB, over half the"
+            f" memory budget ({memory_budget / 2**20:,.0f} MiB); rewrite it with larger tiles (e.g. gdal_translate"
+            " -co TILED=YES -co BLOCKXSIZE=256 -co BLOCKYSIZE=256)",
+        )
+
+
+def _check_shared_segments(info: TiffInfo, path: Path, offsets: Any, counts: Any) -> None:
+    """Refuse many strips/tiles pointing at the same bytes: writers give every segment its own data (sparse
+    files write offset 0 / byte count 0 for empty tiles: those are not counted), so a file where more than 1%
+    of 10,000+ segments share another's data was crafted to decode far more than it stores."""
+    if len(offsets) < SHARED_CHECK_MIN:
+        return
+    offs = np.asarray(offsets, dtype=np.uint64)
+    cnts = np.asarray(counts, dtype=np.uint64)
+    stored = offs[(offs > 0) & (cnts > 0)]
+    if len(stored) < SHARED_CHECK_MIN:
+        return
+    shared = len(stored) - len(np.unique(stored))
+    if shared > SHARED_MAX_FRACTION * len(stored):
+        kind = "tiles" if info.tiled else "strips"
+        raise ImageTooLargeError(
+            path,
+            f"{shared:,} of {len(stored):,} {kind} point at data another one already uses: a crafted file"
+            " (decompression bomb), refused",
+        )
 
 
 def _expected_segments(page: Any) -> int:

@@ -25,7 +25,7 @@ from huey.exceptions import TaskTimeout
 
 from tessq import __version__, db, defaults, folder, remote
 from tessq import queue as tq
-from tessq.errors import LeaseLostError, SourceChangedError, TessqError
+from tessq.errors import LeaseLostError, OptionsChangedError, SourceChangedError, TessqError
 from tessq.options import SliceOptions
 from tessq.perprocess import PerProcess
 
@@ -69,6 +69,9 @@ def settle_failure(claim: db.Claim, row: db.Image, exc: BaseException, started: 
     """Record a failed attempt: failed at once, or back to the queue with backoff while attempts remain."""
     if isinstance(exc, LeaseLostError):  # someone else owns the image now: touch neither its row nor its folder
         log.warning("%s", exc)
+        return
+    if isinstance(exc, OptionsChangedError):  # cut with settings the job no longer has: cut again, no attempt spent
+        _requeue_stale(claim, row, str(exc))
         return
     action, kind, message = classify(exc, row.rel_path, tq.time_limit(row.pixel_bytes))
     if action == "internal":
@@ -157,6 +160,8 @@ def _finish(claim: db.Claim, row: db.Image, result: dict[str, Any], duration: fl
                                 dimensions=_dimensions(result))
     if fenced:
         log.info("done %s (%d slices, %.2f s)", row.rel_path, result["slices"], duration)
+    elif options_changed(row):
+        _requeue_stale(claim, row, f"{row.rel_path}: the job's settings changed while it was committed")
     else:
         log.warning("%s: lease was lost before finishing; the other holder's result stands", row.rel_path)
 
@@ -240,12 +245,29 @@ class Committed:
         pass
 
 
+def options_changed(row: db.Image) -> bool:
+    """Whether the job's settings are no longer those `row` was claimed (and cut) with."""
+    with db.session():
+        return db.job_options_hash(row.job.id) != row.job.options_hash
+
+
+def _requeue_stale(claim: db.Claim, row: db.Image, message: str) -> None:
+    log.info("%s; cutting it again with the new settings", message)
+    with db.session():
+        released = db.release_interrupted(claim)
+    if released:
+        tq.enqueue([claim.image_id], {claim.image_id: row.pixel_bytes})
+
+
 def lease_guard(claim: db.Claim, row: db.Image) -> Callable[[], None]:
-    """The check run just before a folder is renamed into place: a worker that lost its lease leaves it alone."""
+    """The check run just before a folder is renamed into place: a worker that lost its lease leaves it alone,
+    and one that cut with settings the job no longer has (a scan changed them meanwhile) discards its folder."""
 
     def still_ours() -> None:
         if not holds_lease(claim):
             raise LeaseLostError(f"{row.rel_path}: lease lost before the folder was committed; output left alone")
+        if options_changed(row):
+            raise OptionsChangedError(f"{row.rel_path}: the job's settings changed while it was cut; discarded")
 
     return still_ours
 
