@@ -29,8 +29,11 @@ from peewee import (
 )
 
 from tessq import backends
+from tessq.errors import ConfigError
 
 database = peewee.DatabaseProxy()
+APPLICATION_ID = 0x74657371  # PRAGMA application_id of a tessq status table: 'tesq'
+DAMAGE_MARKS = ("file is not a database", "database disk image is malformed", "file is encrypted")
 
 # Image states (see DESIGN.md, "The image state machine").
 QUEUED, RUNNING, DONE, FAILED, SKIPPED, CANCELLED = "queued", "running", "done", "failed", "skipped", "cancelled"
@@ -119,13 +122,107 @@ MODELS = (Job, Folder, Image, Upload)
 # ---------------------------------------------------------------- connection and schema
 
 
+class StateLostError(ConfigError):
+    """The status table was deleted, replaced or damaged under a running process: it stops, it never
+    carries on with (or silently creates) another database."""
+
+    kind = "state_lost"
+
+
 def open_database(url: str) -> peewee.Database:
     """Point the models at `url` (not connected yet: connect after fork, per process)."""
     if url.startswith("sqlite:"):
-        Path(backends.sqlite_path(url)).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(backends.sqlite_path(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() and backends.remove_stale_journal(str(path)):  # never replay a dead file's WAL
+            import logging
+
+            logging.getLogger("tessq").warning("%s was missing: removed its stale -wal/-shm files before "
+                                               "creating it anew", path)
     db = backends.make_database(url)
     database.initialize(db)
+    _HELD.clear()
     return db
+
+
+def sqlite_file() -> Path | None:
+    """The status table's file (None for PostgreSQL)."""
+    obj = database.obj
+    return Path(obj.database) if isinstance(obj, peewee.SqliteDatabase) else None
+
+
+def _job_folder(path: Path) -> Path:
+    return path.parent.parent if path.parent.name == ".tessq" else path.parent
+
+
+def damaged_message(path: Path, detail: str) -> str:
+    out = _job_folder(path)
+    return (f"{path} is damaged (not a SQLite database: {detail}): move it aside (`mv {path} {path}.damaged`) and "
+            f"run `tessq run IN {out}` again to rebuild it (images whose folders in {out} are complete and match "
+            f"their source and the options are kept as done; the others are cut again)")
+
+
+def lost_message(path: Path, what: str) -> str:
+    out = _job_folder(path)
+    return (f"the status table {path} {what} while workers ran: stopping (nothing more can be recorded). "
+            f"Restore it, or start again with `tessq run IN {out}`: finished image folders in {out} that match "
+            f"their source and the options are kept as done, the others are cut again")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    return any(mark in str(exc) for mark in DAMAGE_MARKS)
+
+
+_HELD: dict[str, Any] = {}  # the file this process holds: path, (dev, inode), largest size seen
+
+
+def hold_database() -> None:
+    """From now on this process (and the workers it forks) must keep using the status table file it has now:
+    a file deleted, replaced or damaged under it raises StateLostError (check_database, and before every new
+    connection) instead of a new empty database being created in its place. For long-running processes."""
+    path = sqlite_file()
+    if path is None:
+        return
+    st = path.stat()
+    _HELD.update(path=path, identity=(st.st_dev, st.st_ino), size=st.st_size)
+    database.obj.connect_check = check_database
+
+
+def release_database() -> None:
+    """The end of hold_database (the daemon stopped): this process may open or create the file again."""
+    _HELD.clear()
+    if isinstance(database.obj, backends._SqliteDatabase):
+        database.obj.connect_check = None
+
+
+def check_database() -> None:
+    """Raise StateLostError if the held status table file is gone, another file, truncated or not SQLite."""
+    path = _HELD.get("path")
+    if path is None:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise StateLostError(lost_message(path, "was deleted")) from None
+    if (st.st_dev, st.st_ino) != _HELD["identity"]:
+        raise StateLostError(lost_message(path, "was replaced by another file"))
+    if st.st_size < _HELD["size"] or not backends.looks_like_sqlite(str(path)) or st.st_size == 0:
+        raise StateLostError(lost_message(path, f"was truncated or overwritten ({st.st_size} bytes, "
+                                                f"{_HELD['size']} before)"))
+    _HELD["size"] = st.st_size  # SQLite never shrinks the file here (no VACUUM, no auto_vacuum)
+
+
+def database_problem(exc: BaseException) -> StateLostError | None:
+    """What a database error raised in a long-running process means: the held file is lost or damaged (an error
+    to stop on), or None (something else, e.g. a lock: retry)."""
+    try:
+        check_database()
+    except StateLostError as lost:
+        return lost
+    path = _HELD.get("path")
+    if path is not None and (_is_damage(exc) or "no such table" in str(exc)):
+        return StateLostError(lost_message(path, f"became unreadable ({exc})"))
+    return None
 
 
 def schema_statements(dialect: str) -> list[str]:
@@ -139,11 +236,31 @@ def schema_statements(dialect: str) -> list[str]:
 
 
 def create_schema() -> None:
-    """Create every table and index from alembic_free_schema.sql (idempotent)."""
-    dialect = "postgresql" if not isinstance(database.obj, peewee.SqliteDatabase) else "sqlite"
-    with database.connection_context(), database.atomic():
-        for statement in schema_statements(dialect):
-            database.execute_sql(statement)
+    """Create every table and index from alembic_free_schema.sql (idempotent). A SQLite file that is not a
+    database (truncated, overwritten) or is another program's database is refused with a ConfigError saying
+    what to do, never a traceback."""
+    path = sqlite_file()
+    if path is None:
+        with database.connection_context(), database.atomic():
+            for statement in schema_statements("postgresql"):
+                database.execute_sql(statement)
+        return
+    try:
+        with database.connection_context():
+            app_id = database.execute_sql("PRAGMA application_id").fetchone()[0]
+            if app_id not in (0, APPLICATION_ID):
+                raise ConfigError(f"{path} is not a tessq status table (application_id {app_id:#x}): move it aside "
+                                  f"and run `tessq run IN {_job_folder(path)}` again")
+            with database.atomic():
+                for statement in schema_statements("sqlite"):
+                    database.execute_sql(statement)
+            if app_id == 0:
+                database.execute_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+    except peewee.DatabaseError as exc:
+        if _is_damage(exc):
+            database.close()
+            raise ConfigError(damaged_message(path, str(exc))) from None
+        raise
 
 
 @contextmanager
