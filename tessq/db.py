@@ -390,6 +390,8 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
             if cand["status"] == QUEUED:
                 outcome.requeued.append(row.id)
         if to_insert:
+            adopted = _adopt_done(job_id, to_insert, options_hash)
+            outcome.unchanged_done += adopted
             # ids only grow: the rows inserted now are this job's rows above the largest id before the insert
             before = Image.select(peewee.fn.MAX(Image.id)).scalar() or 0
             _insert_images(to_insert)
@@ -399,6 +401,70 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
                 .order_by(Image.id).tuples()
             )
     return outcome
+
+
+def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str) -> int:
+    """New rows whose output folder is already complete in OUT (a status table deleted, damaged or restored from an
+    older copy, then rebuilt by a scan) become done in place instead of being cut again: the folder's
+    batch_metadata.json names this input, the same source size and mtime and the same cut options, its
+    metadata.json names this source, and its slice files are as many and as large as metadata.json says (the
+    scan's own "stat" check, which --check-output then repeats). Returns how many were adopted."""
+    job = Job.get_by_id(job_id)
+    out = Path(job.output_dir)
+    if "://" in job.output_dir or not out.is_dir():
+        return 0
+    adopted = 0
+    for row in rows:
+        if row.get("status") != QUEUED:
+            continue
+        done = _complete_folder(job, out / row["out_rel"], row, options_hash)
+        if done is not None:
+            row.update(done)
+            adopted += 1
+    if adopted:
+        import logging
+
+        logging.getLogger("tessq").warning("kept %d image folder(s) already complete in %s as done (their "
+                                           "metadata matches the source and the options)", adopted, out)
+    return adopted
+
+
+def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: str) -> dict[str, Any] | None:
+    """The done-row fields of an output folder made from this very source with these options, else None."""
+    from tessq.scan import output_problem  # imported late: scan imports this module
+    from tessq.settings import options_fingerprint
+
+    try:
+        batch = json.loads((folder / "batch_metadata.json").read_bytes())
+        meta = json.loads((folder / "metadata.json").read_bytes())
+        made_by = batch["job"]
+        totals = meta["totals"]
+        same = (made_by["input_dir"] == job.input_dir and meta["source"]["relative_path"] == row["rel_path"]
+                and same_source(int(batch["source_size"]), float(batch["source_mtime"]),
+                                row["src_size"], row["src_mtime"]))
+        if not same:
+            return None
+        from tessq.options import SliceOptions
+
+        if options_fingerprint(SliceOptions.from_dict(made_by["options"])) != options_hash:
+            return None
+        n_slices, bytes_out = int(totals["slices"]), int(totals["bytes_out"])
+        finished = (folder / "metadata.json").stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    except Exception:  # options this version cannot read: cut it again
+        return None
+    if output_problem(folder, n_slices, bytes_out, "stat") is not None:
+        return None
+    source = meta.get("source") or {}
+    timings = batch.get("timings") or {}
+    fields = {
+        "status": DONE, "n_slices": n_slices, "bytes_out": bytes_out, "options_hash": options_hash,
+        "pixel_bytes": totals.get("pixel_bytes"), "width": source.get("width"), "height": source.get("height"),
+        "worker": batch.get("worker"), "attempts": int(batch.get("attempt") or 1),
+        "started_at": batch.get("started_at"), "finished_at": finished, "duration_s": timings.get("total_s"),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _insert_images(rows: list[dict[str, Any]]) -> None:
