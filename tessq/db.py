@@ -183,7 +183,10 @@ def hold_database() -> None:
     path = sqlite_file()
     if path is None:
         return
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise StateLostError(lost_message(path, "was deleted")) from None
     _HELD.update(path=path, identity=(st.st_dev, st.st_ino), size=st.st_size)
     database.obj.connect_check = check_database
 

@@ -113,6 +113,9 @@ def test_tessq_db_deleted_mid_run_stops_it_with_the_way_out_and_the_report_is_ke
     assert (out / "batch_processing.log").stat().st_size < 400_000, "the log kept growing"
     assert (out / "batch_report.json").read_bytes() == report, "the report was overwritten"
     assert not db_file.exists(), "a new, empty status table was created in place of the deleted one"
+    status = tessq_cmd("status", str(out), "--once", env=env, cwd=tmp_path)
+    assert status.returncode == 2 and f"{db_file} is missing" in status.stderr, status.stderr
+    assert not db_file.exists()
     # the way out: the same command rebuilds the table, keeps the folders already cut with -n 6, cuts the rest
     again = tessq_cmd(*rerun, env=env, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
