@@ -414,7 +414,7 @@ def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str) -> i
     scan's own "stat" check, which --check-output then repeats). Returns how many were adopted."""
     job = Job.get_by_id(job_id)
     out = Path(job.output_dir)
-    if "://" in job.output_dir or not out.is_dir():
+    if "://" in job.output_dir or not out.is_dir() or job.input_dir in _REDO_ALL:
         return 0
     adopted = 0
     for row in rows:
@@ -508,8 +508,12 @@ def known_headers(input_dir: str) -> dict[str, KnownHeader]:
     return {rel_path: KnownHeader(*fields) for rel_path, *fields in query}
 
 
+_REDO_ALL: set[str] = set()  # inputs this process forgot on purpose (--no-resume): their folders are not adopted
+
+
 def forget_job(input_dir: str) -> None:
     Job.delete().where(Job.input_dir == input_dir).execute()
+    _REDO_ALL.add(input_dir)
 
 
 def forget_missing(job_id: int, seen: set[str]) -> int:
