@@ -7,6 +7,7 @@ place a connection target is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -257,8 +258,9 @@ def create_schema() -> None:
             with database.atomic():
                 for statement in schema_statements("sqlite"):
                     database.execute_sql(statement)
-            if app_id == 0:
-                database.execute_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+            if app_id == 0:  # marks the file as a tessq status table; a read-only one stays unmarked
+                with contextlib.suppress(peewee.OperationalError):
+                    database.execute_sql(f"PRAGMA application_id = {APPLICATION_ID}")
     except peewee.DatabaseError as exc:
         if _is_damage(exc):
             database.close()
