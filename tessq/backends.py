@@ -44,7 +44,10 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 
 def looks_like_sqlite(path: str) -> bool | None:
-    """Whether a file starts with SQLite's header (an empty file is a valid new database); None if it is missing."""
+    """Whether a file starts with SQLite's header (an empty file is a valid new database); None if it is missing.
+
+    Only for a file this process has no SQLite connection to: closing the descriptor opened here drops every
+    POSIX lock the process holds on the file, SQLite's included."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(len(SQLITE_HEADER))

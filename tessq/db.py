@@ -210,9 +210,11 @@ def check_database() -> None:
         raise StateLostError(lost_message(path, "was deleted")) from None
     if (st.st_dev, st.st_ino) != _HELD["identity"]:
         raise StateLostError(lost_message(path, "was replaced by another file"))
-    if st.st_size < _HELD["size"] or not backends.looks_like_sqlite(str(path)) or st.st_size == 0:
-        raise StateLostError(lost_message(path, f"was truncated or overwritten ({st.st_size} bytes, "
-                                                f"{_HELD['size']} before)"))
+    # stat only, never open(): closing any descriptor of the file would drop this process's SQLite locks (POSIX
+    # locks are per process), and another connection closing could then take itself for the last one and
+    # delete the WAL under us. Garbage written in place shows up as "file is not a database" (database_problem).
+    if st.st_size < _HELD["size"] or st.st_size == 0:
+        raise StateLostError(lost_message(path, f"was truncated ({st.st_size} bytes, {_HELD['size']} before)"))
     _HELD["size"] = st.st_size  # SQLite never shrinks the file here (no VACUUM, no auto_vacuum)
 
 

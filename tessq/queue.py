@@ -112,13 +112,14 @@ def watch_queue() -> None:
 
 
 def rebuild_if_changed() -> int | None:
-    """The worker daemon's check, every supervisor round: if queue.db was deleted, replaced or damaged since the
-    last look, recreate it (huey's tables) and re-send every queued image from the status table. Returns how
-    many were re-sent, None when the file is as it was (or the queue is not a file)."""
+    """The worker daemon's check, every supervisor round: if queue.db was deleted or replaced since the last look
+    (a file overwritten in place is found damaged at the next start), recreate it (huey's tables) and re-send
+    every queued image from the status table. Returns how many were re-sent, None when the file is as it was
+    (or the queue is not a file)."""
     path = queue_file()
     if path is None:
         return None
-    if backends.file_identity(path) == _state["queue_identity"] and backends.looks_like_sqlite(path):
+    if backends.file_identity(path) == _state["queue_identity"]:  # stat only: never open() a file SQLite holds
         return None
     close_connection()  # the next use reconnects: moves a damaged file aside, creates a missing one
     storage = huey().storage
