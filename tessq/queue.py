@@ -6,6 +6,7 @@ repaired from the status table (`repair_unqueued`), so the queue can always be r
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import signal
@@ -29,6 +30,9 @@ def configure(workspace: Workspace) -> None:
     if _state["workspace"] == workspace:
         return
     db.open_database(workspace.db_url)
+    if _state["huey"] is not None:  # no connection of a previous queue may stay open beside the new one
+        with contextlib.suppress(Exception):
+            _state["huey"].storage.close()
     if workspace.queue_url.startswith("sqlite:"):
         workspace.state_dir.mkdir(parents=True, exist_ok=True)
     huey = backends.make_queue(workspace.queue_url)
