@@ -1971,6 +1971,93 @@ def fault_races_messages(ctx: Ctx, budget: float) -> Result:
     return res
 
 
+LOST_STOP_S = 30.0  # a daemon whose status table vanished must have stopped by then (else: a hang)
+LOST_LOG_BYTES = 1_000_000  # and written at most this much (the issue saw 6 MB in 4 min of retries)
+
+
+def fault_lost_state(ctx: Ctx, budget: float) -> Result:
+    """17. Lost state files: tessq.db deleted or truncated while `tessq workers` runs (it must stop by itself in
+    bounded time with a message, log little, leave batch_report.json alone; the way out it names must then finish
+    the job), and queue.db deleted at random moments (the drain must still finish every image)."""
+    res = Result("17 lost state: tessq.db deleted/truncated, queue.db deleted")
+    rounds = ["delete", "truncate", "queue"] * (1 if ctx.quick else 2)
+    ctx.rng.shuffle(rounds)
+    for n, how in enumerate(rounds):
+        if ctx.left() < 30 and n >= 3:
+            res.notes.append(f"out of time after {n} rounds")
+            break
+        base = ctx.dir(f"lost_{n}")
+        tree = ctx.tree.subset(base / "in", 16 if ctx.quick else 30, ctx.rng)
+        out = base / "out"
+        tq = Tessq(base)
+        scan(tq, tree.root, out)
+        tq.run("report")  # the report a lost table must not overwrite
+        report_file = out / "batch_report.json"
+        before = report_file.read_bytes() if report_file.exists() else None
+        total = len(tq.rows())
+        daemon = tq.popen("workers", "--workers", "2", "--drain")
+        log = sorted(tq.logs.glob("*-workers.log"))[-1]
+        target = ctx.rng.randint(1, max(1, total // 2))
+        if not wait_until(lambda tq=tq, target=target, daemon=daemon: tq.counts()["done"] >= target
+                          or daemon.poll() is not None, 120, every=0.02):
+            res.findings.add("other", f"round {n}: {target} images never got done")
+        if daemon.poll() is not None:
+            res.notes.append(f"round {n} ({how}): the drain ended before the fault (not counted)")
+            continue
+        time.sleep(ctx.rng.uniform(0, 0.3))
+        res.injected += 1
+        if how == "queue":
+            for _ in range(ctx.rng.randint(1, 3)):  # one to three deletions during the drain
+                (tq.ws / ".tessq" / "queue.db").unlink(missing_ok=True)
+                time.sleep(ctx.rng.uniform(0.2, 1.5))
+            rc = wait_or_kill(daemon, 600)
+            if rc != 0:
+                res.findings.add("other", f"round {n}: the drain after queue.db was deleted exited {rc}")
+            res.findings.merge(check(tq, tree, out, Expect(redo_ok=set(tree.good) | set(tree.bad))))
+            res.notes.append(f"round {n} (queue.db deleted): drain exit {rc}, {tq.counts()['done']} done")
+            continue
+        if how == "delete":
+            tq.db_path.unlink()
+        else:
+            with open(tq.db_path, "r+b") as fh:
+                fh.truncate(ctx.rng.choice([0, 100, 4096, max(100, tq.db_path.stat().st_size // 2)]))
+        t0 = time.monotonic()
+        rc = wait_or_kill(daemon, LOST_STOP_S)
+        took = time.monotonic() - t0
+        text = log.read_text(errors="replace")
+        if rc is None:
+            res.findings.add("other", f"round {n} ({how}): `tessq workers` still running {LOST_STOP_S:.0f} s after "
+                                      "tessq.db was lost (a hang)")
+        elif rc == 0:
+            res.findings.add("other", f"round {n} ({how}): `tessq workers` exited 0 with its status table lost")
+        elif "status table" not in text or "tessq run IN" not in text:
+            res.findings.add("other", f"round {n} ({how}): no message saying what happened: {text[-300:]!r}")
+        size = log.stat().st_size + ((out / "batch_processing.log").stat().st_size
+                                     if (out / "batch_processing.log").exists() else 0)
+        if size > LOST_LOG_BYTES:
+            res.findings.add("other", f"round {n} ({how}): {size} bytes of log (retrying in a loop?)")
+        after = report_file.read_bytes() if report_file.exists() else None
+        if after != before:
+            res.findings.add("report", f"round {n} ({how}): batch_report.json was rewritten from a lost table")
+        # the way out the message names: (move a damaged file aside,) run the job again
+        if how == "truncate":
+            for suffix in ("", "-wal", "-shm"):
+                f = tq.db_path.with_name("tessq.db" + suffix)
+                if f.exists():
+                    f.rename(f.with_name(f.name + ".damaged"))
+        t1 = time.monotonic()
+        proc = tq.run("run", str(tree.root), str(out), MIN_ARG, "--workers", "2", timeout=900)
+        if proc.returncode not in (0, 3):
+            res.findings.add("other", f"round {n} ({how}): `tessq run` after the loss exited {proc.returncode}: "
+                                      f"{proc.stderr[-500:]}")
+        kept = re.search(r"kept (\d+) image folder", proc.stderr)
+        res.findings.merge(check(tq, tree, out, Expect(redo_ok=set(tree.good) | set(tree.bad))))
+        res.notes.append(f"round {n} ({how}): workers exit {rc} {took:.1f} s after the loss, {size} B of log; "
+                         f"`tessq run` then kept {kept.group(1) if kept else 0} folders as done, "
+                         f"{time.monotonic() - t1:.0f} s")
+    return res
+
+
 FAULTS: list[tuple[Callable[[Ctx, float], Result], float, bool]] = [  # (fault, share of the time, in --quick)
     (fault_kill, 0.30, True),
     (fault_signals, 0.15, True),
@@ -1988,6 +2075,7 @@ FAULTS: list[tuple[Callable[[Ctx, float], Result], float, bool]] = [  # (fault, 
     (fault_output_collisions, 0.03, True),
     (fault_tiled_bomb, 0.02, True),
     (fault_races_messages, 0.04, True),
+    (fault_lost_state, 0.05, True),
 ]
 
 

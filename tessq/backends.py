@@ -6,6 +6,12 @@ talks to a peewee Database and a huey instance.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import peewee
@@ -25,6 +31,54 @@ SQLITE_PRAGMAS = {
 
 
 SCHEMA_LOCK_KEY = 0x7465_7372  # PostgreSQL advisory lock held while tessq or huey create their tables
+log = logging.getLogger("tessq.queue")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file, None if it does not exist: tells "the file I opened" from a new one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def looks_like_sqlite(path: str) -> bool | None:
+    """Whether a file starts with SQLite's header (an empty file is a valid new database); None if it is missing.
+
+    Only for a file this process has no SQLite connection to: closing the descriptor opened here drops every
+    POSIX lock the process holds on the file, SQLite's included."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return None
+    return head == SQLITE_HEADER or head == b""
+
+
+def remove_stale_journal(path: str) -> list[str]:
+    """Delete the -wal/-shm files of a database file that is gone: SQLite would replay a stale WAL into the new
+    file of the same name (old pages over a new database). Call only when `path` does not exist."""
+    removed = []
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+            removed.append(path + suffix)
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if needed): one process at a time (re)creates a file."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def sqlite_path(url: str) -> str:
@@ -42,7 +96,7 @@ def make_database(url: str) -> peewee.Database:
     if scheme == "sqlite":
         # IMMEDIATE: a deferred BEGIN that reads then writes fails at once with "database is locked"
         # under concurrency, whatever the busy timeout (notes/queue-engine.md section 4).
-        return peewee.SqliteDatabase(sqlite_path(url), timeout=60, lock_type="IMMEDIATE", pragmas=SQLITE_PRAGMAS)
+        return _SqliteDatabase(sqlite_path(url), timeout=60, lock_type="IMMEDIATE", pragmas=SQLITE_PRAGMAS)
     if is_postgres(url):
         from playhouse import db_url  # imports psycopg: only where PostgreSQL is used
 
@@ -51,13 +105,64 @@ def make_database(url: str) -> peewee.Database:
     raise ConfigError(f"unsupported database URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
 
 
+class _SqliteDatabase(peewee.SqliteDatabase):
+    """peewee's SQLite database with a hook run before every new connection: a long-running process (the
+    worker daemon and its workers, db.hold_database) sets it so that a status table deleted or replaced
+    under it is an error, never a new empty file silently created in its place."""
+
+    connect_check: Callable[[], None] | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.connect_check is not None:
+            self.connect_check()
+        return super()._connect()
+
+
 class _SqliteStorage(SqliteStorage):
     """huey's SQLite storage with synchronous=NORMAL: 3x faster enqueues (queue-engine.md section 4). A power
-    cut may drop the last few messages, never corrupt the file, and the status table re-enqueues them."""
+    cut may drop the last few messages, never corrupt the file, and the status table re-enqueues them.
 
-    def _create_connection(self) -> object:
-        conn = super()._create_connection()
-        conn.execute("pragma synchronous=NORMAL")
+    The queue is derived state, so this storage heals itself: a queue.db deleted or replaced while the
+    connection is open is noticed (its inode changed) and reconnected to; a missing file is created with
+    huey's tables (stale -wal/-shm removed first); a file that is not a SQLite database is moved aside
+    (queue.db.damaged-<time>) and replaced. The messages are then re-sent from the status table
+    (queue.rebuild_if_changed, queue.repair_unqueued)."""
+
+    _identity: tuple[int, int] | None = None
+    recreated = False  # this process created the file anew (missing or damaged): its messages must be re-sent
+
+    @property
+    def conn(self) -> sqlite3.Connection:  # called with self.lock held (BaseSqlStorage.db)
+        if self._conn is not None and file_identity(self.filename) != self._identity:
+            log.warning("the queue file %s was deleted or replaced: reconnecting", self.filename)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        if self._conn is None:
+            self._conn = self._create_connection()
+        return self._conn
+
+    def _create_connection(self) -> sqlite3.Connection:
+        with file_lock(self.filename + ".lock"):
+            if looks_like_sqlite(self.filename) is False:
+                aside = f"{self.filename}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                os.replace(self.filename, aside)
+                for suffix in ("-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(self.filename + suffix, aside + suffix)
+                self.recreated = True
+                log.warning("the queue file %s is not a SQLite database: moved aside to %s and created anew "
+                            "(the queue is rebuilt from the status table)", self.filename, aside)
+            created = file_identity(self.filename) is None
+            if created:
+                remove_stale_journal(self.filename)
+                self.recreated = True
+            conn = super()._create_connection()
+            conn.execute("pragma synchronous=NORMAL")
+            if created or not conn.execute("select 1 from sqlite_master where name = 'task'").fetchone():
+                for ddl in self.ddl:
+                    conn.execute(ddl)
+            self._identity = file_identity(self.filename)
         return conn
 
     def enqueue_many(self, messages: list[tuple[bytes, int]]) -> None:

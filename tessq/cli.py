@@ -371,6 +371,8 @@ def workers(
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         err.print("stopped at once; running images went back to the queue")
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
+    except TessqError as exc:  # the status table was lost or damaged, or the supervisor gave up
+        fail(exc)
     console.print(f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, re-enqueued {outcome.repaired}")
 
 
@@ -505,9 +507,12 @@ def run(
         print_scan(summary)
     try:
         stopped_by = worker.run_workers(n_workers or os.cpu_count() or 2, drain=True).stopped_by
+        rep = pipeline.finish_report(job)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         stopped_by = "signal"
-    rep = pipeline.finish_report(job)
+        rep = pipeline.finish_report(job)
+    except TessqError as exc:  # the status table was lost or damaged: no report from it (the old one is kept)
+        fail(exc)
     if zip_ and stopped_by == "drained":
         _export_zip(None, None, job)
     if as_json:

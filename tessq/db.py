@@ -7,6 +7,7 @@ place a connection target is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -29,8 +30,11 @@ from peewee import (
 )
 
 from tessq import backends
+from tessq.errors import ConfigError
 
 database = peewee.DatabaseProxy()
+APPLICATION_ID = 0x74657371  # PRAGMA application_id of a tessq status table: 'tesq'
+DAMAGE_MARKS = ("file is not a database", "database disk image is malformed", "file is encrypted")
 
 # Image states (see DESIGN.md, "The image state machine").
 QUEUED, RUNNING, DONE, FAILED, SKIPPED, CANCELLED = "queued", "running", "done", "failed", "skipped", "cancelled"
@@ -119,13 +123,112 @@ MODELS = (Job, Folder, Image, Upload)
 # ---------------------------------------------------------------- connection and schema
 
 
+class StateLostError(ConfigError):
+    """The status table was deleted, replaced or damaged under a running process: it stops, it never
+    carries on with (or silently creates) another database."""
+
+    kind = "state_lost"
+
+
 def open_database(url: str) -> peewee.Database:
     """Point the models at `url` (not connected yet: connect after fork, per process)."""
     if url.startswith("sqlite:"):
-        Path(backends.sqlite_path(url)).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(backends.sqlite_path(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() and backends.remove_stale_journal(str(path)):  # never replay a dead file's WAL
+            import logging
+
+            logging.getLogger("tessq").warning("%s was missing: removed its stale -wal/-shm files before "
+                                               "creating it anew", path)
     db = backends.make_database(url)
     database.initialize(db)
+    _HELD.clear()
     return db
+
+
+def sqlite_file() -> Path | None:
+    """The status table's file (None for PostgreSQL)."""
+    obj = database.obj
+    return Path(obj.database) if isinstance(obj, peewee.SqliteDatabase) else None
+
+
+def _job_folder(path: Path) -> Path:
+    return path.parent.parent if path.parent.name == ".tessq" else path.parent
+
+
+def damaged_message(path: Path, detail: str) -> str:
+    out = _job_folder(path)
+    return (f"{path} is damaged (not a SQLite database: {detail}): move it aside (`mv {path} {path}.damaged`) and "
+            f"run `tessq run IN {out}` again to rebuild it (images whose folders in {out} are complete and match "
+            f"their source and the options are kept as done; the others are cut again)")
+
+
+def lost_message(path: Path, what: str) -> str:
+    out = _job_folder(path)
+    return (f"the status table {path} {what} while workers ran: stopping (nothing more can be recorded). "
+            f"Restore it, or start again with `tessq run IN {out}`: finished image folders in {out} that match "
+            f"their source and the options are kept as done, the others are cut again")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    return any(mark in str(exc) for mark in DAMAGE_MARKS)
+
+
+_HELD: dict[str, Any] = {}  # the file this process holds: path, (dev, inode), largest size seen
+
+
+def hold_database() -> None:
+    """From now on this process (and the workers it forks) must keep using the status table file it has now:
+    a file deleted, replaced or damaged under it raises StateLostError (check_database, and before every new
+    connection) instead of a new empty database being created in its place. For long-running processes."""
+    path = sqlite_file()
+    if path is None:
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise StateLostError(lost_message(path, "was deleted")) from None
+    _HELD.update(path=path, identity=(st.st_dev, st.st_ino), size=st.st_size)
+    database.obj.connect_check = check_database
+
+
+def release_database() -> None:
+    """The end of hold_database (the daemon stopped): this process may open or create the file again."""
+    _HELD.clear()
+    if isinstance(database.obj, backends._SqliteDatabase):
+        database.obj.connect_check = None
+
+
+def check_database() -> None:
+    """Raise StateLostError if the held status table file is gone, another file, truncated or not SQLite."""
+    path = _HELD.get("path")
+    if path is None:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise StateLostError(lost_message(path, "was deleted")) from None
+    if (st.st_dev, st.st_ino) != _HELD["identity"]:
+        raise StateLostError(lost_message(path, "was replaced by another file"))
+    # stat only, never open(): closing any descriptor of the file would drop this process's SQLite locks (POSIX
+    # locks are per process), and another connection closing could then take itself for the last one and
+    # delete the WAL under us. Garbage written in place shows up as "file is not a database" (database_problem).
+    if st.st_size < _HELD["size"] or st.st_size == 0:
+        raise StateLostError(lost_message(path, f"was truncated ({st.st_size} bytes, {_HELD['size']} before)"))
+    _HELD["size"] = st.st_size  # SQLite never shrinks the file here (no VACUUM, no auto_vacuum)
+
+
+def database_problem(exc: BaseException) -> StateLostError | None:
+    """What a database error raised in a long-running process means: the held file is lost or damaged (an error
+    to stop on), or None (something else, e.g. a lock: retry)."""
+    try:
+        check_database()
+    except StateLostError as lost:
+        return lost
+    path = _HELD.get("path")
+    if path is not None and (_is_damage(exc) or "no such table" in str(exc)):
+        return StateLostError(lost_message(path, f"became unreadable ({exc})"))
+    return None
 
 
 def schema_statements(dialect: str) -> list[str]:
@@ -139,13 +242,34 @@ def schema_statements(dialect: str) -> list[str]:
 
 
 def create_schema() -> None:
-    """Create every table and index from alembic_free_schema.sql (idempotent)."""
-    dialect = "postgresql" if not isinstance(database.obj, peewee.SqliteDatabase) else "sqlite"
-    with database.connection_context(), database.atomic():
-        if dialect == "postgresql":  # concurrent CREATE TABLE IF NOT EXISTS races on pg_type without it
+    """Create every table and index from alembic_free_schema.sql (idempotent). A SQLite file that is not a
+    database (truncated, overwritten) or is another program's database is refused with a ConfigError saying
+    what to do, never a traceback."""
+    path = sqlite_file()
+    if path is None:
+        with database.connection_context(), database.atomic():
+            # concurrent CREATE TABLE IF NOT EXISTS races on pg_type without it
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (backends.SCHEMA_LOCK_KEY,))
-        for statement in schema_statements(dialect):
-            database.execute_sql(statement)
+            for statement in schema_statements("postgresql"):
+                database.execute_sql(statement)
+        return
+    try:
+        with database.connection_context():
+            app_id = database.execute_sql("PRAGMA application_id").fetchone()[0]
+            if app_id not in (0, APPLICATION_ID):
+                raise ConfigError(f"{path} is not a tessq status table (application_id {app_id:#x}): move it aside "
+                                  f"and run `tessq run IN {_job_folder(path)}` again")
+            with database.atomic():
+                for statement in schema_statements("sqlite"):
+                    database.execute_sql(statement)
+            if app_id == 0:  # marks the file as a tessq status table; a read-only one stays unmarked
+                with contextlib.suppress(peewee.OperationalError):
+                    database.execute_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+    except peewee.DatabaseError as exc:
+        if _is_damage(exc):
+            database.close()
+            raise ConfigError(damaged_message(path, str(exc))) from None
+        raise
 
 
 _UNWRITABLE = ("readonly database", "read-only file system", "unable to open database file", "permission denied",
@@ -352,6 +476,8 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
             if cand["status"] == QUEUED:
                 outcome.requeued.append(row.id)
         if to_insert:
+            adopted = _adopt_done(job_id, to_insert, options_hash)
+            outcome.unchanged_done += adopted
             # ids only grow: the rows inserted now are this job's rows above the largest id before the insert
             before = Image.select(peewee.fn.MAX(Image.id)).scalar() or 0
             _insert_images(to_insert)
@@ -385,6 +511,68 @@ def _displaced(stored: str, wanted: str | None, claimed: tuple[set[str], set[str
     images, folders = claimed
     path = PurePosixPath(stored.lower())
     return str(path) in images or str(path) in folders or any(str(p) in images for p in path.parents)
+def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str) -> int:
+    """New rows whose output folder is already complete in OUT (a status table deleted, damaged or restored from an
+    older copy, then rebuilt by a scan) become done in place instead of being cut again: the folder's
+    batch_metadata.json names this input, the same source size and mtime and the same cut options, its
+    metadata.json names this source, and its slice files are as many and as large as metadata.json says (the
+    scan's own "stat" check, which --check-output then repeats). Returns how many were adopted."""
+    job = Job.get_by_id(job_id)
+    out = Path(job.output_dir)
+    if "://" in job.output_dir or not out.is_dir() or job.input_dir in _REDO_ALL:
+        return 0
+    adopted = 0
+    for row in rows:
+        if row.get("status") != QUEUED:
+            continue
+        done = _complete_folder(job, out / row["out_rel"], row, options_hash)
+        if done is not None:
+            row.update(done)
+            adopted += 1
+    if adopted:
+        import logging
+
+        logging.getLogger("tessq").warning("kept %d image folder(s) already complete in %s as done (their "
+                                           "metadata matches the source and the options)", adopted, out)
+    return adopted
+
+
+def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: str) -> dict[str, Any] | None:
+    """The done-row fields of an output folder made from this very source with these options, else None."""
+    from tessq.scan import output_problem  # imported late: scan imports this module
+    from tessq.settings import options_fingerprint
+
+    try:
+        batch = json.loads((folder / "batch_metadata.json").read_bytes())
+        meta = json.loads((folder / "metadata.json").read_bytes())
+        made_by = batch["job"]
+        totals = meta["totals"]
+        same = (made_by["input_dir"] == job.input_dir and meta["source"]["relative_path"] == row["rel_path"]
+                and same_source(int(batch["source_size"]), float(batch["source_mtime"]),
+                                row["src_size"], row["src_mtime"]))
+        if not same:
+            return None
+        from tessq.options import SliceOptions
+
+        if options_fingerprint(SliceOptions.from_dict(made_by["options"])) != options_hash:
+            return None
+        n_slices, bytes_out = int(totals["slices"]), int(totals["bytes_out"])
+        finished = (folder / "metadata.json").stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    except Exception:  # options this version cannot read: cut it again
+        return None
+    if output_problem(folder, n_slices, bytes_out, "stat") is not None:
+        return None
+    source = meta.get("source") or {}
+    timings = batch.get("timings") or {}
+    fields = {
+        "status": DONE, "n_slices": n_slices, "bytes_out": bytes_out, "options_hash": options_hash,
+        "pixel_bytes": totals.get("pixel_bytes"), "width": source.get("width"), "height": source.get("height"),
+        "worker": batch.get("worker"), "attempts": int(batch.get("attempt") or 1),
+        "started_at": batch.get("started_at"), "finished_at": finished, "duration_s": timings.get("total_s"),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _insert_images(rows: list[dict[str, Any]]) -> None:
@@ -425,8 +613,12 @@ def known_headers(input_dir: str) -> dict[str, KnownHeader]:
     return {rel_path: KnownHeader(*fields) for rel_path, *fields in query}
 
 
+_REDO_ALL: set[str] = set()  # inputs this process forgot on purpose (--no-resume): their folders are not adopted
+
+
 def forget_job(input_dir: str) -> None:
     Job.delete().where(Job.input_dir == input_dir).execute()
+    _REDO_ALL.add(input_dir)
 
 
 def forget_missing(job_id: int, seen: set[str]) -> int:

@@ -41,6 +41,11 @@ def open_workspace(workspace: str | Path | None = None, *, create: bool = True,
 
 
 def _missing_state(ws: Workspace, output_dir: Path | str | None) -> str:
+    if ws.is_embedded and ws.state_dir.is_dir() and not ws.db_file().exists():
+        out = output_dir if output_dir is not None else ws.root
+        return (f"{ws.db_file()} is missing (deleted?): the job's status table is gone. Restore it, or run "
+                f"`tessq run IN {out}` again to rebuild it (finished image folders in {out} that match their source "
+                f"and the options are kept as done, the others are cut again)")
     if ws.how == "output" and output_dir is not None:
         return (f"no tessq job in {output_dir}: {ws.state_dir} does not exist (pass the output folder of a job, "
                 f"or start one with `tessq run IN {output_dir}` or `tessq scan IN --out {output_dir}`)")
@@ -226,6 +231,15 @@ def latest_output_dir() -> Path | None:
 def finish_report(job: db.Job | None = None) -> dict[str, Any]:
     """Compute one job's report and write it into that job's output folder (OUT/batch_report.json)."""
     job = _job(job)
+    with db.session():
+        current = db.Job.get_or_none(db.Job.id == job.id)
+    if current is None or (current.input_dir, current.output_dir) != (job.input_dir, job.output_dir):
+        # an empty or another job's database (the file was deleted and created anew, or replaced): a report
+        # from it would overwrite the real one with zeros or with someone else's numbers
+        raise ConfigError(f"not writing the report of {job.output_dir}: {_where(tq.workspace())} holds no job "
+                          f"{job.input_dir} -> {job.output_dir} any more (its status table was deleted or replaced); "
+                          f"the existing {defaults.REPORT_FILENAME} is kept. Restore the status table, or run "
+                          f"`tessq run {job.input_dir} {job.output_dir}` again")
     rep = report.build_report(job.id)
     out = Path(job.output_dir)
     if remote.is_remote(job.output_dir):

@@ -6,6 +6,7 @@ repaired from the status table (`repair_unqueued`), so the queue can always be r
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import signal
@@ -21,7 +22,7 @@ log = logging.getLogger("tessq.queue")
 
 ENQUEUE_BATCH = 5000  # messages per queue transaction: short enough that workers are never locked out long
 
-_state: dict[str, Any] = {"huey": None, "task": None, "workspace": None}
+_state: dict[str, Any] = {"huey": None, "task": None, "workspace": None, "queue_identity": None}
 
 
 def configure(workspace: Workspace) -> None:
@@ -29,6 +30,9 @@ def configure(workspace: Workspace) -> None:
     if _state["workspace"] == workspace:
         return
     db.open_database(workspace.db_url)
+    if _state["huey"] is not None:  # no connection of a previous queue may stay open beside the new one
+        with contextlib.suppress(Exception):
+            _state["huey"].storage.close()
     if workspace.queue_url.startswith("sqlite:"):
         workspace.state_dir.mkdir(parents=True, exist_ok=True)
     huey = backends.make_queue(workspace.queue_url)
@@ -80,15 +84,51 @@ def delivered_ids() -> set[int]:
 
 
 def repair_unqueued() -> int:
-    """Re-enqueue queued rows that have no message (lost by a crash, a flushed queue, a restore)."""
+    """Re-enqueue queued rows that have no message (lost by a crash, a flushed queue, a restore, a queue file
+    deleted or damaged: the storage has created it anew by then, backends._SqliteStorage)."""
     with db.session():
         queued = db.queued_ids_with_size()
     delivered = delivered_ids()
     missing = [i for i in queued if i not in delivered]
-    if missing:
+    storage = huey().storage
+    if missing and getattr(storage, "recreated", False):
+        log.warning("rebuilt the queue from the status table: %d image(s) (the queue file %s was missing or "
+                    "damaged)", len(missing), queue_file())
+    elif missing:
         log.info("re-enqueueing %d queued image(s) that had no queue message", len(missing))
+    if missing:
         enqueue(missing, queued)
+    if hasattr(storage, "recreated"):
+        storage.recreated = False
+    watch_queue()
     return len(missing)
+
+
+def queue_file() -> str | None:
+    """The SQLite queue file, None for a Redis or PostgreSQL queue."""
+    return getattr(huey().storage, "filename", None) if hasattr(huey().storage, "_identity") else None
+
+
+def watch_queue() -> None:
+    """Remember which queue file this process's messages went to (rebuild_if_changed compares)."""
+    path = queue_file()
+    _state["queue_identity"] = backends.file_identity(path) if path else None
+
+
+def rebuild_if_changed() -> int | None:
+    """The worker daemon's check, every supervisor round: if queue.db was deleted or replaced since the last look
+    (a file overwritten in place is found damaged at the next start), recreate it (huey's tables) and re-send
+    every queued image from the status table. Returns how many were re-sent, None when the file is as it was
+    (or the queue is not a file)."""
+    path = queue_file()
+    if path is None:
+        return None
+    if backends.file_identity(path) == _state["queue_identity"]:  # stat only: never open() a file SQLite holds
+        return None
+    close_connection()  # the next use reconnects: moves a damaged file aside, creates a missing one
+    storage = huey().storage
+    storage.recreated = True
+    return repair_unqueued()
 
 
 def close_connection() -> None:

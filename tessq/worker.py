@@ -474,6 +474,7 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     from tessq import core  # noqa: F401 - the workers' heavy imports, done once here and inherited by every fork
 
     reaped, repaired = recover(starting=True)
+    db.hold_database()  # from here on a deleted or replaced status table stops the run (never a new empty one)
     remote.sweep_temp(process_alive)  # S3 spools and upload dirs left by SIGKILLed workers of this machine
     consumer = TessqConsumer(
         tq.huey(), workers=n, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.5,
@@ -484,7 +485,8 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     log.info("%d worker(s) started (pid %d)%s", n, os.getpid(), ", draining" if drain else "")
     stopped_by = "signal"
     health = time.monotonic()
-    last_reap = last_check = last_drain = time.monotonic()
+    last_reap = last_check = last_drain = last_state = time.monotonic()
+    trouble = _Trouble()
     try:
         while True:
             try:
@@ -492,27 +494,78 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
             except ConsumerStopped:
                 break
             now = time.monotonic()
+            if not trouble.ready(now):
+                continue
+            checked = False  # the failure counter is cleared only by a round that really ran a check
             try:
+                if now - last_state >= STATE_CHECK_S:
+                    last_state = checked = now
+                    db.check_database()  # the status table file: still the one we opened, still SQLite
+                    rebuilt = tq.rebuild_if_changed()  # queue.db deleted or damaged: re-sent from the table
+                    if rebuilt is not None:
+                        repaired += rebuilt
                 if now - last_check >= health_interval:
-                    last_check = now
+                    last_check = checked = now
                     if now - last_reap >= defaults.REAP_EVERY_S or _has_dead_workers():
                         last_reap = now
                         r, p = recover()
                         reaped, repaired = reaped + r, repaired + p
                 if drain and now - last_drain >= poll_interval:
-                    last_drain = now
+                    last_drain = checked = now
                     if _drained():
                         stopped_by = "drained"
                         consumer.stop(graceful=True)
                         break
-            except Exception:  # supervision must never take the loop down (queue-engine.md §5)
-                log.exception("supervisor check failed; will try again")
+                if checked:
+                    trouble.clear()
+            except Exception as exc:  # supervision must never take the loop down (queue-engine.md §5) ...
+                lost = exc if isinstance(exc, db.StateLostError) else db.database_problem(exc)
+                if lost is not None:  # ... but a lost or damaged status table ends it: nothing can be recorded
+                    log.error("%s", lost)
+                    raise lost from None
+                trouble.failed(exc, now)  # ... and a failure that repeats backs off, then gives up
     except BaseException:
         consumer.stop(graceful=False)
         raise
+    finally:
+        db.release_database()
     tq.huey().notify_interrupted_tasks()
     log.info("workers stopped (%s)", stopped_by)
     return WorkerRun(stopped_by, reaped, repaired)
+
+
+STATE_CHECK_S = 0.2  # how often the daemon checks that tessq.db and queue.db are still the files it opened
+
+
+class _Trouble:
+    """Consecutive failures of the supervisor's checks: the first is logged with its traceback, the same one again
+    only as a count; each waits twice as long before the next try (0.1 s up to 10 s), and after GIVE_UP in a
+    row the daemon stops with the error instead of retrying forever."""
+
+    GIVE_UP = 12  # ~1 minute of backoff in all
+
+    def __init__(self) -> None:
+        self.count, self.last, self.next_try = 0, "", 0.0
+
+    def ready(self, now: float) -> bool:
+        return now >= self.next_try
+
+    def clear(self) -> None:
+        if self.count:
+            log.info("supervisor checks work again after %d failure(s)", self.count)
+        self.count, self.last, self.next_try = 0, "", 0.0
+
+    def failed(self, exc: Exception, now: float) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        self.count += 1
+        if text != self.last:
+            log.error("supervisor check failed; will try again", exc_info=exc)
+        elif self.count in (2, 5) or self.count % 10 == 0:
+            log.error("supervisor check failed again (%d times in a row): %s", self.count, text)
+        self.last = text
+        if self.count >= self.GIVE_UP:
+            raise TessqError(f"the worker daemon's checks failed {self.count} times in a row, stopping: {text}")
+        self.next_try = now + min(10.0, 0.1 * 2 ** (self.count - 1))
 
 
 def _has_dead_workers() -> bool:
