@@ -337,20 +337,35 @@ def _band_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, Any]]) 
     xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
     with timer.phase("read_s"):
         band = cut.reader.read(y0, y1, xa, xb)
-    for box in row:
-        pixels = band[:, box.x0 - xa : box.x1 - xa]
-        with timer.phase("encode_s"):
-            tags = _geotiff_tags(cut.geotags, kind, box)
-            data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags)
-            sha = hashlib.sha256(data).hexdigest()
-        name = slice_name(box, ext)
-        if cut.check.wants(box.index):
-            with timer.phase("check_s"):
-                selfcheck.check_slice(data, pixels, kind, name, cut.reader.path)
-        with timer.phase("write_s"):
-            cut.folder.write(name, data)
-        records[box.index] = _record(box, name, kind, len(data), sha)
-        del data
+    pool = encode.thread_pool()
+    checks: list[Any] = []  # self-checks running in the codec pool beside the next slice's encoding
+    try:
+        for box in row:
+            pixels = band[:, box.x0 - xa : box.x1 - xa]
+            with timer.phase("encode_s"):
+                tags = _geotiff_tags(cut.geotags, kind, box)
+                data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags)
+                sha = hashlib.sha256(data).hexdigest()
+            name = slice_name(box, ext)
+            if cut.check.wants(box.index):
+                if pool is None:
+                    with timer.phase("check_s"):
+                        selfcheck.check_slice(data, pixels, kind, name, cut.reader.path)
+                else:
+                    if len(checks) >= encode.thread_count():  # bounded: a few encoded slices held at most
+                        with timer.phase("check_s"):
+                            checks.pop(0).result()
+                    checks.append(pool.submit(selfcheck.check_slice, data, pixels, kind, name, cut.reader.path))
+            with timer.phase("write_s"):
+                cut.folder.write(name, data)
+            records[box.index] = _record(box, name, kind, len(data), sha)
+            del data
+        with timer.phase("check_s"):
+            while checks:
+                checks.pop(0).result()  # a SelfCheckError is raised here, before the commit
+    finally:
+        for fut in checks:
+            fut.cancel()
     del band
 
 
@@ -516,6 +531,7 @@ def build_metadata(
     output["self_check"] = options.self_check
     if kind.format == "png":
         method, engine, level = encode.png_settings(options)
+        engine = encode.resolve_engine(engine, kind)
         output["png"] = {"preset": options.png_preset, "filter": method, "engine": engine, "level": level}
     small_cmap = colormap is not None and colormap.size <= 3 * 256
     return {
