@@ -537,8 +537,9 @@ def run_contenders(corpus: Corpus, names: list[str], args: argparse.Namespace, w
             log(f"  {name:16s} repeat {r + 1}/{args.repeat}: wall {sample.wall:7.2f} s  "
                 f"cpu {sample.cpu:7.2f} s  peak RSS {sample.maxrss / MB:7.1f} MB")
             if args.tessq_verify and name not in CONTENDER_FUNCS:
-                vcmd = [sys.executable, "-m", "tessq", "--workspace", str(ws), "verify", "--workers",
-                        str(args.workers), "--json"]
+                vcmd = [sys.executable, "-m", "tessq", "--workspace", str(ws), "verify", "--json"]
+                if not name.startswith("alt:"):  # an older tessq (--alt-tessq) may have no --workers
+                    vcmd[-1:-1] = ["--workers", str(args.workers)]
                 venv = dict(env)
                 vs = measure(vcmd, run_dir / "verify-log.txt", env=venv, cwd=run_dir)
                 if vs.rc == 0:

@@ -396,6 +396,7 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
     y0, y1 = row[0].y0, row[0].y1
     xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
     method, engine, level = encode.png_settings(cut.options)
+    pool = encode.thread_pool()
     files, writers = [], []
     digests = [selfcheck.StreamDigest(kind) if cut.check.wants(box.index) else None for box in row]
     try:
@@ -407,13 +408,23 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
         for ya, yb in _row_steps(y0, y1, step, reader.band_alignment):
             with timer.phase("read_s"):
                 chunk = reader.read(ya, yb, xa, xb)
+            pending = []
+            if pool is not None:  # the digests (hashlib releases the GIL) run beside the encoding
+                pending = [
+                    pool.submit(d.update, chunk[:, b.x0 - xa : b.x1 - xa])
+                    for b, d in zip(row, digests, strict=True)
+                    if d is not None
+                ]
             with timer.phase("encode_s"):
                 for box, writer in zip(row, writers, strict=True):
                     writer.feed(chunk[:, box.x0 - xa : box.x1 - xa])
             with timer.phase("check_s"):
-                for box, digest in zip(row, digests, strict=True):
-                    if digest is not None:
-                        digest.update(chunk[:, box.x0 - xa : box.x1 - xa])
+                for fut in pending:
+                    fut.result()
+                if pool is None:
+                    for box, digest in zip(row, digests, strict=True):
+                        if digest is not None:
+                            digest.update(chunk[:, box.x0 - xa : box.x1 - xa])
             del chunk
         with timer.phase("write_s"):
             for box, writer in zip(row, writers, strict=True):
@@ -423,10 +434,11 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
         for fh in files:
             fh.close()
     with timer.phase("check_s"):
-        for box, digest in zip(row, digests, strict=True):
-            if digest is not None:
-                name = slice_name(box, kind.ext)
-                digest.check_file(cut.folder.path / name, name, reader.path)
+        # decoded in the codec pool, at most two slices at a time: memory stays within 2 x one slice
+        checks = [(d, slice_name(b, kind.ext)) for b, d in zip(row, digests, strict=True) if d is not None]
+        for _ in encode.ordered_map(lambda job: job[0].check_file(cut.folder.path / job[1], job[1], reader.path),
+                                    checks, window=2):
+            pass
 
 
 def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:

@@ -1,34 +1,54 @@
 """Writing one slice losslessly: decide PNG vs TIFF for the pixels (`slice_kind`), encode (`encode_slice`).
 
 PNG is a minimal hand-written container (IHDR/PLTE/IDAT/IEND) around numpy-vectorised filters and a deflate
-engine: zlib-ng with the Z_RLE strategy (the `zlib-ng` package) or libdeflate (via imagecodecs).
+engine. The fast engines compress the filtered scanlines in independent row blocks of ~256 KiB ("segments",
+as pigz does): each block gets a fresh raw-deflate compressor ended by a sync flush, the segments are
+concatenated behind a zlib header, closed by an empty final block and the Adler-32 (combined from the
+blocks'). Every PNG reader sees one ordinary zlib stream (tested with libpng, libspng, Pillow and OpenCV);
+the cost is ~5 bytes per block. Because a segment depends on its block alone, the blocks are filtered and
+compressed by a per-process thread pool (zlib-ng, ISA-L and numpy release the GIL) and the one-shot,
+streamed and threaded encodings of one preset are byte-identical.
 
-PNG encoder measurements (scripts/bench_png.py; 8 photo-like 1024x1536 RGB uint8 slices of bench.py's corpus =
-37.7 MB raw, Pillow-6 ratio 1.99; MB/s of raw pixels incl. filtering, one thread; size vs Pillow level 6):
+Engines: `zlib-ng-huffman` = zlib-ng Huffman-only per block, Z_RLE for blocks with > 25% zero bytes (runs:
+nodata borders, flat areas, graphics, where RLE is both smaller and faster); `zlib-ng-rle` = Z_RLE for every
+block; `isal` = Intel ISA-L (the `isal` package) level 0-3; `libdeflate` (imagecodecs) one-shot, levels
+1-12; `auto` = isal level 1 for 16-bit samples, zlib-ng-huffman otherwise.
 
-    encoder                                      MB/s   size vs Pillow-6
-    Pillow compress_level=6 (default)            5-10       1.000
-    Pillow compress_level=1                        35       1.167
-    libpng (imagecodecs.png_encode) Paeth, RLE     84       1.085   <- bench.py's "library" pipeline
-    libpng (imagecodecs.png_encode) Avg, RLE       84       1.003
-    Avg   + CPython zlib 1.2.13 Z_RLE              87       0.936
-    Avg   + zlib-ng Z_RLE, 256 KiB blocks         161       0.936   <- balanced (default)
-    Up    + zlib-ng Z_RLE, 256 KiB blocks         180       0.997   <- fast
-    Up    + libdeflate 1                          119       1.092
-    Avg   + libdeflate 1                          148       1.042
-    Avg   + libdeflate 12                          18       0.934   <- small
-    Up    + ISA-L (isal) level 1                  255       1.066   (not used: over the 1.02 size target)
+Measurements (scripts/bench_engines.py, 2-core VM under load from other jobs, so +-15%; 8 photo-like
+1024x1536 slices of each kind; MB/s of raw pixels through filter + compress in one thread, CPU time; bytes
+vs Pillow's default level, libpng level 6 for RGB16 which Pillow cannot write):
 
-zlib-ng's Z_RLE (distance-1 matches only) fits filtered photos and runs 2x faster than zlib's for the same
-bytes. The Avg filter is computed without widening, floor((a + b) / 2) = (a & b) + ((a ^ b) >> 1) in uint8
-(1.3 GB/s), and filtering + compressing go block by block, so the working set stays in the CPU cache. With
-the zlib-ng presets the same stream compressor serves whole slices and streamed ones (images too big for one
-band), so both paths write byte-identical files.
+    filter + engine          RGB8 MB/s  x Pil6    RGB16 MB/s  x Pil6    gray8 MB/s  x Pil6    flat* x Pil6
+    up    zlib-ng-huffman        166    0.997          81    0.999         138    0.999          0.998
+    up    zlib-ng-rle            151    0.998          91    0.999         115    0.999          0.998
+    up    isal-1                 182    1.066         176    0.998         197    1.068          1.079
+    sub   zlib-ng-huffman        151    1.002          97    1.000         137    0.999          1.004
+    sub   isal-1                 186    1.070         205    0.999         213    1.069          1.083
+    sub   isal-2                 189    1.098         225    0.999         167    1.093          1.111
+    avg   zlib-ng-huffman        143    0.936          94    0.984         151    0.937          0.938
+    avg   zlib-ng-rle            133    0.937          84    0.984         107    0.937          0.939
+    avg   isal-1                 156    1.034         121    0.982         142    1.034          1.050
+    avg   libdeflate-1            97    1.042          80    0.983          93    1.038          1.052
+    avg   libdeflate-4            41    0.980          57    0.988          37    0.980          0.984
+    paeth zlib-ng-huffman         55    1.013          51    1.004          49    1.014          1.112**
+    paeth isal-1                  56    1.074          67    1.002          60    1.075          1.087
+    isal-0 (any filter)      129-141 1.56-1.79      91-132  1.34-1.36     142-192 1.54-1.76
+    (*flat: RGB8 with a 1/3 nodata border and a flat block; **before the zero-fraction switch to RLE)
+
+ISA-L is the fastest deflate here, but on 8-bit photos its Huffman coding gives 3-7% more bytes than Pillow
+(+10% vs zlib-ng at the same filter, measured: block size, memLevel and sync-flush spacing do not change
+that), so it is the default only for 16-bit samples, where it is 2-3x faster at <= 1.00x. fpng (8-bit only)
+is faster still but ~1.17x Pillow's bytes (the issue's measurement); libdeflate loses on both counts at
+level 1 and is kept for `small`. For 8-bit, Huffman-only beats Z_RLE on photo blocks (RLE finds no runs
+after the filter) and the zero-fraction switch keeps RLE's advantage on flat content.
 
 Presets (options.png_preset; options.compress_level switches to libdeflate at that level, preset's filter):
-    fast     = Up filter,  zlib-ng Z_RLE          ~180 MB/s, ~1.00x Pillow-6 size
-    balanced = Avg filter, zlib-ng Z_RLE          ~160 MB/s, ~0.94x Pillow-6 size  <- default
-    small    = Avg filter, libdeflate level 12      ~18 MB/s, smallest on flat/graphic content too
+    fast     = Sub filter, ISA-L level 1              fastest; ~1.07x Pillow-6 on 8-bit, ~1.00x on 16-bit
+    balanced = Up filter,  auto (zlib-ng Huffman/RLE   ~165 MB/s per core, <= 1.00x Pillow-6 (0.997 on the
+               for 8-bit, ISA-L 1 for 16-bit)         bench corpus: a thin margin)  <- default
+    small    = Avg filter, libdeflate level 12         ~18 MB/s, smallest on flat/graphic content too
+The previous default (Avg + zlib-ng Z_RLE, 0.94x Pillow-6) is ~15% slower per core; it is no preset any more
+(PRESETS here is the one place to bring it back).
 """
 
 from __future__ import annotations

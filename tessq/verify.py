@@ -58,7 +58,10 @@ def decode_slice(path: Path, meta: dict[str, Any], data: bytes | None = None) ->
         if output.get("png_color_type") == 3:
             array = np.asarray(Image.open(io.BytesIO(data)))  # palette indices, not expanded colours
         else:
-            array = imagecodecs.png_decode(data)
+            from tessq.verify_runner import fast_png_decode
+
+            fast = fast_png_decode(data)  # None-, Sub- and Up-filtered PNGs; everything else by libpng
+            array = imagecodecs.png_decode(data) if fast is None else fast
     else:
         array = tifffile.imread(io.BytesIO(data))
         if output.get("tiff_planar") == "separate" and array.ndim == 3:
@@ -72,6 +75,8 @@ def _diff(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     """(pixels that differ, max absolute difference); NaNs at the same place count as equal."""
     if a.shape != b.shape:
         return int(max(a.size, b.size)), float("inf")
+    if a.dtype == b.dtype and np.array_equal(a, b):
+        return 0, 0.0  # the common case, at memory speed (the per-pixel reduction below is 10x slower)
     if a.dtype.kind == "b" or b.dtype.kind == "b":
         a, b = a.astype(np.uint8), b.astype(np.uint8)
     floats = a.dtype.kind == "f" or b.dtype.kind == "f"

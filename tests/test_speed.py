@@ -209,3 +209,30 @@ def test_verify_runner_parallel_matches_inline(tmp_path: Path) -> None:
     assert par == seq and par["checked"] == 3 and par["different"] == ["1.tif"]
     assert recorded == {0: True, 1: False, 2: True}
     assert par["details"][0]["problems"][0]["kind"] == "missing"
+
+
+@pytest.mark.parametrize("dtype,samples,photometric", KINDS)
+@pytest.mark.parametrize("method", ["none", "sub", "up", "avg", "paeth"])
+def test_verify_fast_decoder_matches_libpng(dtype, samples, photometric, method) -> None:
+    img = _image(dtype, samples, 61, 83)
+    kind = encode.slice_kind(dtype, samples, photometric, (0,) if samples in (2, 4) else ())
+    data = encode.png_encode(img, kind, method, "auto", 1)
+    fast = verify_runner.fast_png_decode(data)
+    if method in ("avg", "paeth"):
+        assert fast is None  # left to libpng
+    else:
+        assert fast is not None and fast.dtype == img.dtype and np.array_equal(fast, img)
+    libpng_made = imagecodecs.png_encode(img)  # adaptive filters: mixed row types -> libpng fallback
+    got = verify_runner.fast_png_decode(libpng_made)
+    assert got is None or np.array_equal(got, img)
+
+
+def test_verify_fast_decoder_rejects_damage() -> None:
+    img = _image("uint8", 3, 40, 50)
+    data = bytearray(encode.png_encode(img, encode.slice_kind("uint8", 3, "rgb"), "up", "auto", 1))
+    bad = bytearray(data)
+    bad[60] ^= 0x10  # inside IDAT: its CRC no longer matches
+    with pytest.raises(ValueError, match="CRC"):
+        verify_runner.fast_png_decode(bytes(bad))
+    with pytest.raises(ValueError):
+        verify_runner.fast_png_decode(bytes(data[:-30]))
