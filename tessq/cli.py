@@ -553,6 +553,9 @@ def verify(
     job_id: JobOpt = None,
     sample: Annotated[int | None, typer.Option("--sample", min=1, help="Check only the first N done images.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Processes checking images in parallel (default: cores).")
+    ] = None,
 ) -> None:
     """Reassemble every done image and compare it bit for bit with its source; record the verdict."""
     _, job = _open_job("verify", out, job_id)
@@ -561,23 +564,28 @@ def verify(
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
+        TextColumn("{task.description}"),
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task("verify", total=None)
+        task = bar.add_task("", total=None)
 
-        def tick(i: int, total: int, _name: str) -> None:
-            bar.update(task, completed=i, total=total)
+        def tick(i: int, total: int, name: str) -> None:
+            bar.update(task, completed=i, total=total, description=name)
 
-        result = pipeline.verify_done(tick, sample, job)
+        result = pipeline.verify_done(tick, sample, job, workers)
     if as_json:
         console.print_json(json.dumps(result))
     else:
         console.print(
             f"checked {result['checked']}: {result['identical']} identical, {len(result['different'])} different"
         )
-        for name in result["different"]:
-            err.print(f"[red]not identical:[/red] {name}")
+        for detail in result["details"]:
+            err.print(f"[red]not identical:[/red] {detail['file']}")
+            for p in detail["problems"]:
+                err.print(f"  {p['kind']}: {p['file'] or '(image)'}: {p['detail']}")
+            if detail["problems_total"] > len(detail["problems"]):
+                err.print(f"  ... {detail['problems_total'] - len(detail['problems'])} more")
     if result["different"]:
         raise typer.Exit(defaults.EXIT_SOME_FAILED)
 

@@ -1,60 +1,92 @@
 """Writing one slice losslessly: decide PNG vs TIFF for the pixels (`slice_kind`), encode (`encode_slice`).
 
 PNG is a minimal hand-written container (IHDR/PLTE/IDAT/IEND) around numpy-vectorised filters and a deflate
-engine: zlib-ng with the Z_RLE strategy (the `zlib-ng` package) or libdeflate (via imagecodecs).
+engine. The fast engines compress the filtered scanlines in independent row blocks of ~256 KiB ("segments",
+as pigz does): each block gets a fresh raw-deflate compressor ended by a sync flush, the segments are
+concatenated behind a zlib header, closed by an empty final block and the Adler-32 (combined from the
+blocks'). Every PNG reader sees one ordinary zlib stream (tested with libpng, libspng, Pillow and OpenCV);
+the cost is ~5 bytes per block. Because a segment depends on its block alone, the blocks are filtered and
+compressed by a per-process thread pool (zlib-ng, ISA-L and numpy release the GIL) and the one-shot,
+streamed and threaded encodings of one preset are byte-identical.
 
-PNG encoder measurements (scripts/bench_png.py; 8 photo-like 1024x1536 RGB uint8 slices of bench.py's corpus =
-37.7 MB raw, Pillow-6 ratio 1.99; MB/s of raw pixels incl. filtering, one thread; size vs Pillow level 6):
+Engines: `zlib-ng-huffman` = zlib-ng Huffman-only per block, Z_RLE for blocks with > 25% zero bytes (runs:
+nodata borders, flat areas, graphics, where RLE is both smaller and faster); `zlib-ng-rle` = Z_RLE for every
+block; `isal` = Intel ISA-L (the `isal` package) level 0-3; `libdeflate` (imagecodecs) one-shot, levels
+1-12; `auto` = isal level 1 for 16-bit samples, zlib-ng-huffman otherwise.
 
-    encoder                                      MB/s   size vs Pillow-6
-    Pillow compress_level=6 (default)            5-10       1.000
-    Pillow compress_level=1                        35       1.167
-    libpng (imagecodecs.png_encode) Paeth, RLE     84       1.085   <- bench.py's "library" pipeline
-    libpng (imagecodecs.png_encode) Avg, RLE       84       1.003
-    Avg   + CPython zlib 1.2.13 Z_RLE              87       0.936
-    Avg   + zlib-ng Z_RLE, 256 KiB blocks         161       0.936   <- balanced (default)
-    Up    + zlib-ng Z_RLE, 256 KiB blocks         180       0.997   <- fast
-    Up    + libdeflate 1                          119       1.092
-    Avg   + libdeflate 1                          148       1.042
-    Avg   + libdeflate 12                          18       0.934   <- small
-    Up    + ISA-L (isal) level 1                  255       1.066   (not used: over the 1.02 size target)
+Measurements (scripts/bench_engines.py, 2-core VM under load from other jobs, so +-15%; 8 photo-like
+1024x1536 slices of each kind; MB/s of raw pixels through filter + compress in one thread, CPU time; bytes
+vs Pillow's default level, libpng level 6 for RGB16 which Pillow cannot write):
 
-zlib-ng's Z_RLE (distance-1 matches only) fits filtered photos and runs 2x faster than zlib's for the same
-bytes. The Avg filter is computed without widening, floor((a + b) / 2) = (a & b) + ((a ^ b) >> 1) in uint8
-(1.3 GB/s), and filtering + compressing go block by block, so the working set stays in the CPU cache. With
-the zlib-ng presets the same stream compressor serves whole slices and streamed ones (images too big for one
-band), so both paths write byte-identical files.
+    filter + engine          RGB8 MB/s  x Pil6    RGB16 MB/s  x Pil6    gray8 MB/s  x Pil6    flat* x Pil6
+    up    zlib-ng-huffman        166    0.997          81    0.999         138    0.999          0.998
+    up    zlib-ng-rle            151    0.998          91    0.999         115    0.999          0.998
+    up    isal-1                 182    1.066         176    0.998         197    1.068          1.079
+    sub   zlib-ng-huffman        151    1.002          97    1.000         137    0.999          1.004
+    sub   isal-1                 186    1.070         205    0.999         213    1.069          1.083
+    sub   isal-2                 189    1.098         225    0.999         167    1.093          1.111
+    avg   zlib-ng-huffman        143    0.936          94    0.984         151    0.937          0.938
+    avg   zlib-ng-rle            133    0.937          84    0.984         107    0.937          0.939
+    avg   isal-1                 156    1.034         121    0.982         142    1.034          1.050
+    avg   libdeflate-1            97    1.042          80    0.983          93    1.038          1.052
+    avg   libdeflate-4            41    0.980          57    0.988          37    0.980          0.984
+    paeth zlib-ng-huffman         55    1.013          51    1.004          49    1.014          1.112**
+    paeth isal-1                  56    1.074          67    1.002          60    1.075          1.087
+    isal-0 (any filter)      129-141 1.56-1.79      91-132  1.34-1.36     142-192 1.54-1.76
+    (*flat: RGB8 with a 1/3 nodata border and a flat block; **before the zero-fraction switch to RLE)
+
+ISA-L is the fastest deflate here, but on 8-bit photos its Huffman coding gives 3-7% more bytes than Pillow
+(+10% vs zlib-ng at the same filter, measured: block size, memLevel and sync-flush spacing do not change
+that), so it is the default only for 16-bit samples, where it is 2-3x faster at <= 1.00x. fpng (8-bit only)
+is faster still but ~1.17x Pillow's bytes (the issue's measurement); libdeflate loses on both counts at
+level 1 and is kept for `small`. For 8-bit, Huffman-only beats Z_RLE on photo blocks (RLE finds no runs
+after the filter) and the zero-fraction switch keeps RLE's advantage on flat content.
 
 Presets (options.png_preset; options.compress_level switches to libdeflate at that level, preset's filter):
-    fast     = Up filter,  zlib-ng Z_RLE          ~180 MB/s, ~1.00x Pillow-6 size
-    balanced = Avg filter, zlib-ng Z_RLE          ~160 MB/s, ~0.94x Pillow-6 size  <- default
-    small    = Avg filter, libdeflate level 12      ~18 MB/s, smallest on flat/graphic content too
+    fast     = Sub filter, ISA-L level 1              fastest; ~1.07x Pillow-6 on 8-bit, ~1.00x on 16-bit
+    balanced = Up filter,  auto (zlib-ng Huffman/RLE   ~165 MB/s per core, <= 1.00x Pillow-6 (0.997 on the
+               for 8-bit, ISA-L 1 for 16-bit)         bench corpus: a thin margin)  <- default
+    small    = Avg filter, libdeflate level 12         ~18 MB/s, smallest on flat/graphic content too
+The previous default (Avg + zlib-ng Z_RLE, 0.94x Pillow-6) is ~15% slower per core; it is no preset any more
+(PRESETS here is the one place to bring it back).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import imagecodecs
 import numpy as np
 import tifffile
+from isal import isal_zlib
 from zlib_ng import zlib_ng
 
 from tessq.options import SliceOptions
+from tessq.perprocess import PerProcess
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDAT_CHUNK = 1 << 24  # split IDAT at 16 MiB (any size is legal below 2**31; smaller keeps buffers small)
 FILTERS = {"none": 0, "sub": 1, "up": 2, "avg": 3, "paeth": 4}
 PRESETS: dict[str, tuple[str, str, int]] = {  # filter, deflate engine, level
-    "fast": ("up", "zlib-ng-rle", 1),
-    "balanced": ("avg", "zlib-ng-rle", 1),
+    "fast": ("sub", "isal", 1),
+    "balanced": ("up", "auto", 1),
     "small": ("avg", "libdeflate", 12),
 }
+# Engines compressing row blocks independently (pigz-style segments, see _deflate_segment), in threads.
+SEGMENT_ENGINES = ("zlib-ng-huffman", "zlib-ng-rle", "isal")
+# zlib-ng-huffman: a filtered block with more zero bytes than this has runs (flat areas, nodata borders,
+# graphics) and goes to Z_RLE, which is both smaller and faster there; photo blocks (~12% zeros after the
+# filter) get Huffman coding alone, ~10% faster than Z_RLE at the same bytes (RLE finds no runs in them).
+RLE_ZERO_FRACTION = 0.25
+ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no dictionary (FLEVEL 0: informational only)
+FINAL_EMPTY_BLOCK = b"\x03\x00"  # an empty final block with fixed codes: ends a stream of sync-flushed segments
 TIFF_COMPRESSION = ("zlib", 6)  # Adobe Deflate: lossless, readable everywhere; TIFF slices are the rare case
 
 # photometric names tifffile.imwrite can carry through unchanged
@@ -332,6 +364,108 @@ def _png_head(width: int, height: int, kind: SliceKind) -> bytes:
     return head
 
 
+# -- threads -----------------------------------------------------------------------------------------------
+def thread_count() -> int:
+    """Threads per process for block encoding and tile decoding: the cores this process may use, or
+    TESSQ_THREADS (1 = everything inline, no pool)."""
+    env = os.environ.get("TESSQ_THREADS")
+    if env and env.strip().isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_POOL: PerProcess[ThreadPoolExecutor | None] = PerProcess(
+    lambda: ThreadPoolExecutor(thread_count(), thread_name_prefix="tessq-codec") if thread_count() > 1 else None
+)
+
+
+def thread_pool() -> ThreadPoolExecutor | None:
+    """This process's codec thread pool (None when one thread). zlib-ng, ISA-L, imagecodecs and numpy's
+    ufuncs release the GIL, so the pool puts idle cores to work on one image without new processes.
+    Jobs submitted to it never wait on the pool themselves (no nested waits: no deadlock)."""
+    return _POOL.get()
+
+
+def ordered_map(fn: Any, items: Iterable[Any], window: int | None = None) -> Iterable[Any]:
+    """fn over items in the pool, results in order, at most `window` jobs in flight (bounded memory);
+    inline when there is no pool."""
+    pool = thread_pool()
+    if pool is None:
+        for item in items:
+            yield fn(item)
+        return
+    window = window or 2 * thread_count()
+    pending: list[Future[Any]] = []
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.pop(0).result()
+        while pending:
+            yield pending.pop(0).result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+# -- deflate in independent segments -----------------------------------------------------------------------
+_ADLER_BASE = 65521
+
+
+def adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """zlib's adler32_combine: the Adler-32 of A + B from those of A and B and len(B)."""
+    rem = len2 % _ADLER_BASE
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % _ADLER_BASE
+    sum1 += (adler2 & 0xFFFF) + _ADLER_BASE - 1
+    sum2 += ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + _ADLER_BASE - rem
+    sum1 %= _ADLER_BASE
+    sum2 %= _ADLER_BASE
+    return sum1 | (sum2 << 16)
+
+
+def _deflate_segment(data: np.ndarray, engine: str, level: int) -> bytes:
+    """Raw deflate of one filtered row block by a fresh compressor, ended by a sync flush (byte-aligned, not
+    final): segments concatenate into one valid deflate stream (as pigz does), and each segment's bytes
+    depend on that block alone, so one-shot, streamed and threaded encodings are byte-identical."""
+    if engine == "isal":
+        z = isal_zlib.compressobj(min(max(level, 0), 3), isal_zlib.DEFLATED, -15, 9)
+        return z.compress(data) + z.flush(isal_zlib.Z_SYNC_FLUSH)
+    strategy = zlib_ng.Z_RLE
+    if engine == "zlib-ng-huffman" and data.size - np.count_nonzero(data) <= RLE_ZERO_FRACTION * data.size:
+        strategy = zlib_ng.Z_HUFFMAN_ONLY
+    z = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15, 9, strategy)
+    return z.compress(data) + z.flush(zlib_ng.Z_SYNC_FLUSH)
+
+
+def _segment_job(job: tuple[np.ndarray, np.ndarray | None, str, int, str, int]) -> tuple[bytes, int, int]:
+    """Filter + compress one row block: (deflate segment, Adler-32 of the filtered bytes, their length)."""
+    rows, prev, method, bpp, engine, level = job
+    filtered = _filter_block(rows, method, bpp, prev)
+    return _deflate_segment(filtered, engine, level), zlib_ng.adler32(filtered), filtered.nbytes
+
+
+def _block_rows(rowbytes: int) -> int:
+    return max(1, FILTER_BLOCK_BYTES // max(rowbytes, 1))
+
+
+def _blocks(rows: np.ndarray, prev: np.ndarray | None, method: str, bpp: int, engine: str, level: int) -> Iterable[Any]:
+    block = _block_rows(rows.shape[1])
+    for y in range(0, rows.shape[0], block):
+        yield rows[y : y + block], (prev if y == 0 else rows[y - 1]), method, bpp, engine, level
+
+
+def resolve_engine(engine: str, kind: SliceKind) -> str:
+    """'auto': ISA-L for 16-bit samples (3-4x faster than zlib-ng there at <= Pillow-6 bytes), zlib-ng Huffman
+    (+ RLE for runs) for 8-bit and fewer bits, where ISA-L's Huffman coding costs 7-10% more bytes."""
+    if engine != "auto":
+        return engine
+    return "isal" if (kind.bit_depth or 8) == 16 else "zlib-ng-huffman"
+
+
 def png_settings(options: SliceOptions) -> tuple[str, str, int]:
     """(filter, engine, level) for the options' preset; compress_level means libdeflate at that level."""
     method, engine, level = PRESETS[options.png_preset]
@@ -341,30 +475,39 @@ def png_settings(options: SliceOptions) -> tuple[str, str, int]:
 
 
 def _zlib_stream(engine: str, level: int) -> Any:
-    """The stream compressor (zlib-ng): Z_RLE for the RLE engine and libdeflate's fast levels, else level <= 9."""
-    if engine == "zlib-ng-rle" or (engine == "libdeflate" and level <= 2):
+    """libdeflate's stand-in when streaming (zlib-ng): Z_RLE for its fast levels, else zlib level <= 9."""
+    if engine == "libdeflate" and level <= 2:
         return zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_RLE)
     return zlib_ng.compressobj(min(max(level, 0), 9))
 
 
 def png_encode(
-    array: np.ndarray, kind: SliceKind, method: str = "avg", engine: str = "zlib-ng-rle", level: int = 1
+    array: np.ndarray, kind: SliceKind, method: str = "avg", engine: str = "auto", level: int = 1
 ) -> bytes:
-    """Whole-array PNG: numpy filters, then libdeflate in one go, or the stream compressor block by block."""
+    """Whole-array PNG: numpy filters, then segments compressed by the thread pool, libdeflate in one go, or
+    the zlib-ng stream compressor block by block."""
     height, width = array.shape[:2]
     method = "none" if (kind.bit_depth or 8) < 8 else method  # filters do not help packed sub-byte data
+    engine = resolve_engine(engine, kind)
     rows = _png_rows(array, kind)
-    if engine == "libdeflate":
-        data = imagecodecs.deflate_encode(filter_rows(rows, method, _bytes_per_pixel(kind)), level=min(level, 12))
+    bpp = _bytes_per_pixel(kind)
+    if engine in SEGMENT_ENGINES:
+        parts, adler = [ZLIB_HEADER], 1
+        for segment, seg_adler, length in ordered_map(_segment_job, _blocks(rows, None, method, bpp, engine, level)):
+            parts.append(segment)
+            adler = adler32_combine(adler, seg_adler, length)
+        parts += [FINAL_EMPTY_BLOCK, struct.pack(">I", adler)]
+        data = b"".join(parts)
+    elif engine == "libdeflate":
+        data = imagecodecs.deflate_encode(filter_rows(rows, method, bpp), level=min(level, 12))
     else:
-        z = _zlib_stream(engine, level)
-        data = b"".join([*_compress_rows(z, rows, method, _bytes_per_pixel(kind), None), z.flush()])
-    parts = [_png_head(width, height, kind)]
+        raise ValueError(f"unknown deflate engine {engine!r}")
+    out = [_png_head(width, height, kind)]
     view = memoryview(data)
     for start in range(0, max(len(view), 1), IDAT_CHUNK):
-        parts.append(_chunk(b"IDAT", view[start : start + IDAT_CHUNK]))
-    parts.append(_chunk(b"IEND", b""))
-    return b"".join(parts)
+        out.append(_chunk(b"IDAT", view[start : start + IDAT_CHUNK]))
+    out.append(_chunk(b"IEND", b""))
+    return b"".join(out)
 
 
 def _compress_rows(z: Any, rows: np.ndarray, method: str, bpp: int, prev: np.ndarray | None) -> list[bytes]:
@@ -379,50 +522,101 @@ def _compress_rows(z: Any, rows: np.ndarray, method: str, bpp: int, prev: np.nda
 
 
 class PngStreamWriter:
-    """A PNG written row band by row band into an open file (zlib streaming), hashing what it writes."""
+    """A PNG written row band by row band into an open file, hashing what it writes.
+
+    Segment engines: rows are gathered into the same row blocks as png_encode's (counted from the slice's
+    top), so the file is byte-identical to the one-shot encoding; IDAT chunks are cut at the same 16 MiB
+    boundaries. libdeflate (the `small` preset, one-shot only) streams with zlib-ng at level <= 9 instead,
+    so a streamed `small` slice differs in bytes (not in pixels) from a one-shot one."""
 
     def __init__(
         self, fh: IO[bytes], width: int, height: int, kind: SliceKind, method: str, engine: str, level: int
     ):
         self.fh, self.kind, self.height = fh, kind, height
         self.method = "none" if (kind.bit_depth or 8) < 8 else method
+        self.engine, self.level = resolve_engine(engine, kind), level
         self.bpp = _bytes_per_pixel(kind)
         self.sha = hashlib.sha256()
         self.size = 0
         self.rows_written = 0
-        self._prev: np.ndarray | None = None
-        self._z = _zlib_stream(engine, level)
+        self._prev: np.ndarray | None = None  # the last raw row fed (the row above the next block)
+        self._left: np.ndarray | None = None  # raw rows fed but not yet a whole block
+        self._left_prev: np.ndarray | None = None
+        self._adler = 1
+        self._segmented = self.engine in SEGMENT_ENGINES
+        self._z = None if self._segmented else _zlib_stream(self.engine, level)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._write(_png_head(width, height, kind))
+        if self._segmented:
+            self._add(ZLIB_HEADER)
 
     def _write(self, data: bytes) -> None:
         self.fh.write(data)
         self.sha.update(data)
         self.size += len(data)
 
-    def _flush_idat(self, force: bool = False) -> None:
-        if self._pending and (force or self._pending_bytes >= IDAT_CHUNK):
+    def _add(self, data: bytes) -> None:
+        if data:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+        if self._pending_bytes >= IDAT_CHUNK:
+            buf = b"".join(self._pending)
+            cut = len(buf) // IDAT_CHUNK * IDAT_CHUNK
+            view = memoryview(buf)
+            for start in range(0, cut, IDAT_CHUNK):
+                self._write(_chunk(b"IDAT", view[start : start + IDAT_CHUNK]))
+            rest = bytes(view[cut:])
+            self._pending, self._pending_bytes = ([rest] if rest else []), len(rest)
+
+    def _flush_idat(self) -> None:
+        if self._pending:
             self._write(_chunk(b"IDAT", b"".join(self._pending)))
             self._pending, self._pending_bytes = [], 0
 
     def feed(self, array: np.ndarray) -> None:
         rows = _png_rows(array, self.kind)
-        out = b"".join(_compress_rows(self._z, rows, self.method, self.bpp, self._prev))
-        self._prev = rows[-1].copy()
         self.rows_written += rows.shape[0]
-        if out:
-            self._pending.append(out)
-            self._pending_bytes += len(out)
-            self._flush_idat()
+        if not self._segmented:
+            self._add(b"".join(_compress_rows(self._z, rows, self.method, self.bpp, self._prev)))
+            self._prev = rows[-1].copy()
+            return
+        block = _block_rows(rows.shape[1])
+        jobs: list[tuple[np.ndarray, np.ndarray | None, str, int, str, int]] = []
+        start = 0
+        if self._left is not None:  # complete the block begun by the previous feed
+            start = min(block - self._left.shape[0], rows.shape[0])
+            self._left = np.concatenate([self._left, rows[:start]])
+            if self._left.shape[0] == block:
+                jobs.append((self._left, self._left_prev, self.method, self.bpp, self.engine, self.level))
+                self._left = None
+        full_end = start + (rows.shape[0] - start) // block * block
+        for y in range(start, full_end, block):
+            prev = rows[y - 1] if y > 0 else self._prev
+            jobs.append((rows[y : y + block], prev, self.method, self.bpp, self.engine, self.level))
+        if full_end < rows.shape[0] and self._left is None:
+            self._left_prev = rows[full_end - 1].copy() if full_end > 0 else self._prev
+            self._left = rows[full_end:].copy()
+        for segment, seg_adler, length in ordered_map(_segment_job, jobs):
+            self._add(segment)
+            self._adler = adler32_combine(self._adler, seg_adler, length)
+        self._prev = rows[-1].copy()
 
     def close(self) -> tuple[int, str]:
         if self.rows_written != self.height:
             raise RuntimeError(f"PNG stream got {self.rows_written} rows, expected {self.height}")
-        tail = self._z.flush()
-        if tail:
-            self._pending.append(tail)
-        self._flush_idat(force=True)
+        if self._segmented:
+            if self._left is not None:
+                segment, seg_adler, length = _segment_job(
+                    (self._left, self._left_prev, self.method, self.bpp, self.engine, self.level)
+                )
+                self._add(segment)
+                self._adler = adler32_combine(self._adler, seg_adler, length)
+                self._left = None
+            self._add(FINAL_EMPTY_BLOCK + struct.pack(">I", self._adler))
+        else:
+            self._add(self._z.flush())
+        self._flush_idat()
         self._write(_chunk(b"IEND", b""))
         return self.size, self.sha.hexdigest()
 

@@ -767,17 +767,13 @@ class RegionReader:
                 self._paste(out, part, seg, y0, y1, x0, x1)
             return out
         if todo:
+            from tessq.encode import ordered_map
+
             fh = self._tif.filehandle
             offsets, counts = page.dataoffsets, page.databytecounts
-            # paste each segment as soon as it is decoded: never hold the decoded band twice
-            for data, index in fh.read_segments(
-                [offsets[s.index] for s in todo],
-                [counts[s.index] for s in todo],
-                indices=[s.index for s in todo],
-                sort=True,
-                flat=True,
-                buffersize=READ_BUFFER_BYTES,
-            ):
+
+            def decode(item: tuple[bytes, int]) -> tuple[int, np.ndarray]:
+                data, index = item
                 try:
                     seg, _, _ = kf.decode(data, index, **decodeargs)
                 except Exception as exc:  # name the strip/tile and the codec's own reason
@@ -785,7 +781,20 @@ class RegionReader:
                         raise
                     kind = "tile" if info.tiled else "strip"
                     raise tiffcodec.decode_error(self.path, exc, f"{kind} {index}") from exc
-                del data
+                return index, seg
+
+            raw = fh.read_segments(
+                [offsets[s.index] for s in todo],
+                [counts[s.index] for s in todo],
+                indices=[s.index for s in todo],
+                sort=True,
+                flat=True,
+                buffersize=READ_BUFFER_BYTES,
+            )
+            # segments are read in file order here and decoded by the codec thread pool (imagecodecs releases
+            # the GIL), a few in flight; each is pasted as soon as it is decoded: the band is never held twice
+            decoded = ordered_map(decode, raw) if len(todo) > 1 and kf.compression != 1 else map(decode, raw)
+            for index, seg in decoded:
                 self.segments_decoded += 1
                 s = by_index[index]
                 self._paste(out, s, seg, y0, y1, x0, x1)
