@@ -213,7 +213,7 @@ class Archive:
         for zi in infos:
             if zi.is_dir():
                 continue
-            rel = safe_rel(zi.filename)
+            rel = safe_rel(_zip_name(zi))
             if rel is None:
                 continue
             unix = zi.external_attr >> 16
@@ -244,7 +244,7 @@ class Archive:
             fh = _gzip_reader(raw, self) if self.kind == "tgz" else raw
             try:
                 tf = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            except Exception as exc:  # tarfile, gzip, zlib and indexed_gzip errors alike: not a readable archive
                 raise ConfigError(f"input {self.location} is not a readable "
                                   f"{'gzip-compressed TAR' if self.kind == 'tgz' else 'TAR'} archive ({exc}): "
                                   f"truncated, damaged or not an archive at all") from exc
@@ -253,7 +253,7 @@ class Archive:
             while True:
                 try:
                     ti = tf.next()
-                except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                except Exception as exc:
                     self.warnings.append(f"{self.location}: archive is truncated or damaged after "
                                          f"{len(self.members)} members ({exc}); the members before are used")
                     break
@@ -304,6 +304,24 @@ class Archive:
             problem = "truncated: the archive ends inside this member"
         self._add(MemberInfo(ti.name, rel, ti.size, float(ti.mtime), mode, self.kind, ti.offset_data, ti.size,
                              None, problem))
+
+
+def _zip_name(zi: zipfile.ZipInfo) -> str:
+    """A ZIP member's name as text: UTF-8 when flagged; else Info-ZIP's Unicode Path field (0x7075), else the
+    bytes when they are UTF-8 (what most tools write unflagged), else CP437 as the ZIP spec says."""
+    if zi.flag_bits & 0x800:
+        return zi.filename
+    extra, i = zi.extra, 0
+    while i + 4 <= len(extra):
+        field, length = struct.unpack_from("<HH", extra, i)
+        if field == 0x7075 and length >= 5:
+            with contextlib.suppress(UnicodeDecodeError):
+                return extra[i + 9:i + 4 + length].decode("utf-8")
+        i += 4 + length
+    try:
+        return zi.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return zi.filename
 
 
 _ARCHIVES: dict[str, Archive] = {}
