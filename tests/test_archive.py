@@ -410,3 +410,32 @@ def test_an_archive_with_100k_members_is_listed_and_scanned(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert (summary["found"], summary["queued"]) == (3, 3)
+
+
+# ---------------------------------------------------------------- from S3 (moto server)
+
+
+@pytest.mark.parametrize("name", ["zipfile-stored.zip", "zipfile-deflated.zip", "tarfile.tar", "tarfile.tar.gz"])
+def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_output(
+        name: str, reference: dict, tmp_path: Path, s3_endpoint: str) -> None:
+    from tests.s3server import DUMMY_ENV
+    from tests.s3tools import new_bucket, s3_client
+
+    archive = tmp_path / name
+    BUILDERS[name](reference["root"], archive)
+    bucket = new_bucket(s3_endpoint)
+    s3_client(s3_endpoint).upload_file(str(archive), bucket, f"uploads/{name}")
+    env = {**clean_env(tmp_path), **DUMMY_ENV, "TESSQ_S3_ENDPOINT_URL": s3_endpoint}
+    out = tmp_path / "out"
+    url = f"s3://{bucket}/uploads/{name}"
+    proc = run(env, tmp_path, url, out, "--workers", "2")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert slice_hashes(out) == reference["slices"]
+    assert summary_of(out) == reference["summary"]
+    meta = json.loads((out / "dup/a.tif/metadata.json").read_text())
+    assert meta["source"]["absolute_path"] == f"{url}/dup/a.tif"
+    assert meta["source"]["sha256"] == reference["sha256"]["dup/a.tif"]
+    assert not list((tmp_path / "tmp").iterdir())
+    again = json.loads(tessq_cmd("scan", url, "--out", str(out), MIN, "--json", env=env, cwd=tmp_path,
+                                 check=True).stdout)
+    assert (again["queued"], again["requeued"], again["already_done"]) == (0, 0, len(SEED_DONE))
