@@ -439,3 +439,82 @@ def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_o
     again = json.loads(tessq_cmd("scan", url, "--out", str(out), MIN, "--json", env=env, cwd=tmp_path,
                                  check=True).stdout)
     assert (again["queued"], again["requeued"], again["already_done"]) == (0, 0, len(SEED_DONE))
+
+
+# ---------------------------------------------------------------- in process: members as sources
+
+
+def test_member_paths_are_made_safe_and_never_point_outside_the_tree() -> None:
+    from tessq.archive import safe_rel
+
+    assert safe_rel("a/b.tif") == "a/b.tif"
+    assert safe_rel("./a//b.tif") == "a/b.tif"
+    assert safe_rel("/etc/x.tif") == "etc/x.tif"
+    assert safe_rel("../../x.tif") == "_../_../x.tif"
+    assert safe_rel("win\\dir\\x.tif") == "win/dir/x.tif"
+    assert safe_rel("./") is None
+
+
+def test_a_tar_gz_without_indexed_gzip_is_still_read_member_by_member(reference: dict, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessq import archive, tiff
+
+    monkeypatch.setattr(archive, "indexed_gzip_available", lambda: False)
+    path = tmp_path / "plain.tgz"
+    tar_with("w:gz")(reference["root"], path)
+    member = archive.member(path, "dup/a.tif")
+    assert tiff.probe(member).width == 96  # the header, from the decompressed stream
+    spool = member.fetch(tmp_path)
+    digest = hashlib.sha256(Path(spool).read_bytes()).hexdigest()
+    assert digest == member.spool_sha256 == reference["sha256"]["dup/a.tif"]
+    member.close()
+    assert not Path(spool).exists()
+
+
+def test_a_member_of_a_changed_or_shrunken_archive_is_a_source_change(tmp_path: Path) -> None:
+    from tessq import archive
+    from tessq.errors import SourceChangedError, SourceModifiedError
+
+    path = tmp_path / "a.zip"
+    tif = write_tiff(tmp_path / "x.tif").read_bytes()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.tif", tif)
+        zf.writestr("y.tif", tif)
+    member = archive.member(path, "x.tif")
+    assert member.stat().st_size == len(tif)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("y.tif", tif)
+    os.utime(path, (1, 1))
+    with pytest.raises(SourceModifiedError):
+        member.stat()
+    with pytest.raises(SourceChangedError, match="no longer in the archive"):
+        archive.member(path, "x.tif")
+
+
+@pytest.mark.parametrize("one_shot", [True, False], ids=["libdeflate-at-once", "zlib-streamed"])
+def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
+        one_shot: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessq import archive
+    from tessq.errors import CorruptImageError
+
+    if not one_shot:
+        monkeypatch.setattr(archive, "ONE_SHOT_MAX", 0)
+
+    tif = write_tiff(tmp_path / "x.tif").read_bytes()
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("short.tif", tif)
+        zf.writestr("long.tif", tif)
+
+    def size(value: int) -> Callable[[bytearray, int, bool], None]:
+        def patch(buf: bytearray, pos: int, central: bool) -> None:
+            struct.pack_into("<I", buf, pos + (24 if central else 22), value)
+        return patch
+
+    data = _patch_zip(path.read_bytes(), b"short.tif", size(len(tif) - 100))  # declared smaller: CRC differs
+    path.write_bytes(_patch_zip(data, b"long.tif", size(len(tif) + 100)))  # declared larger: data ends early
+    for name, why in (("short.tif", "CRC-32|longer than its declared size"),
+                      ("long.tif", "before the member's declared size")):
+        with pytest.raises(CorruptImageError, match=why):
+            archive.member(path, name).fetch(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
