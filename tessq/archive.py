@@ -20,6 +20,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -346,10 +347,75 @@ def get_archive(location: str | os.PathLike[str], *, fresh: bool = True) -> Arch
     if cached is not None and (cached.st.st_size, cached.st.st_mtime, cached.st.etag) == (st.st_size, st.st_mtime,
                                                                                           st.etag):
         return cached
-    archive = Archive(location, kind, st).load()
+    archive = _load_saved(location, kind, st)
+    if archive is None:
+        archive = Archive(location, kind, st).load()
+        _save(archive)
     with _archives_lock:
         _ARCHIVES[location] = archive
     return archive
+
+
+# A .tar.gz is listed by decompressing all of it: the scan saves its listing and gzip index in the job's state
+# dir (OUT/.tessq/archives/), so each worker process loads them instead of decompressing the archive again.
+SAVED_FORMAT = 1
+
+
+def _saved_paths(location: str, st: ArchiveStat) -> tuple[Any, Any] | None:
+    from tessq import queue
+
+    ws = queue.workspace()
+    if ws is None:
+        return None
+    key = hashlib.sha256(json.dumps([location, st.st_size, st.st_mtime, st.etag]).encode()).hexdigest()[:24]
+    base = ws.state_dir / "archives" / key
+    return base.with_suffix(".json"), base.with_suffix(".gzidx")
+
+
+def _load_saved(location: str, kind: str, st: ArchiveStat) -> Archive | None:
+    if kind != "tgz":
+        return None
+    paths = _saved_paths(location, st)
+    if paths is None:
+        return None
+    try:
+        saved = json.loads(paths[0].read_text())
+        if saved.get("format") != SAVED_FORMAT or saved.get("location") != location:
+            return None
+        archive = Archive(location, kind, st)
+        for fields in saved["members"]:
+            archive.members[fields[1]] = MemberInfo(*fields)
+        archive.warnings = list(saved.get("warnings", []))
+        if saved.get("gz_index"):
+            archive.gz_index = paths[1].read_bytes()
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return archive
+
+
+def _save(archive: Archive) -> None:
+    if archive.kind != "tgz":
+        return
+    paths = _saved_paths(archive.location, archive.st)
+    if paths is None or paths[0].exists():
+        return
+    members = [[m.name, m.rel, m.size, m.mtime, m.mode, m.method, m.offset, m.csize, m.crc, m.problem]
+               for m in archive.members.values()]
+    body = {"format": SAVED_FORMAT, "location": archive.location, "members": members,
+            "warnings": archive.warnings, "gz_index": archive.gz_index is not None}
+    try:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        if archive.gz_index is not None:  # the index first: a listing file names an index that is complete
+            _write_atomic(paths[1], archive.gz_index)
+        _write_atomic(paths[0], json.dumps(body).encode())  # ASCII: names that are not UTF-8 survive as \udcXX
+    except OSError as exc:  # an optimisation only
+        log.debug("could not save the listing of %s: %s", archive.location, exc)
+
+
+def _write_atomic(path: Any, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def check_input(location: str | os.PathLike[str]) -> None:
@@ -897,6 +963,7 @@ def walk(location: str | os.PathLike[str]) -> Iterator[Any]:
     from tessq.scan import FolderEntries, is_image_name, is_skipped_dir, is_tiff_name
 
     archive = get_archive(location)
+    _save(archive)  # for the workers (a .tar.gz): the scan's workspace is open by now
     for warning in archive.warnings:
         log.warning("%s", warning)
     folders: dict[str, Any] = {}

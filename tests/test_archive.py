@@ -518,3 +518,26 @@ def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
         with pytest.raises(CorruptImageError, match=why):
             archive.member(path, name).fetch(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
+
+
+def test_a_tar_gz_scan_saves_its_listing_so_workers_started_apart_need_not_decompress_it_again(
+        reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "data.tgz"
+    tar_with("w:gz")(reference["root"], archive)
+    env, out = clean_env(tmp_path), tmp_path / "out"
+    tessq_cmd("scan", str(archive), "--out", str(out), MIN, env=env, cwd=tmp_path, check=True)
+    saved = sorted(p.suffix for p in (out / ".tessq" / "archives").iterdir())
+    assert saved == [".gzidx", ".json"]
+    # a worker process loads the saved listing: it never lists the archive itself
+    from types import SimpleNamespace
+
+    from tessq import archive as arc
+    from tessq import queue
+
+    monkeypatch.setitem(queue._state, "workspace", SimpleNamespace(state_dir=out / ".tessq"))
+    monkeypatch.setattr(arc.Archive, "load", lambda self: pytest.fail("listed the archive again"))
+    member = arc.member(archive, "dup/a.tif")
+    assert member.info.size == (reference["root"] / "dup/a.tif").stat().st_size
+    proc = tessq_cmd("workers", str(out), "--workers", "1", "--drain", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert slice_hashes(out) == reference["slices"]
