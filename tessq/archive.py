@@ -179,6 +179,7 @@ class Archive:
         self.members: dict[str, MemberInfo] = {}
         self.warnings: list[str] = []
         self.gz_index: Any = None  # indexed_gzip index (bytes) built by the listing, for later opens
+        self._gz: tuple[int, Any, Any, threading.Lock] | None = None  # (pid, reader, raw file, its lock)
         self._lock = threading.Lock()
 
     @property
@@ -269,8 +270,11 @@ class Archive:
                     links.append(ti)
                     continue
                 self._add_tar(ti, data_end)
-            if self.kind == "tgz" and hasattr(fh, "export_index"):
-                self.gz_index = _export_gz_index(fh)
+            if self.kind == "tgz":
+                if hasattr(fh, "export_index"):
+                    self.gz_index = _export_gz_index(fh)
+                self._gz = (os.getpid(), fh, raw, threading.Lock())  # kept: the scan's probes read through it
+                raw = None
             by_name = {m.name: m for m in self.members.values()}
             for ti in links:  # a hard link is the data of the member it names
                 target = by_name.get(ti.linkname)
@@ -284,7 +288,18 @@ class Archive:
                     self._add(MemberInfo(ti.name, rel, target.size, target.mtime, target.mode, target.method,
                                          target.offset, target.csize, None, None))
         finally:
-            raw.close()
+            if raw is not None:
+                raw.close()
+
+    def gz_handle(self) -> tuple[Any, threading.Lock]:
+        """This process's one reader of the decompressed .tar.gz stream, shared by its members (with a lock):
+        forward seeks continue from where the last read ended, so members read in archive order cost one pass;
+        others seek from the nearest index point."""
+        with self._lock:
+            if self._gz is None or self._gz[0] != os.getpid():
+                raw = self.raw()
+                self._gz = (os.getpid(), _gzip_reader(raw, self), raw, threading.Lock())
+            return self._gz[1], self._gz[3]
 
     def _add_tar(self, ti: tarfile.TarInfo, data_end: int | None) -> None:
         rel = safe_rel(ti.name)
@@ -583,36 +598,34 @@ class _Inflater:
 
 
 class _TarGzStream:
-    """A forward-only stream of one .tar.gz member: the decompressed stream from its data offset."""
+    """A forward-only stream of one .tar.gz member: positioned reads of the archive's shared decompressed stream."""
 
     def __init__(self, member: ArchiveMember) -> None:
         self.member = member
-        self._raw = member.archive.raw()
-        self._gz = _gzip_reader(self._raw, member.archive)
-        try:
-            self._gz.seek(member.info.offset)
-        except (OSError, EOFError, zlib.error) as exc:
-            self.close()
-            raise CorruptImageError(member, f"the archive ends before this member ({exc})") from exc
+        self._fh, self._lock = member.archive.gz_handle()
+        self._pos = member.info.offset
         self._left = member.info.size
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = self._left
         n = min(n, self._left)
+        if n == 0:
+            return b""
         try:
-            data = self._gz.read(n) if n else b""
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CorruptImageError(self.member, f"gzip data is damaged ({exc})") from exc
+            with self._lock:
+                self._fh.seek(self._pos)
+                data = self._fh.read(n)
+        except (OSError, EOFError, zlib.error, ValueError) as exc:
+            raise CorruptImageError(self.member, f"gzip data is damaged or ends early ({exc})") from exc
         if len(data) < n:
             raise CorruptImageError(self.member, "the archive ends inside this member (truncated)")
+        self._pos += len(data)
         self._left -= len(data)
         return data
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._gz.close()
-        self._raw.close()
+    def close(self) -> None:  # the shared reader stays open for the next member
+        pass
 
 
 class StreamView:
