@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -271,6 +272,7 @@ class Archive:
                     continue
                 self._add_tar(ti, data_end)
             if self.kind == "tgz":
+                self._mark_past_end(_stream_end(fh))
                 if hasattr(fh, "export_index"):
                     self.gz_index = _export_gz_index(fh)
                 self._gz = (os.getpid(), fh, raw, threading.Lock())  # kept: the scan's probes read through it
@@ -290,6 +292,15 @@ class Archive:
         finally:
             if raw is not None:
                 raw.close()
+
+    def _mark_past_end(self, end: int | None) -> None:
+        """Members whose declared size runs past the end of the decompressed stream are truncated (or lie)."""
+        if end is None:
+            return
+        for rel, info in list(self.members.items()):
+            if info.problem is None and info.offset + info.size > end:
+                self.members[rel] = dataclasses.replace(info, problem="truncated: the archive ends inside this "
+                                                                       f"member (it declares {info.size} bytes)")
 
     def gz_handle(self) -> tuple[Any, threading.Lock]:
         """This process's one reader of the decompressed .tar.gz stream, shared by its members (with a lock):
@@ -477,6 +488,14 @@ def _gzip_reader(raw: Any, archive: Archive) -> Any:
     import gzip
 
     return gzip.GzipFile(fileobj=raw, mode="rb")
+
+
+def _stream_end(fh: Any) -> int | None:
+    """The decompressed size of a .tar.gz (indexed_gzip knows it once listed; plain gzip cannot say)."""
+    try:
+        return int(fh.seek(0, os.SEEK_END))
+    except Exception:
+        return None
 
 
 def _export_gz_index(fh: Any) -> bytes | None:

@@ -541,3 +541,26 @@ def test_a_tar_gz_scan_saves_its_listing_so_workers_started_apart_need_not_decom
     proc = tessq_cmd("workers", str(out), "--workers", "1", "--drain", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert slice_hashes(out) == reference["slices"]
+
+
+def test_a_tar_gz_member_declaring_more_bytes_than_the_archive_holds_fails_at_scan_and_spools_nothing(
+        tmp_path: Path) -> None:
+    import gzip
+
+    tif = write_tiff(tmp_path / "src/ok.tif", seed=1).read_bytes()
+    ok = tarfile.TarInfo("ok.tif")
+    ok.size = len(tif)
+    liar = tarfile.TarInfo("liar.tif")
+    liar.size = 10**12  # a terabyte declared, a small TIFF present: a bomb must not get far
+    pad = b"\x00" * (-len(tif) % tarfile.BLOCKSIZE)
+    body = ok.tobuf() + tif + pad + liar.tobuf() + tif + pad
+    archive = tmp_path / "liar.tar.gz"
+    archive.write_bytes(gzip.compress(body))
+    env, out = clean_env(tmp_path), tmp_path / "out"
+    proc = run(env, tmp_path, archive, out)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    rep = json.loads((out / "batch_report.json").read_text())
+    assert [(e["file"], e["type"]) for e in rep["errors"]] == [("liar.tif", "corrupt")], rep["errors"]
+    assert "truncated" in rep["errors"][0]["message"]
+    assert (out / "ok/metadata.json").is_file()
+    assert not list((tmp_path / "tmp").iterdir())
