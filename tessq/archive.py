@@ -1000,6 +1000,7 @@ def walk(location: str | os.PathLike[str]) -> Iterator[Any]:
         log.warning("%s", warning)
     folders: dict[str, Any] = {}
     hidden: set[str] = set()
+    outputs = _tessq_outputs(archive)
     for rel in sorted(archive.members):
         info = archive.members[rel]
         parts = rel.split("/")
@@ -1008,6 +1009,8 @@ def walk(location: str | os.PathLike[str]) -> Iterator[Any]:
             hidden.add("/".join(parts[: skipped + 1]))
             continue
         folder_rel, name = "/".join(parts[:-1]), parts[-1]
+        if any(folder_rel == o or folder_rel.startswith(f"{o}/") or o == "" for o in outputs):
+            continue
         folder = folders.setdefault(folder_rel, FolderEntries(rel=folder_rel))
         if stat_mod.S_ISLNK(info.mode) and info.problem is None:
             if is_tiff_name(name):
@@ -1024,6 +1027,29 @@ def walk(location: str | os.PathLike[str]) -> Iterator[Any]:
     for rel in sorted(hidden):
         if not any(rel.startswith(f"{h}/") for h in hidden):
             yield FolderEntries(rel=rel, skip_reason="hidden")
+    for rel in sorted(outputs):
+        if not any(rel.startswith(f"{o}/") or (o == "" and rel) for o in outputs):
+            yield FolderEntries(rel=rel, skip_reason="tessq_output")
+
+
+def _tessq_outputs(archive: Archive) -> set[str]:
+    """Folders of the archive that are image folders tessq wrote (an earlier OUT packed with the input): their
+    metadata.json says schema "tessq.metadata". They are not input, as in a folder tree (scan.is_tessq_output)."""
+    from tessq.scan import METADATA_NAME, TESSQ_METADATA_SCHEMA
+
+    found = set()
+    for rel, info in archive.members.items():
+        parts = rel.split("/")
+        if parts[-1] != METADATA_NAME or info.problem or not stat_mod.S_ISREG(info.mode) or info.size > 64 << 20:
+            continue
+        try:
+            with ArchiveMember(archive.location, info, archive).open() as fh:
+                meta = json.loads(fh.read(info.size))
+        except (OSError, ValueError, UnicodeDecodeError, ImageError):
+            continue
+        if isinstance(meta, dict) and meta.get("schema") == TESSQ_METADATA_SCHEMA:
+            found.add("/".join(parts[:-1]))
+    return found
 
 
 def as_error(source: Any, exc: BaseException) -> ImageError:

@@ -564,3 +564,18 @@ def test_a_tar_gz_member_declaring_more_bytes_than_the_archive_holds_fails_at_sc
     assert "truncated" in rep["errors"][0]["message"]
     assert (out / "ok/metadata.json").is_file()
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_an_earlier_output_packed_into_the_archive_is_skipped_as_tessq_output(reference: dict, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(reference["root"], tree)
+    shutil.copytree(reference["out"] / "dup", tree / "old_run" / "dup")  # image folders tessq wrote, TIFF-free
+    write_tiff(tree / "old_run" / "dup" / "a.tif" / "stray.tif", seed=9)  # even a TIFF inside one is not input
+    archive = tmp_path / "with_output.zip"
+    zip_with(zipfile.ZIP_DEFLATED)(tree, archive)
+    env = clean_env(tmp_path)
+    skipped = scanned_skips(env, tmp_path, archive, tmp_path / "out")
+    assert {("old_run/dup/a.tif", "tessq_output"), ("old_run/dup/a.TIFF", "tessq_output")} <= skipped
+    proc = run(env, tmp_path, archive, tmp_path / "out")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert slice_hashes(tmp_path / "out") == reference["slices"]
