@@ -46,7 +46,10 @@ DEFAULT_CONTENDERS = ("naive", "library", "hand", "pyvips", "tessq")
 HUGE_CONTENDERS = ("pyvips-mt", "tessq")
 PRESET_CONTENDERS = ("library", "tessq-fast", "tessq-balanced", "tessq-small")
 LARGE_CONTENDERS = ("library", "pyvips", "tessq")
-TESSQ_RE = re.compile(r"^tessq(?:-(fast|balanced|small))?(?:-l(\d+))?(?:-check(sample|full|off))?(?:-t(\d+))?$")
+TESSQ_RE = re.compile(r"^tessq(?:-(fast|balanced|small))?(?:-l(\d+))?(?:-check(sample|full|off))?(?:-t(\d+))?"
+                      r"(?:\+(zip|zip-deflated|tar|tgz))?$")
+ARCHIVE_CONTENDERS = ("tessq", "tessq+tar", "tessq+zip", "tessq+zip-deflated")
+ARCHIVE_SUFFIX = {"zip": ".zip", "zip-deflated": ".deflated.zip", "tar": ".tar", "tgz": ".tar.gz"}
 PNG_RLE_STRATEGY = 3  # imagecodecs.PNG.STRATEGY.RLE (zlib Z_RLE)
 PNG_FILTER = {"none": 8, "sub": 16, "up": 32, "avg": 64, "paeth": 128}  # libpng / libvips filter flags
 MB = 1e6
@@ -187,6 +190,30 @@ def warm_cache(corpus: Corpus) -> None:
         with open(corpus.root / name, "rb") as fh:
             while fh.read(1 << 24):
                 pass
+
+
+def ensure_archive(corpus: Corpus, kind: str) -> Path:
+    """The corpus packed as one archive beside it (cached): zip (stored), zip-deflated, tar or tgz; warmed."""
+    import tarfile
+    import zipfile
+
+    path = corpus.root.parent / f"{corpus.root.name}{ARCHIVE_SUFFIX[kind]}"
+    if not path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        if kind.startswith("zip"):
+            method = zipfile.ZIP_DEFLATED if kind == "zip-deflated" else zipfile.ZIP_STORED
+            with zipfile.ZipFile(tmp, "w", method, compresslevel=6 if kind == "zip-deflated" else None) as zf:
+                for name in corpus.files:
+                    zf.write(corpus.root / name, name)
+        else:
+            with tarfile.open(tmp, "w:gz" if kind == "tgz" else "w") as tf:
+                for name in corpus.files:
+                    tf.add(corpus.root / name, name)
+        tmp.rename(path)
+    with open(path, "rb") as fh:
+        while fh.read(1 << 24):
+            pass
+    return path
 
 
 def warm_cache_dir(root: Path, headers_only: bool = False) -> None:
@@ -421,10 +448,11 @@ def contender_label(name: str, args: argparse.Namespace) -> str:
     alt = name.startswith("alt:")
     m = TESSQ_RE.match(name.removeprefix("alt:"))
     assert m
-    preset, level, check, threads = m.groups()
+    preset, level, check, threads, packed = m.groups()
     extra = "".join([f" --png {preset}" if preset else "", f" --compress-level {level}" if level else "",
                      f" --self-check {check}" if check else "", f" (TESSQ_THREADS={threads})" if threads else ""])
-    return f"{'[alt] ' if alt else ''}tessq run --workers {args.workers}{extra}"
+    source = f" (IN: the corpus as one {packed} archive)" if packed else ""
+    return f"{'[alt] ' if alt else ''}tessq run --workers {args.workers}{extra}{source}"
 
 
 def contender_cmd(name: str, corpus: Corpus, out: Path, ws: Path, plan_file: Path,
@@ -445,10 +473,11 @@ def contender_cmd(name: str, corpus: Corpus, out: Path, ws: Path, plan_file: Pat
     m = TESSQ_RE.match(name.removeprefix("alt:"))
     if not m:
         raise SystemExit(f"unknown contender {name!r}")
-    preset, level, check, threads = m.groups()
+    preset, level, check, threads, packed = m.groups()
     if threads:
         env["TESSQ_THREADS"] = threads
-    cmd = [sys.executable, "-m", "tessq", "--workspace", str(ws), "run", str(corpus.root), str(out),
+    source = ensure_archive(corpus, packed) if packed else corpus.root
+    cmd = [sys.executable, "-m", "tessq", "--workspace", str(ws), "run", str(source), str(out),
            "--workers", str(args.workers), "--num-pieces", str(corpus.spec.pieces), "--min-size", "0",
            "--json"]
     if preset:
@@ -668,6 +697,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tessq-verify", action="store_true", help="time `tessq verify` after every tessq run")
     p.add_argument("--png-presets", action="store_true",
                    help="contenders: library + tessq --png fast|balanced|small (unless --contenders)")
+    p.add_argument("--archive", action="store_true",
+                   help="contenders: tessq on the corpus folder and on it packed as a tar, a stored zip and a "
+                        "deflated zip (issue #18; also tessq+tgz)")
     p.add_argument("--contenders", default=None,
                    help="comma list: naive, library, pyvips, tessq, tessq-<preset>, tessq[-<preset>]-l<N>")
     p.add_argument("--repeat", type=int, default=None, help="runs per contender (median; default 3, large 1)")
@@ -713,6 +745,8 @@ def choose_contenders(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     elif args.png_presets:
         names = list(PRESET_CONTENDERS)
+    elif args.archive:
+        names = list(ARCHIVE_CONTENDERS)
     else:
         names = list(HUGE_CONTENDERS if args.huge else LARGE_CONTENDERS if args.large else DEFAULT_CONTENDERS)
     notes = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessq import db, defaults, logs, remote, report, scan
+from tessq import archive, db, defaults, logs, remote, report, scan
 from tessq import queue as tq
 from tessq.errors import ConfigError, TessqError
 from tessq.options import SliceOptions
@@ -137,6 +137,9 @@ def start_logging(level: str, output_dir: Path | str | None = None, console: boo
 
 
 def default_output_dir(input_dir: Path | str) -> Path | str:
+    if archive.is_archive(input_dir):
+        out = archive.default_output(input_dir)
+        return out if remote.is_remote(out) else Path(out)
     if remote.is_remote(input_dir):
         return remote.default_output(input_dir)
     input_dir = Path(input_dir)
@@ -147,7 +150,9 @@ def check_locations(input_dir: Path | str, output_dir: Path | str | None) -> Pat
     """Refuse an input or output that cannot work before anything is created; returns the resolved OUT.
 
     Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3)."""
-    if remote.is_remote(input_dir):
+    if archive.is_archive(input_dir):  # a .zip/.tar/.tar.gz file (local or s3://): refused here if unreadable
+        archive.check_input(input_dir)
+    elif remote.is_remote(input_dir):
         remote.check_input(str(input_dir))
     elif not Path(input_dir).is_dir():
         raise ConfigError(f"input folder {input_dir} does not exist or is not a folder")

@@ -388,7 +388,7 @@ class RemoteSource:
 
 def as_source(source: str | os.PathLike[str] | RemoteSource) -> Path | RemoteSource:
     """A local Path, or a RemoteSource for an s3:// URL (what core.tessellate_image and tiff accept)."""
-    if isinstance(source, RemoteSource):
+    if isinstance(source, RemoteSource) or hasattr(source, "tiff_range"):  # (or an archive.ArchiveMember)
         return source
     if is_remote(source):
         return RemoteSource(_object_url(source))
@@ -646,8 +646,15 @@ def download_prefix(url: str, dest: str | Path) -> list[Path]:
 def verifiable(input_dir: str, output_dir: str, rel_path: str,
                out_rel: str) -> Iterator[tuple[Path, Path | RemoteSource | None]]:
     """(local image folder, source or None) for verify.verify_image; an S3 folder is downloaded to a temp dir."""
-    if is_remote(input_dir):
-        source: Path | RemoteSource | None = RemoteSource(join(input_dir, rel_path))
+    from tessq import archive
+
+    if archive.is_archive(input_dir):
+        try:
+            source: Any = archive.member(input_dir, rel_path)
+        except (OSError, TessqError):
+            source = None
+    elif is_remote(input_dir):
+        source = RemoteSource(join(input_dir, rel_path))
         if not source.exists():
             source = None
     else:

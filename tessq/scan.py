@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tessq import db, defaults, remote, tiff
+from tessq import archive, db, defaults, remote, tiff
 from tessq.errors import ImageError
 from tessq.options import SliceOptions
 
@@ -312,7 +312,7 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
 
     if stored_path != rel_path:
         # The status table (and S3, and most tools) hold names as UTF-8; this one cannot be stored faithfully.
-        return failed("unsupported_name", f"{printable(entry.path)}: file name is not valid UTF-8; rename it")
+        return failed("unsupported_name", f"{printable(str(entry.path))}: file name is not valid UTF-8; rename it")
     if not stat.S_ISREG(st.st_mode):
         return failed("unsupported", f"{entry.path}: not a regular file")
     if known is not None and known.matches(st):
@@ -357,7 +357,8 @@ def probe_all(files: list[tuple[Any, str, str]], min_size: int, *, parallel: boo
     if not parallel or cpus < 2 or to_read < PROBE_PARALLEL_MIN:
         rows = [_probe_one(job) for job in jobs]
     else:
-        jobs = [(FileRef(entry.path, entry.name), *rest) for entry, *rest in jobs]
+        jobs = [(FileRef(entry.path, entry.name) if isinstance(entry, os.DirEntry) else entry, *rest)
+                for entry, *rest in jobs]
         context = multiprocessing.get_context("fork")  # the pool inherits the imported modules: no start-up
         with ProcessPoolExecutor(max_workers=cpus, mp_context=context, initializer=_init_probe_process,
                                  initargs=(os.getpid(),)) as pool:
@@ -556,8 +557,10 @@ def scan_tree(
     folders: list[dict[str, Any]] = []
     files: list[tuple[Any, str, str]] = []  # (directory entry, folder, output folder name) of every TIFF
     with_tiffs: list[FolderEntries] = []
-    if isinstance(input_dir, str):
-        tree: Iterator[FolderEntries] = remote.walk(input_dir, exclude=(str(output_dir),))
+    if archive.is_archive(input_dir):  # a .zip/.tar/.tar.gz: its member paths are the tree
+        tree: Iterator[FolderEntries] = archive.walk(input_dir)
+    elif isinstance(input_dir, str):
+        tree = remote.walk(input_dir, exclude=(str(output_dir),))
     else:
         excluded = {p.resolve() for p in (output_dir, *exclude) if isinstance(p, Path)}
         tree = walk(input_dir, follow_symlinks=follow_symlinks, exclude=excluded)

@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, TIFF
 
-from tessq import defaults, remote, tiffcodec
+from tessq import archive, defaults, remote, tiffcodec
 from tessq.errors import (
     CorruptImageError,
     ImageError,
@@ -135,9 +135,14 @@ def _open_tifffile(path: Path) -> tifffile.TiffFile:
     An s3:// source (URL or remote.RemoteSource) is read through ranged GETs, or from its spooled copy."""
     target: Any = path
     size: int | None = None
-    if remote.is_remote(path):
+    offset: int | None = None
+    if archive.is_member(path):  # an archive member: a byte range of the archive, its spool or its stream
+        target, size, offset = path.tiff_range()
+    elif remote.is_remote(path):
         target, size = remote.tiff_target(path)
     try:
+        if offset is not None:
+            return tifffile.TiffFile(target, offset=offset, size=size)
         return tifffile.TiffFile(target)
     except FileNotFoundError as exc:
         raise SourceChangedError(path, "file no longer exists") from exc
@@ -471,6 +476,8 @@ def _fallback_decoders(page: Any, info: TiffInfo, cls: str) -> tuple[str, ...]:
 
 def _fallback_target(path: Any) -> Any:
     """What a fallback decoder opens: the local path, or the remote source's spool/ranged reader."""
+    if archive.is_member(path):
+        return path.fallback_target()
     if remote.is_remote(path):
         return remote.tiff_target(path)[0]
     return str(path)
@@ -582,7 +589,7 @@ def probe(path: str | Path, series: int = 0, level: int = 0) -> TiffInfo:
 
     Also decides who decodes it (info.decoder); for old-style and planar-separate JPEG that costs one trial
     segment decode, for a fallback a Pillow/GDAL header parse."""
-    path = path if remote.is_remote(path) else Path(path)
+    path = path if remote.is_remote(path) or archive.is_member(path) else Path(path)
     with _captured_tifffile_warnings() as warns:
         tif = _open_tifffile(path)
         try:
@@ -621,7 +628,7 @@ class RegionReader:
     """
 
     def __init__(self, path: str | Path, series: int = 0, level: int = 0, memory_budget: int | None = None):
-        self.path = path if remote.is_remote(path) else Path(path)
+        self.path = path if remote.is_remote(path) or archive.is_member(path) else Path(path)
         self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
         self._fallback: tiffcodec.PillowReader | tiffcodec.GdalReader | None = None
         self._fallback_rows = 1

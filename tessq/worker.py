@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Scheduler
 from huey.exceptions import TaskTimeout
 
-from tessq import __version__, db, defaults, folder, remote
+from tessq import __version__, archive, db, defaults, folder, remote
 from tessq import queue as tq
 from tessq.errors import LeaseLostError, OptionsChangedError, SourceChangedError, TessqError
 from tessq.options import SliceOptions
@@ -179,7 +179,7 @@ def cut(row: db.Image, claim: db.Claim) -> Prepared:
     An s3:// input is read by ranged GETs (small objects spooled to a temp file); for an s3:// output the
     folder is built in a temp dir and uploaded, metadata.json last, while the lease is still ours. Either
     way an image with an s3:// side is committed before this returns."""
-    if remote.is_remote(row.job.input_dir) or remote.is_remote(row.job.output_dir):
+    if remote.is_remote(row.job.input_dir) or remote.is_remote(row.job.output_dir) or is_archive(row.job.input_dir):
         return Committed(_cut_remote(row, claim))
     source = Path(row.job.input_dir) / row.rel_path
     image_dir = contained(Path(row.job.output_dir), row.out_rel)
@@ -188,9 +188,11 @@ def cut(row: db.Image, claim: db.Claim) -> Prepared:
 
 def _cut_remote(row: db.Image, claim: db.Claim) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
-        if remote.is_remote(row.job.input_dir):
+        if is_archive(row.job.input_dir):  # a member of an archive: read in place, or spooled and deleted after
+            source: Any = stack.enter_context(archive.opened_member(row.job.input_dir, row.rel_path))
+        elif remote.is_remote(row.job.input_dir):
             url = remote.join(row.job.input_dir, row.rel_path)
-            source: Path | remote.RemoteSource = stack.enter_context(remote.opened_source(url))
+            source = stack.enter_context(remote.opened_source(url))
         else:
             source = Path(row.job.input_dir) / row.rel_path
         if not remote.is_remote(row.job.output_dir):
@@ -280,6 +282,16 @@ def holds_lease(claim: db.Claim) -> bool:
         if left is None:
             return False
         return left >= defaults.LEASE_S / 2 or db.renew_lease(claim, defaults.LEASE_S)
+
+
+def is_archive(input_dir: str) -> bool:
+    """Whether a job's input is an archive file (remembered per input: a worker asks for every image)."""
+    if input_dir not in _ARCHIVE_INPUTS:
+        _ARCHIVE_INPUTS[input_dir] = archive.is_archive(input_dir)
+    return _ARCHIVE_INPUTS[input_dir]
+
+
+_ARCHIVE_INPUTS: dict[str, bool] = {}
 
 
 def source_state(source: Path | remote.RemoteSource) -> tuple[int, float]:
