@@ -7,6 +7,7 @@ talks to a peewee Database and a huey instance.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -73,7 +74,13 @@ def file_lock(path: str) -> Iterator[None]:
     """An exclusive advisory lock on `path` (created if needed): one process at a time (re)creates a file."""
     import fcntl
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        yield  # a read-only workspace: nothing can be (re)created there, so there is nothing to serialise
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
