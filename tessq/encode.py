@@ -13,6 +13,9 @@ Engines: `zlib-ng-huffman` = zlib-ng Huffman-only per block, Z_RLE for blocks wi
 nodata borders, flat areas, graphics, where RLE is both smaller and faster); `zlib-ng-rle` = Z_RLE for every
 block; `isal` = Intel ISA-L (the `isal` package) level 0-3; `libdeflate` (imagecodecs) one-shot, levels
 1-12; `auto` = isal level 1 for 16-bit samples, zlib-ng-huffman otherwise.
+ISA-L blocks compressed on the pool's threads are valid deflate but their bytes can differ between runs
+(measured: 2 distinct outputs in 60 encodes of one 16-bit slice, all decoding to the same pixels); zlib-ng's are
+byte-identical one-shot, streamed and threaded.
 
 Measurements (scripts/bench_engines.py, 2-core VM under load from other jobs, so +-15%; 8 photo-like
 1024x1536 slices of each kind; MB/s of raw pixels through filter + compress in one thread, CPU time; bytes
