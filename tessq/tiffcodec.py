@@ -5,6 +5,7 @@ error categories, and whole-image (Pillow/libtiff) or windowed (GDAL) readers fo
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 import warnings
@@ -32,13 +33,20 @@ _PILLOW_MODES: dict[str, tuple[str, int, str]] = {
     "CMYK": ("uint8", 4, "separated"),
 }
 
-_CODEC_ERRORS: tuple[type[BaseException], ...] = tuple(
-    cls
-    for name in dir(imagecodecs)
-    if name.endswith("Error") and name != "DelayedImportError"
-    for cls in [getattr(imagecodecs, name)]
-    if isinstance(cls, type) and issubclass(cls, Exception)
-)
+
+@functools.cache
+def _codec_errors() -> tuple[type[BaseException], ...]:
+    """imagecodecs' exception classes; looked up on first use, because each getattr imports a codec module
+    (70 ms at start-up for every tessq command otherwise)."""
+    return tuple(
+        cls
+        for name in dir(imagecodecs)
+        if name.endswith("Error") and name != "DelayedImportError"
+        for cls in [getattr(imagecodecs, name)]
+        if isinstance(cls, type) and issubclass(cls, Exception)
+    )
+
+
 # messages that name a missing feature, not damaged data. libjpeg says "Unsupported marker type" for garbage,
 # so only its feature messages ("Unsupported JPEG process", "... color conversion", "... data precision") count
 _UNSUPPORTED_PHRASES = (
@@ -68,7 +76,7 @@ def classify_decode_error(exc: BaseException, what: str = "pixel data") -> tuple
         return UnsupportedImageError, f"the codec for {what} is not available in this installation ({text})"
     if isinstance(exc, NotImplementedError):
         return UnsupportedImageError, f"{what}: {text}"
-    if isinstance(exc, _CODEC_ERRORS):
+    if isinstance(exc, _codec_errors()):
         codec = type(exc).__name__.removesuffix("Error").lower()
         if codec == "imcd":  # imagecodecs' own codecs (LZW, PackBits...) share one class: name it from the call
             found = re.search(r"imcd_(\w+?)_(?:de|en)code", text)

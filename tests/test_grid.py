@@ -51,7 +51,7 @@ def test_slice_name() -> None:
     assert slice_name(box, "png") == "slice_1_5_0_10_10.png"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(w=st.integers(1, 400), h=st.integers(1, 400), n=st.integers(1, 24))
 def test_pieces_cover_exactly_once(w: int, h: int, n: int) -> None:
     rows, cols = choose_grid(n, w, h)
@@ -71,7 +71,7 @@ def test_pieces_cover_exactly_once(w: int, h: int, n: int) -> None:
     assert max(widths) - min(widths) <= 1 and max(heights) - min(heights) <= 1
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(w=st.integers(1, 600), h=st.integers(1, 600), tile=st.integers(1, 300), data=st.data())
 def test_tiles_cover_with_exact_sizes(w: int, h: int, tile: int, data: st.DataObject) -> None:
     overlap = data.draw(st.integers(0, tile - 1))
