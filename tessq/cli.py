@@ -84,7 +84,8 @@ SelfCheck = Annotated[
     typer.Option(
         "--self-check",
         help="Decode slices just written and compare them with their pixels before an image is done: sample "
-        "(risky kinds and each kind's first image in full, then one slice per image), full, or off.",
+        "(every slice of TIFF/palette/sub-byte kinds; else one slice per image, plus the first and last "
+        "slice of a kind's first image), full, or off.",
     ),
 ]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")]

@@ -16,8 +16,8 @@ SKIPPED_DIR_NAMES = frozenset({".git", ".hg", ".svn", "__MACOSX", ".ipynb_checkp
 
 # How to write it
 SLICE_FORMAT = "png"  # "png": PNG wherever PNG holds the pixels exactly, else TIFF; "tiff": always TIFF
-# Worker self-check before the commit (tessq/selfcheck.py): "sample" decodes every slice of risky kinds and of
-# each kind's first image per worker, then one slice per image; "full" every slice; "off". Costs in the README.
+# Worker self-check before the commit (tessq/selfcheck.py): "sample" decodes every slice of risky kinds, else one
+# slice per image (plus the first and last of each kind's first image per worker); "full" every slice; "off".
 SELF_CHECK = "sample"
 PNG_PRESET = "balanced"  # fast | balanced | small, see encode.py
 HASH_ALGORITHM = "sha256"

@@ -4,8 +4,8 @@ imagecodecs for PNG, tifffile for TIFF) and compared with the pixels that were e
 A mismatch raises SelfCheckError naming the slice, so the image fails with type `self_check` instead of done.
 Decoding costs about as much as encoding (libpng decode ~1.0x tessq's encode per slice, measured), so the
 default mode `sample` decodes every slice where the wrong-slice bugs of real files live (every TIFF slice,
-palette and sub-byte PNGs, and every slice of the first image of each slice kind a worker process meets) and
-one slice per image on the plain 8/16-bit PNG path once its kind has proven itself; `full` decodes every slice.
+palette and sub-byte PNGs) and, on the plain 8/16-bit PNG path, one slice per image, plus the first and the
+last slice of the first image of each slice kind a worker process meets; `full` decodes every slice.
 """
 
 from __future__ import annotations
@@ -42,18 +42,21 @@ def always_full(kind: SliceKind) -> bool:
 
 @dataclass
 class Plan:
-    """Which slices of one image the self-check decodes: all, one (index `sampled`), or none."""
+    """Which slices of one image the self-check decodes: all, the sampled one (and the first and last slice while
+    the image proves its kind), or none."""
 
     key: tuple[Any, ...]
     every: bool
     sampled: int | None
+    proving: tuple[int, ...] = ()
 
     def wants(self, index: int) -> bool:
-        return self.every or index == self.sampled
+        return self.every or index == self.sampled or index in self.proving
 
     def passed(self) -> None:
-        """The image's checked slices all decoded right: a fully checked kind is proven for this process."""
-        if self.every:
+        """The image's checked slices all decoded right: a kind checked in full, or on its first and last slice
+        (the corner and the edge widths of the grid), is proven for this process."""
+        if self.every or self.proving:
             _proven.add(self.key)
 
 
@@ -62,9 +65,12 @@ def plan(mode: str, kind: SliceKind, options: SliceOptions, n_slices: int, token
     key = kind_key(kind, options)
     if mode == "off" or n_slices == 0:
         return Plan(key, False, None)
-    if mode == "full" or always_full(kind) or key not in _proven:
+    if mode == "full" or always_full(kind):
         return Plan(key, True, None)
-    return Plan(key, False, zlib.crc32(token.encode("utf-8", "surrogateescape")) % n_slices)
+    sampled = zlib.crc32(token.encode("utf-8", "surrogateescape")) % n_slices
+    if key not in _proven:  # a kind's first image: the first and the last slice too (encoder bugs are per kind)
+        return Plan(key, False, sampled, (0, n_slices - 1))
+    return Plan(key, False, sampled)
 
 
 def decoded_view(array: np.ndarray, kind: SliceKind) -> np.ndarray:

@@ -230,11 +230,11 @@ def test_streamed_png_slices_are_self_checked(tmp_path: Path) -> None:
     assert verify_image(out, src)["overall_identical"]
 
 
-def test_sample_mode_checks_every_slice_until_a_kind_has_proven_itself_then_one_per_image() -> None:
+def test_sample_mode_checks_the_first_and_last_slice_until_a_kind_has_proven_itself_then_one_per_image() -> None:
     rgb = encode.slice_kind("uint8", 3, "rgb")
     options = SliceOptions(min_size=1, png_preset="fast")  # a kind key no other test in this process proved
     first = selfcheck.plan("sample", rgb, options, 8, "a.tif")
-    assert all(first.wants(i) for i in range(8))
+    assert first.wants(0) and first.wants(7) and 2 <= sum(first.wants(i) for i in range(8)) <= 3
     first.passed()
     later = selfcheck.plan("sample", rgb, options, 8, "b.tif")
     assert sum(later.wants(i) for i in range(8)) == 1
