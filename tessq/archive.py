@@ -513,10 +513,8 @@ def _export_gz_index(fh: Any) -> bytes | None:
 # ---------------------------------------------------------------- byte views
 
 
-class RangeView:
+class RangeView(remote.SeekableFile):
     """A read-only seekable file over bytes [offset, offset+size) of another seekable file (closed with it)."""
-
-    mode = "rb"
 
     def __init__(self, fh: Any, offset: int, size: int, name: str) -> None:
         self._fh, self._offset, self.size, self.name = fh, offset, size, name
@@ -533,26 +531,6 @@ class RangeView:
         data = self._fh.read(n)
         self._pos += len(data)
         return data
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
     def close(self) -> None:
         if not self.closed:
@@ -647,11 +625,9 @@ class _TarGzStream:
         pass
 
 
-class StreamView:
+class StreamView(remote.SeekableFile):
     """A seekable file over a forward-only member stream: forward seeks read on, a backward seek reopens the
     stream; the member's first HEAD_CACHE bytes stay in memory, so header re-reads cost nothing."""
-
-    mode = "rb"
 
     def __init__(self, opener: Callable[[], Any], size: int, name: str) -> None:
         self._opener, self.size, self.name = opener, size, name
@@ -705,26 +681,6 @@ class StreamView:
         data = self._read_stream(n)
         self._pos += len(data)
         return data
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
     def close(self) -> None:
         if self._stream is not None:

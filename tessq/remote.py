@@ -174,12 +174,42 @@ def stat_object(url: str) -> ObjectStat:
     return ObjectStat(int(head["ContentLength"]), _mtime(head["LastModified"]), head.get("ETag"))
 
 
-class RangedReader:
+class SeekableFile:
+    """The file-object surface tifffile and shutil need, for read-only views that define `read`, `close`,
+    `size` and keep their position in `_pos` (an S3 object, an archive member's byte range or stream)."""
+
+    mode = "rb"
+    size: int
+    _pos: int
+
+    def read(self, n: int | None = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class RangedReader(SeekableFile):
     """A seekable read-only file over one S3 object: small reads come from a block cache filled by ranged
     GETs (read-ahead doubles while access is sequential), large reads are one GET of exactly that range.
     Every GET carries If-Match with the ETag seen at open, so a replaced object fails instead of mixing."""
-
-    mode = "rb"
 
     def __init__(self, url: str, size: int, etag: str | None, *, block: int = defaults.S3_BLOCK_BYTES,
                  blocks: int = defaults.S3_CACHE_BLOCKS) -> None:
@@ -242,25 +272,6 @@ class RangedReader:
         joined = b"".join(parts)
         offset = start - first * self.block
         return joined[offset:offset + end - start]
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(memoryview(buffer).cast("B")))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
     def close(self) -> None:
         self._cache.clear()
