@@ -8,7 +8,9 @@ place a connection target is chosen.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import socket
 import time
@@ -16,10 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple, TypedDict, TypeVar, cast
 
 import peewee
 from peewee import (
+    AutoField,
     BigIntegerField,
     CharField,
     DoubleField,
@@ -31,6 +34,10 @@ from peewee import (
 
 from tessq import backends
 from tessq.errors import ConfigError
+from tessq.options import SliceOptions
+from tessq.redact import redact, redact_url
+
+log = logging.getLogger("tessq")
 
 database = peewee.DatabaseProxy()
 APPLICATION_ID = 0x74657371  # PRAGMA application_id of a tessq status table: 'tesq'
@@ -51,6 +58,7 @@ class BaseModel(Model):
 class Job(BaseModel):
     """One input root and the settings it is cut with."""
 
+    id = AutoField()  # peewee's implicit key, declared so type checkers see it
     input_dir = TextField(unique=True)
     output_dir = TextField()
     options = TextField()  # SliceOptions as JSON
@@ -62,6 +70,7 @@ class Job(BaseModel):
 class Folder(BaseModel):
     """A folder of the input tree holding images; JPG-only folders are recorded as skipped."""
 
+    id = AutoField()  # peewee's implicit key, declared so type checkers see it
     job = ForeignKeyField(Job, backref="folders", on_delete="CASCADE")
     path = TextField()  # relative to the job's input_dir, '' for the root
     n_tiffs = IntegerField(default=0)
@@ -75,6 +84,7 @@ class Folder(BaseModel):
 class Image(BaseModel):
     """One TIFF: where it is, what state it is in, who holds it, what came out."""
 
+    id = AutoField()  # peewee's implicit key, declared so type checkers see it
     job = ForeignKeyField(Job, backref="images", on_delete="CASCADE")
     rel_path = TextField()
     folder = TextField()
@@ -108,6 +118,7 @@ class Image(BaseModel):
 class Upload(BaseModel):
     """One object sent to S3: what was sent, so a re-run sends only what is missing or changed."""
 
+    id = AutoField()  # peewee's implicit key, declared so type checkers see it
     key = TextField(unique=True)  # s3://bucket/key
     local_path = TextField()
     size = BigIntegerField()
@@ -118,6 +129,26 @@ class Upload(BaseModel):
 
 
 MODELS = (Job, Folder, Image, Upload)
+
+
+# ---------------------------------------------------------------- rows out of queries
+
+_R = TypeVar("_R")  # a row type
+
+
+def _tuples(query: peewee.BaseQuery) -> Iterator[tuple[Any, ...]]:
+    """The rows of `query` as tuples (peewee's stubs type .tuples() as the model query itself)."""
+    return iter(cast("Iterable[tuple[Any, ...]]", query.tuples()))
+
+
+def _rows(query: peewee.BaseQuery, make: Callable[..., _R]) -> list[_R]:
+    return [make(*values) for values in _tuples(query)]
+
+
+def _counts(query: peewee.BaseQuery) -> dict[Any, int]:
+    """{key: n} of a `SELECT key, COUNT(...) ... GROUP BY key`, in the order the database returns them."""
+    return {key: int(n) for key, n in _tuples(query)}
+
 
 
 # ---------------------------------------------------------------- connection and schema
@@ -136,13 +167,12 @@ def open_database(url: str) -> peewee.Database:
         path = Path(backends.sqlite_path(url))
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() and backends.remove_stale_journal(str(path)):  # never replay a dead file's WAL
-            import logging
-
-            logging.getLogger("tessq").warning("%s was missing: removed its stale -wal/-shm files before "
+            log.warning("%s was missing: removed its stale -wal/-shm files before "
                                                "creating it anew", path)
+    global _held
     db = backends.make_database(url)
     database.initialize(db)
-    _HELD.clear()
+    _held = None
     return db
 
 
@@ -174,13 +204,23 @@ def _is_damage(exc: BaseException) -> bool:
     return any(mark in str(exc) for mark in DAMAGE_MARKS)
 
 
-_HELD: dict[str, Any] = {}  # the file this process holds: path, (dev, inode), largest size seen
+@dataclass
+class _HeldFile:
+    """The status table file this process holds (hold_database): its path, (dev, inode) and largest size seen."""
+
+    path: Path
+    identity: tuple[int, int]
+    size: int
+
+
+_held: _HeldFile | None = None  # the file this process holds, if any
 
 
 def hold_database() -> None:
     """From now on this process (and the workers it forks) must keep using the status table file it has now:
     a file deleted, replaced or damaged under it raises StateLostError (check_database, and before every new
     connection) instead of a new empty database being created in its place. For long-running processes."""
+    global _held
     path = sqlite_file()
     if path is None:
         return
@@ -188,34 +228,35 @@ def hold_database() -> None:
         st = path.stat()
     except FileNotFoundError:
         raise StateLostError(lost_message(path, "was deleted")) from None
-    _HELD.update(path=path, identity=(st.st_dev, st.st_ino), size=st.st_size)
+    _held = _HeldFile(path, (st.st_dev, st.st_ino), st.st_size)
     database.obj.connect_check = check_database
 
 
 def release_database() -> None:
     """The end of hold_database (the daemon stopped): this process may open or create the file again."""
-    _HELD.clear()
+    global _held
+    _held = None
     if isinstance(database.obj, backends._SqliteDatabase):
         database.obj.connect_check = None
 
 
 def check_database() -> None:
     """Raise StateLostError if the held status table file is gone, another file, truncated or not SQLite."""
-    path = _HELD.get("path")
-    if path is None:
+    held = _held
+    if held is None:
         return
     try:
-        st = os.stat(path)
+        st = os.stat(held.path)
     except FileNotFoundError:
-        raise StateLostError(lost_message(path, "was deleted")) from None
-    if (st.st_dev, st.st_ino) != _HELD["identity"]:
-        raise StateLostError(lost_message(path, "was replaced by another file"))
+        raise StateLostError(lost_message(held.path, "was deleted")) from None
+    if (st.st_dev, st.st_ino) != held.identity:
+        raise StateLostError(lost_message(held.path, "was replaced by another file"))
     # stat only, never open(): closing any descriptor of the file would drop this process's SQLite locks (POSIX
     # locks are per process), and another connection closing could then take itself for the last one and
     # delete the WAL under us. Garbage written in place shows up as "file is not a database" (database_problem).
-    if st.st_size < _HELD["size"] or st.st_size == 0:
-        raise StateLostError(lost_message(path, f"was truncated ({st.st_size} bytes, {_HELD['size']} before)"))
-    _HELD["size"] = st.st_size  # SQLite never shrinks the file here (no VACUUM, no auto_vacuum)
+    if st.st_size < held.size or st.st_size == 0:
+        raise StateLostError(lost_message(held.path, f"was truncated ({st.st_size} bytes, {held.size} before)"))
+    held.size = st.st_size  # SQLite never shrinks the file here (no VACUUM, no auto_vacuum)
 
 
 def database_problem(exc: BaseException) -> StateLostError | None:
@@ -225,9 +266,8 @@ def database_problem(exc: BaseException) -> StateLostError | None:
         check_database()
     except StateLostError as lost:
         return lost
-    path = _HELD.get("path")
-    if path is not None and (_is_damage(exc) or "no such table" in str(exc)):
-        return StateLostError(lost_message(path, f"became unreadable ({exc})"))
+    if _held is not None and (_is_damage(exc) or "no such table" in str(exc)):
+        return StateLostError(lost_message(_held.path, f"became unreadable ({exc})"))
     return None
 
 
@@ -281,9 +321,6 @@ def storage_problem(exc: BaseException, db_url: str | None = None, where: str | 
     """A one-line ConfigError saying what to fix, for a failure to open or write the status database or the
     queue (a read-only or unwritable workspace, an unreachable PostgreSQL or Redis); None for anything else.
     `db_url` and `where` (the workspace) name what was being opened."""
-    from tessq.errors import ConfigError
-    from tessq.redact import redact, redact_url
-
     chain: list[BaseException] = []
     link: BaseException | None = exc
     while link is not None and link not in chain:
@@ -310,7 +347,7 @@ def storage_problem(exc: BaseException, db_url: str | None = None, where: str | 
 
 
 @contextmanager
-def session() -> Iterator[peewee.Database]:
+def session() -> Iterator[peewee.DatabaseProxy]:
     """This thread's connection (peewee connections are thread-local), opened on first use and kept:
     connecting costs more than the statements (SQLite pragmas, a WAL checkpoint on close, a PostgreSQL
     handshake). Statements autocommit, so an idle connection holds no lock and never stalls a checkpoint.
@@ -372,12 +409,10 @@ def upsert_job(input_dir: str, output_dir: str, options: dict[str, Any], options
     """The job of `input_dir`, created or given the new output and settings. An output folder another job
     of this status table writes to (the same, or one inside the other) is refused: the two jobs' images
     would overwrite each other's folders."""
-    from tessq.errors import ConfigError
-
     now = time.time()
     with database.atomic():
-        for other_input, other_output in (Job.select(Job.input_dir, Job.output_dir)
-                                          .where(Job.input_dir != input_dir).tuples()):
+        for other_input, other_output in _tuples(Job.select(Job.input_dir, Job.output_dir)
+                                                 .where(Job.input_dir != input_dir)):
             if same_output(output_dir, other_output):
                 raise ConfigError(
                     f"output folder {output_dir} is already written by the job of {other_input}"
@@ -424,12 +459,14 @@ def same_source(size: int, mtime: float, other_size: int, other_mtime: float) ->
     return size == other_size and abs(mtime - other_mtime) <= 1e-6
 
 
-def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_hash: str) -> ScanOutcome:
+def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_hash: str,
+                      adopt: OutputCheck | None = None) -> ScanOutcome:
     """Insert or update one row per candidate TIFF; return the ids that now need a queue message.
 
     A done image is redone only if its source size/mtime or the job settings changed; a queued or
     running one is left alone (its message is already in flight); failed ones wait for `retry`
-    unless their source changed.
+    unless their source changed. With `adopt`, a new row whose output folder is already complete in OUT is
+    recorded as done (_adopt_done); without it, every new row is inserted as the scan found it.
     """
     outcome = ScanOutcome([], [], 0, 0)
     to_insert: list[dict[str, Any]] = []
@@ -476,15 +513,15 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
             if cand["status"] == QUEUED:
                 outcome.requeued.append(row.id)
         if to_insert:
-            adopted = _adopt_done(job_id, to_insert, options_hash)
-            outcome.unchanged_done += adopted
+            outcome.unchanged_done += _adopt_done(job_id, to_insert, options_hash, adopt) if adopt else 0
             # ids only grow: the rows inserted now are this job's rows above the largest id before the insert
             before = Image.select(peewee.fn.MAX(Image.id)).scalar() or 0
             _insert_images(to_insert)
             outcome.new_queued.extend(
-                image_id for (image_id,) in Image.select(Image.id)
-                .where((Image.job == job_id) & (Image.id > before) & (Image.status == QUEUED))
-                .order_by(Image.id).tuples()
+                image_id for (image_id,) in _tuples(
+                    Image.select(Image.id)
+                    .where((Image.job == job_id) & (Image.id > before) & (Image.status == QUEUED))
+                    .order_by(Image.id))
             )
     return outcome
 
@@ -511,7 +548,17 @@ def _displaced(stored: str, wanted: str | None, claimed: tuple[set[str], set[str
     images, folders = claimed
     path = PurePosixPath(stored.lower())
     return str(path) in images or str(path) in folders or any(str(p) in images for p in path.parents)
-def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str) -> int:
+@dataclass(frozen=True)
+class OutputCheck:
+    """How a scan recognises an image folder already made in OUT from a row's source with the job's options:
+    the options fingerprint (settings.options_fingerprint) and the folder check in its "stat" mode
+    (scan.output_problem). Given by the scan: both live above this module."""
+
+    fingerprint: Callable[[SliceOptions], str]
+    folder_problem: Callable[[Path, int, int], str | None]
+
+
+def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str, check: OutputCheck) -> int:
     """New rows whose output folder is already complete in OUT (a status table deleted, damaged or restored from an
     older copy, then rebuilt by a scan) become done in place instead of being cut again: the folder's
     batch_metadata.json names this input, the same source size and mtime and the same cut options, its
@@ -525,23 +572,19 @@ def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str) -> i
     for row in rows:
         if row.get("status") != QUEUED:
             continue
-        done = _complete_folder(job, out / row["out_rel"], row, options_hash)
+        done = _complete_folder(job, out / row["out_rel"], row, options_hash, check)
         if done is not None:
             row.update(done)
             adopted += 1
     if adopted:
-        import logging
-
-        logging.getLogger("tessq").warning("kept %d image folder(s) already complete in %s as done (their "
+        log.warning("kept %d image folder(s) already complete in %s as done (their "
                                            "metadata matches the source and the options)", adopted, out)
     return adopted
 
 
-def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: str) -> dict[str, Any] | None:
+def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: str,
+                     check: OutputCheck) -> dict[str, Any] | None:
     """The done-row fields of an output folder made from this very source with these options, else None."""
-    from tessq.scan import output_problem  # imported late: scan imports this module
-    from tessq.settings import options_fingerprint
-
     try:
         batch = json.loads((folder / "batch_metadata.json").read_bytes())
         meta = json.loads((folder / "metadata.json").read_bytes())
@@ -552,9 +595,7 @@ def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: 
                                 row["src_size"], row["src_mtime"]))
         if not same:
             return None
-        from tessq.options import SliceOptions
-
-        if options_fingerprint(SliceOptions.from_dict(made_by["options"])) != options_hash:
+        if check.fingerprint(SliceOptions.from_dict(made_by["options"])) != options_hash:
             return None
         n_slices, bytes_out = int(totals["slices"]), int(totals["bytes_out"])
         finished = (folder / "metadata.json").stat().st_mtime
@@ -562,7 +603,7 @@ def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: 
         return None
     except Exception:  # options this version cannot read: cut it again
         return None
-    if output_problem(folder, n_slices, bytes_out, "stat") is not None:
+    if check.folder_problem(folder, n_slices, bytes_out) is not None:
         return None
     source = meta.get("source") or {}
     timings = batch.get("timings") or {}
@@ -583,8 +624,12 @@ def _insert_images(rows: list[dict[str, Any]]) -> None:
         by_columns.setdefault(tuple(sorted(row)), []).append(row)
     for columns, group in by_columns.items():
         fields = [Image._meta.fields[name] for name in columns]
-        insert = Statement(lambda fields=fields: Image.insert({f: slot(f.name) for f in fields}))
+        insert = Statement(functools.partial(_insert_of, fields))
         insert.execute_many({f.name: f.db_value(row[f.name]) for f in fields} for row in group)
+
+
+def _insert_of(fields: list[peewee.Field]) -> peewee.Query:
+    return Image.insert({f: slot(f.name) for f in fields})
 
 
 @dataclass(frozen=True)
@@ -608,9 +653,8 @@ def known_headers(input_dir: str) -> dict[str, KnownHeader]:
         .join(Job)
         .where((Job.input_dir == input_dir) & Image.width.is_null(False) & Image.height.is_null(False)
                & Image.pixel_bytes.is_null(False))
-        .tuples()
     )
-    return {rel_path: KnownHeader(*fields) for rel_path, *fields in query}
+    return {rel_path: KnownHeader(*fields) for rel_path, *fields in _tuples(query)}
 
 
 _REDO_ALL: set[str] = set()  # inputs this process forgot on purpose (--no-resume): their folders are not adopted
@@ -680,6 +724,10 @@ def slot(name: str) -> peewee.Value:
     return peewee.Value(_Slot(name), converter=False)
 
 
+_DRIVER_ERRORS: peewee.ExceptionWrapper = peewee.__exception_wrapper__  # type: ignore[attr-defined]  # not in the stubs
+# (what turns the driver's errors into peewee's: execute_sql uses it; executemany below goes to the cursor directly)
+
+
 class Statement:
     """A peewee query compiled to SQL once per kind of database, then run with fresh values.
 
@@ -704,7 +752,7 @@ class Statement:
     def execute_many(self, rows: Iterable[dict[str, Any]]) -> None:
         """The statement once per row of values, in one round of the driver's executemany."""
         sql, params = self.sql()
-        with peewee.__exception_wrapper__:
+        with _DRIVER_ERRORS:
             database.cursor().executemany(sql, [self._bind(params, values) for values in rows])
 
     @staticmethod
@@ -878,7 +926,9 @@ def _requeue(rows: peewee.Expression, *, refund: bool) -> list[int]:
 
 
 def running_workers() -> list[str]:
-    return [r.worker for r in Image.select(Image.worker).where(Image.status == RUNNING).distinct()]
+    """The lease holders of the running images."""
+    return [r.worker for r in Image.select(Image.worker).where(Image.status == RUNNING).distinct()
+            if r.worker is not None]
 
 
 def queued_ids_with_size() -> dict[int, int | None]:
@@ -905,12 +955,11 @@ def requeue_failed(error_types: Iterable[str] | None = None, job_id: int | None 
 
 def done_outputs(job_id: int) -> list[tuple[int, str, str, int | None, int | None, int | None]]:
     """(id, rel_path, out_rel, n_slices, bytes_out, verified) of the job's done images (the scan checks them)."""
-    return list(
+    return list(_tuples(
         Image.select(Image.id, Image.rel_path, Image.out_rel, Image.n_slices, Image.bytes_out, Image.verified)
         .where((Image.job == job_id) & (Image.status == DONE))
         .order_by(Image.id)
-        .tuples()
-    )
+    ))
 
 
 def requeue_done(image_ids: Iterable[int]) -> list[int]:
@@ -951,7 +1000,7 @@ def different_ids(job_id: int | None = None) -> list[int]:
     cond = (Image.status == DONE) & (Image.verified == 0)
     if job_id is not None:
         cond &= Image.job == job_id
-    return [i for (i,) in Image.select(Image.id).where(cond).tuples()]
+    return [i for (i,) in _tuples(Image.select(Image.id).where(cond))]
 
 
 def outstanding() -> int:
@@ -973,6 +1022,11 @@ def record_verification(image_id: int, identical: bool) -> None:
     Image.update(verified=1 if identical else 0, verified_at=now_expr()).where(Image.id == image_id).execute()
 
 
+class UploadTotals(TypedDict):
+    objects: int
+    bytes: int
+
+
 class UploadLedger:
     """What has been uploaded, kept in the status database (see upload.py)."""
 
@@ -991,15 +1045,257 @@ class UploadLedger:
                         Upload.checksum: checksum, Upload.etag: etag, Upload.uploaded_at: time.time()},
             ).execute()
 
-    def summary(self, local_prefix: str | None = None) -> dict[str, int]:
+    def summary(self, local_prefix: str | None = None) -> UploadTotals:
         """Objects and bytes uploaded; with `local_prefix`, only files from under that folder (one job's OUT)."""
         with session():
             row = Upload.select(peewee.fn.COUNT(Upload.id), peewee.fn.COALESCE(peewee.fn.SUM(Upload.size), 0))
             if local_prefix is not None:
                 prefix = local_prefix.rstrip("/") + "/"
                 row = row.where(peewee.fn.SUBSTR(Upload.local_path, 1, len(prefix)) == prefix)
-            row = row.tuples()
-            count, total = row.first() or (0, 0)
+            count, total = next(_tuples(row), (0, 0))
             return {"objects": int(count), "bytes": int(total)}
 
 
+# ---------------------------------------------------------------- the report, the live status, the timings: typed rows
+# Each function runs one query (call inside a session) and returns plain typed rows; the arithmetic on them is in
+# report.py, status.py and history.py, testable without a database. job_id None means every job's rows.
+
+
+def _of_job(cond: peewee.Expression, model: type[Image] | type[Folder], job_id: int | None) -> peewee.Expression:
+    """`cond` restricted to one job's rows (all rows when job_id is None)."""
+    return cond if job_id is None else cond & (model.job == job_id)
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def state_counts(job_id: int | None = None) -> dict[str, int]:
+    """Images per state, every state present (0 when none)."""
+    query = Image.select(Image.status, peewee.fn.COUNT(Image.id))
+    if job_id is not None:
+        query = query.where(Image.job == job_id)
+    counts = dict.fromkeys(STATES, 0)
+    counts.update(_counts(query.group_by(Image.status)))
+    return counts
+
+
+def folder_skip_counts(job_id: int | None, reasons: Iterable[str]) -> dict[str, int]:
+    """Folders skipped for one of `reasons`, per reason."""
+    cond = _of_job(Folder.skip_reason.in_(list(reasons)), Folder, job_id)
+    return _counts(Folder.select(Folder.skip_reason, peewee.fn.COUNT(Folder.id)).where(cond)
+                   .group_by(Folder.skip_reason))
+
+
+def image_skip_counts(job_id: int | None) -> dict[str, int]:
+    """Skipped images per reason."""
+    return _counts(Image.select(Image.skip_reason, peewee.fn.COUNT(Image.id))
+                   .where(_of_job(Image.status == SKIPPED, Image, job_id)).group_by(Image.skip_reason))
+
+
+class DoneTotals(NamedTuple):
+    """Sums over the done images: first start and last finish (None without any), summed and counted worker
+    durations, source, output and decoded pixel bytes."""
+
+    first_start: float | None
+    last_finish: float | None
+    busy_s: float
+    n_timed: int
+    source_bytes: int
+    output_bytes: int
+    pixel_bytes: int
+
+
+def done_totals(job_id: int | None) -> DoneTotals:
+    first_start, last_finish, busy, n_timed, bytes_in, bytes_out, pixels = next(_tuples(
+        Image.select(
+            peewee.fn.MIN(Image.started_at),
+            peewee.fn.MAX(Image.finished_at),
+            peewee.fn.COALESCE(peewee.fn.SUM(Image.duration_s), 0),
+            peewee.fn.COUNT(Image.duration_s),
+            peewee.fn.COALESCE(peewee.fn.SUM(Image.src_size), 0),
+            peewee.fn.COALESCE(peewee.fn.SUM(Image.bytes_out), 0),
+            peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0),
+        ).where(_of_job(Image.status == DONE, Image, job_id))
+    ))
+    # PostgreSQL sums BIGINT columns as NUMERIC (Decimal): plain numbers from here on
+    return DoneTotals(_float_or_none(first_start), _float_or_none(last_finish), float(busy), int(n_timed),
+                      int(bytes_in), int(bytes_out), int(pixels))
+
+
+def finished_intervals(job_id: int | None) -> list[tuple[float, float]]:
+    """(started_at, finished_at) of the done and failed images that have both."""
+    cond = Image.status.in_([DONE, FAILED]) & Image.started_at.is_null(False) & Image.finished_at.is_null(False)
+    return [(float(a), float(b)) for a, b in _tuples(
+        Image.select(Image.started_at, Image.finished_at).where(_of_job(cond, Image, job_id)))]
+
+
+class FolderStateCount(NamedTuple):
+    folder: str  # relative to the input folder, '' for the root
+    status: str
+    n: int
+
+
+def folder_state_counts(job_id: int | None) -> list[FolderStateCount]:
+    """Images per (folder, state), cancelled ones left out."""
+    return _rows(
+        Image.select(Image.folder, Image.status, peewee.fn.COUNT(Image.id))
+        .where(_of_job(Image.status != CANCELLED, Image, job_id))
+        .group_by(Image.folder, Image.status),
+        FolderStateCount,
+    )
+
+
+class ErrorRow(NamedTuple):
+    rel_path: str
+    error_type: str | None
+    error_message: str | None
+    attempts: int
+
+
+def failed_rows(job_id: int | None) -> list[ErrorRow]:
+    """The failed images, by path."""
+    return _rows(
+        Image.select(Image.rel_path, Image.error_type, Image.error_message, Image.attempts)
+        .where(_of_job(Image.status == FAILED, Image, job_id)).order_by(Image.rel_path),
+        ErrorRow,
+    )
+
+
+def latest_failed_rows(job_id: int | None, limit: int) -> list[ErrorRow]:
+    """The `limit` images that failed last, the latest first."""
+    return _rows(
+        Image.select(Image.rel_path, Image.error_type, Image.error_message, Image.attempts)
+        .where(_of_job(Image.status == FAILED, Image, job_id)).order_by(Image.finished_at.desc()).limit(limit),
+        ErrorRow,
+    )
+
+
+def verification_counts(job_id: int | None) -> dict[int, int]:
+    """Done images `tessq verify` checked, per verdict (1 identical, 0 different)."""
+    cond = (Image.status == DONE) & Image.verified.is_null(False)
+    return _counts(Image.select(Image.verified, peewee.fn.COUNT(Image.id)).where(_of_job(cond, Image, job_id))
+                   .group_by(Image.verified))
+
+
+class SkipRow(NamedTuple):
+    path: str
+    reason: str | None
+
+
+def skipped_image_rows(job_id: int | None) -> list[SkipRow]:
+    """The TIFFs the last scans did not cut on purpose, by path."""
+    return _rows(Image.select(Image.rel_path, Image.skip_reason)
+                 .where(_of_job(Image.status == SKIPPED, Image, job_id)).order_by(Image.rel_path), SkipRow)
+
+
+def skipped_folder_rows(job_id: int | None) -> list[SkipRow]:
+    """The folders the last scans did not cut on purpose, by path."""
+    return _rows(Folder.select(Folder.path, Folder.skip_reason)
+                 .where(_of_job(Folder.skip_reason.is_null(False), Folder, job_id)).order_by(Folder.path), SkipRow)
+
+
+class UnfinishedRow(NamedTuple):
+    rel_path: str
+    status: str
+    worker: str | None
+
+
+def unfinished_rows(job_id: int | None, limit: int) -> list[UnfinishedRow]:
+    """Up to `limit` queued or running images: the running ones first, then by path."""
+    return _rows(
+        Image.select(Image.rel_path, Image.status, Image.worker)
+        .where(_of_job(Image.status.in_([RUNNING, QUEUED]), Image, job_id))
+        .order_by(Image.status.desc(), Image.rel_path).limit(limit),
+        UnfinishedRow,
+    )
+
+
+class JobRow(NamedTuple):
+    id: int
+    input_dir: str
+    output_dir: str
+    options: str  # SliceOptions as JSON
+
+
+def job_rows(job_id: int | None = None) -> list[JobRow]:
+    """One job's row (every job's when job_id is None), by id."""
+    query = Job.select(Job.id, Job.input_dir, Job.output_dir, Job.options).order_by(Job.id)
+    return _rows(query if job_id is None else query.where(Job.id == job_id), JobRow)
+
+
+def job_count() -> int:
+    return int(Job.select().count())
+
+
+def output_dirs() -> list[str]:
+    """Every job's output folder, by job id."""
+    return [out for (out,) in _tuples(Job.select(Job.output_dir).order_by(Job.id))]
+
+
+def recent_done_intervals(job_id: int | None, since: float) -> list[tuple[float, float]]:
+    """(started_at, finished_at) of the done images finished at or after `since` (server clock) that have a start."""
+    cond = (Image.status == DONE) & (Image.finished_at >= since) & Image.started_at.is_null(False)
+    return [(float(a), float(b)) for a, b in _tuples(
+        Image.select(Image.started_at, Image.finished_at).where(_of_job(cond, Image, job_id)))]
+
+
+def recent_done_totals(job_id: int | None, since: float) -> tuple[int, int]:
+    """(images, decoded pixel bytes) done at or after `since` (server clock)."""
+    n, pixels = next(_tuples(
+        Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0))
+        .where(_of_job((Image.status == DONE) & (Image.finished_at >= since), Image, job_id))
+    ))
+    return int(n), int(pixels)
+
+
+class RunningRow(NamedTuple):
+    worker: str | None  # host:pid of the lease holder
+    rel_path: str
+    started_at: float | None
+    attempts: int
+    lease_until: float | None  # server clock
+
+
+def running_rows(job_id: int | None) -> list[RunningRow]:
+    """The running images, by worker."""
+    return _rows(
+        Image.select(Image.worker, Image.rel_path, Image.started_at, Image.attempts, Image.lease_until)
+        .where(_of_job(Image.status == RUNNING, Image, job_id)).order_by(Image.worker),
+        RunningRow,
+    )
+
+
+class TimingRow(NamedTuple):
+    id: int
+    rel_path: str
+    status: str
+    worker: str | None
+    attempts: int
+    started_at: float | None
+    finished_at: float
+    duration_s: float | None
+    n_slices: int | None
+    bytes_out: int | None
+    pixel_bytes: int | None
+    out_rel: str
+    input_dir: str
+    output_dir: str
+
+
+def finished_rows(statuses: Iterable[str], input_dir: str | None = None) -> list[TimingRow]:
+    """Images in one of `statuses` that have a finish time (of one job's input folder, if given), in the order
+    they finished (then by id)."""
+    query = (
+        Image.select(
+            Image.id, Image.rel_path, Image.status, Image.worker, Image.attempts, Image.started_at,
+            Image.finished_at, Image.duration_s, Image.n_slices, Image.bytes_out, Image.pixel_bytes, Image.out_rel,
+            Job.input_dir, Job.output_dir,
+        )
+        .join(Job)
+        .where(Image.status.in_(list(statuses)) & Image.finished_at.is_null(False))
+        .order_by(Image.finished_at, Image.id)
+    )
+    if input_dir is not None:
+        query = query.where(Job.input_dir == input_dir)
+    return _rows(query, TimingRow)

@@ -10,12 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from tessq import db
-from tessq.db import Image, Job
 
 FINISHED_STATES = (db.DONE, db.FAILED)
+
+
+class Timing(TypedDict):
+    """One finished image (per_image_timings explains the keys)."""
+
+    rel_path: str
+    input_dir: str
+    source: str
+    output_dir: str
+    out_rel: str
+    image_dir: str
+    status: str
+    worker: str | None
+    attempts: int
+    started_at: float | None
+    finished_at: float
+    duration_s: float | None
+    t_s: float
+    n_slices: int | None
+    bytes_out: int | None
+    pixel_bytes: int | None
+    pixel_mb_per_s: float | None
 
 
 def per_image_timings(statuses: Iterable[str] = FINISHED_STATES, input_dir: str | None = None) -> list[dict[str, Any]]:
@@ -35,60 +56,40 @@ def per_image_timings(statuses: Iterable[str] = FINISHED_STATES, input_dir: str 
     `statuses` narrows the states (default: done and failed); `input_dir` keeps one job's images
     (an absolute path as recorded by the scan).
     """
-    wanted = list(statuses)
     with db.session():
-        query = (
-            Image.select(
-                Image.id,
-                Image.rel_path,
-                Image.status,
-                Image.worker,
-                Image.attempts,
-                Image.started_at,
-                Image.finished_at,
-                Image.duration_s,
-                Image.n_slices,
-                Image.bytes_out,
-                Image.pixel_bytes,
-                Image.out_rel,
-                Job.input_dir,
-                Job.output_dir,
-            )
-            .join(Job)
-            .where(Image.status.in_(wanted) & Image.finished_at.is_null(False))
-            .order_by(Image.finished_at, Image.id)
-        )
-        if input_dir is not None:
-            query = query.where(Job.input_dir == input_dir)
-        rows = list(query.dicts())
-    starts = [r["started_at"] for r in rows if r["started_at"] is not None]
-    origin = min(starts) if starts else (rows[0]["finished_at"] if rows else 0.0)
-    out = []
-    for r in rows:
-        duration = r["duration_s"]
-        pixels = r["pixel_bytes"]
-        out.append(
-            {
-                "rel_path": r["rel_path"],
-                "input_dir": r["input_dir"],
-                "source": _join(r["input_dir"], r["rel_path"]),
-                "output_dir": r["output_dir"],
-                "out_rel": r["out_rel"],
-                "image_dir": _join(r["output_dir"], r["out_rel"]),
-                "status": r["status"],
-                "worker": r["worker"],
-                "attempts": r["attempts"],
-                "started_at": r["started_at"],
-                "finished_at": r["finished_at"],
-                "duration_s": duration,
-                "t_s": round(r["finished_at"] - origin, 3),
-                "n_slices": r["n_slices"],
-                "bytes_out": r["bytes_out"],
-                "pixel_bytes": pixels,
-                "pixel_mb_per_s": round(pixels / 1e6 / duration, 3) if pixels and duration else None,
-            }
-        )
-    return out
+        rows = db.finished_rows(statuses, input_dir)
+    return [dict(t) for t in timings(rows)]
+
+
+def timings(rows: list[db.TimingRow]) -> list[Timing]:
+    """per_image_timings of `rows` (pure: no database), in their order."""
+    starts = [r.started_at for r in rows if r.started_at is not None]
+    origin = min(starts) if starts else (rows[0].finished_at if rows else 0.0)
+    return [timing(r, origin) for r in rows]
+
+
+def timing(r: db.TimingRow, origin: float) -> Timing:
+    """One image's entry, `origin` being the run's first start."""
+    duration, pixels = r.duration_s, r.pixel_bytes
+    return {
+        "rel_path": r.rel_path,
+        "input_dir": r.input_dir,
+        "source": _join(r.input_dir, r.rel_path),
+        "output_dir": r.output_dir,
+        "out_rel": r.out_rel,
+        "image_dir": _join(r.output_dir, r.out_rel),
+        "status": r.status,
+        "worker": r.worker,
+        "attempts": r.attempts,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "duration_s": duration,
+        "t_s": round(r.finished_at - origin, 3),
+        "n_slices": r.n_slices,
+        "bytes_out": r.bytes_out,
+        "pixel_bytes": pixels,
+        "pixel_mb_per_s": round(pixels / 1e6 / duration, 3) if pixels and duration else None,
+    }
 
 
 def _join(base: str, rel: str) -> str:

@@ -1,7 +1,8 @@
-"""The final report: database queries for the raw numbers, pure arithmetic for the summary.
+"""The final report: the rows db.py fetches for it, and the pure arithmetic that turns them into the summary.
 
-`build_report()` is what `tessq report`, `tessq run` and `BatchTesselator.run_batch()` return,
-and `write_report()` puts it in OUT/batch_report.json (atomically).
+`build_report()` is what `tessq report`, `tessq run` and `BatchTesselator.run_batch()` return (`summarize`
+computes it from a `ReportRows`, without a database), and `write_report()` puts it in OUT/batch_report.json
+(atomically).
 """
 
 from __future__ import annotations
@@ -9,13 +10,88 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import peewee
+from typing import Any, TypedDict
 
 from tessq import __version__, db, defaults
-from tessq.db import Folder, Image, Job
+
+
+class BatchSummary(TypedDict):
+    """The seed's batch_summary (the README, "Report fields")."""
+
+    total_images_found: int
+    successfully_processed: int
+    skipped: int
+    errors: int
+    folders_skipped: int
+    total_processing_time: float
+    average_time_per_image: float
+    images_per_hour: float
+
+
+class Throughput(TypedDict):
+    wall_clock_s: float
+    calendar_s: float
+    idle_s: float
+    worker_busy_s: float
+    source_bytes: int
+    output_bytes: int
+    pixel_bytes: int
+    pixel_mb_per_s: float
+
+
+class ErrorEntry(TypedDict):
+    file: str
+    type: str | None
+    message: str | None
+    attempts: int
+
+
+class SkippedEntry(TypedDict):
+    path: str
+    kind: str  # 'file' or 'folder'
+    reason: str | None
+
+
+class UnfinishedEntry(TypedDict):
+    file: str
+    status: str
+    worker: str | None
+
+
+class Verification(TypedDict):
+    identical: int
+    different: int
+
+
+class JobEntry(TypedDict):
+    id: int
+    input_dir: str
+    output_dir: str
+    options: dict[str, Any]  # SliceOptions.to_dict()
+
+
+class Report(TypedDict):
+    """batch_report.json, key for key in this order (the README, "Report fields")."""
+
+    batch_summary: BatchSummary
+    states: dict[str, int]
+    throughput: Throughput
+    skip_reasons: dict[str, int]
+    folders_skipped_by_reason: dict[str, int]
+    per_folder: dict[str, dict[str, int]]
+    errors: list[ErrorEntry]
+    skipped: list[SkippedEntry]
+    unfinished: list[UnfinishedEntry]
+    verification: Verification
+    uploads: db.UploadTotals
+    job: JobEntry | None
+    jobs: list[JobEntry]
+    jobs_in_database: int
+    generated_at: float
+    tessq_version: str
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -38,9 +114,9 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def batch_summary(counts: dict[str, int], folders_skipped: int, first_start: float | None,
+def batch_summary(counts: Mapping[str, int], folders_skipped: int, first_start: float | None,
                   last_finish: float | None, busy_s: float, n_timed: int,
-                  active_s: float | None = None) -> dict[str, Any]:
+                  active_s: float | None = None) -> BatchSummary:
     """The seed's batch_summary keys (defined in the README, "Report fields").
 
     `active_s` (the union of image intervals, `busy_seconds`) is the processing time; without it, the
@@ -67,149 +143,135 @@ IMAGE_FOLDER_REASONS = ("no_tiff",)  # = scan.IMAGE_FOLDER_REASONS (not imported
 UNFINISHED_LISTED = 100  # queued/running images named in the report (all of them are counted in "states")
 
 
-def of_job(cond: Any, model: Any, job_id: int | None) -> Any:
-    """`cond` restricted to one job's rows (all rows when job_id is None)."""
-    return cond if job_id is None else cond & (model.job == job_id)
+@dataclass(frozen=True)
+class ReportRows:
+    """Everything a report is computed from: one job's rows (every job's when job_id is None), as db returns
+    them. `folder_skips` counts only the seed's JPG-only folders (IMAGE_FOLDER_REASONS); hidden, symlinked,
+    excluded and tessq-output folders are in `skipped_folders` only."""
+
+    job_id: int | None
+    counts: dict[str, int]
+    folder_skips: dict[str, int]
+    done: db.DoneTotals
+    intervals: list[tuple[float, float]]
+    skip_reasons: dict[str, int]
+    per_folder: list[db.FolderStateCount]
+    errors: list[db.ErrorRow]
+    verified: dict[int, int]
+    skipped_images: list[db.SkipRow]
+    skipped_folders: list[db.SkipRow]
+    unfinished: list[db.UnfinishedRow]
+    jobs: list[db.JobRow]
+    n_jobs: int
 
 
-def skipped_entries(job_id: int | None = None) -> list[dict[str, str]]:
-    """Every TIFF and folder the last scans did not cut on purpose, with the reason (call inside a session)."""
-    files = [
-        {"path": rel, "kind": "file", "reason": reason}
-        for rel, reason in Image.select(Image.rel_path, Image.skip_reason)
-        .where(of_job(Image.status == db.SKIPPED, Image, job_id)).order_by(Image.rel_path).tuples()
-    ]
-    folders = [
-        {"path": path, "kind": "folder", "reason": reason}
-        for path, reason in Folder.select(Folder.path, Folder.skip_reason)
-        .where(of_job(Folder.skip_reason.is_null(False), Folder, job_id)).order_by(Folder.path).tuples()
-    ]
-    return sorted(files + folders, key=lambda e: (e["path"], e["kind"]))
-
-
-def state_counts(job_id: int | None = None) -> dict[str, int]:
-    query = Image.select(Image.status, peewee.fn.COUNT(Image.id))
-    if job_id is not None:
-        query = query.where(Image.job == job_id)
-    rows = query.group_by(Image.status).tuples()
-    counts = dict.fromkeys(db.STATES, 0)
-    counts.update({status: int(n) for status, n in rows})
-    return counts
+def fetch_rows(job_id: int | None = None) -> ReportRows:
+    """The report's rows (call inside a session)."""
+    return ReportRows(
+        job_id=job_id,
+        counts=db.state_counts(job_id),
+        folder_skips=db.folder_skip_counts(job_id, IMAGE_FOLDER_REASONS),
+        done=db.done_totals(job_id),
+        intervals=db.finished_intervals(job_id),
+        skip_reasons=db.image_skip_counts(job_id),
+        per_folder=db.folder_state_counts(job_id),
+        errors=db.failed_rows(job_id),
+        verified=db.verification_counts(job_id),
+        skipped_images=db.skipped_image_rows(job_id),
+        skipped_folders=db.skipped_folder_rows(job_id),
+        unfinished=db.unfinished_rows(job_id, UNFINISHED_LISTED),
+        jobs=db.job_rows(job_id),
+        n_jobs=db.job_count(),
+    )
 
 
 def build_report(job_id: int | None = None) -> dict[str, Any]:
-    """One job's report (every job's rows together when job_id is None)."""
+    """One job's report (every job's rows together when job_id is None), as the JSON-ready dict (a `Report`)."""
     with db.session():
-        counts = state_counts(job_id)
-        # the seed's JPG-only folders; hidden, symlinked, excluded and tessq-output folders are in "skipped" only
-        image_folder = of_job(Folder.skip_reason.in_(IMAGE_FOLDER_REASONS), Folder, job_id)
-        folders_skipped = Folder.select().where(image_folder).count()
-        first_start, last_finish, busy, n_timed, bytes_in, bytes_out, pixels = (
-            Image.select(
-                peewee.fn.MIN(Image.started_at),
-                peewee.fn.MAX(Image.finished_at),
-                peewee.fn.COALESCE(peewee.fn.SUM(Image.duration_s), 0),
-                peewee.fn.COUNT(Image.duration_s),
-                peewee.fn.COALESCE(peewee.fn.SUM(Image.src_size), 0),
-                peewee.fn.COALESCE(peewee.fn.SUM(Image.bytes_out), 0),
-                peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0),
-            )
-            .where(of_job(Image.status == db.DONE, Image, job_id))
-            .tuples()
-            .first()
-        )
-        intervals = list(
-            Image.select(Image.started_at, Image.finished_at)
-            .where(of_job(Image.status.in_([db.DONE, db.FAILED]) & Image.started_at.is_null(False)
-                          & Image.finished_at.is_null(False), Image, job_id))
-            .tuples()
-        )
-        skip_reasons = dict(
-            Image.select(Image.skip_reason, peewee.fn.COUNT(Image.id))
-            .where(of_job(Image.status == db.SKIPPED, Image, job_id))
-            .group_by(Image.skip_reason)
-            .tuples()
-        )
-        folder_reasons = dict(
-            Folder.select(Folder.skip_reason, peewee.fn.COUNT(Folder.id))
-            .where(image_folder)
-            .group_by(Folder.skip_reason)
-            .tuples()
-        )
-        per_folder: dict[str, dict[str, int]] = {}
-        for folder, status, n in (
-            Image.select(Image.folder, Image.status, peewee.fn.COUNT(Image.id))
-            .where(of_job(Image.status != db.CANCELLED, Image, job_id))
-            .group_by(Image.folder, Image.status)
-            .tuples()
-        ):
-            per_folder.setdefault(folder or ".", {})[status] = int(n)
-        errors = [
-            {"file": r.rel_path, "type": r.error_type, "message": r.error_message, "attempts": r.attempts}
-            for r in Image.select(Image.rel_path, Image.error_type, Image.error_message, Image.attempts)
-            .where(of_job(Image.status == db.FAILED, Image, job_id))
-            .order_by(Image.rel_path)
-        ]
-        verified = dict(
-            Image.select(Image.verified, peewee.fn.COUNT(Image.id))
-            .where(of_job((Image.status == db.DONE) & Image.verified.is_null(False), Image, job_id))
-            .group_by(Image.verified)
-            .tuples()
-        )
-        skipped = skipped_entries(job_id)
-        unfinished = [
-            {"file": r.rel_path, "status": r.status, "worker": r.worker}
-            for r in Image.select(Image.rel_path, Image.status, Image.worker)
-            .where(of_job(Image.status.in_([db.RUNNING, db.QUEUED]), Image, job_id))
-            .order_by(Image.status.desc(), Image.rel_path)  # running first
-            .limit(UNFINISHED_LISTED)
-        ]
-        jobs = Job.select().order_by(Job.id)
-        job_rows = [
-            {"id": j.id, "input_dir": j.input_dir, "output_dir": j.output_dir, "options": json.loads(j.options)}
-            for j in (jobs.where(Job.id == job_id) if job_id is not None else jobs)
-        ]
-        n_jobs = jobs.count()
-    active = busy_seconds([(float(a), float(b)) for a, b in intervals])
-    summary = batch_summary(counts, folders_skipped, first_start, last_finish, float(busy), int(n_timed), active)
-    wall = summary["total_processing_time"]
-    calendar = max(float(last_finish) - float(first_start), 0.0) if first_start and last_finish else 0.0
-    out = job_rows[0]["output_dir"] if job_id is not None and job_rows else None
+        rows = fetch_rows(job_id)
+        uploads = db.UploadLedger().summary(upload_prefix(rows))
+    return dict(summarize(rows, uploads, generated_at=time.time()))
+
+
+def upload_prefix(rows: ReportRows) -> str | None:
+    """Whose uploads the report counts: those from one job's local output folder; every upload otherwise."""
+    out = rows.jobs[0].output_dir if rows.job_id is not None and rows.jobs else None
+    return out if out and not out.startswith("s3:") else None
+
+
+def summarize(rows: ReportRows, uploads: db.UploadTotals, generated_at: float) -> Report:
+    """The report of `rows` (pure: no database, no clock)."""
+    done = rows.done
+    active = busy_seconds(rows.intervals)
+    summary = batch_summary(rows.counts, sum(rows.folder_skips.values()), done.first_start, done.last_finish,
+                            done.busy_s, done.n_timed, active)
+    jobs = [job_entry(j) for j in rows.jobs]
+    job = jobs[0] if rows.job_id is not None and jobs else None
     return {
         "batch_summary": summary,
-        "states": counts,
-        "throughput": {
-            "wall_clock_s": wall,
-            "calendar_s": round(calendar, 3),
-            "idle_s": round(max(calendar - wall, 0.0), 3),
-            "worker_busy_s": round(float(busy), 3),
-            "source_bytes": int(bytes_in),
-            "output_bytes": int(bytes_out),
-            "pixel_bytes": int(pixels),
-            "pixel_mb_per_s": round(int(pixels) / 1e6 / wall, 2) if wall else 0.0,
-        },
-        "skip_reasons": skip_reasons,
-        "folders_skipped_by_reason": folder_reasons,
-        "per_folder": dict(sorted(per_folder.items())),
-        "errors": errors,
-        "skipped": skipped,
-        "unfinished": unfinished,
-        "verification": {"identical": int(verified.get(1, 0)), "different": int(verified.get(0, 0))},
-        "uploads": db.UploadLedger().summary(out if out and not out.startswith("s3:") else None),
-        "job": job_rows[0] if job_id is not None and job_rows else None,
-        "jobs": job_rows,
-        "jobs_in_database": n_jobs,
-        "generated_at": time.time(),
+        "states": rows.counts,
+        "throughput": throughput(done, summary["total_processing_time"]),
+        "skip_reasons": rows.skip_reasons,
+        "folders_skipped_by_reason": rows.folder_skips,
+        "per_folder": per_folder(rows.per_folder),
+        "errors": [{"file": e.rel_path, "type": e.error_type, "message": e.error_message, "attempts": e.attempts}
+                   for e in rows.errors],
+        "skipped": skipped_entries(rows.skipped_images, rows.skipped_folders),
+        "unfinished": [{"file": u.rel_path, "status": u.status, "worker": u.worker} for u in rows.unfinished],
+        "verification": {"identical": rows.verified.get(1, 0), "different": rows.verified.get(0, 0)},
+        "uploads": uploads,
+        "job": job,
+        "jobs": jobs,
+        "jobs_in_database": rows.n_jobs,
+        "generated_at": generated_at,
         "tessq_version": __version__,
     }
 
 
-def report_bytes(report: dict[str, Any]) -> bytes:
+def throughput(done: db.DoneTotals, wall: float) -> Throughput:
+    """`wall` (the processing time: batch_summary's total_processing_time) beside the calendar span from the
+    first start to the last finish, and the done images' sizes."""
+    first, last = done.first_start, done.last_finish
+    calendar = max(last - first, 0.0) if first and last else 0.0
+    return {
+        "wall_clock_s": wall,
+        "calendar_s": round(calendar, 3),
+        "idle_s": round(max(calendar - wall, 0.0), 3),
+        "worker_busy_s": round(done.busy_s, 3),
+        "source_bytes": done.source_bytes,
+        "output_bytes": done.output_bytes,
+        "pixel_bytes": done.pixel_bytes,
+        "pixel_mb_per_s": round(done.pixel_bytes / 1e6 / wall, 2) if wall else 0.0,
+    }
+
+
+def per_folder(rows: list[db.FolderStateCount]) -> dict[str, dict[str, int]]:
+    """{folder: {state: images}} by folder name ('.' for the input's root)."""
+    folders: dict[str, dict[str, int]] = {}
+    for row in rows:
+        folders.setdefault(row.folder or ".", {})[row.status] = row.n
+    return dict(sorted(folders.items()))
+
+
+def skipped_entries(images: list[db.SkipRow], folders: list[db.SkipRow]) -> list[SkippedEntry]:
+    """Every TIFF and folder the last scans did not cut on purpose, with the reason, by path (a file before a
+    folder of the same path)."""
+    files: list[SkippedEntry] = [{"path": r.path, "kind": "file", "reason": r.reason} for r in images]
+    dirs: list[SkippedEntry] = [{"path": r.path, "kind": "folder", "reason": r.reason} for r in folders]
+    return sorted(files + dirs, key=lambda e: (e["path"], e["kind"]))
+
+
+def job_entry(row: db.JobRow) -> JobEntry:
+    return {"id": row.id, "input_dir": row.input_dir, "output_dir": row.output_dir,
+            "options": json.loads(row.options)}
+
+
+def report_bytes(report: Mapping[str, Any]) -> bytes:
     """batch_report.json's content, the same locally and on S3."""
     return (json.dumps(report, indent=2, sort_keys=False) + "\n").encode()
 
 
-def write_report(report: dict[str, Any], output_dir: Path) -> Path:
+def write_report(report: Mapping[str, Any], output_dir: Path) -> Path:
     """OUT/batch_report.json, replaced atomically so a reader never sees half of it."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / defaults.REPORT_FILENAME
@@ -225,4 +287,4 @@ def write_report(report: dict[str, Any], output_dir: Path) -> Path:
 def output_dirs() -> list[Path]:
     """Every job's output folder (a report is written into its own job's folder only: pipeline.finish_report)."""
     with db.session():
-        return [Path(j.output_dir) for j in Job.select(Job.output_dir).order_by(Job.id)]
+        return [Path(out) for out in db.output_dirs()]

@@ -23,6 +23,7 @@ import numpy as np
 from tessq import archive, db, defaults, remote, tiff
 from tessq.errors import ImageError
 from tessq.options import SliceOptions
+from tessq.settings import options_fingerprint
 
 log = logging.getLogger("tessq.scan")
 
@@ -602,7 +603,8 @@ def scan_tree(
     with db.session(), db.scan_transaction():  # one write transaction: concurrent scans of a tree queue each once
         job = db.upsert_job(str(input_dir), str(output_dir), options.to_dict(), options_hash)
         db.replace_folders(job.id, folders)
-        outcome = db.record_candidates(job.id, candidates, options_hash)
+        outcome = db.record_candidates(job.id, candidates, options_hash,
+                                       db.OutputCheck(options_fingerprint, output_problem))
         db.forget_missing(job.id, {c["rel_path"] for c in candidates})
     summary.found = len(candidates)
     summary.queued, summary.requeued = len(outcome.new_queued), len(outcome.requeued)

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
-import peewee
 from rich.console import Group
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -17,13 +18,69 @@ from rich.table import Table
 from rich.text import Text
 
 from tessq import db
-from tessq.db import Image
-from tessq.report import busy_seconds, of_job, state_counts
+from tessq.report import busy_seconds
 
 WINDOW_S = 300.0  # throughput is measured over the last five minutes
+LATEST_ERRORS = 5
 
 
-def throughput(done_in_window: int, bytes_in_window: int, window_s: float) -> dict[str, float]:
+class Rate(TypedDict):
+    images_per_hour: float
+    mb_per_s: float
+
+
+class Progress(TypedDict):
+    finished: int
+    total: int
+    remaining: int
+
+
+class WorkerEntry(TypedDict):
+    worker: str | None  # host:pid
+    image: str
+    seconds: float  # since it started this image
+    attempt: int
+    lease_left_s: float  # < 0: expired
+
+
+class LatestError(TypedDict):
+    file: str
+    type: str | None
+    message: str | None
+
+
+class Snapshot(TypedDict):
+    """`tessq status --json`, key for key in this order."""
+
+    counts: dict[str, int]
+    progress: Progress
+    throughput: Rate
+    eta_s: float | None
+    workers: list[WorkerEntry]
+    stalled: list[WorkerEntry]
+    hosts: dict[str, int]
+    latest_errors: list[LatestError]
+    uploads: db.UploadTotals
+    job_id: int | None
+    at: float
+
+
+@dataclass(frozen=True)
+class StatusRows:
+    """What a snapshot is computed from, as db returns it: the server's clock, the counts, the images done since
+    `now - WINDOW_S` (their intervals, number and pixel bytes), the running images and the latest failures."""
+
+    job_id: int | None
+    now: float
+    counts: dict[str, int]
+    recent_intervals: list[tuple[float, float]]
+    n_recent: int
+    pixels_recent: int
+    running: list[db.RunningRow]
+    latest_errors: list[db.ErrorRow]
+
+
+def throughput(done_in_window: int, bytes_in_window: int, window_s: float) -> Rate:
     hours = window_s / 3600.0
     return {
         "images_per_hour": round(done_in_window / hours, 1) if hours else 0.0,
@@ -37,68 +94,83 @@ def eta_seconds(remaining: int, images_per_hour: float) -> float | None:
     return remaining / images_per_hour * 3600.0 if images_per_hour > 0 else None
 
 
-def split_live(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(live, stalled) running images: stalled when the holder is a process of this host that is gone, or its
-    lease has expired (a worker elsewhere that stopped renewing it)."""
+def fetch_rows(job_id: int | None = None) -> StatusRows:
+    """The snapshot's rows (call inside a session)."""
+    now = db.server_time()
+    since = now - WINDOW_S
+    n_recent, pixels_recent = db.recent_done_totals(job_id, since)
+    return StatusRows(
+        job_id=job_id,
+        now=now,
+        counts=db.state_counts(job_id),
+        recent_intervals=db.recent_done_intervals(job_id, since),
+        n_recent=n_recent,
+        pixels_recent=pixels_recent,
+        running=db.running_rows(job_id),
+        latest_errors=db.latest_failed_rows(job_id, LATEST_ERRORS),
+    )
+
+
+def dead_holders(rows: Iterable[db.RunningRow]) -> set[str]:
+    """The lease holders that are processes of this host that are gone."""
     from tessq.worker import dead_local_workers
 
-    dead = set(dead_local_workers(sorted({w["worker"] for w in workers if w["worker"]})))
-    live, stalled = [], []
+    return set(dead_local_workers(sorted({r.worker for r in rows if r.worker})))
+
+
+def snapshot(job_id: int | None = None) -> dict[str, Any]:
+    """One job's live counts (every job's when job_id is None), as the JSON-ready dict (a `Snapshot`)."""
+    with db.session():
+        rows = fetch_rows(job_id)
+    uploads = db.UploadLedger().summary()
+    return dict(summarize(rows, dead_holders(rows.running), uploads))
+
+
+def worker_entry(row: db.RunningRow, now: float) -> WorkerEntry:
+    return {
+        "worker": row.worker,
+        "image": row.rel_path,
+        "seconds": round(now - (row.started_at or now), 1),
+        "attempt": row.attempts,
+        "lease_left_s": round((row.lease_until or now) - now, 1),
+    }
+
+
+def split_live(workers: list[WorkerEntry], dead: set[str]) -> tuple[list[WorkerEntry], list[WorkerEntry]]:
+    """(live, stalled) running images: stalled when the holder is one of `dead` (a process of this host that is
+    gone), or its lease has expired (a worker elsewhere that stopped renewing it)."""
+    live: list[WorkerEntry] = []
+    stalled: list[WorkerEntry] = []
     for w in workers:
         (stalled if w["worker"] in dead or w["lease_left_s"] < 0 else live).append(w)
     return live, stalled
 
 
-def snapshot(job_id: int | None = None) -> dict[str, Any]:
-    """One job's live counts (every job's when job_id is None)."""
-    with db.session():
-        now = db.server_time()
-        counts = state_counts(job_id)
-        window_start = now - WINDOW_S
-        # the rate over the last five minutes counts only the time images were being cut in them (the union of
-        # their intervals): the idle minutes before a resumed run, or between runs, do not dilute it
-        recent = Image.select(Image.started_at, Image.finished_at).where(
-            of_job((Image.status == db.DONE) & (Image.finished_at >= window_start)
-                   & Image.started_at.is_null(False), Image, job_id)).tuples()
-        busy = busy_seconds([(max(float(a), window_start), float(b)) for a, b in recent])
-        window = max(busy, 1.0) if busy else WINDOW_S
-        n_recent, bytes_recent = (
-            Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0))
-            .where(of_job((Image.status == db.DONE) & (Image.finished_at >= window_start), Image, job_id))
-            .tuples()
-            .first()
-        )
-        workers = [
-            {
-                "worker": r.worker,
-                "image": r.rel_path,
-                "seconds": round(now - (r.started_at or now), 1),
-                "attempt": r.attempts,
-                "lease_left_s": round((r.lease_until or now) - now, 1),
-            }
-            for r in Image.select(Image.worker, Image.rel_path, Image.started_at, Image.attempts, Image.lease_until)
-            .where(of_job(Image.status == db.RUNNING, Image, job_id))
-            .order_by(Image.worker)
-        ]
-        errors = [
-            {"file": r.rel_path, "type": r.error_type, "message": r.error_message}
-            for r in Image.select(Image.rel_path, Image.error_type, Image.error_message)
-            .where(of_job(Image.status == db.FAILED, Image, job_id))
-            .order_by(Image.finished_at.desc())
-            .limit(5)
-        ]
-    rate = throughput(int(n_recent), int(bytes_recent), window)
-    to_do = counts[db.DONE] + counts[db.FAILED] + counts[db.QUEUED] + counts[db.RUNNING]
-    finished = counts[db.DONE] + counts[db.FAILED]
-    remaining = counts[db.QUEUED] + counts[db.RUNNING]
-    workers, stalled = split_live(workers)
-    # "running" counts the images a live worker holds; those of dead workers (or expired leases) are "stalled":
-    # they go back to the queue when workers next start (or the reaper runs).
-    counts = dict(counts, running=counts[db.RUNNING] - len(stalled))
+def busy_hosts(workers: list[WorkerEntry]) -> dict[str, int]:
+    """Running images per host (the host part of host:pid), in the order the workers come."""
     hosts: dict[str, int] = {}
     for w in workers:
         host = (w["worker"] or "?").rpartition(":")[0]
         hosts[host] = hosts.get(host, 0) + 1
+    return hosts
+
+
+def summarize(rows: StatusRows, dead: set[str], uploads: db.UploadTotals) -> Snapshot:
+    """The snapshot of `rows`, `dead` being the lease holders known to be gone (pure: no database, no clock)."""
+    counts, now = rows.counts, rows.now
+    window_start = now - WINDOW_S
+    # the rate over the last five minutes counts only the time images were being cut in them (the union of
+    # their intervals): the idle minutes before a resumed run, or between runs, do not dilute it
+    busy = busy_seconds([(max(a, window_start), b) for a, b in rows.recent_intervals])
+    window = max(busy, 1.0) if busy else WINDOW_S
+    rate = throughput(rows.n_recent, rows.pixels_recent, window)
+    to_do = counts[db.DONE] + counts[db.FAILED] + counts[db.QUEUED] + counts[db.RUNNING]
+    finished = counts[db.DONE] + counts[db.FAILED]
+    remaining = counts[db.QUEUED] + counts[db.RUNNING]
+    workers, stalled = split_live([worker_entry(r, now) for r in rows.running], dead)
+    # "running" counts the images a live worker holds; those of dead workers (or expired leases) are "stalled":
+    # they go back to the queue when workers next start (or the reaper runs).
+    counts = dict(counts, running=counts[db.RUNNING] - len(stalled))
     return {
         "counts": counts,
         "progress": {"finished": finished, "total": to_do, "remaining": remaining},
@@ -107,10 +179,11 @@ def snapshot(job_id: int | None = None) -> dict[str, Any]:
         "eta_s": eta_seconds(remaining, rate["images_per_hour"]) if workers or not remaining else None,
         "workers": workers,
         "stalled": stalled,
-        "hosts": hosts,
-        "latest_errors": errors,
-        "uploads": db.UploadLedger().summary(),
-        "job_id": job_id,
+        "hosts": busy_hosts(workers),
+        "latest_errors": [{"file": e.rel_path, "type": e.error_type, "message": e.error_message}
+                          for e in rows.latest_errors],
+        "uploads": uploads,
+        "job_id": rows.job_id,
         "at": now,
     }
 
