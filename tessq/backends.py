@@ -122,7 +122,7 @@ class _SqliteDatabase(peewee.SqliteDatabase):
     def _connect(self) -> sqlite3.Connection:
         if self.connect_check is not None:
             self.connect_check()
-        return super()._connect()
+        return super()._connect()  # type: ignore[misc]  # peewee's connection hook, absent from its stubs
 
 
 class _SqliteStorage(SqliteStorage):
@@ -135,6 +135,7 @@ class _SqliteStorage(SqliteStorage):
     (queue.db.damaged-<time>) and replaced. The messages are then re-sent from the status table
     (queue.rebuild_if_changed, queue.repair_unqueued)."""
 
+    _conn: sqlite3.Connection | None  # huey's BaseSqlStorage sets it
     _identity: tuple[int, int] | None = None
     recreated = False  # this process created the file anew (missing or damaged): its messages must be re-sent
 
