@@ -150,7 +150,6 @@ def _counts(query: peewee.BaseQuery) -> dict[Any, int]:
     return {key: int(n) for key, n in _tuples(query)}
 
 
-
 # ---------------------------------------------------------------- connection and schema
 
 
@@ -167,8 +166,7 @@ def open_database(url: str) -> peewee.Database:
         path = Path(backends.sqlite_path(url))
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() and backends.remove_stale_journal(str(path)):  # never replay a dead file's WAL
-            log.warning("%s was missing: removed its stale -wal/-shm files before "
-                                               "creating it anew", path)
+            log.warning("%s was missing: removed its stale -wal/-shm files before creating it anew", path)
     global _held
     db = backends.make_database(url)
     database.initialize(db)
@@ -577,8 +575,8 @@ def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str, chec
             row.update(done)
             adopted += 1
     if adopted:
-        log.warning("kept %d image folder(s) already complete in %s as done (their "
-                                           "metadata matches the source and the options)", adopted, out)
+        log.warning("kept %d image folder(s) already complete in %s as done (their metadata matches the source "
+                    "and the options)", adopted, out)
     return adopted
 
 
