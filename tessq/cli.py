@@ -1,28 +1,34 @@
 """The `tessq` command line (typer): parse arguments, call tessq.pipeline and friends, print results.
 
 No logic lives here; every command is a thin wrapper so the Python API and the CLI behave the same.
+tessq.pipeline (and through it numpy, tifffile, the databases) is imported by the commands that run, so
+`tessq --version` and `--help` start in a fraction of that time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
 import sys
-import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 
-from tessq import __version__, defaults, pipeline
+from tessq import __version__, defaults
 from tessq.errors import TessqError
 from tessq.options import PNG_PRESETS, SliceOptions, parse_grid
+
+if TYPE_CHECKING:
+    from tessq import db
+    from tessq import scan as scan_mod
+    from tessq.settings import Workspace
 
 
 def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -51,7 +57,21 @@ app = typer.Typer(
 )
 console = Console(soft_wrap=True)  # paths in output stay on one line when piped
 err = Console(stderr=True, soft_wrap=True)  # never break an error message mid-path
-STATE: dict[str, Any] = {"workspace": None, "log_level": "INFO"}
+
+
+@dataclasses.dataclass
+class CliSettings:
+    """The global options (`tessq -w OUT --log-level X CMD`, or after the command), held in typer's ctx.obj."""
+
+    workspace: Path | None = None
+    log_level: str = "INFO"
+
+
+def settings() -> CliSettings:
+    """This invocation's global options (the defaults outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    found = ctx.find_object(CliSettings) if ctx is not None else None
+    return found if found is not None else CliSettings()
 
 # ------------------------------------------------------------------ shared options
 
@@ -96,6 +116,66 @@ CheckOutput = Annotated[str, typer.Option(
          "damaged ones are queued again.")]
 
 
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceFlags:
+    """The cut and scan flags `scan` and `run` share, declared once: `@slice_flags` turns each field into the
+    command's option of that type (help and default from the alias) and hands the command one SliceFlags."""
+
+    num_pieces: NumPieces = defaults.NUM_PIECES
+    grid: Grid = None
+    tile_size: TileSize = None
+    overlap: Overlap = 0
+    min_size: MinSize = defaults.MIN_IMAGE_SIZE
+    fmt: Format = defaults.SLICE_FORMAT
+    png: Png = defaults.PNG_PRESET
+    compress_level: CompressLevel = None
+    world_files: WorldFiles = False
+    series: Series = 0
+    self_check: SelfCheck = defaults.SELF_CHECK
+    follow_symlinks: FollowSymlinks = False
+    check_output: CheckOutput = "stat"
+
+    def options(self) -> SliceOptions:
+        """The cut options these flags ask for (ConfigError for a malformed --grid)."""
+        return SliceOptions(
+            num_pieces=self.num_pieces,
+            grid=parse_grid(self.grid) if self.grid else None,
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            min_size=self.min_size,
+            format=self.fmt,
+            png_preset=self.png,
+            compress_level=self.compress_level,
+            world_files=self.world_files,
+            series=self.series,
+            self_check=self.self_check,
+        )
+
+
+def slice_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Put SliceFlags' options where `command` has its `flags: SliceFlags` parameter, and call it with them."""
+    base = inspect.signature(command, eval_str=True)
+    hints = typing.get_type_hints(SliceFlags, include_extras=True)
+    fields = dataclasses.fields(SliceFlags)
+    flag_params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                     annotation=hints[f.name]) for f in fields]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = SliceFlags(**{f.name: kwargs.pop(f.name) for f in fields})
+        return command(*args, flags=flags, **kwargs)
+
+    params: list[inspect.Parameter] = []
+    for p in base.parameters.values():
+        params.extend(flag_params if p.name == "flags" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)])
+    wrapper.__signature__ = base.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must read the signature above, not the command's own
+    return wrapper
+
+
 WORKSPACE_HELP = (
     "The job's output folder OUT (its .tessq/ holds the job's state), or any folder holding a .tessq/. "
     "Default: found from OUT, else from the current folder and its parents."
@@ -137,11 +217,16 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, workspace_opt: Path | None = None, log_level_opt: str | None = None,
                 **kwargs: Any) -> Any:
+        given = settings()
         if workspace_opt is not None:
-            STATE["workspace"] = workspace_opt
+            given.workspace = workspace_opt
         if log_level_opt is not None:
-            STATE["log_level"] = log_level_opt.upper()
-        return command(*args, **kwargs)
+            given.log_level = log_level_opt.upper()
+        try:
+            return command(*args, **kwargs)
+        except Exception as exc:  # said here, where the options are known (a workspace that cannot be written)
+            _storage_failure(exc)
+            raise
 
     extra = [
         inspect.Parameter("workspace_opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=WorkspaceOpt),
@@ -153,34 +238,6 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
                                "workspace_opt": WorkspaceOpt, "log_level_opt": LogLevelOpt}
     del wrapper.__wrapped__  # typer must read the signature above, not the command's own
     return wrapper
-
-
-def build_options(
-    num_pieces: int,
-    grid: str | None,
-    tile_size: int | None,
-    overlap: int,
-    min_size: int,
-    fmt: str,
-    png: str,
-    compress_level: int | None,
-    world_files: bool,
-    series: int,
-    self_check: str = defaults.SELF_CHECK,
-) -> SliceOptions:
-    return SliceOptions(
-        num_pieces=num_pieces,
-        grid=parse_grid(grid) if grid else None,
-        tile_size=tile_size,
-        overlap=overlap,
-        min_size=min_size,
-        format=fmt,
-        png_preset=png,
-        compress_level=compress_level,
-        world_files=world_files,
-        series=series,
-        self_check=self_check,
-    )
 
 
 def fail(exc: Exception, code: int = defaults.EXIT_USAGE) -> None:
@@ -196,6 +253,7 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     workspace: Annotated[
         Path | None,
         typer.Option(
@@ -213,15 +271,17 @@ def root(
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    STATE["workspace"], STATE["log_level"] = workspace, log_level.upper()
+    ctx.obj = CliSettings(workspace, log_level.upper())
 
 
 def _open_job(command: str, out: Path | None = None, job_id: int | None = None,
-              require_job: bool = True, note: bool = True) -> tuple[Any, Any]:
+              require_job: bool = True, note: bool = True) -> tuple[Workspace, db.Job | None]:
     """The workspace and the job a reading command speaks of (settings.py has the rule); nothing is created.
     When several jobs share the database, says which one this is and how to pick another."""
+    from tessq import pipeline
+
     try:
-        ws = pipeline.open_workspace(STATE["workspace"], create=False, output_dir=out, command=command)
+        ws = pipeline.open_workspace(settings().workspace, create=False, output_dir=out, command=command)
         _legacy_note(ws, out)
         choice = pipeline.select_job(ws, out=out, job_id=job_id, require=require_job)
     except TessqError as exc:
@@ -234,17 +294,27 @@ def _open_job(command: str, out: Path | None = None, job_id: int | None = None,
     return ws, (choice.job if choice else None)
 
 
-def _legacy_note(ws: Any, out: Path | str | None) -> None:
+def _job_of(command: str, out: Path | None = None, job_id: int | None = None) -> db.Job:
+    """The job a command that needs one speaks of (_open_job refuses a workspace without a job)."""
+    _, job = _open_job(command, out, job_id)
+    assert job is not None  # require_job=True
+    return job
+
+
+def _legacy_note(ws: Workspace, out: Path | str | None) -> None:
     if ws.legacy and out is not None:
         from tessq.settings import legacy_message
 
         err.print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
 
 
-def _open_for(input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool, command: str) -> Any:
-    """scan/run: refuse bad locations and work-losing option changes before creating any file or folder."""
+def _open_for(input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool,
+              command: str) -> Workspace:
+    """scan: refuse bad locations and work-losing option changes before creating any file or folder."""
+    from tessq import pipeline
+
     pipeline.check_locations(input_dir, out)
-    ws = pipeline.open_workspace(STATE["workspace"], output_dir=out, command=command)
+    ws = pipeline.open_workspace(settings().workspace, output_dir=out, command=command)
     _legacy_note(ws, out)
     pipeline.check_job(input_dir, out, options, force_options=force_options)
     return ws
@@ -261,7 +331,7 @@ def _storage_failure(exc: Exception) -> None:
 
     ws = tq.workspace()  # what was being opened (None when the queue itself could not be set up)
     url = ws.db_url if ws is not None else os.environ.get("TESSQ_DB_URL")
-    where = ws.state_dir if ws is not None else STATE.get("workspace")
+    where = ws.state_dir if ws is not None else (settings().workspace or os.environ.get("TESSQ_WORKSPACE"))
     problem = db.storage_problem(exc, url, where)
     if problem is not None:
         fail(problem)
@@ -272,6 +342,7 @@ def _storage_failure(exc: Exception) -> None:
 
 @app.command()
 @global_options
+@slice_flags
 @interruptible
 def scan(
     input_dir: Annotated[Path, typer.Argument(help="Folder tree (or s3://BUCKET/PREFIX) to scan for TIFFs.")],
@@ -279,34 +350,24 @@ def scan(
         Path | None,
         typer.Option("--out", "-o", help="Output folder or s3://BUCKET/PREFIX (default: <IN>_tessq beside IN)."),
     ] = None,
-    num_pieces: NumPieces = defaults.NUM_PIECES,
-    grid: Grid = None,
-    tile_size: TileSize = None,
-    overlap: Overlap = 0,
-    min_size: MinSize = defaults.MIN_IMAGE_SIZE,
-    fmt: Format = defaults.SLICE_FORMAT,
-    png: Png = defaults.PNG_PRESET,
-    compress_level: CompressLevel = None,
-    world_files: WorldFiles = False,
-    series: Series = 0,
-    self_check: SelfCheck = defaults.SELF_CHECK,
-    follow_symlinks: FollowSymlinks = False,
-    check_output: CheckOutput = "stat",
+    *,
+    flags: SliceFlags,
     force_options: ForceOptions = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run.
 
     The job's state goes to OUT/.tessq/: `tessq workers OUT`, `tessq status OUT` (or run them inside OUT)."""
+    from tessq import pipeline
+
     try:
-        options = build_options(
-            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
-        )
+        options = flags.options()
         target = out or pipeline.default_output_dir(input_dir)
         ws = _open_for(input_dir, target, options, force_options, "scan")
-        pipeline.start_logging(STATE["log_level"], target)
-        summary = pipeline.scan_and_enqueue(input_dir, target, options, follow_symlinks=follow_symlinks, workspace=ws,
-                                            force_options=force_options, check_output=check_output)
+        pipeline.start_logging(settings().log_level, target)
+        summary = pipeline.scan_and_enqueue(input_dir, target, options, follow_symlinks=flags.follow_symlinks,
+                                            workspace=ws, force_options=force_options,
+                                            check_output=flags.check_output)
     except TessqError as exc:
         fail(exc)
     if as_json:
@@ -315,7 +376,9 @@ def scan(
     print_scan(summary)
 
 
-def print_scan(summary: Any) -> None:
+def print_scan(summary: scan_mod.ScanSummary) -> None:
+    from rich.table import Table
+
     table = Table(title=f"scan of {summary.input_dir}", show_header=False)
     table.add_row("TIFFs found", str(summary.found))
     table.add_row("queued (new)", str(summary.queued))
@@ -357,18 +420,16 @@ def workers(
     """Run worker processes until Ctrl-C/SIGTERM (graceful; twice = at once) or, with --drain, until done.
 
     They serve the queue of the job in OUT (or of the .tessq/ found from the current folder upwards)."""
-    import os
-
-    from tessq import worker
+    from tessq import pipeline, worker
 
     if legacy_n is not None:
         err.print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
                   "run): use --workers N")
         n_workers = n_workers or legacy_n
     _, job = _open_job("workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
-    pipeline.start_logging(STATE["log_level"], job.output_dir if job else None)
+    pipeline.start_logging(settings().log_level, job.output_dir if job else None)
     try:
-        outcome = worker.run_workers(n_workers or os.cpu_count() or 2, drain=drain)
+        outcome = worker.run_workers(n_workers or defaults.WORKERS, drain=drain)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         err.print("stopped at once; running images went back to the queue")
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
@@ -391,9 +452,13 @@ def status(
 
     Live in a terminal; piped, redirected or run from a notebook cell (`!tessq status`) it prints one
     snapshot, so it never blocks a script or a cell."""
+    import time
+
+    from rich.live import Live
+
     from tessq import status as st
 
-    _, job = _open_job("status", out, job_id)
+    job = _job_of("status", out, job_id)
     snap = functools.partial(st.snapshot, job.id)
     if as_json:
         console.print_json(json.dumps(snap()))
@@ -418,7 +483,9 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
 ) -> None:
     """One job's final report from the status table; also written to OUT/batch_report.json."""
-    _, job = _open_job("report", out, job_id)
+    from tessq import pipeline
+
+    job = _job_of("report", out, job_id)
     rep = pipeline.finish_report(job)
     if as_json:
         console.print_json(json.dumps(rep))
@@ -427,6 +494,8 @@ def report(
 
 
 def print_report(rep: dict[str, Any]) -> None:
+    from rich.table import Table
+
     job = rep.get("job") or {}
     title = f"batch_summary: {job['input_dir']} -> {job['output_dir']}" if job else "batch_summary"
     table = Table(title=title, show_header=False)
@@ -455,23 +524,13 @@ def print_report(rep: dict[str, Any]) -> None:
 
 @app.command()
 @global_options
+@slice_flags
 @interruptible
 def run(
     input_dir: Annotated[Path, typer.Argument(help="Input folder tree.")],
     output_dir: Annotated[Path, typer.Argument(help="Output folder.")],
-    num_pieces: NumPieces = defaults.NUM_PIECES,
-    grid: Grid = None,
-    tile_size: TileSize = None,
-    overlap: Overlap = 0,
-    min_size: MinSize = defaults.MIN_IMAGE_SIZE,
-    fmt: Format = defaults.SLICE_FORMAT,
-    png: Png = defaults.PNG_PRESET,
-    compress_level: CompressLevel = None,
-    world_files: WorldFiles = False,
-    series: Series = 0,
-    self_check: SelfCheck = defaults.SELF_CHECK,
-    follow_symlinks: FollowSymlinks = False,
-    check_output: CheckOutput = "stat",
+    *,
+    flags: SliceFlags,
     n_workers: Workers = None,
     force_options: ForceOptions = False,
     resume: Annotated[
@@ -481,49 +540,28 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Scan + workers until drained + report, in one go. Exit 0 if nothing failed, 3 if some images failed."""
-    import os
+    from tessq import pipeline
 
-    from tessq import worker
-
+    given = settings()
+    hooks = pipeline.RunHooks(on_workspace=lambda ws: _legacy_note(ws, output_dir),
+                              on_scan=None if as_json else print_scan,
+                              export=lambda job: _export_zip(None, None, job))
     try:
-        options = build_options(
-            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
+        request = pipeline.RunRequest(
+            input_dir, output_dir, flags.options(), resume=resume, follow_symlinks=flags.follow_symlinks,
+            check_output=flags.check_output, force_options=force_options, n_workers=n_workers or defaults.WORKERS,
+            zip=zip_, workspace=given.workspace, log_level=given.log_level,
         )
-        if resume:
-            ws = _open_for(input_dir, output_dir, options, force_options, "run")
-        else:  # --no-resume redoes every image on purpose: no option check
-            pipeline.check_locations(input_dir, output_dir)
-            ws = pipeline.open_workspace(STATE["workspace"], output_dir=output_dir, command="run")
-            pipeline.check_job(input_dir, output_dir, options, force_options=True)  # still one IN per OUT
-            pipeline.forget_job(input_dir)
-        pipeline.start_logging(STATE["log_level"], output_dir)
-        summary = pipeline.scan_and_enqueue(
-            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws,
-            force_options=force_options or not resume, check_output=check_output,
-        )
-        job = pipeline.select_job(ws, out=output_dir).job  # type: ignore[union-attr]
-    except TessqError as exc:
+        outcome = pipeline.run(request, hooks)
+    except TessqError as exc:  # refused before the work, or the status table was lost or damaged during it
         fail(exc)
-    if not as_json:
-        print_scan(summary)
-    try:
-        stopped_by = worker.run_workers(n_workers or os.cpu_count() or 2, drain=True).stopped_by
-        rep = pipeline.finish_report(job)
-    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
-        stopped_by = "signal"
-        rep = pipeline.finish_report(job)
-    except TessqError as exc:  # the status table was lost or damaged: no report from it (the old one is kept)
-        fail(exc)
-    if zip_ and stopped_by == "drained":
-        _export_zip(None, None, job)
     if as_json:
-        console.print_json(json.dumps(rep))
+        console.print_json(json.dumps(outcome.report))
     else:
-        print_report(rep)
-    if stopped_by != "drained":
+        print_report(outcome.report)
+    if outcome.stopped_by != pipeline.DRAINED:
         err.print("interrupted: run the same command again to resume")
-        raise typer.Exit(defaults.EXIT_INTERRUPTED)
-    raise typer.Exit(defaults.EXIT_SOME_FAILED if rep["batch_summary"]["errors"] else defaults.EXIT_OK)
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
@@ -541,7 +579,9 @@ def retry(
     ] = None,
 ) -> None:
     """Re-queue failed images (fresh attempts) and images `tessq verify` found different; run `tessq workers`."""
-    _, job = _open_job("retry", out, job_id)
+    from tessq import pipeline
+
+    job = _job_of("retry", out, job_id)
     n = pipeline.retry_failed(error_type, job, different)
     console.print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
 
@@ -559,7 +599,11 @@ def verify(
     ] = None,
 ) -> None:
     """Reassemble every done image and compare it bit for bit with its source; record the verdict."""
-    _, job = _open_job("verify", out, job_id)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tessq import pipeline
+
+    job = _job_of("verify", out, job_id)
     with Progress(
         TextColumn("verify"),
         BarColumn(),
@@ -591,7 +635,11 @@ def verify(
         raise typer.Exit(defaults.EXIT_SOME_FAILED)
 
 
-def _export_zip(path: Path | None, folder: str | None, job: Any = None) -> dict[str, Any]:
+def _export_zip(path: Path | None, folder: str | None, job: db.Job | None = None) -> dict[str, Any]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from tessq import pipeline
+
     with Progress(
         TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
     ) as bar:
@@ -640,6 +688,10 @@ def upload(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel transfers.")] = 8,
 ) -> None:
     """Upload one job's done images and reports to S3; resumable and checksummed."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from tessq import pipeline
+
     _, job = _open_job("upload", out, job_id)
     with Progress(
         TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
@@ -673,7 +725,8 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Where to create the sample tree and its output.")] = Path(
         "tessq-demo"
     ),
-    n_workers: Annotated[int, typer.Option("--workers", "--max-workers", min=1, help="Worker processes.")] = 2,
+    n_workers: Annotated[int, typer.Option("--workers", "--max-workers", min=1, help="Worker processes.")] = (
+        defaults.WORKERS),
 ) -> None:
     """Generate a realistic sample tree, then scan, run, report and verify it end to end."""
     from tessq import demo as demo_mod
