@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 
@@ -41,9 +40,6 @@ def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("interrupted: run the same command again to resume")
             raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
-        except Exception as exc:  # a workspace that cannot be written, a database that cannot be reached
-            _storage_failure(exc)
-            raise
 
     return wrapper
 
@@ -67,10 +63,9 @@ class CliSettings:
     log_level: str = "INFO"
 
 
-def settings() -> CliSettings:
-    """This invocation's global options (the defaults outside a command)."""
-    ctx = click.get_current_context(silent=True)
-    found = ctx.find_object(CliSettings) if ctx is not None else None
+def _settings_of(ctx: typer.Context) -> CliSettings:
+    """The global options the root callback put in the invocation's context (defaults if it did not run)."""
+    found = ctx.find_object(CliSettings)
     return found if found is not None else CliSettings()
 
 # ------------------------------------------------------------------ shared options
@@ -211,30 +206,33 @@ ForceOptions = Annotated[
 
 
 def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Also accept the global --workspace/-w and --log-level after the command (`tessq status -w OUT`)."""
+    """Also accept the global --workspace/-w and --log-level after the command (`tessq status -w OUT`); a
+    command with a `cli: CliSettings` parameter is given the invocation's global options in it."""
     base = inspect.signature(command, eval_str=True)
+    wants_cli = "cli" in base.parameters
 
     @functools.wraps(command)
-    def wrapper(*args: Any, workspace_opt: Path | None = None, log_level_opt: str | None = None,
-                **kwargs: Any) -> Any:
-        given = settings()
+    def wrapper(*args: Any, typer_ctx: typer.Context, workspace_opt: Path | None = None,
+                log_level_opt: str | None = None, **kwargs: Any) -> Any:
+        given = _settings_of(typer_ctx)
         if workspace_opt is not None:
             given.workspace = workspace_opt
         if log_level_opt is not None:
             given.log_level = log_level_opt.upper()
         try:
-            return command(*args, **kwargs)
-        except Exception as exc:  # said here, where the options are known (a workspace that cannot be written)
-            _storage_failure(exc)
+            return command(*args, **kwargs, **({"cli": given} if wants_cli else {}))
+        except Exception as exc:  # a workspace that cannot be written, a database that cannot be reached
+            _storage_failure(exc, given)
             raise
 
     extra = [
+        inspect.Parameter("typer_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         inspect.Parameter("workspace_opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=WorkspaceOpt),
         inspect.Parameter("log_level_opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LogLevelOpt),
     ]
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base.parameters.values()]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base.parameters.values() if p.name != "cli"]
     wrapper.__signature__ = base.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**{p.name: p.annotation for p in params},
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, "typer_ctx": typer.Context,
                                "workspace_opt": WorkspaceOpt, "log_level_opt": LogLevelOpt}
     del wrapper.__wrapped__  # typer must read the signature above, not the command's own
     return wrapper
@@ -274,29 +272,29 @@ def root(
     ctx.obj = CliSettings(workspace, log_level.upper())
 
 
-def _open_job(command: str, out: Path | None = None, job_id: int | None = None,
+def _open_job(cli: CliSettings, command: str, out: Path | None = None, job_id: int | None = None,
               require_job: bool = True, note: bool = True) -> tuple[Workspace, db.Job | None]:
     """The workspace and the job a reading command speaks of (settings.py has the rule); nothing is created.
     When several jobs share the database, says which one this is and how to pick another."""
     from tessq import pipeline
 
     try:
-        ws = pipeline.open_workspace(settings().workspace, create=False, output_dir=out, command=command)
+        ws = pipeline.open_workspace(cli.workspace, create=False, output_dir=out, command=command)
         _legacy_note(ws, out)
         choice = pipeline.select_job(ws, out=out, job_id=job_id, require=require_job)
     except TessqError as exc:
         fail(exc)
     except Exception as exc:
-        _storage_failure(exc)
+        _storage_failure(exc, cli)
         raise
     if note and choice is not None and choice.note:
         err.print(f"[yellow]note:[/yellow] {choice.note}")
     return ws, (choice.job if choice else None)
 
 
-def _job_of(command: str, out: Path | None = None, job_id: int | None = None) -> db.Job:
+def _job_of(cli: CliSettings, command: str, out: Path | None = None, job_id: int | None = None) -> db.Job:
     """The job a command that needs one speaks of (_open_job refuses a workspace without a job)."""
-    _, job = _open_job(command, out, job_id)
+    _, job = _open_job(cli, command, out, job_id)
     assert job is not None  # require_job=True
     return job
 
@@ -308,19 +306,19 @@ def _legacy_note(ws: Workspace, out: Path | str | None) -> None:
         err.print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
 
 
-def _open_for(input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool,
+def _open_for(cli: CliSettings, input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool,
               command: str) -> Workspace:
     """scan: refuse bad locations and work-losing option changes before creating any file or folder."""
     from tessq import pipeline
 
     pipeline.check_locations(input_dir, out)
-    ws = pipeline.open_workspace(settings().workspace, output_dir=out, command=command)
+    ws = pipeline.open_workspace(cli.workspace, output_dir=out, command=command)
     _legacy_note(ws, out)
     pipeline.check_job(input_dir, out, options, force_options=force_options)
     return ws
 
 
-def _storage_failure(exc: Exception) -> None:
+def _storage_failure(exc: Exception, cli: CliSettings | None = None) -> None:
     """Exit with one line (exit code 2) when `exc` is a failure to open or write the workspace's databases."""
     if isinstance(exc, (TessqError, typer.Exit)):
         return
@@ -331,7 +329,7 @@ def _storage_failure(exc: Exception) -> None:
 
     ws = tq.workspace()  # what was being opened (None when the queue itself could not be set up)
     url = ws.db_url if ws is not None else os.environ.get("TESSQ_DB_URL")
-    where = ws.state_dir if ws is not None else (settings().workspace or os.environ.get("TESSQ_WORKSPACE"))
+    where = ws.state_dir if ws is not None else (cli.workspace if cli else os.environ.get("TESSQ_WORKSPACE"))
     problem = db.storage_problem(exc, url, where)
     if problem is not None:
         fail(problem)
@@ -351,6 +349,7 @@ def scan(
         typer.Option("--out", "-o", help="Output folder or s3://BUCKET/PREFIX (default: <IN>_tessq beside IN)."),
     ] = None,
     *,
+    cli: CliSettings,
     flags: SliceFlags,
     force_options: ForceOptions = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -363,8 +362,8 @@ def scan(
     try:
         options = flags.options()
         target = out or pipeline.default_output_dir(input_dir)
-        ws = _open_for(input_dir, target, options, force_options, "scan")
-        pipeline.start_logging(settings().log_level, target)
+        ws = _open_for(cli, input_dir, target, options, force_options, "scan")
+        pipeline.start_logging(cli.log_level, target)
         summary = pipeline.scan_and_enqueue(input_dir, target, options, follow_symlinks=flags.follow_symlinks,
                                             workspace=ws, force_options=force_options,
                                             check_output=flags.check_output)
@@ -416,6 +415,8 @@ def workers(
     n_workers: Workers = None,
     legacy_n: Annotated[int | None, typer.Option("--n", "-n", min=1, hidden=True)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when nothing is left to do.")] = False,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Run worker processes until Ctrl-C/SIGTERM (graceful; twice = at once) or, with --drain, until done.
 
@@ -426,8 +427,8 @@ def workers(
         err.print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
                   "run): use --workers N")
         n_workers = n_workers or legacy_n
-    _, job = _open_job("workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
-    pipeline.start_logging(settings().log_level, job.output_dir if job else None)
+    _, job = _open_job(cli, "workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
+    pipeline.start_logging(cli.log_level, job.output_dir if job else None)
     try:
         outcome = worker.run_workers(n_workers or defaults.WORKERS, drain=drain)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
@@ -447,6 +448,8 @@ def status(
         "--once", help="Print one snapshot and exit (the default when output is not a terminal).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one snapshot as JSON and exit.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="Refresh every N seconds.")] = 2.0,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Live view: counts by state, progress and ETA, throughput, what each worker holds, latest errors.
 
@@ -458,7 +461,7 @@ def status(
 
     from tessq import status as st
 
-    job = _job_of("status", out, job_id)
+    job = _job_of(cli, "status", out, job_id)
     snap = functools.partial(st.snapshot, job.id)
     if as_json:
         console.print_json(json.dumps(snap()))
@@ -481,11 +484,13 @@ def report(
     out: OutArg = None,
     job_id: JobOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    *,
+    cli: CliSettings,
 ) -> None:
     """One job's final report from the status table; also written to OUT/batch_report.json."""
     from tessq import pipeline
 
-    job = _job_of("report", out, job_id)
+    job = _job_of(cli, "report", out, job_id)
     rep = pipeline.finish_report(job)
     if as_json:
         console.print_json(json.dumps(rep))
@@ -530,6 +535,7 @@ def run(
     input_dir: Annotated[Path, typer.Argument(help="Input folder tree.")],
     output_dir: Annotated[Path, typer.Argument(help="Output folder.")],
     *,
+    cli: CliSettings,
     flags: SliceFlags,
     n_workers: Workers = None,
     force_options: ForceOptions = False,
@@ -542,7 +548,6 @@ def run(
     """Scan + workers until drained + report, in one go. Exit 0 if nothing failed, 3 if some images failed."""
     from tessq import pipeline
 
-    given = settings()
     hooks = pipeline.RunHooks(on_workspace=lambda ws: _legacy_note(ws, output_dir),
                               on_scan=None if as_json else print_scan,
                               export=lambda job: _export_zip(None, None, job))
@@ -550,7 +555,7 @@ def run(
         request = pipeline.RunRequest(
             input_dir, output_dir, flags.options(), resume=resume, follow_symlinks=flags.follow_symlinks,
             check_output=flags.check_output, force_options=force_options, n_workers=n_workers or defaults.WORKERS,
-            zip=zip_, workspace=given.workspace, log_level=given.log_level,
+            zip=zip_, workspace=cli.workspace, log_level=cli.log_level,
         )
         outcome = pipeline.run(request, hooks)
     except TessqError as exc:  # refused before the work, or the status table was lost or damaged during it
@@ -577,11 +582,13 @@ def retry(
         "--different/--no-different",
         help="Also re-queue done images `tessq verify` found different (default: yes, unless --type is given).")
     ] = None,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Re-queue failed images (fresh attempts) and images `tessq verify` found different; run `tessq workers`."""
     from tessq import pipeline
 
-    job = _job_of("retry", out, job_id)
+    job = _job_of(cli, "retry", out, job_id)
     n = pipeline.retry_failed(error_type, job, different)
     console.print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
 
@@ -597,13 +604,15 @@ def verify(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Processes checking images in parallel (default: cores).")
     ] = None,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Reassemble every done image and compare it bit for bit with its source; record the verdict."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tessq import pipeline
 
-    job = _job_of("verify", out, job_id)
+    job = _job_of(cli, "verify", out, job_id)
     with Progress(
         TextColumn("verify"),
         BarColumn(),
@@ -662,10 +671,12 @@ def export(
     job_id: JobOpt = None,
     zip_: Annotated[bool, typer.Option("--zip", help="Write a ZIP archive (the only format today).")] = True,
     folder: Annotated[str | None, typer.Option("--folder", help="Only this sub-folder of the output.")] = None,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Package one job's done images and reports into a ZIP: `tessq export --zip [PATH] [--out OUT]` (streamed,
     ZIP64, checked; the job's .tessq/ state is never in it)."""
-    _, job = _open_job("export", out, job_id)
+    _, job = _open_job(cli, "export", out, job_id)
     try:
         _export_zip(path, folder, job)
     except TessqError as exc:
@@ -686,13 +697,15 @@ def upload(
         str | None, typer.Option("--profile", help="AWS profile name (else the standard credential chain).")
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel transfers.")] = 8,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Upload one job's done images and reports to S3; resumable and checksummed."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from tessq import pipeline
 
-    _, job = _open_job("upload", out, job_id)
+    _, job = _open_job(cli, "upload", out, job_id)
     with Progress(
         TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
     ) as bar:
