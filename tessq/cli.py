@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from tessq import __version__, defaults
 from tessq.errors import TessqError
 from tessq.options import PNG_PRESETS, SliceOptions, parse_grid
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from tessq import db
     from tessq import scan as scan_mod
     from tessq.settings import Workspace
@@ -38,7 +39,7 @@ def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            err.print("interrupted: run the same command again to resume")
+            stderr().print("interrupted: run the same command again to resume")
             raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
 
     return wrapper
@@ -51,8 +52,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # an unexpected error is one line (main), never a 60-line rich traceback
     help="Cut folders of large TIFFs into exact, lossless pieces: scan, run workers, watch, report, verify, ship.",
 )
-console = Console(soft_wrap=True)  # paths in output stay on one line when piped
-err = Console(stderr=True, soft_wrap=True)  # never break an error message mid-path
+
+
+@functools.cache
+def stdout() -> Console:
+    """The command output (made on first use: `tessq --version` never loads rich)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)  # paths in output stay on one line when piped
+
+
+@functools.cache
+def stderr() -> Console:
+    """Errors, notes and progress bars (made on first use, as stdout())."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)  # never break an error message mid-path
 
 
 @dataclasses.dataclass
@@ -239,13 +254,13 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(exc: Exception, code: int = defaults.EXIT_USAGE) -> None:
-    err.print(f"[red]error:[/red] {exc}")
+    stderr().print(f"[red]error:[/red] {exc}")
     raise typer.Exit(code)
 
 
 def version_callback(value: bool) -> None:
     if value:
-        console.print(f"tessq {__version__}")
+        print(f"tessq {__version__}")  # what rich would print, without loading it
         raise typer.Exit()
 
 
@@ -288,7 +303,7 @@ def _open_job(cli: CliSettings, command: str, out: Path | None = None, job_id: i
         _storage_failure(exc, cli)
         raise
     if note and choice is not None and choice.note:
-        err.print(f"[yellow]note:[/yellow] {choice.note}")
+        stderr().print(f"[yellow]note:[/yellow] {choice.note}")
     return ws, (choice.job if choice else None)
 
 
@@ -303,7 +318,7 @@ def _legacy_note(ws: Workspace, out: Path | str | None) -> None:
     if ws.legacy and out is not None:
         from tessq.settings import legacy_message
 
-        err.print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
+        stderr().print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
 
 
 def _open_for(cli: CliSettings, input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool,
@@ -370,7 +385,7 @@ def scan(
     except TessqError as exc:
         fail(exc)
     if as_json:
-        console.print_json(json.dumps(summary.as_dict()))
+        stdout().print_json(json.dumps(summary.as_dict()))
         return
     print_scan(summary)
 
@@ -400,11 +415,11 @@ def print_scan(summary: scan_mod.ScanSummary) -> None:
     for label, n in sorted(others.items()):
         table.add_row(label, str(n))
     table.add_row("output", summary.output_dir)
-    console.print(table)
+    stdout().print(table)
     # each skipped file/folder and each image queued again is named by the scan's log (console and
     # OUT/batch_processing.log) and by `tessq scan --json`
     for f in summary.failed_at_scan[:10]:
-        err.print(f"[yellow]unreadable:[/yellow] {f['message']}")
+        stderr().print(f"[yellow]unreadable:[/yellow] {f['message']}")
 
 
 @app.command()
@@ -424,7 +439,7 @@ def workers(
     from tessq import pipeline, worker
 
     if legacy_n is not None:
-        err.print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
+        stderr().print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
                   "run): use --workers N")
         n_workers = n_workers or legacy_n
     _, job = _open_job(cli, "workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
@@ -432,11 +447,12 @@ def workers(
     try:
         outcome = worker.run_workers(n_workers or defaults.WORKERS, drain=drain)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
-        err.print("stopped at once; running images went back to the queue")
+        stderr().print("stopped at once; running images went back to the queue")
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
     except TessqError as exc:  # the status table was lost or damaged, or the supervisor gave up
         fail(exc)
-    console.print(f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, re-enqueued {outcome.repaired}")
+    stdout().print(f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, "
+                   f"re-enqueued {outcome.repaired}")
 
 
 @app.command()
@@ -464,13 +480,13 @@ def status(
     job = _job_of(cli, "status", out, job_id)
     snap = functools.partial(st.snapshot, job.id)
     if as_json:
-        console.print_json(json.dumps(snap()))
+        stdout().print_json(json.dumps(snap()))
         return
-    if once or not console.is_terminal:
-        console.print(st.render(snap()))
+    if once or not stdout().is_terminal:
+        stdout().print(st.render(snap()))
         return
     try:
-        with Live(st.render(snap()), console=console, refresh_per_second=4) as live:
+        with Live(st.render(snap()), console=stdout(), refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
                 live.update(st.render(snap()))
@@ -493,7 +509,7 @@ def report(
     job = _job_of(cli, "report", out, job_id)
     rep = pipeline.finish_report(job)
     if as_json:
-        console.print_json(json.dumps(rep))
+        stdout().print_json(json.dumps(rep))
     else:
         print_report(rep)
 
@@ -506,25 +522,25 @@ def print_report(rep: dict[str, Any]) -> None:
     table = Table(title=title, show_header=False)
     for key, value in rep["batch_summary"].items():
         table.add_row(key, str(value))
-    console.print(table)
+    stdout().print(table)
     for reason, n in rep["skip_reasons"].items():
-        console.print(f"skipped ({reason}): {n}")
+        stdout().print(f"skipped ({reason}): {n}")
     skipped = rep.get("skipped", [])
     for e in skipped[:20]:
-        console.print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
+        stdout().print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
     if len(skipped) > 20:
-        console.print(f"... and {len(skipped) - 20} more skipped (tessq report --json lists them all)")
+        stdout().print(f"... and {len(skipped) - 20} more skipped (tessq report --json lists them all)")
     states = rep["states"]
     if states.get("queued") or states.get("running"):
-        console.print(f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
+        stdout().print(f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
                       "(`tessq workers` processes them; `tessq status` watches)")
         for u in rep.get("unfinished", [])[:20]:
             holder = f" ({u['worker']})" if u.get("worker") else ""
-            console.print(f"  {u['status']}: {u['file']}{holder}")
+            stdout().print(f"  {u['status']}: {u['file']}{holder}")
     for e in rep["errors"][:20]:
-        err.print(f"[red]{e['type']}[/red] {e['message']}")
+        stderr().print(f"[red]{e['type']}[/red] {e['message']}")
     if len(rep["errors"]) > 20:
-        err.print(f"... and {len(rep['errors']) - 20} more errors (tessq report --json)")
+        stderr().print(f"... and {len(rep['errors']) - 20} more errors (tessq report --json)")
 
 
 @app.command()
@@ -561,11 +577,11 @@ def run(
     except TessqError as exc:  # refused before the work, or the status table was lost or damaged during it
         fail(exc)
     if as_json:
-        console.print_json(json.dumps(outcome.report))
+        stdout().print_json(json.dumps(outcome.report))
     else:
         print_report(outcome.report)
     if outcome.stopped_by != pipeline.DRAINED:
-        err.print("interrupted: run the same command again to resume")
+        stderr().print("interrupted: run the same command again to resume")
     raise typer.Exit(outcome.exit_code)
 
 
@@ -590,7 +606,7 @@ def retry(
 
     job = _job_of(cli, "retry", out, job_id)
     n = pipeline.retry_failed(error_type, job, different)
-    console.print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
+    stdout().print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
 
 
 @app.command()
@@ -619,7 +635,7 @@ def verify(
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
-        console=err,
+        console=stderr(),
         transient=True,
     ) as bar:
         task = bar.add_task("", total=None)
@@ -629,17 +645,17 @@ def verify(
 
         result = pipeline.verify_done(tick, sample, job, workers)
     if as_json:
-        console.print_json(json.dumps(result))
+        stdout().print_json(json.dumps(result))
     else:
-        console.print(
+        stdout().print(
             f"checked {result['checked']}: {result['identical']} identical, {len(result['different'])} different"
         )
         for detail in result["details"]:
-            err.print(f"[red]not identical:[/red] {detail['file']}")
+            stderr().print(f"[red]not identical:[/red] {detail['file']}")
             for p in detail["problems"]:
-                err.print(f"  {p['kind']}: {p['file'] or '(image)'}: {p['detail']}")
+                stderr().print(f"  {p['kind']}: {p['file'] or '(image)'}: {p['detail']}")
             if detail["problems_total"] > len(detail["problems"]):
-                err.print(f"  ... {detail['problems_total'] - len(detail['problems'])} more")
+                stderr().print(f"  ... {detail['problems_total'] - len(detail['problems'])} more")
     if result["different"]:
         raise typer.Exit(defaults.EXIT_SOME_FAILED)
 
@@ -650,12 +666,12 @@ def _export_zip(path: Path | None, folder: str | None, job: db.Job | None = None
     from tessq import pipeline
 
     with Progress(
-        TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+        TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr(), transient=True
     ) as bar:
         task = bar.add_task("zip", total=None)
         result = pipeline.export_zip(path, folder, lambda done, total: bar.update(task, completed=done, total=total),
                                      job=job)
-    console.print(
+    stdout().print(
         f"wrote {result['path']}: {result['entries']} entries, {result['bytes'] / 1e6:.1f} MB, "
         f"verified={result['verified']}"
     )
@@ -707,7 +723,7 @@ def upload(
 
     _, job = _open_job(cli, "upload", out, job_id)
     with Progress(
-        TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+        TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr(), transient=True
     ) as bar:
         task = bar.add_task("upload", total=None)
         try:
@@ -721,13 +737,13 @@ def upload(
             )
         except TessqError as exc:
             fail(exc, 1)
-    console.print(
+    stdout().print(
         f"uploaded {result['uploaded']} file(s), skipped {result['skipped']} already there, "
         f"{result['bytes_uploaded'] / 1e6:.1f} MB; verified {result.get('verified', 0)} objects in the target"
     )
     if result.get("failed"):
         for f in result["failed"]:
-            err.print(f"[red]failed:[/red] {f}")
+            stderr().print(f"[red]failed:[/red] {f}")
         raise typer.Exit(1)
 
 
@@ -744,7 +760,7 @@ def demo(
     """Generate a realistic sample tree, then scan, run, report and verify it end to end."""
     from tessq import demo as demo_mod
 
-    code = demo_mod.run_demo(directory, n_workers, console)
+    code = demo_mod.run_demo(directory, n_workers, stdout())
     raise typer.Exit(code)
 
 
@@ -755,7 +771,7 @@ def main() -> None:
     try:
         app()
     except TessqError as exc:  # anything not caught by a command still prints as one clear line
-        err.print(f"[red]error:[/red] {exc}")
+        stderr().print(f"[red]error:[/red] {exc}")
         sys.exit(defaults.EXIT_USAGE)
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -766,7 +782,7 @@ def main() -> None:
             sys.exit(stop.exit_code)
         if os.environ.get("TESSQ_DEBUG"):
             raise
-        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "
+        stderr().print(f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "
                   f"please report it if the input looks valid)")
         sys.exit(1)
 
