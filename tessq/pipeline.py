@@ -1,7 +1,8 @@
 """What each command does, as plain functions shared by the CLI and the Python API.
 
 scan -> enqueue, workers (drain) -> report, retry, verify: each opens the workspace, calls the
-modules that own the work, and returns plain data for the caller to print.
+modules that own the work, and returns plain data for the caller to print. `run(RunRequest)` is the
+whole run (scan, workers, report, zip) written once for `tessq run`, `tessq demo` and the Python API.
 """
 
 from __future__ import annotations

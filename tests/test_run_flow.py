@@ -92,3 +92,31 @@ def test_a_bound_workspace_gives_the_previous_binding_back(tmp_path: Path, clean
         assert db.sqlite_file() == first.db_file()
     assert tq.workspace() == second
     assert db.sqlite_file() == second.db_file()
+
+
+def test_scan_and_run_take_the_same_slice_flags() -> None:
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from tessq import cli
+
+    runner = CliRunner()
+    shown = {c: runner.invoke(cli.app, [c, "--help"], env={"COLUMNS": "200"}).output for c in ("scan", "run")}
+    for field in dataclasses.fields(cli.SliceFlags):
+        flag = "--format" if field.name == "fmt" else "--" + field.name.replace("_", "-")
+        assert flag in shown["scan"] and flag in shown["run"], flag
+
+
+def test_the_global_workspace_option_reaches_the_command_before_or_after_it(tmp_path: Path, clean_env: None) -> None:
+    write_tiff(tmp_path / "in/a.tif", seed=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSQ_")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tessq_cmd("scan", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--min-size", "0", env=env,
+              cwd=tmp_path, check=True)
+    for args in (["-w", str(tmp_path / "out"), "status", "--json"], ["status", "--json", "-w", str(tmp_path / "out")]):
+        proc = tessq_cmd(*args, env=env, cwd=elsewhere)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["counts"]["queued"] == 1
+    assert not (elsewhere / defaults.WORKSPACE_DIRNAME).exists()
