@@ -1,7 +1,8 @@
 """The seed's Python API: BatchJob (the settings) and BatchTesselator (runs the batch, returns the report).
 
-It drives the same queue, workers and status table as the CLI: the scan runs in this process, the
-workers run as a `tessq workers --drain` child process (safe inside Jupyter, which must not fork).
+It drives the same run flow (pipeline.run_opened), queue, workers and status table as the CLI: the scan
+runs in this process, the workers run as a `tessq workers --drain` child process (safe inside Jupyter,
+which must not fork).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tessq import defaults, pipeline
+from tessq import db, defaults, pipeline
 from tessq.options import SliceOptions
 
 
@@ -47,7 +48,7 @@ class BatchJob:
     input_dir: str | Path
     output_dir: str | Path
     num_pieces: int = defaults.NUM_PIECES
-    max_workers: int = 4
+    max_workers: int = defaults.API_WORKERS  # the seed's 4, not one per core: see defaults.API_WORKERS
     min_image_size: int = defaults.MIN_IMAGE_SIZE
     skip_existing: bool = True
     resume_mode: bool = True
@@ -81,50 +82,39 @@ class BatchJob:
 
 
 class BatchTesselator:
-    """Runs a BatchJob: scan, workers until drained, report (also written to OUT/batch_report.json)."""
+    """Runs a BatchJob: scan, workers until drained, report (also written to OUT/batch_report.json).
+
+    It holds its own workspace and binds it around each call (pipeline.bound), so two batches with
+    different workspaces in one notebook never redirect each other's scan or report."""
 
     def __init__(self, job: BatchJob) -> None:
         self.job = job
-        inp, out = _location(job.input_dir), _location(job.output_dir)
-        pipeline.check_locations(inp, out)  # bad locations and lost work are refused before anything is written
-        self.workspace = pipeline.open_workspace(job.workspace, output_dir=out)
-        if job.skip_existing and job.resume_mode:
-            pipeline.check_job(inp, out, job.slice_options(), force_options=job.force_options)
-        # the console (stderr) at log_level, as the seed logged; the file OUT/batch_processing.log as always
-        pipeline.start_logging(job.log_level, out.resolve() if isinstance(out, Path) else out, console=True)
+        # bad locations and lost work are refused before anything is written; the console (stderr) logs at
+        # log_level, as the seed did, and OUT/batch_processing.log as always
+        self.workspace = pipeline.open_run(self.request())
         if self.workspace.legacy:
             from tessq.settings import legacy_message
 
-            pipeline.log.warning("%s", legacy_message(self.workspace, out))
+            pipeline.log.warning("%s", legacy_message(self.workspace, _location(job.output_dir)))
 
-    def _activate(self) -> None:
-        """Point the process-wide database and queue at this batch's workspace again.
-
-        They are module-level, so a second BatchTesselator (another workspace) in the same notebook
-        would otherwise redirect this one's scan and report.
-        """
-        pipeline.open_workspace(self.workspace.root)
+    def request(self) -> pipeline.RunRequest:
+        """The run this BatchJob asks for (read at each call: a caller may change `self.job` in between)."""
+        job = self.job
+        return pipeline.RunRequest(
+            _location(job.input_dir), _location(job.output_dir), job.slice_options(),
+            resume=job.skip_existing and job.resume_mode, follow_symlinks=job.follow_symlinks,
+            check_output=job.check_output, force_options=job.force_options, n_workers=job.max_workers,
+            workspace=job.workspace, log_level=job.log_level,
+        )
 
     def scan(self) -> dict[str, Any]:
         """Record and queue the tree; returns the scan summary (found, queued, skipped, ...)."""
-        self._activate()
-        job = self.job
-        if not (job.skip_existing and job.resume_mode):
-            pipeline.forget_job(_location(job.input_dir))
-        summary = pipeline.scan_and_enqueue(
-            _location(job.input_dir),
-            _location(job.output_dir),
-            job.slice_options(),
-            follow_symlinks=job.follow_symlinks,
-            workspace=self.workspace,
-            check_output=job.check_output,
-            force_options=job.force_options or not (job.skip_existing and job.resume_mode),
-        )
-        return summary.as_dict()
+        with pipeline.bound(self.workspace):
+            return pipeline.scan_run(self.request(), self.workspace).as_dict()
 
-    def _job(self) -> Any:
+    def _job(self) -> db.Job | None:
         """This batch's row in the status table, found by its output folder (None before its first scan)."""
-        from tessq import db, remote
+        from tessq import remote
 
         with db.session():
             return db.Job.get_or_none(db.Job.output_dir == str(remote.resolve(_location(self.job.output_dir))))
@@ -141,10 +131,14 @@ class BatchTesselator:
         Returns the child's exit status (0); raises RuntimeError with its last output if it fails.
         Ctrl-C (interrupting the notebook cell) stops the workers gracefully; run again to resume.
         """
+        with pipeline.bound(self.workspace):
+            return self._process_bound(on_progress, poll_s, progress)
+
+    def _process_bound(self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float,
+                       progress: bool) -> int:
         from tessq import status
         from tessq.progress import BatchProgress
 
-        self._activate()
         row = self._job()
         job_id = row.id if row is not None else None
         shown = BatchProgress() if progress else None
@@ -204,8 +198,8 @@ class BatchTesselator:
 
     def report(self) -> dict[str, Any]:
         """The report from the status table (what `tessq report --json` prints); also OUT/batch_report.json."""
-        self._activate()
-        return pipeline.finish_report(self._job())
+        with pipeline.bound(self.workspace):
+            return pipeline.finish_report(self._job())
 
     def run_batch(self, on_progress: Callable[[dict[str, Any]], None] | None = None,
                   progress: bool = True) -> dict[str, Any]:
@@ -214,9 +208,13 @@ class BatchTesselator:
         progress=True (the default) shows the progress as it goes: a bar in a terminal, a line redrawn in place
         in a notebook, a log line every 30 s elsewhere; the console log (stderr, at log_level) says what
         each step and worker does. progress=False keeps only the log."""
-        self.scan()
-        self.process(on_progress, progress=progress)
-        return self.report()
+        def drain(n_workers: int, job: db.Job) -> str:
+            self.process(on_progress, progress=progress)  # raises if the workers failed or were interrupted
+            return pipeline.DRAINED
+
+        with pipeline.bound(self.workspace):
+            outcome = pipeline.run_opened(self.request(), self.workspace, pipeline.RunHooks(drain=drain))
+        return outcome.report
 
 
 class _LogRelay:

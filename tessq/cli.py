@@ -1,28 +1,34 @@
 """The `tessq` command line (typer): parse arguments, call tessq.pipeline and friends, print results.
 
 No logic lives here; every command is a thin wrapper so the Python API and the CLI behave the same.
+tessq.pipeline (and through it numpy, tifffile, the databases) is imported by the commands that run, so
+`tessq --version` and `--help` start in a fraction of that time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
 import sys
-import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 
-from tessq import __version__, defaults, pipeline
+from tessq import __version__, defaults
 from tessq.errors import TessqError
 from tessq.options import PNG_PRESETS, SliceOptions, parse_grid
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tessq import db
+    from tessq import scan as scan_mod
+    from tessq.settings import Workspace
 
 
 def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,11 +39,8 @@ def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            err.print("interrupted: run the same command again to resume")
+            stderr().print("interrupted: run the same command again to resume")
             raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
-        except Exception as exc:  # a workspace that cannot be written, a database that cannot be reached
-            _storage_failure(exc)
-            raise
 
     return wrapper
 
@@ -49,9 +52,36 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # an unexpected error is one line (main), never a 60-line rich traceback
     help="Cut folders of large TIFFs into exact, lossless pieces: scan, run workers, watch, report, verify, ship.",
 )
-console = Console(soft_wrap=True)  # paths in output stay on one line when piped
-err = Console(stderr=True, soft_wrap=True)  # never break an error message mid-path
-STATE: dict[str, Any] = {"workspace": None, "log_level": "INFO"}
+
+
+@functools.cache
+def stdout() -> Console:
+    """The command output (made on first use: `tessq --version` never loads rich)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)  # paths in output stay on one line when piped
+
+
+@functools.cache
+def stderr() -> Console:
+    """Errors, notes and progress bars (made on first use, as stdout())."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)  # never break an error message mid-path
+
+
+@dataclasses.dataclass
+class CliSettings:
+    """The global options (`tessq -w OUT --log-level X CMD`, or after the command), held in typer's ctx.obj."""
+
+    workspace: Path | None = None
+    log_level: str = "INFO"
+
+
+def _settings_of(ctx: typer.Context) -> CliSettings:
+    """The global options the root callback put in the invocation's context (defaults if it did not run)."""
+    found = ctx.find_object(CliSettings)
+    return found if found is not None else CliSettings()
 
 # ------------------------------------------------------------------ shared options
 
@@ -96,6 +126,66 @@ CheckOutput = Annotated[str, typer.Option(
          "damaged ones are queued again.")]
 
 
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceFlags:
+    """The cut and scan flags `scan` and `run` share, declared once: `@slice_flags` turns each field into the
+    command's option of that type (help and default from the alias) and hands the command one SliceFlags."""
+
+    num_pieces: NumPieces = defaults.NUM_PIECES
+    grid: Grid = None
+    tile_size: TileSize = None
+    overlap: Overlap = 0
+    min_size: MinSize = defaults.MIN_IMAGE_SIZE
+    fmt: Format = defaults.SLICE_FORMAT
+    png: Png = defaults.PNG_PRESET
+    compress_level: CompressLevel = None
+    world_files: WorldFiles = False
+    series: Series = 0
+    self_check: SelfCheck = defaults.SELF_CHECK
+    follow_symlinks: FollowSymlinks = False
+    check_output: CheckOutput = "stat"
+
+    def options(self) -> SliceOptions:
+        """The cut options these flags ask for (ConfigError for a malformed --grid)."""
+        return SliceOptions(
+            num_pieces=self.num_pieces,
+            grid=parse_grid(self.grid) if self.grid else None,
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            min_size=self.min_size,
+            format=self.fmt,
+            png_preset=self.png,
+            compress_level=self.compress_level,
+            world_files=self.world_files,
+            series=self.series,
+            self_check=self.self_check,
+        )
+
+
+def slice_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Put SliceFlags' options where `command` has its `flags: SliceFlags` parameter, and call it with them."""
+    base = inspect.signature(command, eval_str=True)
+    hints = typing.get_type_hints(SliceFlags, include_extras=True)
+    fields = dataclasses.fields(SliceFlags)
+    flag_params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                     annotation=hints[f.name]) for f in fields]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = SliceFlags(**{f.name: kwargs.pop(f.name) for f in fields})
+        return command(*args, flags=flags, **kwargs)
+
+    params: list[inspect.Parameter] = []
+    for p in base.parameters.values():
+        params.extend(flag_params if p.name == "flags" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)])
+    wrapper.__signature__ = base.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must read the signature above, not the command's own
+    return wrapper
+
+
 WORKSPACE_HELP = (
     "The job's output folder OUT (its .tessq/ holds the job's state), or any folder holding a .tessq/. "
     "Default: found from OUT, else from the current folder and its parents."
@@ -131,71 +221,52 @@ ForceOptions = Annotated[
 
 
 def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Also accept the global --workspace/-w and --log-level after the command (`tessq status -w OUT`)."""
+    """Also accept the global --workspace/-w and --log-level after the command (`tessq status -w OUT`); a
+    command with a `cli: CliSettings` parameter is given the invocation's global options in it."""
     base = inspect.signature(command, eval_str=True)
+    wants_cli = "cli" in base.parameters
 
     @functools.wraps(command)
-    def wrapper(*args: Any, workspace_opt: Path | None = None, log_level_opt: str | None = None,
-                **kwargs: Any) -> Any:
+    def wrapper(*args: Any, typer_ctx: typer.Context, workspace_opt: Path | None = None,
+                log_level_opt: str | None = None, **kwargs: Any) -> Any:
+        given = _settings_of(typer_ctx)
         if workspace_opt is not None:
-            STATE["workspace"] = workspace_opt
+            given.workspace = workspace_opt
         if log_level_opt is not None:
-            STATE["log_level"] = log_level_opt.upper()
-        return command(*args, **kwargs)
+            given.log_level = log_level_opt.upper()
+        try:
+            return command(*args, **kwargs, **({"cli": given} if wants_cli else {}))
+        except Exception as exc:  # a workspace that cannot be written, a database that cannot be reached
+            _storage_failure(exc, given)
+            raise
 
     extra = [
+        inspect.Parameter("typer_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         inspect.Parameter("workspace_opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=WorkspaceOpt),
         inspect.Parameter("log_level_opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LogLevelOpt),
     ]
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base.parameters.values()]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base.parameters.values() if p.name != "cli"]
     wrapper.__signature__ = base.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**{p.name: p.annotation for p in params},
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, "typer_ctx": typer.Context,
                                "workspace_opt": WorkspaceOpt, "log_level_opt": LogLevelOpt}
     del wrapper.__wrapped__  # typer must read the signature above, not the command's own
     return wrapper
 
 
-def build_options(
-    num_pieces: int,
-    grid: str | None,
-    tile_size: int | None,
-    overlap: int,
-    min_size: int,
-    fmt: str,
-    png: str,
-    compress_level: int | None,
-    world_files: bool,
-    series: int,
-    self_check: str = defaults.SELF_CHECK,
-) -> SliceOptions:
-    return SliceOptions(
-        num_pieces=num_pieces,
-        grid=parse_grid(grid) if grid else None,
-        tile_size=tile_size,
-        overlap=overlap,
-        min_size=min_size,
-        format=fmt,
-        png_preset=png,
-        compress_level=compress_level,
-        world_files=world_files,
-        series=series,
-        self_check=self_check,
-    )
-
-
 def fail(exc: Exception, code: int = defaults.EXIT_USAGE) -> None:
-    err.print(f"[red]error:[/red] {exc}")
+    stderr().print(f"[red]error:[/red] {exc}")
     raise typer.Exit(code)
 
 
 def version_callback(value: bool) -> None:
     if value:
-        console.print(f"tessq {__version__}")
+        print(f"tessq {__version__}")  # what rich would print, without loading it
         raise typer.Exit()
 
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     workspace: Annotated[
         Path | None,
         typer.Option(
@@ -213,44 +284,56 @@ def root(
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    STATE["workspace"], STATE["log_level"] = workspace, log_level.upper()
+    ctx.obj = CliSettings(workspace, log_level.upper())
 
 
-def _open_job(command: str, out: Path | None = None, job_id: int | None = None,
-              require_job: bool = True, note: bool = True) -> tuple[Any, Any]:
+def _open_job(cli: CliSettings, command: str, out: Path | None = None, job_id: int | None = None,
+              require_job: bool = True, note: bool = True) -> tuple[Workspace, db.Job | None]:
     """The workspace and the job a reading command speaks of (settings.py has the rule); nothing is created.
     When several jobs share the database, says which one this is and how to pick another."""
+    from tessq import pipeline
+
     try:
-        ws = pipeline.open_workspace(STATE["workspace"], create=False, output_dir=out, command=command)
+        ws = pipeline.open_workspace(cli.workspace, create=False, output_dir=out, command=command)
         _legacy_note(ws, out)
         choice = pipeline.select_job(ws, out=out, job_id=job_id, require=require_job)
     except TessqError as exc:
         fail(exc)
     except Exception as exc:
-        _storage_failure(exc)
+        _storage_failure(exc, cli)
         raise
     if note and choice is not None and choice.note:
-        err.print(f"[yellow]note:[/yellow] {choice.note}")
+        stderr().print(f"[yellow]note:[/yellow] {choice.note}")
     return ws, (choice.job if choice else None)
 
 
-def _legacy_note(ws: Any, out: Path | str | None) -> None:
+def _job_of(cli: CliSettings, command: str, out: Path | None = None, job_id: int | None = None) -> db.Job:
+    """The job a command that needs one speaks of (_open_job refuses a workspace without a job)."""
+    _, job = _open_job(cli, command, out, job_id)
+    assert job is not None  # require_job=True
+    return job
+
+
+def _legacy_note(ws: Workspace, out: Path | str | None) -> None:
     if ws.legacy and out is not None:
         from tessq.settings import legacy_message
 
-        err.print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
+        stderr().print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
 
 
-def _open_for(input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool, command: str) -> Any:
-    """scan/run: refuse bad locations and work-losing option changes before creating any file or folder."""
+def _open_for(cli: CliSettings, input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool,
+              command: str) -> Workspace:
+    """scan: refuse bad locations and work-losing option changes before creating any file or folder."""
+    from tessq import pipeline
+
     pipeline.check_locations(input_dir, out)
-    ws = pipeline.open_workspace(STATE["workspace"], output_dir=out, command=command)
+    ws = pipeline.open_workspace(cli.workspace, output_dir=out, command=command)
     _legacy_note(ws, out)
     pipeline.check_job(input_dir, out, options, force_options=force_options)
     return ws
 
 
-def _storage_failure(exc: Exception) -> None:
+def _storage_failure(exc: Exception, cli: CliSettings | None = None) -> None:
     """Exit with one line (exit code 2) when `exc` is a failure to open or write the workspace's databases."""
     if isinstance(exc, (TessqError, typer.Exit)):
         return
@@ -261,7 +344,7 @@ def _storage_failure(exc: Exception) -> None:
 
     ws = tq.workspace()  # what was being opened (None when the queue itself could not be set up)
     url = ws.db_url if ws is not None else os.environ.get("TESSQ_DB_URL")
-    where = ws.state_dir if ws is not None else STATE.get("workspace")
+    where = ws.state_dir if ws is not None else (cli.workspace if cli else os.environ.get("TESSQ_WORKSPACE"))
     problem = db.storage_problem(exc, url, where)
     if problem is not None:
         fail(problem)
@@ -272,6 +355,7 @@ def _storage_failure(exc: Exception) -> None:
 
 @app.command()
 @global_options
+@slice_flags
 @interruptible
 def scan(
     input_dir: Annotated[Path, typer.Argument(help="Folder tree (or s3://BUCKET/PREFIX) to scan for TIFFs.")],
@@ -279,43 +363,36 @@ def scan(
         Path | None,
         typer.Option("--out", "-o", help="Output folder or s3://BUCKET/PREFIX (default: <IN>_tessq beside IN)."),
     ] = None,
-    num_pieces: NumPieces = defaults.NUM_PIECES,
-    grid: Grid = None,
-    tile_size: TileSize = None,
-    overlap: Overlap = 0,
-    min_size: MinSize = defaults.MIN_IMAGE_SIZE,
-    fmt: Format = defaults.SLICE_FORMAT,
-    png: Png = defaults.PNG_PRESET,
-    compress_level: CompressLevel = None,
-    world_files: WorldFiles = False,
-    series: Series = 0,
-    self_check: SelfCheck = defaults.SELF_CHECK,
-    follow_symlinks: FollowSymlinks = False,
-    check_output: CheckOutput = "stat",
+    *,
+    cli: CliSettings,
+    flags: SliceFlags,
     force_options: ForceOptions = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Record the job settings and every TIFF under IN; queue the eligible ones. Safe to re-run.
 
     The job's state goes to OUT/.tessq/: `tessq workers OUT`, `tessq status OUT` (or run them inside OUT)."""
+    from tessq import pipeline
+
     try:
-        options = build_options(
-            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
-        )
+        options = flags.options()
         target = out or pipeline.default_output_dir(input_dir)
-        ws = _open_for(input_dir, target, options, force_options, "scan")
-        pipeline.start_logging(STATE["log_level"], target)
-        summary = pipeline.scan_and_enqueue(input_dir, target, options, follow_symlinks=follow_symlinks, workspace=ws,
-                                            force_options=force_options, check_output=check_output)
+        ws = _open_for(cli, input_dir, target, options, force_options, "scan")
+        pipeline.start_logging(cli.log_level, target)
+        summary = pipeline.scan_and_enqueue(input_dir, target, options, follow_symlinks=flags.follow_symlinks,
+                                            workspace=ws, force_options=force_options,
+                                            check_output=flags.check_output)
     except TessqError as exc:
         fail(exc)
     if as_json:
-        console.print_json(json.dumps(summary.as_dict()))
+        stdout().print_json(json.dumps(summary.as_dict()))
         return
     print_scan(summary)
 
 
-def print_scan(summary: Any) -> None:
+def print_scan(summary: scan_mod.ScanSummary) -> None:
+    from rich.table import Table
+
     table = Table(title=f"scan of {summary.input_dir}", show_header=False)
     table.add_row("TIFFs found", str(summary.found))
     table.add_row("queued (new)", str(summary.queued))
@@ -338,11 +415,11 @@ def print_scan(summary: Any) -> None:
     for label, n in sorted(others.items()):
         table.add_row(label, str(n))
     table.add_row("output", summary.output_dir)
-    console.print(table)
+    stdout().print(table)
     # each skipped file/folder and each image queued again is named by the scan's log (console and
     # OUT/batch_processing.log) and by `tessq scan --json`
     for f in summary.failed_at_scan[:10]:
-        err.print(f"[yellow]unreadable:[/yellow] {f['message']}")
+        stderr().print(f"[yellow]unreadable:[/yellow] {f['message']}")
 
 
 @app.command()
@@ -353,28 +430,29 @@ def workers(
     n_workers: Workers = None,
     legacy_n: Annotated[int | None, typer.Option("--n", "-n", min=1, hidden=True)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when nothing is left to do.")] = False,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Run worker processes until Ctrl-C/SIGTERM (graceful; twice = at once) or, with --drain, until done.
 
     They serve the queue of the job in OUT (or of the .tessq/ found from the current folder upwards)."""
-    import os
-
-    from tessq import worker
+    from tessq import pipeline, worker
 
     if legacy_n is not None:
-        err.print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
+        stderr().print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
                   "run): use --workers N")
         n_workers = n_workers or legacy_n
-    _, job = _open_job("workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
-    pipeline.start_logging(STATE["log_level"], job.output_dir if job else None)
+    _, job = _open_job(cli, "workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
+    pipeline.start_logging(cli.log_level, job.output_dir if job else None)
     try:
-        outcome = worker.run_workers(n_workers or os.cpu_count() or 2, drain=drain)
+        outcome = worker.run_workers(n_workers or defaults.WORKERS, drain=drain)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
-        err.print("stopped at once; running images went back to the queue")
+        stderr().print("stopped at once; running images went back to the queue")
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
     except TessqError as exc:  # the status table was lost or damaged, or the supervisor gave up
         fail(exc)
-    console.print(f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, re-enqueued {outcome.repaired}")
+    stdout().print(f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, "
+                   f"re-enqueued {outcome.repaired}")
 
 
 @app.command()
@@ -386,23 +464,29 @@ def status(
         "--once", help="Print one snapshot and exit (the default when output is not a terminal).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one snapshot as JSON and exit.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="Refresh every N seconds.")] = 2.0,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Live view: counts by state, progress and ETA, throughput, what each worker holds, latest errors.
 
     Live in a terminal; piped, redirected or run from a notebook cell (`!tessq status`) it prints one
     snapshot, so it never blocks a script or a cell."""
+    import time
+
+    from rich.live import Live
+
     from tessq import status as st
 
-    _, job = _open_job("status", out, job_id)
+    job = _job_of(cli, "status", out, job_id)
     snap = functools.partial(st.snapshot, job.id)
     if as_json:
-        console.print_json(json.dumps(snap()))
+        stdout().print_json(json.dumps(snap()))
         return
-    if once or not console.is_terminal:
-        console.print(st.render(snap()))
+    if once or not stdout().is_terminal:
+        stdout().print(st.render(snap()))
         return
     try:
-        with Live(st.render(snap()), console=console, refresh_per_second=4) as live:
+        with Live(st.render(snap()), console=stdout(), refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
                 live.update(st.render(snap()))
@@ -416,62 +500,59 @@ def report(
     out: OutArg = None,
     job_id: JobOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    *,
+    cli: CliSettings,
 ) -> None:
     """One job's final report from the status table; also written to OUT/batch_report.json."""
-    _, job = _open_job("report", out, job_id)
+    from tessq import pipeline
+
+    job = _job_of(cli, "report", out, job_id)
     rep = pipeline.finish_report(job)
     if as_json:
-        console.print_json(json.dumps(rep))
+        stdout().print_json(json.dumps(rep))
     else:
         print_report(rep)
 
 
 def print_report(rep: dict[str, Any]) -> None:
+    from rich.table import Table
+
     job = rep.get("job") or {}
     title = f"batch_summary: {job['input_dir']} -> {job['output_dir']}" if job else "batch_summary"
     table = Table(title=title, show_header=False)
     for key, value in rep["batch_summary"].items():
         table.add_row(key, str(value))
-    console.print(table)
+    stdout().print(table)
     for reason, n in rep["skip_reasons"].items():
-        console.print(f"skipped ({reason}): {n}")
+        stdout().print(f"skipped ({reason}): {n}")
     skipped = rep.get("skipped", [])
     for e in skipped[:20]:
-        console.print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
+        stdout().print(f"skipped {e['kind']} {e['path']}: {e['reason']}")
     if len(skipped) > 20:
-        console.print(f"... and {len(skipped) - 20} more skipped (tessq report --json lists them all)")
+        stdout().print(f"... and {len(skipped) - 20} more skipped (tessq report --json lists them all)")
     states = rep["states"]
     if states.get("queued") or states.get("running"):
-        console.print(f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
+        stdout().print(f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
                       "(`tessq workers` processes them; `tessq status` watches)")
         for u in rep.get("unfinished", [])[:20]:
             holder = f" ({u['worker']})" if u.get("worker") else ""
-            console.print(f"  {u['status']}: {u['file']}{holder}")
+            stdout().print(f"  {u['status']}: {u['file']}{holder}")
     for e in rep["errors"][:20]:
-        err.print(f"[red]{e['type']}[/red] {e['message']}")
+        stderr().print(f"[red]{e['type']}[/red] {e['message']}")
     if len(rep["errors"]) > 20:
-        err.print(f"... and {len(rep['errors']) - 20} more errors (tessq report --json)")
+        stderr().print(f"... and {len(rep['errors']) - 20} more errors (tessq report --json)")
 
 
 @app.command()
 @global_options
+@slice_flags
 @interruptible
 def run(
     input_dir: Annotated[Path, typer.Argument(help="Input folder tree.")],
     output_dir: Annotated[Path, typer.Argument(help="Output folder.")],
-    num_pieces: NumPieces = defaults.NUM_PIECES,
-    grid: Grid = None,
-    tile_size: TileSize = None,
-    overlap: Overlap = 0,
-    min_size: MinSize = defaults.MIN_IMAGE_SIZE,
-    fmt: Format = defaults.SLICE_FORMAT,
-    png: Png = defaults.PNG_PRESET,
-    compress_level: CompressLevel = None,
-    world_files: WorldFiles = False,
-    series: Series = 0,
-    self_check: SelfCheck = defaults.SELF_CHECK,
-    follow_symlinks: FollowSymlinks = False,
-    check_output: CheckOutput = "stat",
+    *,
+    cli: CliSettings,
+    flags: SliceFlags,
     n_workers: Workers = None,
     force_options: ForceOptions = False,
     resume: Annotated[
@@ -481,49 +562,27 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Scan + workers until drained + report, in one go. Exit 0 if nothing failed, 3 if some images failed."""
-    import os
+    from tessq import pipeline
 
-    from tessq import worker
-
+    hooks = pipeline.RunHooks(on_workspace=lambda ws: _legacy_note(ws, output_dir),
+                              on_scan=None if as_json else print_scan,
+                              export=lambda job: _export_zip(None, None, job))
     try:
-        options = build_options(
-            num_pieces, grid, tile_size, overlap, min_size, fmt, png, compress_level, world_files, series, self_check
+        request = pipeline.RunRequest(
+            input_dir, output_dir, flags.options(), resume=resume, follow_symlinks=flags.follow_symlinks,
+            check_output=flags.check_output, force_options=force_options, n_workers=n_workers or defaults.WORKERS,
+            zip=zip_, workspace=cli.workspace, log_level=cli.log_level,
         )
-        if resume:
-            ws = _open_for(input_dir, output_dir, options, force_options, "run")
-        else:  # --no-resume redoes every image on purpose: no option check
-            pipeline.check_locations(input_dir, output_dir)
-            ws = pipeline.open_workspace(STATE["workspace"], output_dir=output_dir, command="run")
-            pipeline.check_job(input_dir, output_dir, options, force_options=True)  # still one IN per OUT
-            pipeline.forget_job(input_dir)
-        pipeline.start_logging(STATE["log_level"], output_dir)
-        summary = pipeline.scan_and_enqueue(
-            input_dir, output_dir, options, follow_symlinks=follow_symlinks, workspace=ws,
-            force_options=force_options or not resume, check_output=check_output,
-        )
-        job = pipeline.select_job(ws, out=output_dir).job  # type: ignore[union-attr]
-    except TessqError as exc:
+        outcome = pipeline.run(request, hooks)
+    except TessqError as exc:  # refused before the work, or the status table was lost or damaged during it
         fail(exc)
-    if not as_json:
-        print_scan(summary)
-    try:
-        stopped_by = worker.run_workers(n_workers or os.cpu_count() or 2, drain=True).stopped_by
-        rep = pipeline.finish_report(job)
-    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
-        stopped_by = "signal"
-        rep = pipeline.finish_report(job)
-    except TessqError as exc:  # the status table was lost or damaged: no report from it (the old one is kept)
-        fail(exc)
-    if zip_ and stopped_by == "drained":
-        _export_zip(None, None, job)
     if as_json:
-        console.print_json(json.dumps(rep))
+        stdout().print_json(json.dumps(outcome.report))
     else:
-        print_report(rep)
-    if stopped_by != "drained":
-        err.print("interrupted: run the same command again to resume")
-        raise typer.Exit(defaults.EXIT_INTERRUPTED)
-    raise typer.Exit(defaults.EXIT_SOME_FAILED if rep["batch_summary"]["errors"] else defaults.EXIT_OK)
+        print_report(outcome.report)
+    if outcome.stopped_by != pipeline.DRAINED:
+        stderr().print("interrupted: run the same command again to resume")
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
@@ -539,11 +598,15 @@ def retry(
         "--different/--no-different",
         help="Also re-queue done images `tessq verify` found different (default: yes, unless --type is given).")
     ] = None,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Re-queue failed images (fresh attempts) and images `tessq verify` found different; run `tessq workers`."""
-    _, job = _open_job("retry", out, job_id)
+    from tessq import pipeline
+
+    job = _job_of(cli, "retry", out, job_id)
     n = pipeline.retry_failed(error_type, job, different)
-    console.print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
+    stdout().print(f"re-queued {n} image(s) (failed, or found different by tessq verify)")
 
 
 @app.command()
@@ -557,16 +620,22 @@ def verify(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Processes checking images in parallel (default: cores).")
     ] = None,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Reassemble every done image and compare it bit for bit with its source; record the verdict."""
-    _, job = _open_job("verify", out, job_id)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tessq import pipeline
+
+    job = _job_of(cli, "verify", out, job_id)
     with Progress(
         TextColumn("verify"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
-        console=err,
+        console=stderr(),
         transient=True,
     ) as bar:
         task = bar.add_task("", total=None)
@@ -576,29 +645,33 @@ def verify(
 
         result = pipeline.verify_done(tick, sample, job, workers)
     if as_json:
-        console.print_json(json.dumps(result))
+        stdout().print_json(json.dumps(result))
     else:
-        console.print(
+        stdout().print(
             f"checked {result['checked']}: {result['identical']} identical, {len(result['different'])} different"
         )
         for detail in result["details"]:
-            err.print(f"[red]not identical:[/red] {detail['file']}")
+            stderr().print(f"[red]not identical:[/red] {detail['file']}")
             for p in detail["problems"]:
-                err.print(f"  {p['kind']}: {p['file'] or '(image)'}: {p['detail']}")
+                stderr().print(f"  {p['kind']}: {p['file'] or '(image)'}: {p['detail']}")
             if detail["problems_total"] > len(detail["problems"]):
-                err.print(f"  ... {detail['problems_total'] - len(detail['problems'])} more")
+                stderr().print(f"  ... {detail['problems_total'] - len(detail['problems'])} more")
     if result["different"]:
         raise typer.Exit(defaults.EXIT_SOME_FAILED)
 
 
-def _export_zip(path: Path | None, folder: str | None, job: Any = None) -> dict[str, Any]:
+def _export_zip(path: Path | None, folder: str | None, job: db.Job | None = None) -> dict[str, Any]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from tessq import pipeline
+
     with Progress(
-        TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+        TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr(), transient=True
     ) as bar:
         task = bar.add_task("zip", total=None)
         result = pipeline.export_zip(path, folder, lambda done, total: bar.update(task, completed=done, total=total),
                                      job=job)
-    console.print(
+    stdout().print(
         f"wrote {result['path']}: {result['entries']} entries, {result['bytes'] / 1e6:.1f} MB, "
         f"verified={result['verified']}"
     )
@@ -614,10 +687,12 @@ def export(
     job_id: JobOpt = None,
     zip_: Annotated[bool, typer.Option("--zip", help="Write a ZIP archive (the only format today).")] = True,
     folder: Annotated[str | None, typer.Option("--folder", help="Only this sub-folder of the output.")] = None,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Package one job's done images and reports into a ZIP: `tessq export --zip [PATH] [--out OUT]` (streamed,
     ZIP64, checked; the job's .tessq/ state is never in it)."""
-    _, job = _open_job("export", out, job_id)
+    _, job = _open_job(cli, "export", out, job_id)
     try:
         _export_zip(path, folder, job)
     except TessqError as exc:
@@ -638,11 +713,17 @@ def upload(
         str | None, typer.Option("--profile", help="AWS profile name (else the standard credential chain).")
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel transfers.")] = 8,
+    *,
+    cli: CliSettings,
 ) -> None:
     """Upload one job's done images and reports to S3; resumable and checksummed."""
-    _, job = _open_job("upload", out, job_id)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from tessq import pipeline
+
+    _, job = _open_job(cli, "upload", out, job_id)
     with Progress(
-        TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+        TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr(), transient=True
     ) as bar:
         task = bar.add_task("upload", total=None)
         try:
@@ -656,13 +737,13 @@ def upload(
             )
         except TessqError as exc:
             fail(exc, 1)
-    console.print(
+    stdout().print(
         f"uploaded {result['uploaded']} file(s), skipped {result['skipped']} already there, "
         f"{result['bytes_uploaded'] / 1e6:.1f} MB; verified {result.get('verified', 0)} objects in the target"
     )
     if result.get("failed"):
         for f in result["failed"]:
-            err.print(f"[red]failed:[/red] {f}")
+            stderr().print(f"[red]failed:[/red] {f}")
         raise typer.Exit(1)
 
 
@@ -673,12 +754,13 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Where to create the sample tree and its output.")] = Path(
         "tessq-demo"
     ),
-    n_workers: Annotated[int, typer.Option("--workers", "--max-workers", min=1, help="Worker processes.")] = 2,
+    n_workers: Annotated[int, typer.Option("--workers", "--max-workers", min=1, help="Worker processes.")] = (
+        defaults.WORKERS),
 ) -> None:
     """Generate a realistic sample tree, then scan, run, report and verify it end to end."""
     from tessq import demo as demo_mod
 
-    code = demo_mod.run_demo(directory, n_workers, console)
+    code = demo_mod.run_demo(directory, n_workers, stdout())
     raise typer.Exit(code)
 
 
@@ -689,7 +771,7 @@ def main() -> None:
     try:
         app()
     except TessqError as exc:  # anything not caught by a command still prints as one clear line
-        err.print(f"[red]error:[/red] {exc}")
+        stderr().print(f"[red]error:[/red] {exc}")
         sys.exit(defaults.EXIT_USAGE)
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -700,7 +782,7 @@ def main() -> None:
             sys.exit(stop.exit_code)
         if os.environ.get("TESSQ_DEBUG"):
             raise
-        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "
+        stderr().print(f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "
                   f"please report it if the input looks valid)")
         sys.exit(1)
 

@@ -50,6 +50,7 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
 
 
 class BaseModel(Model):
+    id = peewee.AutoField()  # peewee adds it anyway; declared so type checkers see Job.id, Image.id...
     class Meta:
         database = database
         legacy_table_names = False

@@ -66,3 +66,9 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 3
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# Worker processes when none are asked for (`tessq run`, `tessq workers`, `tessq demo`): one per core
+WORKERS = os.cpu_count() or 2
+# The Python API's BatchJob.max_workers: the seed documented 4 whatever the machine, and notebooks written
+# against it expect that, so the API keeps its own default
+API_WORKERS = 4

@@ -1,4 +1,4 @@
-"""`tessq demo`: build the sample tree, then scan, run, report and verify it, end to end.
+"""`tessq demo`: build the sample tree, then run it (pipeline.run, the flow of `tessq run`) and verify it.
 
 Uses exactly the code paths of `tessq run` on the embedded SQLite workspace of its output, DIR/output/.tessq.
 """
@@ -9,11 +9,13 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-from tessq import defaults, pipeline, samples, worker
+from tessq import defaults, pipeline, samples
 from tessq.options import SliceOptions
+from tessq.scan import ScanSummary
 
 
 def run_demo(directory: Path, n_workers: int, console: Console) -> int:
@@ -24,13 +26,16 @@ def run_demo(directory: Path, n_workers: int, console: Console) -> int:
     expected = samples.make_sample_tree(input_dir)
     for key in ("TESSQ_WORKSPACE", "TESSQ_DB_URL", "TESSQ_QUEUE_URL"):  # always the embedded default: OUT/.tessq
         os.environ.pop(key, None)
-    ws = pipeline.open_workspace(output_dir=output_dir)
-    pipeline.start_logging("WARNING", output_dir)
-    summary = pipeline.scan_and_enqueue(input_dir, output_dir, SliceOptions(), workspace=ws)
-    console.print(f"scan: {summary.found} TIFFs, {summary.queued} queued, skipped {summary.skipped}, "
-                  f"unreadable {len(summary.failed_at_scan)}, folders skipped {summary.folders_skipped}")
-    worker.run_workers(n_workers, drain=True)
-    report = pipeline.finish_report()
+
+    def scanned(summary: ScanSummary) -> None:
+        console.print(f"scan: {summary.found} TIFFs, {summary.queued} queued, skipped {summary.skipped}, "
+                      f"unreadable {len(summary.failed_at_scan)}, folders skipped {summary.folders_skipped}")
+
+    request = pipeline.RunRequest(input_dir, output_dir, SliceOptions(), n_workers=n_workers, log_level="WARNING",
+                                  command="demo")
+    outcome = pipeline.run(request, pipeline.RunHooks(on_scan=scanned))
+    if outcome.stopped_by != pipeline.DRAINED:  # Ctrl-C/SIGTERM: `tessq demo` exits 130 as `tessq run` does
+        raise KeyboardInterrupt
     verification = pipeline.verify_done()
     report = pipeline.finish_report()
     console.print_json(json.dumps(report["batch_summary"]))
@@ -38,11 +43,17 @@ def run_demo(directory: Path, n_workers: int, console: Console) -> int:
         console.print(f"[yellow]expected failure[/yellow] {error['type']}: {error['message']}")
     console.print(f"verify: {verification['identical']}/{verification['checked']} images reassemble bit for bit")
     console.print(f"output: {output_dir}\nreport: {output_dir / defaults.REPORT_FILENAME}\n"
-                  f"state: {ws.state_dir} (try: tessq status {output_dir} --once)")
+                  f"state: {outcome.workspace.state_dir} (try: tessq status {output_dir} --once)")
     console.print(f"finished in {time.monotonic() - started:.1f} s")
-    got = report["batch_summary"]
-    ok = (got["successfully_processed"] == expected["done"] and got["errors"] == expected["errors"]
-          and got["skipped"] == expected["skipped"] and verification["identical"] == expected["done"])
-    if not ok:
-        console.print("[red]demo outcome differs from what the sample tree should give[/red]")
-    return 0 if ok else 1
+    return 0 if _as_expected(report["batch_summary"], verification, expected) else _differs(console)
+
+
+def _as_expected(got: dict[str, Any], verification: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """Whether the run gave what the sample tree is built to give (done, failed, skipped, all identical)."""
+    return (got["successfully_processed"] == expected["done"] and got["errors"] == expected["errors"]
+            and got["skipped"] == expected["skipped"] and verification["identical"] == expected["done"])
+
+
+def _differs(console: Console) -> int:
+    console.print("[red]demo outcome differs from what the sample tree should give[/red]")
+    return 1

@@ -7,7 +7,6 @@ without the interpreter's teardown (about 0.1 s of freeing modules), after flush
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -44,7 +43,9 @@ def _exit_now(code: object) -> NoReturn:
         print(code, file=sys.stderr)
         code = 1
     try:
-        logging.shutdown()
+        logs = sys.modules.get("logging")  # only if a command loaded it: `tessq --version` never does
+        if logs is not None:
+            logs.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
     except (OSError, ValueError):  # a closed pipe: nothing more can be said

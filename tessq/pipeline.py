@@ -1,13 +1,15 @@
 """What each command does, as plain functions shared by the CLI and the Python API.
 
 scan -> enqueue, workers (drain) -> report, retry, verify: each opens the workspace, calls the
-modules that own the work, and returns plain data for the caller to print.
+modules that own the work, and returns plain data for the caller to print. `run(RunRequest)` is the
+whole run (scan, workers, report, zip) written once for `tessq run`, `tessq demo` and the Python API.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,15 @@ def open_workspace(workspace: str | Path | None = None, *, create: bool = True,
     tq.configure(ws)
     db.create_schema()
     return ws
+
+
+@contextlib.contextmanager
+def bound(ws: Workspace) -> Iterator[Workspace]:
+    """`ws`'s status table and queue for the `with` block (its schema created if it went missing), the previous
+    binding given back after: what a caller holding its own workspace (a BatchTesselator) wraps each call in."""
+    with tq.bound(ws):
+        db.create_schema()
+        yield ws
 
 
 def _missing_state(ws: Workspace, output_dir: Path | str | None) -> str:
@@ -345,3 +356,127 @@ def upload(url: str, *, endpoint_url: str | None = None, profile: str | None = N
         raise export.MissingImagesError(exc.missing, redo_hint(out)) from None
     return up.upload_outputs(files, url, ledger=db.UploadLedger(), endpoint_url=endpoint_url, profile=profile,
                              concurrency=concurrency, progress=progress)
+
+
+# ------------------------------------------------------------------ the run flow (tessq run, tessq demo, the API)
+
+DRAINED = "drained"  # how the workers stopped: nothing left to do ('signal': Ctrl-C/SIGTERM, resume later)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What one run is asked to do: where, how to cut, and the run's policy (resume, workers, zip)."""
+
+    input_dir: Path | str
+    output_dir: Path | str
+    options: SliceOptions
+    resume: bool = True  # False: forget the input's records and cut every image again (options not checked)
+    follow_symlinks: bool = False
+    check_output: str = "stat"
+    force_options: bool = False
+    n_workers: int = defaults.WORKERS
+    zip: bool = False  # also write OUT/<OUT name>_results.zip once the queue is drained
+    workspace: str | Path | None = None  # explicit; else found from OUT (settings.resolve_workspace)
+    log_level: str = "INFO"
+    command: str = "run"  # named in messages about a missing workspace
+
+    @property
+    def forced(self) -> bool:
+        """Whether option changes are accepted: asked for, or implied by redoing everything."""
+        return self.force_options or not self.resume
+
+
+def _drain_here(n_workers: int, job: db.Job) -> str:
+    """The workers in this process's children until the queue is drained; a second Ctrl-C/SIGTERM stops them
+    at once (running images were handed back to the queue) and counts as 'signal'."""
+    from tessq import worker
+
+    try:
+        return worker.run_workers(n_workers, drain=True).stopped_by
+    except KeyboardInterrupt:
+        return "signal"
+
+
+def _zip_job(job: db.Job) -> dict[str, Any]:
+    return export_zip(None, None, job=job)
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """Where a caller joins the flow: to say something as it goes, or to run the workers its own way."""
+
+    on_workspace: Callable[[Workspace], None] | None = None  # opened, before the job is checked
+    on_scan: Callable[[scan.ScanSummary], None] | None = None  # scanned, before the workers start
+    drain: Callable[[int, db.Job], str] = _drain_here  # runs the workers; returns how they stopped
+    export: Callable[[db.Job], dict[str, Any]] = _zip_job  # the zip of a drained job (RunRequest.zip)
+
+
+@dataclass
+class RunOutcome:
+    """What a run did: in which workspace, the scan's summary, the report, how the workers stopped, the zip
+    (if written)."""
+
+    workspace: Workspace
+    summary: scan.ScanSummary
+    report: dict[str, Any]
+    stopped_by: str
+    zip: dict[str, Any] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return run_exit_code(self.stopped_by, self.report["batch_summary"]["errors"])
+
+
+def run_exit_code(stopped_by: str, failed: int) -> int:
+    """`tessq run`'s exit status: 130 if the workers were stopped early, else 3 if some images failed, else 0."""
+    if stopped_by != DRAINED:
+        return defaults.EXIT_INTERRUPTED
+    return defaults.EXIT_SOME_FAILED if failed else defaults.EXIT_OK
+
+
+def open_run(request: RunRequest, on_workspace: Callable[[Workspace], None] | None = None) -> Workspace:
+    """Refuse bad locations and work-losing option changes before anything is created, open the workspace
+    (bound to this process) and start logging (console at the request's level, and OUT/batch_processing.log)."""
+    check_locations(request.input_dir, request.output_dir)
+    ws = open_workspace(request.workspace, output_dir=request.output_dir, command=request.command)
+    if on_workspace is not None:
+        on_workspace(ws)
+    # --no-resume redoes every image on purpose: no option check, but still one IN per OUT
+    check_job(request.input_dir, request.output_dir, request.options, force_options=request.forced)
+    start_logging(request.log_level, _log_place(request.output_dir))
+    return ws
+
+
+def _log_place(output_dir: Path | str) -> Path | str:
+    return output_dir.resolve() if isinstance(output_dir, Path) else output_dir
+
+
+def scan_run(request: RunRequest, ws: Workspace) -> scan.ScanSummary:
+    """The run's scan: records and queues the tree (after forgetting the input's records when not resuming)."""
+    if not request.resume:
+        forget_job(request.input_dir)
+    return scan_and_enqueue(request.input_dir, request.output_dir, request.options,
+                            follow_symlinks=request.follow_symlinks, workspace=ws, force_options=request.forced,
+                            check_output=request.check_output)
+
+
+def run_opened(request: RunRequest, ws: Workspace, hooks: RunHooks | None = None) -> RunOutcome:
+    """Scan, workers until drained (or stopped), report, and the zip of a drained job, in the open `ws`."""
+    hooks = hooks or RunHooks()
+    summary = scan_run(request, ws)
+    choice = select_job(ws, out=request.output_dir)
+    assert choice is not None  # require=True: no job raises ConfigError
+    if hooks.on_scan is not None:
+        hooks.on_scan(summary)
+    stopped_by = hooks.drain(request.n_workers, choice.job)
+    rep = finish_report(choice.job)
+    zipped = hooks.export(choice.job) if request.zip and stopped_by == DRAINED else None
+    return RunOutcome(ws, summary, rep, stopped_by, zipped)
+
+
+def run(request: RunRequest, hooks: RunHooks | None = None) -> RunOutcome:
+    """The whole run, written once for `tessq run`, `tessq demo` and `BatchTesselator.run_batch`: check and
+    open, scan, workers until drained, report, zip. Raises TessqError for what the user must fix first."""
+    hooks = hooks or RunHooks()
+    ws = open_run(request, hooks.on_workspace)
+    return run_opened(request, ws, hooks)

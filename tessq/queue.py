@@ -1,7 +1,10 @@
-"""The huey instance (built from the workspace's queue URL) and the one task it delivers: an image id.
+"""This process's binding to one workspace (its status DB and its huey queue) and the one task the queue
+delivers: an image id.
 
 huey delivers at most once; duplicates are harmless (the claim refuses them) and lost messages are
-repaired from the status table (`repair_unqueued`), so the queue can always be rebuilt.
+repaired from the status table (`repair_unqueued`), so the queue can always be rebuilt. peewee's
+DatabaseProxy is process-wide, so the binding is too: `bound(ws)` binds a workspace for one call and
+gives the previous binding back after it (two Python API batches in one notebook never cross).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import contextlib
 import ctypes
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from huey import Huey
@@ -22,37 +26,65 @@ log = logging.getLogger("tessq.queue")
 
 ENQUEUE_BATCH = 5000  # messages per queue transaction: short enough that workers are never locked out long
 
-_state: dict[str, Any] = {"huey": None, "task": None, "workspace": None, "queue_identity": None}
+@dataclass
+class Binding:
+    """One workspace bound in this process: its queue, the task on it, and the queue file last seen."""
+
+    workspace: Workspace
+    huey: Huey
+    task: Any  # huey's TaskWrapper (huey ships no type hints)
+    queue_identity: tuple[int, int] | None = None
+
+
+_bound: Binding | None = None
 
 
 def configure(workspace: Workspace) -> None:
     """Point the status DB and the queue at `workspace` (no connection is opened here)."""
-    if _state["workspace"] == workspace:
+    global _bound
+    if _bound is not None and _bound.workspace == workspace:
         return
     db.open_database(workspace.db_url)
-    if _state["huey"] is not None:  # no connection of a previous queue may stay open beside the new one
+    if _bound is not None:  # no connection of a previous queue may stay open beside the new one
         with contextlib.suppress(Exception):
-            _state["huey"].storage.close()
+            _bound.huey.storage.close()
     if workspace.queue_url.startswith("sqlite:"):
         workspace.state_dir.mkdir(parents=True, exist_ok=True)
-    huey = backends.make_queue(workspace.queue_url)
+    queue = backends.make_queue(workspace.queue_url)
     from tessq.worker import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
 
-    _state.update(huey=huey, task=huey.task(name="tessq.process_image")(process_image), workspace=workspace)
-    huey.on_startup(name="tessq-worker-init")(_init_worker_process)
+    _bound = Binding(workspace, queue, queue.task(name="tessq.process_image")(process_image))
+    queue.on_startup(name="tessq-worker-init")(_init_worker_process)
     # a stopping worker (signal, drain, max_tasks) first commits the image it has cut
-    huey.on_shutdown(name="tessq-worker-commit")(wait_for_commit)
+    queue.on_shutdown(name="tessq-worker-commit")(wait_for_commit)
+
+
+@contextlib.contextmanager
+def bound(workspace: Workspace) -> Iterator[Workspace]:
+    """Bind the status DB and the queue to `workspace` for the `with` block, then give the previous
+    binding back (a caller holding its own workspace never redirects another's)."""
+    previous = _bound.workspace if _bound is not None else None
+    configure(workspace)
+    try:
+        yield workspace
+    finally:
+        if previous is not None:
+            configure(previous)
 
 
 def workspace() -> Workspace | None:
     """The workspace `configure` was last called with (None before that)."""
-    return _state["workspace"]
+    return _bound.workspace if _bound is not None else None
+
+
+def _binding() -> Binding:
+    if _bound is None:
+        raise RuntimeError("tessq.queue.configure(workspace) must be called first")
+    return _bound
 
 
 def huey() -> Huey:
-    if _state["huey"] is None:
-        raise RuntimeError("tessq.queue.configure(workspace) must be called first")
-    return _state["huey"]
+    return _binding().huey
 
 
 def time_limit(pixel_bytes: int | None) -> float:
@@ -65,7 +97,7 @@ def enqueue(image_ids: Iterable[int], pixel_bytes: dict[int, int | None] | None 
             delay: float | None = None) -> int:
     """One message per image id, each with its time limit; `delay` schedules them (retries with backoff)."""
     sizes = pixel_bytes or {}
-    task = _state["task"]
+    task = _binding().task
     ids = list(image_ids)
     if delay:
         for image_id in ids:
@@ -112,7 +144,7 @@ def queue_file() -> str | None:
 def watch_queue() -> None:
     """Remember which queue file this process's messages went to (rebuild_if_changed compares)."""
     path = queue_file()
-    _state["queue_identity"] = backends.file_identity(path) if path else None
+    _binding().queue_identity = backends.file_identity(path) if path else None
 
 
 def rebuild_if_changed() -> int | None:
@@ -123,7 +155,7 @@ def rebuild_if_changed() -> int | None:
     path = queue_file()
     if path is None:
         return None
-    if backends.file_identity(path) == _state["queue_identity"]:  # stat only: never open() a file SQLite holds
+    if backends.file_identity(path) == _binding().queue_identity:  # stat only: never open() a file SQLite holds
         return None
     close_connection()  # the next use reconnects: moves a damaged file aside, creates a missing one
     storage = huey().storage

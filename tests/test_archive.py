@@ -534,7 +534,7 @@ def test_a_tar_gz_scan_saves_its_listing_so_workers_started_apart_need_not_decom
     from tessq import archive as arc
     from tessq import queue
 
-    monkeypatch.setitem(queue._state, "workspace", SimpleNamespace(state_dir=out / ".tessq"))
+    monkeypatch.setattr(queue, "workspace", lambda: SimpleNamespace(state_dir=out / ".tessq"))
     monkeypatch.setattr(arc.Archive, "load", lambda self: pytest.fail("listed the archive again"))
     member = arc.member(archive, "dup/a.tif")
     assert member.info.size == (reference["root"] / "dup/a.tif").stat().st_size
