@@ -9,10 +9,9 @@ after `pipeline.open_workspace()` (a `BatchTesselator` does that) so the models 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from tessq import db
+from tessq import db, storage
 from tessq.db import Image, Job
 
 FINISHED_STATES = (db.DONE, db.FAILED)
@@ -92,7 +91,5 @@ def per_image_timings(statuses: Iterable[str] = FINISHED_STATES, input_dir: str 
 
 
 def _join(base: str, rel: str) -> str:
-    """base/rel for a local folder or an s3://BUCKET/PREFIX location (which Path would fold)."""
-    if "://" in base:
-        return f"{base.rstrip('/')}/{rel}"
-    return str(Path(base) / rel)
+    """base/rel for a local folder or an S3 location (which Path would fold)."""
+    return storage.join_text(base, rel)

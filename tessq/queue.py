@@ -17,6 +17,7 @@ from huey import Huey
 
 from tessq import backends, db, defaults
 from tessq.settings import Workspace
+from tessq.storage.archive import use_state_dir
 
 log = logging.getLogger("tessq.queue")
 
@@ -39,6 +40,7 @@ def configure(workspace: Workspace) -> None:
     from tessq.worker import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
 
     _state.update(huey=huey, task=huey.task(name="tessq.process_image")(process_image), workspace=workspace)
+    use_state_dir(workspace.state_dir)  # a .tar.gz's listing and gzip index are saved there for the workers
     huey.on_startup(name="tessq-worker-init")(_init_worker_process)
     # a stopping worker (signal, drain, max_tasks) first commits the image it has cut
     huey.on_shutdown(name="tessq-worker-commit")(wait_for_commit)
