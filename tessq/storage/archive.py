@@ -870,7 +870,8 @@ class ArchiveMember:
         try:
             data = imagecodecs.deflate_decode(packed, raw=True, out=info.size) if info.size else b""
         except Exception as exc:  # imagecodecs.DeflateError: damaged, or longer than declared
-            raise CorruptImageError(str(self), f"deflate data is damaged or longer than its declared size ({exc})") from exc
+            raise CorruptImageError(str(self),
+                                    f"deflate data is damaged or longer than its declared size ({exc})") from exc
         del packed
         if len(data) != info.size:
             raise CorruptImageError(str(self), f"deflate data ends {info.size - len(data)} bytes before the member's "
