@@ -2,9 +2,10 @@
 for a local folder (local.py), s3://BUCKET/PREFIX (s3.py) and an archive read as a tree (archive.py).
 
 `at(location)` is the only place that looks at a location's scheme: everything above asks the Storage.
-Not fsspec: s3fs pulls aiobotocore, which pins botocore narrowly (clashing with users' boto3), and neither
-it nor LocalFileSystem gives what tessq relies on (O_NOFOLLOW reads, fsync + atomic folder renames,
-ranged GETs pinned to an ETag with If-Match); the few operations tessq needs are written here on boto3/os.
+Not fsspec: s3fs needs aiobotocore, which pins botocore to a narrow range (clashing with users' boto3), and
+fsspec's LocalFileSystem writes by plain open() and commits by shutil.move from the system temp dir (no
+O_NOFOLLOW, no fsync, no atomic rename beside the target), which folder.py needs; s3fs's ETag-pinned ranged
+reads (IfMatch) are what s3.RangedReader already does on boto3, so the few operations are written here.
 """
 
 from __future__ import annotations
