@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tessq import db, defaults, pipeline
+from tessq import db, defaults, pipeline, storage
 from tessq.options import SliceOptions
 
 
 def _location(value: str | Path) -> Path | str:
-    """A local folder as a Path; an s3://BUCKET/PREFIX URL stays a string (Path would fold its '//')."""
-    text = str(value)
-    return text if "://" in text else Path(value)
+    """A local folder as a Path; an S3 URL stays a string (storage.location_value)."""
+    return storage.location_value(value)
 
 
 @dataclass
@@ -114,10 +113,8 @@ class BatchTesselator:
 
     def _job(self) -> db.Job | None:
         """This batch's row in the status table, found by its output folder (None before its first scan)."""
-        from tessq import remote
-
         with db.session():
-            return db.Job.get_or_none(db.Job.output_dir == str(remote.resolve(_location(self.job.output_dir))))
+            return db.Job.get_or_none(db.Job.output_dir == storage.text(_location(self.job.output_dir)))
 
     def process(self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0,
                 progress: bool = False) -> int:

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from tessq import defaults, encode, geo, remote, selfcheck
+from tessq import defaults, encode, geo, selfcheck
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.folder import AtomicFolder
 from tessq.grid import Box, describe_grid, plan_grid, slice_name
 from tessq.options import SliceOptions
+from tessq.storage import s3 as remote
 from tessq.tiff import RegionReader, TiffInfo
 
 METADATA_FILENAME = "metadata.json"

@@ -9,10 +9,9 @@ after `pipeline.open_workspace()` (a `BatchTesselator` does that) so the models 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, TypedDict
 
-from tessq import db
+from tessq import db, storage
 
 FINISHED_STATES = (db.DONE, db.FAILED)
 
@@ -93,7 +92,5 @@ def timing(r: db.TimingRow, origin: float) -> Timing:
 
 
 def _join(base: str, rel: str) -> str:
-    """base/rel for a local folder or an s3://BUCKET/PREFIX location (which Path would fold)."""
-    if "://" in base:
-        return f"{base.rstrip('/')}/{rel}"
-    return str(Path(base) / rel)
+    """base/rel for a local folder or an S3 location (which Path would fold)."""
+    return storage.join_text(base, rel)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessq import archive, db, defaults, logs, remote, report, scan
+from tessq import db, defaults, logs, report, scan, storage
 from tessq import queue as tq
 from tessq.errors import ConfigError, TessqError
 from tessq.options import SliceOptions
@@ -100,7 +100,7 @@ def select_job(ws: Workspace | None = None, *, out: Path | str | None = None, jo
             raise ConfigError(f"no job {job_id} in {_where(ws)}; the jobs are: {listing}")
         job = chosen[0]
     elif out is not None:
-        wanted = str(remote.resolve(out))
+        wanted = storage.text(out)
         chosen = [j for j in jobs if j.output_dir == wanted]
         if not chosen:
             raise ConfigError(f"no job writes to {wanted} in {_where(ws)}; the jobs are: {listing}")
@@ -121,7 +121,7 @@ def _job_here(jobs: list[db.Job], ws: Workspace | None) -> db.Job | None:
     places = [Path.cwd().resolve()] + ([ws.root] if ws else [])
     best: tuple[int, db.Job] | None = None
     for job in jobs:
-        if remote.is_remote(job.output_dir):
+        if storage.at(job.output_dir).local_path is None:
             continue
         out = Path(job.output_dir)
         for place in places:
@@ -141,37 +141,28 @@ def _job(job: db.Job | None) -> db.Job:
 
 
 def start_logging(level: str, output_dir: Path | str | None = None, console: bool = True) -> None:
-    if output_dir is not None and remote.is_remote(output_dir):  # S3 holds no log: it stays in the workspace
+    if output_dir is not None and not storage.holds_state(output_dir):  # S3 holds no log: it stays in the workspace
         output_dir = (tq.workspace() or resolve_workspace(search=False)).state_dir
     log_file = (Path(output_dir) / defaults.LOG_FILENAME) if output_dir else None
     logs.setup(level, log_file, console=console)
 
 
 def default_output_dir(input_dir: Path | str) -> Path | str:
-    if archive.is_archive(input_dir):
-        out = archive.default_output(input_dir)
-        return out if remote.is_remote(out) else Path(out)
-    if remote.is_remote(input_dir):
-        return remote.default_output(input_dir)
-    input_dir = Path(input_dir)
-    return input_dir.resolve().parent / f"{input_dir.resolve().name}_tessq"
+    """<IN>_tessq beside IN (for an archive data.zip: data_tessq beside it)."""
+    return storage.at(input_dir).default_output().resolved()
 
 
 def check_locations(input_dir: Path | str, output_dir: Path | str | None) -> Path | str:
     """Refuse an input or output that cannot work before anything is created; returns the resolved OUT.
 
     Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3)."""
-    if archive.is_archive(input_dir):  # a .zip/.tar/.tar.gz file (local or s3://): refused here if unreadable
-        archive.check_input(input_dir)
-    elif remote.is_remote(input_dir):
-        remote.check_input(str(input_dir))
-    elif not Path(input_dir).is_dir():
-        raise ConfigError(f"input folder {input_dir} does not exist or is not a folder")
-    out = remote.resolve(output_dir or default_output_dir(input_dir))
-    if out == remote.resolve(input_dir):
+    source = storage.at(input_dir)  # a .zip/.tar/.tar.gz file (local or s3://) is refused here if unreadable
+    source.check_input()
+    target = storage.at(output_dir) if output_dir else source.default_output()
+    out = target.resolved()
+    if out == source.resolved():
         raise ConfigError(f"the output folder must differ from the input folder ({out}): pass another OUT")
-    if isinstance(out, Path) and out.exists() and not out.is_dir():
-        raise ConfigError(f"the output {out} exists and is not a folder")
+    target.check_output()
     return out
 
 
@@ -182,7 +173,7 @@ def check_job(input_dir: Path | str, output_dir: Path | str, options: SliceOptio
     - OUT already holds another input's job; - IN is already cut into another OUT in this database;
     - the cut options differ from the job's and some images are done: they would be cut again, so it
       takes `force_options` (`--force-options`, `BatchJob(force_options=True)`)."""
-    inp, out = str(remote.resolve(input_dir)), str(remote.resolve(output_dir))
+    inp, out = storage.text(input_dir), storage.text(output_dir)
     fingerprint = options_fingerprint(options)
     with db.session():
         by_out = db.Job.get_or_none(db.Job.output_dir == out)
@@ -222,10 +213,7 @@ def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, optio
         raise ConfigError(f"--check-output must be one of {', '.join(scan.CHECK_OUTPUT_MODES)}, not {check_output!r}")
     out = check_locations(input_dir, output_dir)
     check_job(input_dir, out, options, force_options=force_options)
-    if isinstance(out, Path):
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        remote.check_bucket(out)
+    storage.at(out).prepare_output()
     summary = scan.scan_tree(input_dir, out, options, options_fingerprint(options),
                              follow_symlinks=follow_symlinks, exclude=(workspace.state_dir,),
                              check_output=check_output)
@@ -257,14 +245,15 @@ def finish_report(job: db.Job | None = None) -> dict[str, Any]:
                           f"the existing {defaults.REPORT_FILENAME} is kept. Restore the status table, or run "
                           f"`tessq run {job.input_dir} {job.output_dir}` again")
     rep = report.build_report(job.id)
-    out = Path(job.output_dir)
-    if remote.is_remote(job.output_dir):
-        try:
-            remote.put_bytes(report.report_bytes(rep), remote.join(job.output_dir, defaults.REPORT_FILENAME))
-        except TessqError as exc:
-            log.warning("could not write the report to %s: %s", remote.normalize(job.output_dir), exc)
-    elif out.is_dir():
-        report.write_report(rep, out)
+    target = storage.at(job.output_dir)
+    if target.local_path is not None:  # OUT removed meanwhile: nothing to write the report into
+        if target.local_path.is_dir():
+            report.write_report(rep, Path(job.output_dir))
+        return rep
+    try:
+        target.put_bytes(defaults.REPORT_FILENAME, report.report_bytes(rep))
+    except TessqError as exc:
+        log.warning("could not write the report to %s: %s", target.text, exc)
     return rep
 
 
@@ -310,7 +299,7 @@ def verify_done(
 def forget_job(input_dir: Path | str) -> None:
     """--no-resume: drop what the table knows of this input, so every image is cut again."""
     with db.session():
-        db.forget_job(str(remote.resolve(input_dir)))
+        db.forget_job(storage.text(input_dir))
 
 
 def _done_dirs(job: db.Job | None = None) -> tuple[Path, list[str]]:

@@ -21,6 +21,7 @@ from huey import Huey
 
 from tessq import backends, db, defaults
 from tessq.settings import Workspace
+from tessq.storage.archive import use_state_dir
 
 log = logging.getLogger("tessq.queue")
 
@@ -54,6 +55,7 @@ def configure(workspace: Workspace) -> None:
     from tessq.worker import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
 
     _bound = Binding(workspace, queue, queue.task(name="tessq.process_image")(process_image))
+    use_state_dir(workspace.state_dir)  # a .tar.gz's listing and gzip index are saved there for the workers
     queue.on_startup(name="tessq-worker-init")(_init_worker_process)
     # a stopping worker (signal, drain, max_tasks) first commits the image it has cut
     queue.on_shutdown(name="tessq-worker-commit")(wait_for_commit)

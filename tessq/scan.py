@@ -20,26 +20,27 @@ from typing import Any
 
 import numpy as np
 
-from tessq import archive, db, defaults, remote, tiff
+from tessq import db, storage, tiff
 from tessq.errors import ImageError
 from tessq.options import SliceOptions
 from tessq.settings import options_fingerprint
+
+# The tree rules and the local walk live in storage now; scan's names for them stay importable from here.
+from tessq.storage.local import walk  # noqa: F401
+from tessq.storage.tree import (  # noqa: F401
+    METADATA_NAME,
+    TESSQ_METADATA_SCHEMA,
+    FolderEntries,
+    is_image_name,
+    is_skipped_dir,
+    is_tessq_output,
+    is_tiff_name,
+)
 
 log = logging.getLogger("tessq.scan")
 
 PROBE_PARALLEL_MIN = 2000  # below this many TIFFs a process pool costs more than it saves
 MAX_NAME_BYTES = 180  # leaves room for ".<name>.tessq-tmp.<token>" under the usual 255-byte NAME_MAX
-
-
-@dataclass
-class FolderEntries:
-    rel: str  # posix path relative to the input root, '' for the root
-    tiffs: list[os.DirEntry[str]] = field(default_factory=list)
-    other_images: int = 0
-    # Set on a folder that was not entered (or not used as input): 'hidden', 'excluded', 'symlink', 'tessq_output'.
-    skip_reason: str | None = None
-    # TIFF names in this folder that were not read, with why ('symlink': a symbolic link not followed).
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 # Folder skip reasons that count in batch_summary.folders_skipped (the seed's JPG-only folders); the others
@@ -82,18 +83,6 @@ class ScanSummary:
         data = dict(self.__dict__)
         data.pop("enqueue_ids")
         return data
-
-
-def is_tiff_name(name: str) -> bool:
-    return name.lower().endswith(defaults.TIFF_EXTENSIONS)
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(defaults.IMAGE_EXTENSIONS)
-
-
-def is_skipped_dir(name: str) -> bool:
-    return name.startswith(".") or name in defaults.SKIPPED_DIR_NAMES
 
 
 def classify_folder(n_tiffs: int, n_other_images: int) -> str | None:
@@ -196,79 +185,6 @@ def colliding_outputs(out_rels: list[str]) -> dict[int, str]:
                 clashes.setdefault(i, other)
                 break
     return clashes
-
-
-def walk(root: Path, *, follow_symlinks: bool, exclude: set[Path]) -> Iterator[FolderEntries]:
-    """Yield every folder (depth first, sorted) with its TIFF entries and count of other images.
-
-    Hidden and system folders, `exclude` (the workspace, the output) and, unless asked, symlinks
-    are never entered; visited (device, inode) pairs stop symlink loops.
-    """
-    seen: set[tuple[int, int]] = set()
-    stack: list[tuple[Path, str]] = [(root, "")]
-    while stack:
-        path, rel = stack.pop()
-        try:
-            st = path.stat()
-        except OSError as exc:
-            log.warning("cannot enter %s: %s", path, exc)
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        folder = FolderEntries(rel=rel)
-        subdirs: list[tuple[Path, str]] = []
-        not_entered: list[FolderEntries] = []
-        try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
-        except OSError as exc:
-            log.warning("cannot list %s: %s", path, exc)
-            continue
-        if any(e.name == METADATA_NAME for e in entries) and is_tessq_output(path):
-            yield FolderEntries(rel=rel, skip_reason="tessq_output")  # an image folder tessq wrote: not input
-            continue
-        for entry in entries:
-            try:
-                child_rel = f"{rel}/{entry.name}" if rel else entry.name
-                if entry.is_symlink() and not follow_symlinks:
-                    if is_tiff_name(entry.name):
-                        folder.skipped_files.append((entry.name, "symlink"))
-                    elif entry.is_dir():
-                        not_entered.append(FolderEntries(rel=child_rel, skip_reason="symlink"))
-                    continue
-                if entry.is_dir(follow_symlinks=follow_symlinks):
-                    child = Path(entry.path)
-                    if is_skipped_dir(entry.name):
-                        not_entered.append(FolderEntries(rel=child_rel, skip_reason="hidden"))
-                        continue
-                    if child.resolve() in exclude:
-                        not_entered.append(FolderEntries(rel=child_rel, skip_reason="excluded"))
-                        continue
-                    subdirs.append((child, child_rel))
-                elif entry.is_file(follow_symlinks=follow_symlinks):
-                    if is_tiff_name(entry.name):
-                        folder.tiffs.append(entry)
-                    elif is_image_name(entry.name):
-                        folder.other_images += 1
-            except OSError as exc:
-                log.warning("cannot read %s: %s", entry.path, exc)
-        yield folder
-        yield from not_entered
-        stack.extend(reversed(subdirs))
-
-
-METADATA_NAME = "metadata.json"
-TESSQ_METADATA_SCHEMA = "tessq.metadata"
-
-
-def is_tessq_output(folder: str | Path) -> bool:
-    """Whether `folder` is an image folder tessq wrote (its metadata.json says schema "tessq.metadata")."""
-    try:
-        with open(Path(folder) / METADATA_NAME, "rb") as fh:
-            meta = json.loads(fh.read(64 * 1024 * 1024))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(meta, dict) and meta.get("schema") == TESSQ_METADATA_SCHEMA
 
 
 def printable(text: str) -> str:
@@ -477,7 +393,7 @@ def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None,
     return problems[0] + more
 
 
-def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: ScanSummary,
+def check_done_outputs(job_id: int, output_dir: Path | str | storage.Storage, mode: str, summary: ScanSummary,
                        present: set[str] | None = None) -> list[int]:
     """Done images that must be cut again: their output folder is missing or damaged (output_problem), or
     `tessq verify` recorded them as different. They are queued again; returns their ids.
@@ -489,12 +405,14 @@ def check_done_outputs(job_id: int, output_dir: Path | str, mode: str, summary: 
         raise ValueError(f"check_output must be one of {', '.join(CHECK_OUTPUT_MODES)}, not {mode!r}")
     with db.session():
         rows = db.done_outputs(job_id)
+    local_out = storage.at(output_dir).local_path
+
     def problem(row: tuple[int, str, str, int | None, int | None, int | None]) -> str | None:
         _, _, out_rel, n_slices, bytes_out, verified = row
         if verified == 0:
             return VERIFIED_DIFFERENT
-        if isinstance(output_dir, Path):  # an s3:// output is not checked here (tessq verify does)
-            return output_problem(output_dir / out_rel, n_slices, bytes_out, mode)
+        if local_out is not None:  # an s3:// output is not checked here (tessq verify does)
+            return output_problem(local_out / out_rel, n_slices, bytes_out, mode)
         return None
 
     if len(rows) >= CHECK_PARALLEL_MIN:  # directory listings and reads release the GIL: overlap their waits
@@ -550,21 +468,17 @@ def scan_tree(
     Done images whose output folder is missing or damaged (check_output: "stat", "hash" or "none", see
     output_problem) or that `tessq verify` found different are queued again.
 
-    Either side may be an s3:// URL: an S3 input is listed (remote.walk, same rules) and probed by ranged GETs."""
-    input_dir, output_dir = remote.resolve(input_dir), remote.resolve(output_dir)
+    Either side may be an s3:// URL: an S3 input is listed (same rules) and probed by ranged GETs; an archive
+    input's member paths are its tree."""
+    source, target = storage.at(input_dir), storage.at(output_dir)
+    input_dir, output_dir = source.resolved(), target.resolved()
     if check_output not in CHECK_OUTPUT_MODES:
         raise ValueError(f"check_output must be one of {', '.join(CHECK_OUTPUT_MODES)}, not {check_output!r}")
     summary = ScanSummary(str(input_dir), str(output_dir), check_output=check_output)
     folders: list[dict[str, Any]] = []
     files: list[tuple[Any, str, str]] = []  # (directory entry, folder, output folder name) of every TIFF
     with_tiffs: list[FolderEntries] = []
-    if archive.is_archive(input_dir):  # a .zip/.tar/.tar.gz: its member paths are the tree
-        tree: Iterator[FolderEntries] = archive.walk(input_dir)
-    elif isinstance(input_dir, str):
-        tree = remote.walk(input_dir, exclude=(str(output_dir),))
-    else:
-        excluded = {p.resolve() for p in (output_dir, *exclude) if isinstance(p, Path)}
-        tree = walk(input_dir, follow_symlinks=follow_symlinks, exclude=excluded)
+    tree: Iterator[FolderEntries] = source.walk(follow_symlinks=follow_symlinks, exclude=(output_dir, *exclude))
     for folder in tree:
         for name, why in folder.skipped_files:
             summary.skipped_entries.append(
@@ -598,7 +512,7 @@ def scan_tree(
         files.extend((entry, folder.rel, names[entry.name]) for entry in folder.tiffs)
     with db.session():
         known = db.known_headers(str(input_dir))
-    candidates = probe_all(files, options.min_size, parallel=isinstance(input_dir, Path), known=known)
+    candidates = probe_all(files, options.min_size, parallel=source.probe_in_processes, known=known)
     refuse_colliding(candidates)
     with db.session(), db.scan_transaction():  # one write transaction: concurrent scans of a tree queue each once
         job = db.upsert_job(str(input_dir), str(output_dir), options.to_dict(), options_hash)
@@ -617,7 +531,7 @@ def scan_tree(
             summary.failed_at_scan.append(
                 {"file": c["rel_path"], "type": c["error_type"], "message": c["error_message"]}
             )
-    damaged = check_done_outputs(job.id, output_dir, check_output, summary, {c["rel_path"] for c in candidates})
+    damaged = check_done_outputs(job.id, target, check_output, summary, {c["rel_path"] for c in candidates})
     summary.skipped_entries.sort(key=lambda e: (e["path"], e["kind"]))
     _log_skipped(summary.skipped_entries)
     for f in summary.failed_at_scan:

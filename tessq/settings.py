@@ -26,7 +26,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessq import backends, defaults
+from tessq import backends, defaults, storage
 from tessq.errors import ConfigError
 from tessq.options import SliceOptions
 
@@ -71,16 +71,10 @@ class Workspace:
         return self.how == "legacy"
 
 
-def _is_remote(location: object) -> bool:
-    return os.fspath(location).startswith("s3:/") if isinstance(location, str | os.PathLike) else False
-
-
 def _canonical_out(output_dir: str | os.PathLike[str]) -> str:
-    """How the status table stores an output location (remote.resolve without importing remote)."""
-    if _is_remote(output_dir):
-        from tessq import remote
-
-        return str(remote.normalize(output_dir))
+    """How the status table stores an output location (a local one also with '~' expanded)."""
+    if not storage.holds_state(output_dir):
+        return storage.text(output_dir)
     return str(Path(output_dir).expanduser().resolve())
 
 
@@ -94,7 +88,7 @@ def remote_workspace_root(url: str) -> Path:
     """The local workspace of an s3:// output: a folder named after the URL in the user cache dir."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tessq" / "workspaces"
     norm = _canonical_out(url)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", norm.removeprefix("s3://"))[:80]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", storage.s3.parse(norm).path)[:80]
     return base / f"s3_{slug}_{hashlib.sha256(norm.encode()).hexdigest()[:10]}"
 
 
@@ -144,7 +138,7 @@ def resolve_workspace(workspace: str | os.PathLike[str] | None = None, *,
     elif output_dir is not None:
         out = _canonical_out(output_dir)
         cwd = Path.cwd().resolve()
-        if _is_remote(out):
+        if not storage.holds_state(out):
             root, how = remote_workspace_root(out), "output"
         else:
             root, how = Path(out), "output"
@@ -168,7 +162,7 @@ def legacy_message(ws: Workspace, output_dir: str | os.PathLike[str]) -> str:
     """What to tell the user of an old-layout workspace (kept working, not moved behind their back)."""
     jobs = legacy_jobs(ws.root) or []
     out = _canonical_out(output_dir)
-    if _is_remote(out):
+    if not storage.holds_state(out):
         move = f"mv {ws.state_dir} {remote_workspace_root(out) / defaults.WORKSPACE_DIRNAME}"
     else:
         move = f"mv {ws.state_dir} {Path(out) / defaults.WORKSPACE_DIRNAME}"

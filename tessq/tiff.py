@@ -11,16 +11,16 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, TIFF
 
-from tessq import archive, defaults, remote, tiffcodec
+from tessq import defaults, storage, tiffcodec
 from tessq.errors import (
     CorruptImageError,
     ImageError,
@@ -132,14 +132,10 @@ def _enum_name(enum: Any, value: int) -> str:
 def _open_tifffile(path: Path) -> tifffile.TiffFile:
     """TiffFile or our error: missing file -> SourceChangedError, OSError (EIO...) propagates.
 
-    An s3:// source (URL or remote.RemoteSource) is read through ranged GETs, or from its spooled copy."""
-    target: Any = path
-    size: int | None = None
-    offset: int | None = None
-    if archive.is_member(path):  # an archive member: a byte range of the archive, its spool or its stream
-        target, size, offset = path.tiff_range()
-    elif remote.is_remote(path):
-        target, size = remote.tiff_target(path)
+    An s3:// source (URL or storage.RemoteSource) is read through ranged GETs, or from its spooled copy; an
+    archive member as a byte range of the archive, its spool or its stream (storage.tiff_target)."""
+    target: Any
+    target, size, offset = storage.tiff_target(path)
     try:
         if offset is not None:
             return tifffile.TiffFile(target, offset=offset, size=size)
@@ -476,11 +472,7 @@ def _fallback_decoders(page: Any, info: TiffInfo, cls: str) -> tuple[str, ...]:
 
 def _fallback_target(path: Any) -> Any:
     """What a fallback decoder opens: the local path, or the remote source's spool/ranged reader."""
-    if archive.is_member(path):
-        return path.fallback_target()
-    if remote.is_remote(path):
-        return remote.tiff_target(path)[0]
-    return str(path)
+    return storage.fallback_target(path)
 
 
 def _choose_decoder(page: Any, info: TiffInfo, path: Any, memory_budget: int) -> TiffInfo:
@@ -584,12 +576,18 @@ def _header_failure(path: Any, exc: Exception) -> ImageError:
     return kind(path, reason)
 
 
+def _as_path(path: str | Path) -> Path:
+    """A local name as a Path; an S3 URL or a source object (storage.readable) stands in for one: this module
+    opens it only through storage.tiff_target/fallback_target and names it with str()."""
+    return cast(Path, storage.readable(path))
+
+
 def probe(path: str | Path, series: int = 0, level: int = 0) -> TiffInfo:
     """Header-only description of the image tessq would slice; raises our ImageError types for bad input.
 
     Also decides who decodes it (info.decoder); for old-style and planar-separate JPEG that costs one trial
     segment decode, for a fallback a Pillow/GDAL header parse."""
-    path = path if remote.is_remote(path) or archive.is_member(path) else Path(path)
+    path = _as_path(path)
     with _captured_tifffile_warnings() as warns:
         tif = _open_tifffile(path)
         try:
@@ -628,7 +626,7 @@ class RegionReader:
     """
 
     def __init__(self, path: str | Path, series: int = 0, level: int = 0, memory_budget: int | None = None):
-        self.path = path if remote.is_remote(path) or archive.is_member(path) else Path(path)
+        self.path = _as_path(path)
         self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
         self._fallback: tiffcodec.PillowReader | tiffcodec.GdalReader | None = None
         self._fallback_rows = 1
@@ -790,7 +788,7 @@ class RegionReader:
                     raise tiffcodec.decode_error(self.path, exc, f"{kind} {index}") from exc
                 return index, seg
 
-            raw = fh.read_segments(
+            raw: Iterable[Any] = fh.read_segments(
                 [offsets[s.index] for s in todo],
                 [counts[s.index] for s in todo],
                 indices=[s.index for s in todo],
@@ -837,7 +835,7 @@ class RegionReader:
             data = fh.read((yb - ya) * row_bytes)
         if len(data) != (yb - ya) * row_bytes:
             raise CorruptImageError(self.path, f"strip/tile {s.index} is truncated")
-        dtype = np.dtype(info.dtype).newbyteorder(info.byteorder)
+        dtype = np.dtype(info.dtype).newbyteorder(">" if info.byteorder == ">" else "<")  # TIFF: II or MM
         arr = np.frombuffer(data, dtype=dtype).reshape(1, yb - ya, seg_w, spp)
         self.segments_decoded += 1
         return _Segment(s.index, s.plane, ya, s.x, yb - ya, s.w), arr

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import mimetypes
 import os
 import threading
 import time
@@ -24,15 +23,17 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from tessq.errors import (
-    BucketNotFoundError,
-    ChecksumMismatchError,
-    ConfigError,
-    S3AuthError,
-    S3UnreachableError,
-    UploadError,
-)
+from tessq.errors import ChecksumMismatchError, UploadError
 from tessq.export import shipped_files
+from tessq.storage.s3 import (  # the client, its errors and the put path are storage's; shipping uses them
+    S3Target,
+    fatal_error,
+    make_client,
+    open_nofollow,
+    parse,
+    send_file,
+)
+from tessq.storage.s3 import head_bucket as check_bucket
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -42,12 +43,7 @@ CHUNK = 4 << 20
 # above it, concurrent multipart parts via s3transfer.
 MULTIPART_THRESHOLD = 16 << 20
 MULTIPART_CHUNKSIZE = 16 << 20
-MAX_ATTEMPTS = 8  # botocore "standard" retry mode: exponential backoff with jitter, capped at 20 s
 CHECKSUM_PREFIX = "crc32:"
-AUTH_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-     "InvalidClientTokenId", "AllAccessDisabled", "403"}
-)
 
 
 class Ledger(Protocol):
@@ -57,21 +53,6 @@ class Ledger(Protocol):
 
     def record(self, key: str, local_path: str, size: int, mtime: float, checksum: str,
                etag: str | None) -> None: ...
-
-
-@dataclass(frozen=True)
-class S3Target:
-    bucket: str
-    prefix: str  # without leading or trailing '/'
-
-    def key_for(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    def url_for(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
-    def list_prefix(self) -> str:
-        return f"{self.prefix}/" if self.prefix else ""
 
 
 def endpoint_id(endpoint_url: str | None) -> str:
@@ -96,12 +77,8 @@ def ledger_key(endpoint: str, target: S3Target, key: str) -> str:
 
 
 def parse_s3_url(url: str) -> S3Target:
-    if not url.startswith("s3://"):
-        raise ConfigError(f"upload target {url!r} is not an S3 URL: use s3://BUCKET/PREFIX")
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    if not bucket:
-        raise ConfigError(f"upload target {url!r} has no bucket: use s3://BUCKET/PREFIX")
-    return S3Target(bucket, prefix.strip("/"))
+    """The upload target: s3://BUCKET/PREFIX exactly as given (storage.s3.parse)."""
+    return parse(url, what="upload target", folded=False)
 
 
 def files_to_ship(
@@ -113,14 +90,6 @@ def files_to_ship(
     return shipped_files(out_dir, image_dirs, folder=folder, not_shipped=not_shipped)
 
 
-NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-def open_nofollow(path: Path) -> Any:
-    """The file for reading, refusing a symbolic link (ELOOP): nothing is read through a link in OUT."""
-    return os.fdopen(os.open(path, NOFOLLOW), "rb")
-
-
 def file_crc32(path: Path) -> str:
     """The file's CRC32 as S3 writes it (base64 of the big-endian 4 bytes), read in chunks."""
     crc = 0
@@ -128,91 +97,6 @@ def file_crc32(path: Path) -> str:
         while chunk := f.read(CHUNK):
             crc = zlib.crc32(chunk, crc)
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
-
-
-def content_type(rel: str) -> str:
-    return mimetypes.guess_type(rel)[0] or "application/octet-stream"
-
-
-# ---------------------------------------------------------------- client and error translation
-
-
-def make_client(endpoint_url: str | None, profile: str | None, concurrency: int) -> Any:
-    """An S3 client from the standard credential chain (env, profile, SSO, instance role): never logged."""
-    try:
-        import boto3
-    except ImportError:
-        raise ConfigError("S3 needs boto3: pip install 'tessq[s3]' (or pip install boto3)") from None
-    from botocore.config import Config
-    from botocore.exceptions import ProfileNotFound
-
-    try:
-        session = boto3.Session(profile_name=profile)
-    except ProfileNotFound as exc:
-        raise S3AuthError(f"AWS profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials") from exc
-    config = Config(
-        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
-        connect_timeout=10,
-        read_timeout=120,
-        # Whole-file workers plus multipart part threads share the pool.
-        max_pool_connections=2 * concurrency + 4,
-    )
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def fatal_error(exc: BaseException, target: S3Target, endpoint: str | None) -> UploadError | None:
-    """The typed, actionable error when `exc` means no upload can succeed; None for a per-file failure."""
-    from botocore.exceptions import (
-        ClientError,
-        ConnectTimeoutError,
-        CredentialRetrievalError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
-
-    where = endpoint or "the AWS default endpoint"
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
-        return S3AuthError(
-            f"no usable AWS credentials ({type(exc).__name__}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-            "pass --profile NAME, or run `aws configure`"
-        )
-    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
-        return S3UnreachableError(
-            f"cannot reach the S3 endpoint {where} after {MAX_ATTEMPTS} attempts: check the network "
-            "connection and --endpoint-url, then run the upload again (it resumes)"
-        )
-    if not isinstance(exc, ClientError):
-        return None
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code == "NoSuchBucket" or (exc.operation_name == "HeadBucket" and status == 404):
-        return BucketNotFoundError(
-            f"bucket {target.bucket!r} does not exist at {where}: create it (aws s3 mb s3://{target.bucket}) "
-            "or fix the name in s3://BUCKET/PREFIX"
-        )
-    if code in AUTH_CODES or status == 403:
-        return S3AuthError(
-            f"access to bucket {target.bucket!r} at {where} was refused ({code}): check the credentials "
-            "(--profile, AWS_* variables) and that they allow s3:ListBucket and s3:PutObject on it"
-        )
-    if code in ("PermanentRedirect", "301") or status == 301:
-        return UploadError(
-            f"bucket {target.bucket!r} is in another region than the client's: set AWS_REGION "
-            "(or the profile's region) to the bucket's region"
-        )
-    return None
-
-
-def check_bucket(client: Any, target: S3Target, endpoint: str | None) -> None:
-    """One HeadBucket before any file: a wrong bucket, key or endpoint fails at once, with one message."""
-    try:
-        client.head_bucket(Bucket=target.bucket)
-    except Exception as exc:
-        fatal = fatal_error(exc, target, endpoint)
-        if fatal is not None:
-            raise fatal from exc
-        raise UploadError(f"cannot use bucket {target.bucket!r} at {endpoint or 'AWS'}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- one run
@@ -252,33 +136,25 @@ def _subscriber(run: _Run, sent: list[int]) -> Any:
 
 
 def _send(run: _Run, path: Path, key: str, size: int, crc: str) -> str | None:
-    """Upload one file with its CRC32 and check what S3 reports back; returns the ETag."""
-    extra = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc, "ContentType": content_type(key)}
+    """Upload one file with its CRC32 (storage.s3.send_file) and check what S3 reports back; returns the ETag."""
     if size < MULTIPART_THRESHOLD:
-        with open_nofollow(path) as body:
-            resp = run.client.put_object(Bucket=run.target.bucket, Key=key, Body=body, **extra)
-        server_size, server_crc = size, resp.get("ChecksumCRC32")
+        sent = send_file(run.client, path, run.target.bucket, key, size, crc32=crc, threshold=MULTIPART_THRESHOLD)
         run.advance(size)
     else:
-        sent = [0]
+        progress = [0]
         try:
-            # An open file, not its name: s3transfer would open the name itself, following a link.
-            with open_nofollow(path) as body:
-                run.manager.upload(
-                    body, run.target.bucket, key, extra_args=extra, subscribers=[_subscriber(run, sent)]
-                ).result()
+            sent = send_file(run.client, path, run.target.bucket, key, size, crc32=crc,
+                             threshold=MULTIPART_THRESHOLD, manager=run.manager,
+                             subscribers=[_subscriber(run, progress)])
         except BaseException:
-            run.advance(-sent[0])  # the bar should not keep bytes of a transfer that failed
+            run.advance(-progress[0])  # the bar should not keep bytes of a transfer that failed
             raise
-        # s3transfer returns no response: ask S3 for the full-object CRC32 it computed over the parts.
-        resp = run.client.head_object(Bucket=run.target.bucket, Key=key, ChecksumMode="ENABLED")
-        server_size, server_crc = resp.get("ContentLength"), resp.get("ChecksumCRC32")
-    if server_size != size or (server_crc is not None and server_crc != crc):
+    if sent.size != size or (sent.crc32 is not None and sent.crc32 != crc):
         raise ChecksumMismatchError(
-            f"{path}: s3://{run.target.bucket}/{key} holds {server_size} bytes with CRC32 {server_crc}, "
+            f"{path}: {run.target.url_for(key)} holds {sent.size} bytes with CRC32 {sent.crc32}, "
             f"the local file has {size} bytes with CRC32 {crc}; it was not recorded and will be sent again"
         )
-    return resp.get("ETag")
+    return sent.etag
 
 
 def _remote_crc32(run: _Run, key: str) -> str | None:
@@ -341,7 +217,7 @@ def _verify_target(client: Any, target: S3Target, shipped: dict[str, tuple[Path,
             continue
         what = "is missing" if found is None else f"holds {found[0]} bytes, the local file {size}"
         missing.append({"path": str(path), "key": key,
-                        "error": f"s3://{target.bucket}/{key} {what} after the upload; run the upload again"})
+                        "error": f"{target.url_for(key)} {what} after the upload; run the upload again"})
     return verified, missing
 
 
@@ -384,7 +260,7 @@ def upload_outputs(
         remote = list_target(client, target)
     except Exception as exc:
         fatal = fatal_error(exc, target, endpoint)
-        raise (fatal or UploadError(f"cannot list s3://{target.bucket}/{target.prefix}: {exc}")) from exc
+        raise (fatal or UploadError(f"cannot list {target.url_for(target.prefix)}: {exc}")) from exc
     config = TransferConfig(
         multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNKSIZE,
         max_concurrency=concurrency, use_threads=True,
@@ -404,27 +280,27 @@ def upload_outputs(
             }
             for fut in as_completed(futures):
                 path, rel = futures[fut]
-                exc = fut.exception()
-                if exc is None:
+                problem = fut.exception()
+                if problem is None:
                     outcome, size = fut.result()
                     shipped[target.key_for(rel)] = (path, size)
                     counts[outcome] += 1
                     bytes_uploaded += size if outcome == "uploaded" else 0
                     continue
-                fatal = fatal_error(exc, target, endpoint)
+                fatal = fatal_error(problem, target, endpoint)
                 if fatal is not None:
                     # Files in flight finish (and are recorded); queued ones are dropped.
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise fatal from exc
-                log.warning("upload of %s failed: %s", path, exc)
-                failed.append({"path": str(path), "key": target.key_for(rel), "error": str(exc)})
+                    raise fatal from problem
+                log.warning("upload of %s failed: %s", path, problem)
+                failed.append({"path": str(path), "key": target.key_for(rel), "error": str(problem)})
     finally:
         manager.shutdown()
     try:
         verified, missing = _verify_target(client, target, shipped)
     except Exception as exc:
         fatal = fatal_error(exc, target, endpoint)
-        raise (fatal or UploadError(f"cannot list s3://{target.bucket}/{target.prefix} to verify it: {exc}")) from exc
+        raise (fatal or UploadError(f"cannot list {target.url_for(target.prefix)} to verify it: {exc}")) from exc
     for item in missing:
         log.warning("%s", item["error"])
     failed.extend(missing)

@@ -91,12 +91,12 @@ def default_workers() -> int:
 
 def verify_one(job: VerifyJob) -> dict[str, Any]:
     """One image folder against its source: {'image_id', 'file', 'identical', 'problems', 'error', ...}."""
-    from tessq import remote, verify
+    from tessq import storage, verify
 
     out: dict[str, Any] = {"image_id": job.image_id, "file": job.rel_path, "identical": False, "problems": [],
                            "error": None}
     try:
-        with remote.verifiable(job.input_dir, job.output_dir, job.rel_path, job.out_rel) as found:
+        with storage.verifiable(job.input_dir, job.output_dir, job.rel_path, job.out_rel) as found:
             outcome = verify.verify_image(*found)
     except Exception as exc:  # a missing or damaged output folder is a verification failure
         out["error"] = f"{type(exc).__name__}: {exc}"

@@ -23,11 +23,13 @@ from typing import Any, Protocol
 from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Scheduler
 from huey.exceptions import TaskTimeout
 
-from tessq import __version__, archive, db, defaults, folder, remote
+from tessq import __version__, db, defaults, folder
 from tessq import queue as tq
 from tessq.errors import LeaseLostError, OptionsChangedError, SourceChangedError, TessqError
 from tessq.options import SliceOptions
 from tessq.perprocess import PerProcess
+from tessq.storage import archive
+from tessq.storage import s3 as remote
 
 log = logging.getLogger("tessq.worker")
 

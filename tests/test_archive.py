@@ -445,7 +445,7 @@ def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_o
 
 
 def test_member_paths_are_made_safe_and_never_point_outside_the_tree() -> None:
-    from tessq.archive import safe_rel
+    from tessq.storage.archive import safe_rel
 
     assert safe_rel("a/b.tif") == "a/b.tif"
     assert safe_rel("./a//b.tif") == "a/b.tif"
@@ -457,7 +457,8 @@ def test_member_paths_are_made_safe_and_never_point_outside_the_tree() -> None:
 
 def test_a_tar_gz_without_indexed_gzip_is_still_read_member_by_member(reference: dict, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from tessq import archive, tiff
+    from tessq import tiff
+    from tessq.storage import archive
 
     monkeypatch.setattr(archive, "indexed_gzip_available", lambda: False)
     path = tmp_path / "plain.tgz"
@@ -472,8 +473,8 @@ def test_a_tar_gz_without_indexed_gzip_is_still_read_member_by_member(reference:
 
 
 def test_a_member_of_a_changed_or_shrunken_archive_is_a_source_change(tmp_path: Path) -> None:
-    from tessq import archive
     from tessq.errors import SourceChangedError, SourceModifiedError
+    from tessq.storage import archive
 
     path = tmp_path / "a.zip"
     tif = write_tiff(tmp_path / "x.tif").read_bytes()
@@ -494,8 +495,8 @@ def test_a_member_of_a_changed_or_shrunken_archive_is_a_source_change(tmp_path: 
 @pytest.mark.parametrize("one_shot", [True, False], ids=["libdeflate-at-once", "zlib-streamed"])
 def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
         one_shot: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tessq import archive
     from tessq.errors import CorruptImageError
+    from tessq.storage import archive
 
     if not one_shot:
         monkeypatch.setattr(archive, "ONE_SHOT_MAX", 0)
@@ -529,12 +530,9 @@ def test_a_tar_gz_scan_saves_its_listing_so_workers_started_apart_need_not_decom
     saved = sorted(p.suffix for p in (out / ".tessq" / "archives").iterdir())
     assert saved == [".gzidx", ".json"]
     # a worker process loads the saved listing: it never lists the archive itself
-    from types import SimpleNamespace
+    from tessq.storage import archive as arc
 
-    from tessq import archive as arc
-    from tessq import queue
-
-    monkeypatch.setattr(queue, "workspace", lambda: SimpleNamespace(state_dir=out / ".tessq"))
+    monkeypatch.setitem(arc._STATE, "dir", out / ".tessq")  # what queue.configure sets in a worker
     monkeypatch.setattr(arc.Archive, "load", lambda self: pytest.fail("listed the archive again"))
     member = arc.member(archive, "dup/a.tif")
     assert member.info.size == (reference["root"] / "dup/a.tif").stat().st_size

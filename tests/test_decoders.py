@@ -197,7 +197,7 @@ def test_fallback_reads_s3_sources(
     spool: bool,
 ) -> None:
     """A remote source goes to Pillow as its spooled copy, or as the ranged reader (no temp file)."""
-    from tessq import remote
+    from tessq.storage import s3 as remote
     from tests.s3tools import new_bucket, s3_client
 
     monkeypatch.setenv("TESSQ_S3_ENDPOINT_URL", s3_endpoint)

@@ -30,8 +30,8 @@ def s3_env(sqlite_env: dict[str, str], s3_endpoint: str, tmp_path: Path) -> dict
 
 @pytest.fixture
 def in_process_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: F811
-    """tessq.remote in this process, pointed at moto (a fresh client per test)."""
-    from tessq import remote
+    """tessq.storage.s3 in this process, pointed at moto (a fresh client per test)."""
+    from tessq.storage import s3 as remote
 
     monkeypatch.setenv("TESSQ_S3_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("TESSQ_WORKSPACE", str(tmp_path / "ws"))

@@ -18,6 +18,7 @@ import pytest
 from tessq import db, upload
 from tessq.errors import BucketNotFoundError, S3AuthError, S3UnreachableError
 from tessq.export import shipped_files
+from tessq.storage import s3 as storage_s3
 from tessq.upload import file_crc32, files_to_ship, upload_outputs
 from tests.s3server import DUMMY_ENV, free_port, s3_endpoint, start_moto, stop_moto
 
@@ -210,7 +211,7 @@ def test_a_missing_bucket_is_a_clear_error(tmp_path: Path, ledger: db.UploadLedg
 def test_an_unreachable_endpoint_is_a_clear_error(
     tmp_path: Path, ledger: db.UploadLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(upload, "MAX_ATTEMPTS", 2)  # keep the backoff short; the default retries 8 times
+    monkeypatch.setattr(storage_s3, "MAX_ATTEMPTS", 2)  # keep the backoff short; the default retries 8 times
     for key, value in DUMMY_ENV.items():
         monkeypatch.setenv(key, value)
     dead = f"http://127.0.0.1:{free_port()}"

@@ -1,6 +1,7 @@
-"""S3 input and output: a prefix listed like a folder tree, TIFFs read by ranged GETs, image folders committed.
+"""S3 as a Storage: the one S3 URL parser, the boto3 client and its errors, objects read by ranged GETs,
+a prefix listed like a folder tree, files put (image folders and upload.py's shipping alike).
 
-Locations are s3://BUCKET/PREFIX URLs; one client per process, from upload.make_client (TESSQ_S3_ENDPOINT_URL).
+Locations are s3://BUCKET/PREFIX URLs; one client per process (make_client; TESSQ_S3_ENDPOINT_URL).
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ import contextlib
 import errno
 import hashlib
 import logging
+import mimetypes
 import os
 import shutil
 import stat as stat_mod
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,14 +26,26 @@ from typing import Any
 
 from tessq import defaults
 from tessq.errors import (
+    BucketNotFoundError,
     ConfigError,
     LeaseLostError,
     RemoteIOError,
+    S3AuthError,
+    S3UnreachableError,
     SourceChangedError,
     TessqError,
     UploadError,
 )
 from tessq.perprocess import PerProcess
+from tessq.storage.base import Storage
+from tessq.storage.tree import (
+    BATCH_METADATA_NAME,
+    METADATA_NAME,
+    FolderEntries,
+    is_image_name,
+    is_skipped_dir,
+    is_tiff_name,
+)
 
 log = logging.getLogger("tessq.remote")
 
@@ -54,31 +68,56 @@ def is_remote(location: object) -> bool:
     return False
 
 
-def normalize(location: str | os.PathLike[str]) -> str:
-    """'s3://bucket/prefix/' (or pathlib's 's3:/bucket/prefix') -> 's3://bucket/prefix'."""
+@dataclass(frozen=True)
+class S3Target:
+    bucket: str
+    prefix: str  # without leading or trailing '/'
+
+    def key_for(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def url_for(self, key: str) -> str:
+        return f"{SCHEME}{self.bucket}/{key}"
+
+    def list_prefix(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    @property
+    def path(self) -> str:
+        """bucket/prefix: the URL without its scheme."""
+        return f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+
+    @property
+    def url(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{SCHEME}{self.bucket}"
+
+
+def parse(location: str | os.PathLike[str], *, what: str = "", folded: bool = True) -> S3Target:
+    """The one S3 URL parser: 's3://bucket/prefix/' -> S3Target('bucket', 'prefix'). `folded` also takes
+    pathlib's 's3:/bucket/prefix'; `what` names the location in the error ('upload target')."""
     text = os.fspath(location)
+    named = f"{what} {text!r}" if what else repr(text)
     if text.startswith(SCHEME):
         rest = text[len(SCHEME):]
-    elif text.startswith("s3:/"):
+    elif folded and text.startswith("s3:/"):
         rest = text[len("s3:/"):]
     else:
-        raise ConfigError(f"{text!r} is not an S3 URL: use s3://BUCKET/PREFIX")
+        raise ConfigError(f"{named} is not an S3 URL: use s3://BUCKET/PREFIX")
     bucket, _, prefix = rest.partition("/")
     if not bucket:
-        raise ConfigError(f"{text!r} has no bucket: use s3://BUCKET/PREFIX")
-    prefix = prefix.strip("/")
-    return f"{SCHEME}{bucket}/{prefix}" if prefix else f"{SCHEME}{bucket}"
+        raise ConfigError(f"{named} has no bucket: use s3://BUCKET/PREFIX")
+    return S3Target(bucket, prefix.strip("/"))
 
 
-def resolve(location: str | os.PathLike[str]) -> str | Path:
-    """The canonical form of an input/output location: a normalized URL, or an absolute local Path."""
-    return normalize(location) if is_remote(location) else Path(location).resolve()
+def normalize(location: str | os.PathLike[str]) -> str:
+    """'s3://bucket/prefix/' (or pathlib's 's3:/bucket/prefix') -> 's3://bucket/prefix'."""
+    return parse(location).url
 
 
 def split(url: str | os.PathLike[str]) -> tuple[str, str]:
     """(bucket, key or prefix without slashes at either end)."""
-    bucket, _, key = normalize(url)[len(SCHEME):].partition("/")
-    return bucket, key
+    target = parse(url)
+    return target.bucket, target.prefix
 
 
 def join(url: str | os.PathLike[str], relative: str) -> str:
@@ -98,13 +137,100 @@ def default_output(input_url: str | os.PathLike[str]) -> str:
 # ---------------------------------------------------------------- client and errors
 
 
+MAX_ATTEMPTS = 8  # botocore "standard" retry mode: exponential backoff with jitter, capped at 20 s
+AUTH_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+     "InvalidClientTokenId", "AllAccessDisabled", "403"}
+)
+
+
 def endpoint_url() -> str | None:
     return os.environ.get("TESSQ_S3_ENDPOINT_URL") or None
 
 
-def _make_client() -> Any:
-    from tessq.upload import make_client
+def make_client(endpoint_url: str | None, profile: str | None, concurrency: int) -> Any:
+    """An S3 client from the standard credential chain (env, profile, SSO, instance role): never logged."""
+    try:
+        import boto3
+    except ImportError:
+        raise ConfigError("S3 needs boto3: pip install 'tessq[s3]' (or pip install boto3)") from None
+    from botocore.config import Config
+    from botocore.exceptions import ProfileNotFound
 
+    try:
+        session = boto3.Session(profile_name=profile)
+    except ProfileNotFound as exc:
+        raise S3AuthError(f"AWS profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials") from exc
+    config = Config(
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        connect_timeout=10,
+        read_timeout=120,
+        # Whole-file workers plus multipart part threads share the pool.
+        max_pool_connections=2 * concurrency + 4,
+    )
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def fatal_error(exc: BaseException, target: S3Target, endpoint: str | None) -> UploadError | None:
+    """The typed, actionable error when `exc` means no request to this bucket can succeed; None otherwise."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        CredentialRetrievalError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    where = endpoint or "the AWS default endpoint"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return S3AuthError(
+            f"no usable AWS credentials ({type(exc).__name__}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "pass --profile NAME, or run `aws configure`"
+        )
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        return S3UnreachableError(
+            f"cannot reach the S3 endpoint {where} after {MAX_ATTEMPTS} attempts: check the network "
+            "connection and --endpoint-url, then run the upload again (it resumes)"
+        )
+    if not isinstance(exc, ClientError):
+        return None
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code == "NoSuchBucket" or (exc.operation_name == "HeadBucket" and status == 404):
+        return BucketNotFoundError(
+            f"bucket {target.bucket!r} does not exist at {where}: create it (aws s3 mb s3://{target.bucket}) "
+            "or fix the name in s3://BUCKET/PREFIX"
+        )
+    if code in AUTH_CODES or status == 403:
+        return S3AuthError(
+            f"access to bucket {target.bucket!r} at {where} was refused ({code}): check the credentials "
+            "(--profile, AWS_* variables) and that they allow s3:ListBucket and s3:PutObject on it"
+        )
+    if code in ("PermanentRedirect", "301") or status == 301:
+        return UploadError(
+            f"bucket {target.bucket!r} is in another region than the client's: set AWS_REGION "
+            "(or the profile's region) to the bucket's region"
+        )
+    return None
+
+
+def head_bucket(client: Any, target: S3Target, endpoint: str | None) -> None:
+    """One HeadBucket before any object: a wrong bucket, key or endpoint fails at once, with one message."""
+    try:
+        client.head_bucket(Bucket=target.bucket)
+    except Exception as exc:
+        fatal = fatal_error(exc, target, endpoint)
+        if fatal is not None:
+            raise fatal from exc
+        raise UploadError(f"cannot use bucket {target.bucket!r} at {endpoint or 'AWS'}: {exc}") from exc
+
+
+def content_type(rel: str) -> str:
+    return mimetypes.guess_type(rel)[0] or "application/octet-stream"
+
+
+def _make_client() -> Any:
     logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # "found credentials in ..."
     return make_client(endpoint_url(), os.environ.get("AWS_PROFILE") or None, 2 * defaults.S3_UPLOAD_CONCURRENCY)
 
@@ -121,8 +247,6 @@ def translate(exc: BaseException, url: str, doing: str) -> BaseException:
     """An S3 failure as tessq sees it: FileNotFoundError, SourceChangedError, a typed UploadError or RemoteIOError."""
     from botocore.exceptions import ClientError
 
-    from tessq.upload import fatal_error, parse_s3_url
-
     if isinstance(exc, TessqError | FileNotFoundError):
         return exc
     if isinstance(exc, ClientError):
@@ -132,7 +256,7 @@ def translate(exc: BaseException, url: str, doing: str) -> BaseException:
             return FileNotFoundError(errno.ENOENT, f"{url}: no such object", url)
         if code in ("PreconditionFailed", "412") or status == 412:
             return SourceChangedError(url, "object was replaced while it was being read (its ETag changed)")
-    fatal = fatal_error(exc, parse_s3_url(url), endpoint_url())
+    fatal = fatal_error(exc, parse(url), endpoint_url())
     if fatal is not None:
         return fatal
     return RemoteIOError(f"{url}: {doing} failed ({type(exc).__name__}: {exc}); it is retried")
@@ -399,8 +523,11 @@ class RemoteSource:
 
 def as_source(source: str | os.PathLike[str] | RemoteSource) -> Path | RemoteSource:
     """A local Path, or a RemoteSource for an s3:// URL (what core.tessellate_image and tiff accept)."""
-    if isinstance(source, RemoteSource) or hasattr(source, "tiff_range"):  # (or an archive.ArchiveMember)
+    if isinstance(source, RemoteSource):
         return source
+    if hasattr(source, "tiff_range"):  # an archive.ArchiveMember: the surface of a RemoteSource
+        member: Any = source
+        return member
     if is_remote(source):
         return RemoteSource(_object_url(source))
     return Path(source)
@@ -487,17 +614,15 @@ def list_objects(url: str) -> Iterator[dict[str, Any]]:
         raise translate(exc, normalize(url), "listing") from exc
 
 
-def walk(root: str, *, exclude: tuple[str, ...] = ()) -> Iterator[Any]:
-    """scan.walk for a prefix: one scan.FolderEntries per 'folder' of keys, with the same skip rules
+def walk(root: str, *, exclude: Sequence[str | os.PathLike[str]] = ()) -> Iterator[FolderEntries]:
+    """The local walk for a prefix: one FolderEntries per 'folder' of keys, with the same skip rules
     (hidden/system folders, folder markers, the output prefix); keys with empty, '.' or '..' parts are
     logged and left out, since they cannot be mirrored."""
-    from tessq.scan import FolderEntries, is_image_name, is_skipped_dir, is_tiff_name
-
     root = normalize(root)
     bucket, prefix = split(root)
     base = f"{prefix}/" if prefix else ""
     skip = [split(e)[1] for e in exclude if is_remote(e) and split(e)[0] == bucket and normalize(e) != root]
-    folders: dict[str, Any] = {}
+    folders: dict[str, FolderEntries] = {}
     for obj in list_objects(root):
         key: str = obj["Key"]
         rel = key[len(base):]
@@ -526,11 +651,7 @@ def walk(root: str, *, exclude: tuple[str, ...] = ()) -> Iterator[Any]:
 
 def check_bucket(url: str) -> None:
     """Fail early, with the typed error, when the bucket of `url` is missing or refused."""
-    from tessq.upload import S3Target
-    from tessq.upload import check_bucket as head_bucket
-
-    bucket, prefix = split(url)
-    head_bucket(client(), S3Target(bucket, prefix), endpoint_url())
+    head_bucket(client(), parse(url), endpoint_url())
 
 
 def check_input(url: str) -> None:
@@ -542,25 +663,62 @@ def check_input(url: str) -> None:
 # ---------------------------------------------------------------- output: commit an image folder
 
 
-def put_file(path: Path, url: str) -> None:
-    """Upload one file with a CRC32 the SDK computes and S3 checks (multipart above S3_SINGLE_PUT_BYTES)."""
-    from tessq.upload import content_type
+NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
+
+def open_nofollow(path: Path) -> Any:
+    """The file for reading, refusing a symbolic link (ELOOP): nothing is read through a link."""
+    return os.fdopen(os.open(path, NOFOLLOW), "rb")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What S3 says it holds after a put: its size, its full-object CRC32 (None when not asked), its ETag."""
+
+    size: int | None
+    crc32: str | None
+    etag: str | None
+
+
+def send_file(s3: Any, path: Path, bucket: str, key: str, size: int, *, crc32: str | None = None,
+              threshold: int = defaults.S3_SINGLE_PUT_BYTES, manager: Any = None,
+              subscribers: Sequence[Any] = ()) -> Sent:
+    """The one put path: one PutObject below `threshold`, else concurrent multipart parts (s3transfer: the
+    given manager, or one for this file). S3 checks a CRC32 on what it received: `crc32` when given (then
+    S3's own full-object CRC32 comes back to compare), else one the SDK computes. The file is opened
+    without following a link; s3transfer gets the open file, not its name, for the same reason."""
+    extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32", "ContentType": content_type(key)}
+    if crc32 is not None:
+        extra["ChecksumCRC32"] = crc32
+    if size < threshold:
+        with open_nofollow(path) as body:
+            resp = s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+        return Sent(size, resp.get("ChecksumCRC32"), resp.get("ETag"))
+    with contextlib.ExitStack() as stack:
+        if manager is None:
+            from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+            manager = create_transfer_manager(s3, TransferConfig(max_concurrency=defaults.S3_UPLOAD_CONCURRENCY))
+            stack.callback(manager.shutdown)
+        with open_nofollow(path) as body:
+            manager.upload(body, bucket, key, extra_args=extra, subscribers=list(subscribers)).result()
+    if crc32 is None:
+        return Sent(size, None, None)
+    # s3transfer returns no response: ask S3 for the full-object CRC32 it computed over the parts.
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    return Sent(head.get("ContentLength"), head.get("ChecksumCRC32"), head.get("ETag"))
+
+
+def put_file(path: Path, url: str) -> None:
+    """Upload one file of an image folder with a CRC32 the SDK computes and S3 checks."""
     bucket, key = split(url)
-    extra = {"ContentType": content_type(key), "ChecksumAlgorithm": "CRC32"}
     try:
-        if path.stat().st_size < defaults.S3_SINGLE_PUT_BYTES:
-            with open(path, "rb") as body:
-                client().put_object(Bucket=bucket, Key=key, Body=body, **extra)
-        else:
-            client().upload_file(str(path), bucket, key, ExtraArgs=extra)
+        send_file(client(), path, bucket, key, path.stat().st_size)
     except Exception as exc:
         raise translate(exc, url, f"upload of {path.name}") from exc
 
 
 def put_bytes(data: bytes, url: str) -> None:
-    from tessq.upload import content_type
-
     bucket, key = split(url)
     try:
         client().put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type(key))
@@ -589,16 +747,14 @@ class OutputCommitter:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"tessq-out-{os.getpid()}-", dir=tmp_dir))
         self.local_dir = self.tmp / PurePosixPath(out_rel).name
 
-    def commit(self, still_holds: Any = None) -> dict[str, Any]:
+    def commit(self, still_holds: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Upload the finished local folder; `still_holds()` (the lease) is asked before anything is sent."""
-        from tessq.core import BATCH_METADATA_FILENAME, METADATA_FILENAME
-
         if still_holds is not None and not still_holds():
             raise LeaseLostError(f"{self.url}: lease lost before upload; the image belongs to another worker now")
         files = sorted(p for p in self.local_dir.iterdir() if p.is_file())
-        last = [n for n in (BATCH_METADATA_FILENAME, METADATA_FILENAME) if (self.local_dir / n).is_file()]
+        last = [n for n in (BATCH_METADATA_NAME, METADATA_NAME) if (self.local_dir / n).is_file()]
         slices = [p for p in files if p.name not in last]
-        meta_key = f"{self.prefix}/{METADATA_FILENAME}"
+        meta_key = f"{self.prefix}/{METADATA_NAME}"
         # An older version stops looking complete before any of its files is replaced.
         delete_keys(self.bucket, [meta_key])
         with ThreadPoolExecutor(max_workers=defaults.S3_UPLOAD_CONCURRENCY, thread_name_prefix="tessq-put") as pool:
@@ -621,7 +777,7 @@ class OutputCommitter:
         self.close()
 
 
-def sweep_temp(alive: Any, directory: str | Path | None = None) -> int:
+def sweep_temp(alive: Callable[[int], bool], directory: str | Path | None = None) -> int:
     """Remove spools and output temp dirs of dead processes of this machine (a SIGKILLed worker leaves them)."""
     directory = Path(directory or tempfile.gettempdir())
     removed = 0
@@ -653,29 +809,62 @@ def download_prefix(url: str, dest: str | Path) -> list[Path]:
     return out
 
 
-@contextlib.contextmanager
-def verifiable(input_dir: str, output_dir: str, rel_path: str,
-               out_rel: str) -> Iterator[tuple[Path, Path | RemoteSource | None]]:
-    """(local image folder, source or None) for verify.verify_image; an S3 folder is downloaded to a temp dir."""
-    from tessq import archive
+# ---------------------------------------------------------------- the Storage
 
-    if archive.is_archive(input_dir):
-        try:
-            source: Any = archive.member(input_dir, rel_path)
-        except (OSError, TessqError):
-            source = None
-    elif is_remote(input_dir):
-        source = RemoteSource(join(input_dir, rel_path))
-        if not source.exists():
-            source = None
-    else:
-        local = Path(input_dir) / rel_path
-        source = local if local.exists() else None
-    if not is_remote(output_dir):
-        yield Path(output_dir) / out_rel, source
-        return
-    with tempfile.TemporaryDirectory(prefix="tessq-verify-") as tmp:
-        folder = Path(tmp) / PurePosixPath(out_rel).name
-        if not download_prefix(join(output_dir, out_rel), folder):
-            raise UploadError(f"{join(output_dir, out_rel)}: no objects (the image folder is missing)")
-        yield folder, source
+
+class S3Storage(Storage):
+    """An s3://BUCKET/PREFIX: listed by ListObjectsV2, read by ranged GETs, written by OutputCommitter."""
+
+    kind = "s3"
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.target = parse(location)
+
+    @property
+    def text(self) -> str:
+        return self.target.url
+
+    def resolved(self) -> str:
+        return self.target.url
+
+    def join(self, relative: str) -> str:
+        return join(self.text, relative)
+
+    def default_output(self) -> S3Storage:
+        return S3Storage(default_output(self.text))
+
+    def check_input(self) -> None:
+        check_input(self.text)
+
+    def prepare_output(self) -> None:
+        check_bucket(self.text)
+
+    def walk(self, *, follow_symlinks: bool = False, exclude: Sequence[Path | str] = ()) -> Iterator[FolderEntries]:
+        return walk(self.text, exclude=tuple(e for e in exclude if is_remote(e)))
+
+    def source(self, relative: str) -> RemoteSource:
+        return RemoteSource(self.join(relative))
+
+    def existing_source(self, relative: str) -> RemoteSource | None:
+        found = self.source(relative)
+        return found if found.exists() else None
+
+    @contextlib.contextmanager
+    def opened_source(self, relative: str, tmp_dir: str | os.PathLike[str] | None = None
+                      ) -> Iterator[RemoteSource]:
+        with opened_source(self.join(relative), os.fspath(tmp_dir) if tmp_dir else None) as source:
+            yield source
+
+    def output_folder(self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None) -> OutputCommitter:
+        return OutputCommitter(self.text, out_rel, os.fspath(tmp_dir) if tmp_dir else None)
+
+    def put_bytes(self, relative: str, data: bytes) -> None:
+        put_bytes(data, self.join(relative))
+
+    @contextlib.contextmanager
+    def local_copy(self, out_rel: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="tessq-verify-") as tmp:
+            folder = Path(tmp) / PurePosixPath(out_rel).name
+            if not download_prefix(self.join(out_rel), folder):
+                raise UploadError(f"{self.join(out_rel)}: no objects (the image folder is missing)")
+            yield folder

@@ -9,7 +9,7 @@ through indexed_gzip when installed (``pip install 'tessq[archive]'``: random ac
 from an index built once per process), else by plain gzip (each member costs a decompression from the
 start of the archive); its members are spooled like deflated ones.
 
-A member is a source object the way remote.RemoteSource is one: name, stat(), resolve(), open('rb'), and
+A member is a source object the way s3.RemoteSource is one: name, stat(), resolve(), open('rb'), and
 ``tiff_range()`` for tiff._open_tifffile. Its identity is its path in the tree (rel_path); size and
 "mtime" (TAR: the member's mtime; ZIP: its date_time plus CRC-32/2**32, so a same-size rewrite with a new
 CRC is a change) are what change detection compares, exactly where a file's size and mtime go.
@@ -32,12 +32,12 @@ import tempfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tessq import defaults, remote
+from tessq import defaults
 from tessq.errors import (
     ConfigError,
     CorruptImageError,
@@ -45,7 +45,19 @@ from tessq.errors import (
     ImageTooLargeError,
     SourceChangedError,
     SourceModifiedError,
+    TessqError,
     UnsupportedImageError,
+)
+from tessq.storage import s3 as remote
+from tessq.storage.base import OutputFolder, Storage
+from tessq.storage.local import LocalStorage
+from tessq.storage.tree import (
+    METADATA_NAME,
+    FolderEntries,
+    is_image_name,
+    is_skipped_dir,
+    is_tessq_metadata,
+    is_tiff_name,
 )
 
 log = logging.getLogger("tessq.archive")
@@ -73,9 +85,9 @@ def archive_kind(location: object) -> str | None:
 
 def is_archive(location: object) -> bool:
     """Whether an input location names an archive file: a local file, or an s3:// object, with an archive suffix."""
-    if archive_kind(location) is None:
+    if archive_kind(location) is None or not isinstance(location, str | os.PathLike):
         return False
-    text = os.fspath(location)  # type: ignore[arg-type]
+    text = os.fspath(location)
     if remote.is_remote(text):
         return _remote_object_exists(remote.normalize(text))
     return os.path.isfile(text)
@@ -264,7 +276,7 @@ class Archive:
                     break
                 if ti is None:
                     break
-                tf.members.clear()  # 100k+ members: keep our own small records only
+                vars(tf)["members"].clear()  # 100k+ members: keep our own small records (not in the stubs)
                 if ti.isdir():
                     continue
                 if ti.islnk():
@@ -387,14 +399,20 @@ def get_archive(location: str | os.PathLike[str], *, fresh: bool = True) -> Arch
 SAVED_FORMAT = 1
 
 
-def _saved_paths(location: str, st: ArchiveStat) -> tuple[Any, Any] | None:
-    from tessq import queue
+_STATE: dict[str, Path | None] = {"dir": None}
 
-    ws = queue.workspace()
-    if ws is None:
+
+def use_state_dir(state_dir: Path | None) -> None:
+    """Where saved listings go and are looked for (the workspace's .tessq/, set when the queue is configured)."""
+    _STATE["dir"] = state_dir
+
+
+def _saved_paths(location: str, st: ArchiveStat) -> tuple[Any, Any] | None:
+    state_dir = _STATE["dir"]
+    if state_dir is None:
         return None
     key = hashlib.sha256(json.dumps([location, st.st_size, st.st_mtime, st.etag]).encode()).hexdigest()[:24]
-    base = ws.state_dir / "archives" / key
+    base = state_dir / "archives" / key
     return base.with_suffix(".json"), base.with_suffix(".gzidx")
 
 
@@ -575,7 +593,7 @@ class _Inflater:
             try:
                 chunk = self._d.decompress(data, CHUNK)  # never more than CHUNK out per call: bombs stay small
             except zlib.error as exc:
-                raise CorruptImageError(self.member, f"deflate data is damaged ({exc})") from exc
+                raise CorruptImageError(str(self.member), f"deflate data is damaged ({exc})") from exc
             if not chunk and self._d.eof:
                 break
             self._buf += chunk
@@ -584,10 +602,10 @@ class _Inflater:
         self._crc = zlib.crc32(data, self._crc)
         self._left_out -= len(data)
         if len(data) < n:
-            raise CorruptImageError(self.member, f"deflate data ends {self._left_out} bytes before the member's "
+            raise CorruptImageError(str(self.member), f"deflate data ends {self._left_out} bytes before the member's "
                                                  f"declared size (truncated or damaged)")
         if self._left_out == 0 and self.member.info.crc is not None and self._crc != self.member.info.crc:
-            raise CorruptImageError(self.member, "CRC-32 of the inflated member differs from the archive's")
+            raise CorruptImageError(str(self.member), "CRC-32 of the inflated member differs from the archive's")
         return data
 
     def close(self) -> None:
@@ -614,9 +632,9 @@ class _TarGzStream:
                 self._fh.seek(self._pos)
                 data = self._fh.read(n)
         except (OSError, EOFError, zlib.error, ValueError) as exc:
-            raise CorruptImageError(self.member, f"gzip data is damaged or ends early ({exc})") from exc
+            raise CorruptImageError(str(self.member), f"gzip data is damaged or ends early ({exc})") from exc
         if len(data) < n:
-            raise CorruptImageError(self.member, "the archive ends inside this member (truncated)")
+            raise CorruptImageError(str(self.member), "the archive ends inside this member (truncated)")
         self._pos += len(data)
         self._left -= len(data)
         return data
@@ -732,7 +750,7 @@ class ArchiveMember:
         now = _stat_location(self.location)
         st = self.archive.st
         if (now.st_size, now.st_mtime, now.etag) != (st.st_size, st.st_mtime, st.etag):
-            raise SourceModifiedError(self, "the archive was modified or replaced while it was being read")
+            raise SourceModifiedError(str(self), "the archive was modified or replaced while it was being read")
         return MemberStat(self.info.size, self.info.mtime, self.info.mode)
 
     def exists(self) -> bool:
@@ -750,9 +768,9 @@ class ArchiveMember:
         info = self.info
         if info.problem:
             raise (UnsupportedImageError if info.problem.startswith(("encrypted", "compressed", "a GNU", "hard"))
-                   else CorruptImageError)(self, info.problem)
+                   else CorruptImageError)(str(self), info.problem)
         if not stat_mod.S_ISREG(info.mode):
-            raise UnsupportedImageError(self, "archive member is not a regular file (a link or a device)")
+            raise UnsupportedImageError(str(self), "archive member is not a regular file (a link or a device)")
 
     def data_offset(self) -> int:
         """Where the member's data starts in the archive (a ZIP's local header is read for it)."""
@@ -764,11 +782,11 @@ class ArchiveMember:
                     fh.seek(self.info.offset)
                     header = fh.read(30)
                 if len(header) < 30 or header[:4] != b"PK\x03\x04":
-                    raise CorruptImageError(self, "its local header in the archive is missing or damaged")
+                    raise CorruptImageError(str(self), "its local header in the archive is missing or damaged")
                 name_len, extra_len = struct.unpack("<HH", header[26:30])
                 self._data_offset = self.info.offset + 30 + name_len + extra_len
                 if self._data_offset + self.info.csize > self.archive.st.st_size:
-                    raise CorruptImageError(self, "truncated: the archive ends inside this member")
+                    raise CorruptImageError(str(self), "truncated: the archive ends inside this member")
         return self._data_offset
 
     def _stream(self) -> Any:
@@ -823,7 +841,7 @@ class ArchiveMember:
                     while left > 0:
                         chunk = stream.read(min(CHUNK, left))
                         if not chunk:
-                            raise CorruptImageError(self, "the archive ends inside this member (truncated)")
+                            raise CorruptImageError(str(self), "the archive ends inside this member (truncated)")
                         sha.update(chunk)
                         out.write(chunk)
                         left -= len(chunk)
@@ -848,17 +866,18 @@ class ArchiveMember:
             fh.seek(self.data_offset())
             packed = fh.read(info.csize)
         if len(packed) != info.csize:
-            raise CorruptImageError(self, "the archive ends inside this member (truncated)")
+            raise CorruptImageError(str(self), "the archive ends inside this member (truncated)")
         try:
             data = imagecodecs.deflate_decode(packed, raw=True, out=info.size) if info.size else b""
         except Exception as exc:  # imagecodecs.DeflateError: damaged, or longer than declared
-            raise CorruptImageError(self, f"deflate data is damaged or longer than its declared size ({exc})") from exc
+            raise CorruptImageError(str(self),
+                                    f"deflate data is damaged or longer than its declared size ({exc})") from exc
         del packed
         if len(data) != info.size:
-            raise CorruptImageError(self, f"deflate data ends {info.size - len(data)} bytes before the member's "
+            raise CorruptImageError(str(self), f"deflate data ends {info.size - len(data)} bytes before the member's "
                                           f"declared size (truncated or damaged)")
         if info.crc is not None and zlib.crc32(data) != info.crc:
-            raise CorruptImageError(self, "CRC-32 of the inflated member differs from the archive's")
+            raise CorruptImageError(str(self), "CRC-32 of the inflated member differs from the archive's")
         sha.update(data)
         out.write(data)
         return True
@@ -944,17 +963,15 @@ class ArchiveEntry:
         return stat_mod.S_ISLNK(self.info.mode)
 
 
-def walk(location: str | os.PathLike[str]) -> Iterator[Any]:
-    """scan.walk for an archive: one scan.FolderEntries per folder of member paths, the same rules (hidden and
+def walk(location: str | os.PathLike[str]) -> Iterator[FolderEntries]:
+    """The local walk for an archive: one FolderEntries per folder of member paths, the same rules (hidden and
     system folders not entered, JPG-only folders, symlinks not followed); nested archives are listed as
     skipped files ('nested_archive')."""
-    from tessq.scan import FolderEntries, is_image_name, is_skipped_dir, is_tiff_name
-
     archive = get_archive(location)
     _save(archive)  # for the workers (a .tar.gz): the scan's workspace is open by now
     for warning in archive.warnings:
         log.warning("%s", warning)
-    folders: dict[str, Any] = {}
+    folders: dict[str, FolderEntries] = {}
     hidden: set[str] = set()
     outputs = _tessq_outputs(archive)
     for rel in sorted(archive.members):
@@ -990,9 +1007,7 @@ def walk(location: str | os.PathLike[str]) -> Iterator[Any]:
 
 def _tessq_outputs(archive: Archive) -> set[str]:
     """Folders of the archive that are image folders tessq wrote (an earlier OUT packed with the input): their
-    metadata.json says schema "tessq.metadata". They are not input, as in a folder tree (scan.is_tessq_output)."""
-    from tessq.scan import METADATA_NAME, TESSQ_METADATA_SCHEMA
-
+    metadata.json says schema "tessq.metadata". They are not input, as in a folder tree (tree.is_tessq_output)."""
     found = set()
     for rel, info in archive.members.items():
         parts = rel.split("/")
@@ -1003,7 +1018,7 @@ def _tessq_outputs(archive: Archive) -> set[str]:
                 meta = json.loads(fh.read(info.size))
         except (OSError, ValueError, UnicodeDecodeError, ImageError):
             continue
-        if isinstance(meta, dict) and meta.get("schema") == TESSQ_METADATA_SCHEMA:
+        if is_tessq_metadata(meta):
             found.add("/".join(parts[:-1]))
     return found
 
@@ -1015,3 +1030,71 @@ def as_error(source: Any, exc: BaseException) -> ImageError:
     if isinstance(exc, MemoryError):
         return ImageTooLargeError(source, "out of memory reading this member")
     return CorruptImageError(source, f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------- the Storage
+
+
+class ArchiveStorage(Storage):
+    """An archive file given as IN: a read-only tree whose folders are its member paths; its bytes are read
+    through the storage holding the file (a local file, or ranged GETs on S3)."""
+
+    kind = "archive"
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.location = _location(location)
+        self.holder: Storage = (remote.S3Storage(self.location) if remote.is_remote(self.location)
+                                else LocalStorage(location))
+        self.probe_in_processes = self.holder.probe_in_processes
+
+    @property
+    def text(self) -> str:
+        return self.holder.text
+
+    def resolved(self) -> Path | str:
+        return self.holder.resolved()
+
+    def check_output(self) -> None:
+        if self.holder.local_path is not None:
+            raise ConfigError(f"the output {self.text} exists and is not a folder")
+
+    def prepare_output(self) -> None:
+        self.holder.prepare_output()
+
+    def join(self, relative: str) -> str:
+        return f"{self.location}/{relative}"
+
+    def default_output(self) -> Storage:
+        out = default_output(self.location)
+        return remote.S3Storage(out) if remote.is_remote(out) else LocalStorage(out)
+
+    def check_input(self) -> None:
+        check_input(self.location)
+
+    def walk(self, *, follow_symlinks: bool = False, exclude: Sequence[Path | str] = ()) -> Iterator[FolderEntries]:
+        return walk(self.location)
+
+    def source(self, relative: str) -> ArchiveMember:
+        return member(self.location, relative)
+
+    def existing_source(self, relative: str) -> ArchiveMember | None:
+        try:
+            return member(self.location, relative)
+        except (OSError, TessqError):
+            return None
+
+    @contextlib.contextmanager
+    def opened_source(self, relative: str, tmp_dir: str | os.PathLike[str] | None = None
+                      ) -> Iterator[ArchiveMember]:
+        with opened_member(self.location, relative, os.fspath(tmp_dir) if tmp_dir else None) as source:
+            yield source
+
+    def output_folder(self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None
+                      ) -> contextlib.AbstractContextManager[OutputFolder]:
+        raise ConfigError(f"{self.location} is an archive: it can be read as IN, not written as OUT")
+
+    def put_bytes(self, relative: str, data: bytes) -> None:
+        raise ConfigError(f"{self.location} is an archive: it can be read as IN, not written as OUT")
+
+    def local_copy(self, out_rel: str) -> contextlib.AbstractContextManager[Path]:
+        raise ConfigError(f"{self.location} is an archive: it can be read as IN, not written as OUT")
