@@ -359,7 +359,7 @@ def workers(
     They serve the queue of the job in OUT (or of the .tessq/ found from the current folder upwards)."""
     import os
 
-    from tessq import worker
+    from tessq import daemon
 
     if legacy_n is not None:
         err.print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
@@ -368,7 +368,7 @@ def workers(
     _, job = _open_job("workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
     pipeline.start_logging(STATE["log_level"], job.output_dir if job else None)
     try:
-        outcome = worker.run_workers(n_workers or os.cpu_count() or 2, drain=drain)
+        outcome = daemon.run_workers(n_workers or os.cpu_count() or 2, drain=drain)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         err.print("stopped at once; running images went back to the queue")
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
@@ -483,7 +483,7 @@ def run(
     """Scan + workers until drained + report, in one go. Exit 0 if nothing failed, 3 if some images failed."""
     import os
 
-    from tessq import worker
+    from tessq import daemon
 
     try:
         options = build_options(
@@ -507,7 +507,7 @@ def run(
     if not as_json:
         print_scan(summary)
     try:
-        stopped_by = worker.run_workers(n_workers or os.cpu_count() or 2, drain=True).stopped_by
+        stopped_by = daemon.run_workers(n_workers or os.cpu_count() or 2, drain=True).stopped_by
         rep = pipeline.finish_report(job)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         stopped_by = "signal"

@@ -8,7 +8,6 @@ tile rows stream into one PNG encoder per column, so no strip is decoded twice a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -22,15 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from tessq import defaults, encode, geo, remote, selfcheck
+from tessq import __version__, defaults, encode, geo, hashing, remote, selfcheck
+from tessq.defaults import BATCH_METADATA_FILENAME, METADATA_FILENAME
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
-from tessq.folder import AtomicFolder
+from tessq.folder import AtomicFolder, cleanup_stale
 from tessq.grid import Box, describe_grid, plan_grid, slice_name
 from tessq.options import SliceOptions
 from tessq.tiff import RegionReader, TiffInfo
 
-METADATA_FILENAME = "metadata.json"
-BATCH_METADATA_FILENAME = "batch_metadata.json"
 # A whole grid row is read at once below this size (and below options.memory_budget); above it, streaming.
 # 96 MiB keeps ordinary photos (a 4096x3072 RGB band is 19 MB) on the fast one-shot path while a 16384x12288
 # RGB image (300 MB bands) streams, within the 2 x slice + 200 MB target.
@@ -38,7 +36,6 @@ BAND_LIMIT_BYTES = 96 * 1024 * 1024
 # Rows read per streaming step: at least one strip/tile row, about this many bytes.
 STREAM_CHUNK_BYTES = 8 * 1024 * 1024
 STREAM_TIFF_TILE = 256
-HASH_BUFFER = 4 * 1024 * 1024
 HASH_THREAD_MIN_BYTES = 64 * 1024 * 1024  # sources from this size are hashed by a thread beside the slicing
 
 
@@ -73,11 +70,8 @@ class _SourceHasher:
 
     def _hash(self) -> None:
         try:
-            sha = hashlib.sha256()
             with self.path.open("rb") as fh:
-                while chunk := fh.read(HASH_BUFFER):
-                    sha.update(chunk)
-            self.digest = sha.hexdigest()
+                self.digest = hashing.stream_digest(fh)
         except BaseException as exc:  # re-raised in the caller's thread
             self.error = exc
 
@@ -110,6 +104,53 @@ def tool_versions() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class JobImage:
+    """Which job's image is being cut, and by whom: the provenance written to batch_metadata.json."""
+
+    input_dir: str
+    output_dir: str
+    image_id: int
+    worker: str
+    attempt: int
+
+
+@dataclass
+class CutResult:
+    """What cutting one image produced: metadata.json's content, the per-slice records and the job system's
+    summary fields. `to_dict()` is the dict tessellate_image has always returned."""
+
+    metadata: dict[str, Any]
+    records: list[dict[str, Any]]
+    pixel_bytes: int
+    dimensions: tuple[int, int]  # (width, height) of the source image
+    source_state: tuple[int, float]  # (size, mtime) the source had when the cut began
+    timings: dict[str, float]
+    image_dir: str  # the final folder (or its URL, for an s3:// output)
+    format: str  # "png" or "tiff"
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.records)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(int(r["bytes"]) for r in self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        """metadata.json's content, except that "slices" is the count and the records are under "slice_records"."""
+        return {
+            **self.metadata,
+            "slice_records": self.records,
+            "slices": self.n_slices,
+            "bytes_out": self.bytes_out,
+            "pixel_bytes": self.pixel_bytes,
+            "timings": self.timings,
+            "image_dir": self.image_dir,
+            "format": self.format,
+        }
+
+
 def tessellate_image(
     source: str | Path | remote.RemoteSource,
     image_dir: str | Path,
@@ -129,7 +170,7 @@ def tessellate_image(
     remote.RemoteSource: it is then read by ranged GETs (or from its spooled copy) and stat'ed by HeadObject.
     """
     prepared = prepare_image(source, image_dir, options, relative_path=relative_path, batch_metadata=batch_metadata)
-    return prepared.commit(before_commit)
+    return prepared.commit(before_commit).to_dict()
 
 
 class PreparedImage:
@@ -139,11 +180,11 @@ class PreparedImage:
     rename of one image overlap the encoding of the next."""
 
     def __init__(
-        self, folder: AtomicFolder, summary: dict[str, Any], source: Path | remote.RemoteSource, before: os.stat_result
+        self, folder: AtomicFolder, result: CutResult, source: Path | remote.RemoteSource, before: os.stat_result
     ) -> None:
-        self.folder, self.summary, self.source, self.before = folder, summary, source, before
+        self.folder, self.result, self.source, self.before = folder, result, source, before
 
-    def commit(self, before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
+    def commit(self, before_commit: Callable[[], None] | None = None) -> CutResult:
         """Check the source is unchanged and `before_commit` (the lease), make it durable, rename it into place."""
         try:
             _check_unchanged(self.source, self.before)
@@ -153,7 +194,7 @@ class PreparedImage:
         except BaseException:
             self.folder.abandon()
             raise
-        return self.summary
+        return self.result
 
     def abandon(self) -> None:
         self.folder.abandon()
@@ -166,17 +207,22 @@ def prepare_image(
     *,
     relative_path: str | None = None,
     batch_metadata: dict[str, Any] | None = None,
+    job: JobImage | None = None,
 ) -> PreparedImage:
     """Everything of `tessellate_image` but the commit: slices, metadata.json and batch_metadata.json written
     in a temporary folder beside `image_dir`; removed again on any error. Whether the source changed meanwhile
-    is checked by the commit, the last moment before the folder becomes visible."""
+    is checked by the commit, the last moment before the folder becomes visible.
+
+    A job's image (`job`) also gets its provenance in batch_metadata.json, and what crashed attempts left
+    beside `image_dir` is cleaned (or an old folder moved aside by a crash put back) first."""
     options = options or SliceOptions()
     started = time.perf_counter()
     source, image_dir = remote.as_source(source), Path(image_dir)
-    try:
-        before = source.stat()
-    except FileNotFoundError as exc:
-        raise SourceChangedError(source, "file does not exist") from exc
+    before = _stat_source(source, scanned=job is not None)
+    batch = dict(batch_metadata or {})
+    if job is not None:
+        cleanup_stale(image_dir.parent, image_dir.name)
+        batch = {**job_batch_metadata(job, options, before), **batch}
     timer = _Timer()
     with RegionReader(source, options.series, options.level, options.memory_budget) as reader:
         info = reader.info
@@ -223,7 +269,6 @@ def prepare_image(
             )
             timings = {k: round(v, 4) for k, v in timer.totals.items()}
             timings["total_s"] = round(time.perf_counter() - started, 4)
-            batch = dict(batch_metadata or {})
             batch["timings"] = {**batch.get("timings", {}), **timings}
             batch["versions"] = {**batch.get("versions", {}), **tool_versions()}
             batch.setdefault("slice_options", options.to_dict())
@@ -236,19 +281,40 @@ def prepare_image(
             raise
     timings["write_s"] = round(timer.totals["write_s"], 4)
     timings["total_s"] = round(time.perf_counter() - started, 4)
-    # metadata.json's content, except that "slices" is the count (the job system's summary field) and the
-    # per-slice records are under "slice_records"
-    summary = {
-        **metadata,
-        "slice_records": records,
-        "slices": len(records),
-        "bytes_out": sum(r["bytes"] for r in records),
-        "pixel_bytes": info.raw_bytes,
-        "timings": timings,
-        "image_dir": str(image_dir),
-        "format": kind.format,
+    result = CutResult(
+        metadata=metadata,
+        records=records,
+        pixel_bytes=info.raw_bytes,
+        dimensions=(info.width, info.height),
+        source_state=(before.st_size, before.st_mtime),
+        timings=timings,
+        image_dir=str(image_dir),
+        format=kind.format,
+    )
+    return PreparedImage(folder, result, source, before)
+
+
+def _stat_source(source: Path | remote.RemoteSource, *, scanned: bool) -> os.stat_result:
+    try:
+        return source.stat()
+    except FileNotFoundError as exc:
+        if scanned:
+            raise SourceChangedError(source, "source file no longer exists (deleted or moved since the scan)") from None
+        raise SourceChangedError(source, "file does not exist") from exc
+
+
+def job_batch_metadata(job: JobImage, options: SliceOptions, before: os.stat_result) -> dict[str, Any]:
+    """batch_metadata.json's provenance for a job's image (timings and versions are added after the cut)."""
+    return {
+        "job": {"input_dir": job.input_dir, "output_dir": job.output_dir, "options": options.to_dict()},
+        "image_id": job.image_id,
+        "worker": job.worker,
+        "attempt": job.attempt,
+        "started_at": time.time(),
+        "tessq_version": __version__,
+        "source_size": before.st_size,
+        "source_mtime": before.st_mtime,
     }
-    return PreparedImage(folder, summary, source, before)
 
 
 def _check_unchanged(source: Path | remote.RemoteSource, before: os.stat_result) -> None:
@@ -345,7 +411,7 @@ def _band_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, Any]]) 
             with timer.phase("encode_s"):
                 tags = _geotiff_tags(cut.geotags, kind, box)
                 data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags)
-                sha = hashlib.sha256(data).hexdigest()
+                sha = hashing.bytes_digest(data)
             name = slice_name(box, ext)
             if cut.check.wants(box.index):
                 if pool is None:
@@ -477,11 +543,8 @@ def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:
         with timer.phase("check_s"):
             digest.check_file(path, name, reader.path)
     with timer.phase("write_s"):
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while data := fh.read(HASH_BUFFER):
-                sha.update(data)
-    return _record(box, name, kind, path.stat().st_size, sha.hexdigest())
+        sha = hashing.file_digest(path)
+    return _record(box, name, kind, path.stat().st_size, sha)
 
 
 def _geotiff_tags(geotags: geo.GeoTags | None, kind: encode.SliceKind, box: Box) -> list[tuple[Any, ...]] | None:

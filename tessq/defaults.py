@@ -66,3 +66,12 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 3
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# Names of what tessq writes (beside LOG_FILENAME and REPORT_FILENAME above)
+METADATA_FILENAME = "metadata.json"  # in every image folder: the tessellation; written last, so it marks it complete
+BATCH_METADATA_FILENAME = "batch_metadata.json"  # in every image folder: how it was made (job, timings, versions)
+EXPORT_SUFFIX = "_results.zip"  # `tessq export`: OUT/<OUT name>_results.zip, the seed's name
+# Temporary and displaced image folders: .<name>.tessq-tmp.<token> / .<name>.tessq-old.<token> (tessq.folder)
+TMP_FOLDER_MARK = ".tessq-tmp."
+OLD_FOLDER_MARK = ".tessq-old."
+EXPORT_TMP_MARK = ".tessq-tmp-"  # an export being written: .<zip name>.tessq-tmp-<pid>

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tessq import defaults, pipeline, samples, worker
+from tessq import daemon, defaults, pipeline, samples
 from tessq.options import SliceOptions
 
 
@@ -29,7 +29,7 @@ def run_demo(directory: Path, n_workers: int, console: Console) -> int:
     summary = pipeline.scan_and_enqueue(input_dir, output_dir, SliceOptions(), workspace=ws)
     console.print(f"scan: {summary.found} TIFFs, {summary.queued} queued, skipped {summary.skipped}, "
                   f"unreadable {len(summary.failed_at_scan)}, folders skipped {summary.folders_skipped}")
-    worker.run_workers(n_workers, drain=True)
+    daemon.run_workers(n_workers, drain=True)
     report = pipeline.finish_report()
     verification = pipeline.verify_done()
     report = pipeline.finish_report()

@@ -36,7 +36,7 @@ def configure(workspace: Workspace) -> None:
     if workspace.queue_url.startswith("sqlite:"):
         workspace.state_dir.mkdir(parents=True, exist_ok=True)
     huey = backends.make_queue(workspace.queue_url)
-    from tessq.worker import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
+    from tessq.task import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
 
     _state.update(huey=huey, task=huey.task(name="tessq.process_image")(process_image), workspace=workspace)
     huey.on_startup(name="tessq-worker-init")(_init_worker_process)

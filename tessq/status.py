@@ -40,7 +40,7 @@ def eta_seconds(remaining: int, images_per_hour: float) -> float | None:
 def split_live(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(live, stalled) running images: stalled when the holder is a process of this host that is gone, or its
     lease has expired (a worker elsewhere that stopped renewing it)."""
-    from tessq.worker import dead_local_workers
+    from tessq.daemon import dead_local_workers
 
     dead = set(dead_local_workers(sorted({w["worker"] for w in workers if w["worker"]})))
     live, stalled = [], []
