@@ -25,7 +25,7 @@ from tessq import __version__, defaults, encode, geo, hashing, remote, selfcheck
 from tessq.defaults import BATCH_METADATA_FILENAME, METADATA_FILENAME
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.folder import AtomicFolder, cleanup_stale
-from tessq.grid import Box, describe_grid, plan_grid, slice_name
+from tessq.grid import Box, describe_grid, plan_grid, refusal, slice_name
 from tessq.options import SliceOptions
 from tessq.tiff import RegionReader, TiffInfo
 
@@ -226,10 +226,9 @@ def prepare_image(
     timer = _Timer()
     with RegionReader(source, options.series, options.level, options.memory_budget) as reader:
         info = reader.info
-        if info.width < options.min_size or info.height < options.min_size:
-            raise ImageTooSmallError(
-                source, f"{info.width}x{info.height} px is below the minimum size of {options.min_size} px"
-            )
+        refused = refusal(info.width, info.height, options)
+        if refused is not None:
+            raise ImageTooSmallError(source, refused.message)
         boxes = plan_grid(info.width, info.height, options, path=str(source))
         colormap = reader.colormap()
         kind = encode.slice_kind(
