@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
@@ -586,6 +586,38 @@ def _add_georef(
 
 
 # -- metadata --------------------------------------------------------------------------------------------
+# metadata.json's "source" is every TiffInfo field but these (the path and size come from the stat of the file
+# actually read; the rest are derived or internal), under these names; a new field is recorded by itself.
+SOURCE_EXCLUDED = frozenset({"path", "file_bytes", "n_segments", "is_geotiff", "has_colormap", "warnings"})
+SOURCE_RENAMES = {"tiled": "layout", "n_series": "series_count", "n_levels": "levels", "n_pages": "page_count"}
+SOURCE_VALUES: dict[str, Callable[[Any], Any]] = {
+    "tiled": lambda tiled: "tiled" if tiled else "striped",
+    "byteorder": lambda order: "big-endian" if order == ">" else "little-endian",
+    "tile_shape": lambda shape: list(shape) if shape else None,
+}
+# The schema's key order (existing files keep theirs); keys not listed (new fields) follow in field order.
+SOURCE_ORDER = (
+    "width", "height", "dtype", "samples", "bits_per_sample", "sample_format", "photometric",
+    "decoded_photometric", "extra_samples", "compression", "predictor", "layout", "tile_shape", "rows_per_strip",
+    "planar", "byteorder", "bigtiff", "orientation", "series", "level", "series_count", "series_kind",
+    "series_shape", "levels", "page_index", "page_count", "colormap", "decoder", "tifffile_warnings",
+)
+
+
+def source_description(info: TiffInfo, colormap: np.ndarray | None, warnings: list[str]) -> dict[str, Any]:
+    """metadata.json's description of the source image, derived from TiffInfo's fields (see SOURCE_EXCLUDED)."""
+    described: dict[str, Any] = {}
+    for f in fields(info):
+        if f.name not in SOURCE_EXCLUDED:
+            value = getattr(info, f.name)
+            convert = SOURCE_VALUES.get(f.name, lambda v: list(v) if isinstance(v, tuple) else v)
+            described[SOURCE_RENAMES.get(f.name, f.name)] = convert(value)
+    described["colormap"] = colormap.tolist() if colormap is not None else None
+    described["tifffile_warnings"] = list(warnings)
+    rank = {key: i for i, key in enumerate(SOURCE_ORDER)}
+    return dict(sorted(described.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
 def build_metadata(
     info: TiffInfo,
     source: Path,
@@ -619,35 +651,7 @@ def build_metadata(
             "bytes": stat.st_size,
             "mtime": stat.st_mtime,
             "sha256": sha256,
-            "width": info.width,
-            "height": info.height,
-            "dtype": info.dtype,
-            "samples": info.samples,
-            "bits_per_sample": info.bits_per_sample,
-            "sample_format": info.sample_format,
-            "photometric": info.photometric,
-            "decoded_photometric": info.decoded_photometric,
-            "extra_samples": list(info.extra_samples),
-            "compression": info.compression,
-            "predictor": info.predictor,
-            "layout": "tiled" if info.tiled else "striped",
-            "tile_shape": list(info.tile_shape) if info.tile_shape else None,
-            "rows_per_strip": info.rows_per_strip,
-            "planar": info.planar,
-            "byteorder": "big-endian" if info.byteorder == ">" else "little-endian",
-            "bigtiff": info.bigtiff,
-            "orientation": info.orientation,
-            "series": info.series,
-            "level": info.level,
-            "series_count": info.n_series,
-            "series_kind": info.series_kind,
-            "series_shape": list(info.series_shape),
-            "levels": info.n_levels,
-            "page_index": info.page_index,
-            "page_count": info.n_pages,
-            "colormap": colormap.tolist() if small_cmap and colormap is not None else None,
-            "decoder": info.decoder,
-            "tifffile_warnings": list(warnings),
+            **source_description(info, colormap if small_cmap else None, warnings),
         },
         # The seed's key: its batch-verification loop reads meta["original_image"]["path"] (same as source's).
         "original_image": {
