@@ -244,11 +244,12 @@ def prepare_image(
         geotags = geo.read_geotags(reader.page.tags) if georef else None
         if georef is not None and geotags is not None and kind.format == "tiff":
             georef["slice_geotiff"] = True  # the slices carry the geokeys themselves
+        png = encode.png_settings(options) if kind.format == "png" else None
         hasher = _SourceHasher(source, before.st_size)
         folder = AtomicFolder.create(image_dir)
         try:
-            check = selfcheck.plan(options.self_check, kind, options, len(boxes), str(source))
-            records = _write_slices(_Cut(reader, kind, options, folder, timer, geotags, check), boxes)
+            check = selfcheck.plan(options.self_check, kind, options, len(boxes), str(source), png)
+            records = _write_slices(_Cut(reader, kind, options, png, folder, timer, geotags, check), boxes)
             if georef and georef.get("geotransform"):
                 _add_georef(records, georef, geotags, kind, folder, options.world_files, timer)
             source_sha = hasher.result()
@@ -261,6 +262,7 @@ def prepare_image(
                 boxes,
                 options,
                 kind,
+                png,
                 records,
                 georef,
                 colormap,
@@ -342,12 +344,13 @@ def _json_default(value: Any) -> Any:
 # -- slicing ---------------------------------------------------------------------------------------------
 @dataclass
 class _Cut:
-    """What every slice of one image is written with: the reader, the slice kind and options, the folder, the
-    timer, the source's GeoTIFF tags (shifted into each TIFF slice) and the self-check plan."""
+    """What every slice of one image is written with: the reader, the slice kind, options and PNG settings, the
+    folder, the timer, the source's GeoTIFF tags (shifted into each TIFF slice) and the self-check plan."""
 
     reader: RegionReader
     kind: encode.SliceKind
     options: SliceOptions
+    png: encode.PngSettings | None  # the image's PNG settings (None for TIFF slices)
     folder: AtomicFolder
     timer: _Timer
     geotags: geo.GeoTags | None
@@ -409,7 +412,7 @@ def _band_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, Any]]) 
             pixels = band[:, box.x0 - xa : box.x1 - xa]
             with timer.phase("encode_s"):
                 tags = _geotiff_tags(cut.geotags, kind, box)
-                data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags)
+                data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags, png=cut.png)
                 sha = hashing.bytes_digest(data)
             name = slice_name(box, ext)
             if cut.check.wants(box.index):
@@ -460,13 +463,14 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
     reader, kind, timer = cut.reader, cut.kind, cut.timer
     y0, y1 = row[0].y0, row[0].y1
     xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
-    method, engine, level = encode.png_settings(cut.options)
+    assert cut.png is not None  # streamed PNG slices: the image's kind is PNG
+    method, engine, level = cut.png
     pool = encode.thread_pool()
     files, writers = [], []
     digests = [selfcheck.StreamDigest(kind) if cut.check.wants(box.index) else None for box in row]
     try:
         for box in row:
-            fh = open(cut.folder.path / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
+            fh = cut.folder.open_for_write(slice_name(box, kind.ext))
             files.append(fh)
             writers.append(encode.PngStreamWriter(fh, box.width, box.height, kind, method, engine, level))
         step = _chunk_rows(reader, xb - xa)
@@ -503,7 +507,7 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
         for box, digest in zip(row, digests, strict=True):
             if digest is not None:
                 name = slice_name(box, kind.ext)
-                digest.check_file(cut.folder.path / name, name, reader.path)
+                digest.check_file(cut.folder.path_for(name), name, reader.path)
 
 
 def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:
@@ -534,10 +538,10 @@ def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:
                     yield band[:, x : x + tile]
 
     name = slice_name(box, kind.ext)
-    path = cut.folder.path / name
-    with timer.phase("encode_s"):
+    path = cut.folder.path_for(name)
+    with timer.phase("encode_s"), cut.folder.open_for_write(name) as fh:
         extratags = _geotiff_tags(cut.geotags, kind, box)
-        encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile), extratags=extratags)
+        encode.write_tiff(fh, tiles(), kind, shape=shape, tile=(tile, tile), extratags=extratags)
     if digest is not None:
         with timer.phase("check_s"):
             digest.check_file(path, name, reader.path)
@@ -627,6 +631,7 @@ def build_metadata(
     boxes: list[Box],
     options: SliceOptions,
     kind: encode.SliceKind,
+    png: encode.PngSettings | None,
     records: list[dict[str, Any]],
     georef: dict[str, Any] | None,
     colormap: np.ndarray | None,
@@ -635,8 +640,8 @@ def build_metadata(
     """metadata.json, schema version defaults.METADATA_SCHEMA_VERSION (documented in README)."""
     output: dict[str, Any] = kind.describe()
     output["self_check"] = options.self_check
-    if kind.format == "png":
-        method, engine, level = encode.png_settings(options)
+    if png is not None:
+        method, engine, level = png
         engine = encode.resolve_engine(engine, kind)
         output["png"] = {"preset": options.png_preset, "filter": method, "engine": engine, "level": level}
     small_cmap = colormap is not None and colormap.size <= 3 * 256
