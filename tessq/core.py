@@ -646,7 +646,7 @@ def build_metadata(
         output["png"] = {"preset": options.png_preset, "filter": method, "engine": engine, "level": level}
     small_cmap = colormap is not None and colormap.size <= 3 * 256
     return {
-        "schema": "tessq.metadata",
+        "schema": defaults.METADATA_SCHEMA,
         "schema_version": defaults.METADATA_SCHEMA_VERSION,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool": tool_versions(),

@@ -17,14 +17,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from tessq import defaults
 from tessq.errors import ExportDiskFullError, ExportError
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger("tessq.export")
 
-DEFAULT_EXTRA_FILES = ("batch_report.json", "batch_processing.log")
+DEFAULT_EXTRA_FILES = (defaults.REPORT_FILENAME, defaults.LOG_FILENAME)
 # Markers of folders and files that are work in progress (atomic image folders, our own temp archives).
-TEMP_MARKERS = (".tessq-tmp", ".tessq-old")
+TEMP_MARKERS = (defaults.TMP_MARK, defaults.OLD_MARK)
 # Formats that are already compressed: deflating them again costs CPU and saves nothing.
 STORED_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".gif", ".jp2", ".zip", ".gz", ".bz2", ".xz", ".zst", ".7z"}
@@ -36,7 +37,7 @@ CHUNK = 1 << 20
 # Size of a local header + central record without the name, with ZIP64 extras: a lower bound per entry.
 ENTRY_OVERHEAD = 30 + 46 + 2 * 28
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-TMP_SUFFIX = ".tessq-tmp-"
+TMP_SUFFIX = defaults.EXPORT_TMP_MARK
 
 
 # ---------------------------------------------------------------- what is shipped
@@ -45,7 +46,7 @@ TMP_SUFFIX = ".tessq-tmp-"
 def default_zip_path(out_dir: Path) -> Path:
     """OUT/<OUT name>_results.zip, the seed's name."""
     out_dir = Path(out_dir)
-    return out_dir / f"{out_dir.resolve().name}_results.zip"
+    return out_dir / f"{out_dir.resolve().name}{defaults.EXPORT_SUFFIX}"
 
 
 def is_temporary(rel: str) -> bool:

@@ -100,7 +100,7 @@ def _source_of(folder: Path) -> tuple[str | None, str | None, str | None] | None
     try:
         with open(folder / METADATA, "rb") as fh:
             meta = json.loads(fh.read(64 * 1024 * 1024))
-        src = meta["source"] if meta.get("schema") == "tessq.metadata" else None
+        src = meta["source"] if meta.get("schema") == defaults.METADATA_SCHEMA else None
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(src, dict):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tessq import archive, db, defaults, remote, tiff
+from tessq import archive, db, defaults, hashing, remote, tiff
 from tessq.errors import ImageError
 from tessq.grid import refusal
 from tessq.options import SliceOptions
@@ -250,8 +250,8 @@ def walk(root: Path, *, follow_symlinks: bool, exclude: set[Path]) -> Iterator[F
         stack.extend(reversed(subdirs))
 
 
-METADATA_NAME = "metadata.json"
-TESSQ_METADATA_SCHEMA = "tessq.metadata"
+METADATA_NAME = defaults.METADATA_FILENAME
+TESSQ_METADATA_SCHEMA = defaults.METADATA_SCHEMA
 
 
 def is_tessq_output(folder: str | Path) -> bool:
@@ -406,14 +406,6 @@ def pixel_bytes(info: Any) -> int:
     return int(info.width) * int(info.height) * int(info.samples or 1) * itemsize
 
 
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None, mode: str = "stat") -> str | None:
     """None when a done image's folder is complete, else what is wrong with it ('output missing', 'slice X
     size differs', ...).
@@ -460,7 +452,7 @@ def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None,
             problems.append(f"slice {name} missing")
         elif size != rec.get("bytes"):
             problems.append(f"slice {name} size differs ({size} bytes, metadata.json says {rec.get('bytes')})")
-        elif mode == "hash" and rec.get("sha256") and _sha256(image_dir / name) != rec["sha256"]:
+        elif mode == "hash" and rec.get("sha256") and hashing.file_digest(image_dir / name) != rec["sha256"]:
             problems.append(f"slice {name} hash differs from metadata.json")
     if not problems and mode == "stat" and n_slices is not None and len(records) != n_slices:
         problems.append(f"metadata.json lists {len(records)} slices, the status table {n_slices}")

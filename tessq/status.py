@@ -1,7 +1,7 @@
 """The live view: a read-only snapshot of the status table, and its rich rendering.
 
-`snapshot()` is plain data (also `tessq status --json`); `render()` turns it into a rich panel;
-`watch()` refreshes it until interrupted. Nothing here writes to the database.
+`snapshot()` is plain data (also `tessq status --json`); `render()` turns it into a rich panel.
+Nothing here writes to the database.
 """
 
 from __future__ import annotations
