@@ -17,11 +17,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from tessq import __version__, defaults, encode, geo, hashing, remote, selfcheck
+from tessq import __version__, archive, defaults, encode, geo, hashing, remote, selfcheck
 from tessq.defaults import BATCH_METADATA_FILENAME, METADATA_FILENAME
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.folder import AtomicFolder, cleanup_stale
@@ -37,6 +37,23 @@ BAND_LIMIT_BYTES = 96 * 1024 * 1024
 STREAM_CHUNK_BYTES = 8 * 1024 * 1024
 STREAM_TIFF_TILE = 256
 HASH_THREAD_MIN_BYTES = 64 * 1024 * 1024  # sources from this size are hashed by a thread beside the slicing
+
+# What an image is read from: a local file, an S3 object, or a member of an archive (all stat()-, open()- and
+# resolve()-able, and accepted by tiff.RegionReader).
+Source = Path | remote.RemoteSource | archive.ArchiveMember
+
+
+class SourceStat(Protocol):
+    """The part of a stat result core compares (os.stat_result, remote.ObjectStat, archive.MemberStat)."""
+
+    @property
+    def st_size(self) -> int: ...
+
+    @property
+    def st_mtime(self) -> float: ...
+
+    @property
+    def st_mtime_ns(self) -> int: ...
 
 
 class _Timer:
@@ -59,7 +76,7 @@ class _SourceHasher:
     the GIL), so a lone worker on a many-core machine does not wait for it; a small one is hashed inline,
     where a thread would cost more in start-up and GIL hand-offs than it overlaps."""
 
-    def __init__(self, path: Path | remote.RemoteSource, size: int) -> None:
+    def __init__(self, path: Source, size: int) -> None:
         self.path = path
         self.digest: str | None = getattr(path, "spool_sha256", None)  # an S3 source hashed while fetched
         self.error: BaseException | None = None
@@ -81,7 +98,7 @@ class _SourceHasher:
         elif self.digest is None and self.error is None:
             self._hash()
         if isinstance(self.error, FileNotFoundError):
-            raise SourceChangedError(self.path, "file vanished while it was being read")
+            raise SourceChangedError(str(self.path), "file vanished while it was being read")
         if self.error is not None:
             raise self.error
         assert self.digest is not None
@@ -152,7 +169,7 @@ class CutResult:
 
 
 def tessellate_image(
-    source: str | Path | remote.RemoteSource,
+    source: str | os.PathLike[str] | Source,
     image_dir: str | Path,
     options: SliceOptions | None = None,
     *,
@@ -180,7 +197,7 @@ class PreparedImage:
     rename of one image overlap the encoding of the next."""
 
     def __init__(
-        self, folder: AtomicFolder, result: CutResult, source: Path | remote.RemoteSource, before: os.stat_result
+        self, folder: AtomicFolder, result: CutResult, source: Source, before: SourceStat
     ) -> None:
         self.folder, self.result, self.source, self.before = folder, result, source, before
 
@@ -201,7 +218,7 @@ class PreparedImage:
 
 
 def prepare_image(
-    source: str | Path | remote.RemoteSource,
+    source: str | os.PathLike[str] | Source,
     image_dir: str | Path,
     options: SliceOptions | None = None,
     *,
@@ -217,18 +234,19 @@ def prepare_image(
     beside `image_dir` is cleaned (or an old folder moved aside by a crash put back) first."""
     options = options or SliceOptions()
     started = time.perf_counter()
-    source, image_dir = remote.as_source(source), Path(image_dir)
+    source, image_dir = _as_source(source), Path(image_dir)
     before = _stat_source(source, scanned=job is not None)
     batch = dict(batch_metadata or {})
     if job is not None:
         cleanup_stale(image_dir.parent, image_dir.name)
         batch = {**job_batch_metadata(job, options, before), **batch}
     timer = _Timer()
-    with RegionReader(source, options.series, options.level, options.memory_budget) as reader:
+    # RegionReader reads any Source (its annotation names the local kinds only)
+    with RegionReader(cast(Path, source), options.series, options.level, options.memory_budget) as reader:
         info = reader.info
         refused = refusal(info.width, info.height, options)
         if refused is not None:
-            raise ImageTooSmallError(source, refused.message)
+            raise ImageTooSmallError(str(source), refused.message)
         boxes = plan_grid(info.width, info.height, options, path=str(source))
         colormap = reader.colormap()
         kind = encode.slice_kind(
@@ -295,16 +313,23 @@ def prepare_image(
     return PreparedImage(folder, result, source, before)
 
 
-def _stat_source(source: Path | remote.RemoteSource, *, scanned: bool) -> os.stat_result:
+def _as_source(source: str | os.PathLike[str] | Source) -> Source:
+    if isinstance(source, (remote.RemoteSource, archive.ArchiveMember)):
+        return source
+    return remote.as_source(source)
+
+
+def _stat_source(source: Source, *, scanned: bool) -> SourceStat:
     try:
         return source.stat()
     except FileNotFoundError as exc:
         if scanned:
-            raise SourceChangedError(source, "source file no longer exists (deleted or moved since the scan)") from None
-        raise SourceChangedError(source, "file does not exist") from exc
+            why = "source file no longer exists (deleted or moved since the scan)"
+            raise SourceChangedError(str(source), why) from None
+        raise SourceChangedError(str(source), "file does not exist") from exc
 
 
-def job_batch_metadata(job: JobImage, options: SliceOptions, before: os.stat_result) -> dict[str, Any]:
+def job_batch_metadata(job: JobImage, options: SliceOptions, before: SourceStat) -> dict[str, Any]:
     """batch_metadata.json's provenance for a job's image (timings and versions are added after the cut)."""
     return {
         "job": {"input_dir": job.input_dir, "output_dir": job.output_dir, "options": options.to_dict()},
@@ -318,13 +343,13 @@ def job_batch_metadata(job: JobImage, options: SliceOptions, before: os.stat_res
     }
 
 
-def _check_unchanged(source: Path | remote.RemoteSource, before: os.stat_result) -> None:
+def _check_unchanged(source: Source, before: SourceStat) -> None:
     try:
         after = source.stat()
     except FileNotFoundError as exc:
-        raise SourceChangedError(source, "file vanished while it was being sliced") from exc
+        raise SourceChangedError(str(source), "file vanished while it was being sliced") from exc
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise SourceModifiedError(source, "file was modified while it was being sliced; it will be redone")
+        raise SourceModifiedError(str(source), "file was modified while it was being sliced; it will be redone")
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:
@@ -624,8 +649,8 @@ def source_description(info: TiffInfo, colormap: np.ndarray | None, warnings: li
 
 def build_metadata(
     info: TiffInfo,
-    source: Path,
-    stat: os.stat_result,
+    source: Source,
+    stat: SourceStat,
     sha256: str,
     relative_path: str | None,
     boxes: list[Box],

@@ -156,19 +156,19 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
             checked = False  # the failure counter is cleared only by a round that really ran a check
             try:
                 if now - last_state >= STATE_CHECK_S:
-                    last_state = checked = now
+                    last_state, checked = now, True
                     db.check_database()  # the status table file: still the one we opened, still SQLite
                     rebuilt = tq.rebuild_if_changed()  # queue.db deleted or damaged: re-sent from the table
                     if rebuilt is not None:
                         repaired += rebuilt
                 if now - last_check >= health_interval:
-                    last_check = checked = now
+                    last_check, checked = now, True
                     if now - last_reap >= defaults.REAP_EVERY_S or _has_dead_workers():
                         last_reap = now
                         r, p = recover()
                         reaped, repaired = reaped + r, repaired + p
                 if drain and now - last_drain >= poll_interval:
-                    last_drain = checked = now
+                    last_drain, checked = now, True
                     if _drained():
                         stopped_by = "drained"
                         consumer.stop(graceful=True)

@@ -62,7 +62,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import imagecodecs
 import numpy as np
@@ -440,8 +440,8 @@ def _deflate_segment(data: np.ndarray, engine: str, level: int) -> bytes:
     strategy = zlib_ng.Z_RLE
     if engine == "zlib-ng-huffman" and data.size - np.count_nonzero(data) <= RLE_ZERO_FRACTION * data.size:
         strategy = zlib_ng.Z_HUFFMAN_ONLY
-    z = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15, 9, strategy)
-    return z.compress(data) + z.flush(zlib_ng.Z_SYNC_FLUSH)
+    zng = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15, 9, strategy)
+    return zng.compress(data) + zng.flush(zlib_ng.Z_SYNC_FLUSH)
 
 
 def _segment_job(job: tuple[np.ndarray, np.ndarray | None, str, int, str, int]) -> tuple[bytes, int, int]:
@@ -508,9 +508,10 @@ def png_encode(
             parts.append(segment)
             adler = adler32_combine(adler, seg_adler, length)
         parts += [FINAL_EMPTY_BLOCK, struct.pack(">I", adler)]
-        data = b"".join(parts)
+        data: bytes | bytearray = b"".join(parts)
     elif engine == "libdeflate":
-        data = imagecodecs.deflate_encode(filter_rows(rows, method, bpp), level=min(level, 12))
+        # any buffer will do (the stub names bytes only): the filtered rows are not copied
+        data = imagecodecs.deflate_encode(cast(bytes, filter_rows(rows, method, bpp)), level=min(level, 12))
     else:
         raise ValueError(f"unknown deflate engine {engine!r}")
     out = [_png_head(width, height, kind)]
@@ -626,6 +627,7 @@ class PngStreamWriter:
                 self._left = None
             self._add(FINAL_EMPTY_BLOCK + struct.pack(">I", self._adler))
         else:
+            assert self._z is not None  # not segmented: one zlib stream
             self._add(self._z.flush())
         self._flush_idat()
         self._write(_chunk(b"IEND", b""))

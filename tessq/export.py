@@ -15,7 +15,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from tessq import defaults
 from tessq.errors import ExportDiskFullError, ExportError
@@ -251,7 +251,7 @@ def _check_free_space(dest: Path, files: Sequence[tuple[Path, str]], sizes: Sequ
         )
 
 
-def _copy_exactly(src: BinaryIO, dst: BinaryIO, size: int, path: Path) -> None:
+def _copy_exactly(src: IO[bytes], dst: IO[bytes], size: int, path: Path) -> None:
     """Copy the first `size` bytes in chunks. The size is the one taken when listing, so a log still
     being appended to is archived as a consistent prefix instead of breaking the header's size."""
     remaining = size
@@ -341,7 +341,7 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     """Remove `.<dest name>.tessq-tmp-<pid>` left beside `dest` by an export killed with SIGKILL (its pid
     is gone, or was reused by a process started after the file was last written); returns what went."""
     pattern = re.compile(re.escape(f".{dest.name}{TMP_SUFFIX}") + r"(\d+)$")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(dest.parent))
     except OSError:

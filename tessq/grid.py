@@ -138,7 +138,7 @@ def plan_grid(width: int, height: int, options: SliceOptions, *, path: str = "im
         xe, ye = balanced_edges(width, cols), balanced_edges(height, rows)
         xs = list(pairwise(xe))
         ys = list(pairwise(ye))
-    boxes = []
+    boxes: list[Box] = []
     for r, (y0, y1) in enumerate(ys):
         for c, (x0, x1) in enumerate(xs):
             boxes.append(Box(len(boxes), r, c, x0, y0, x1, y1))

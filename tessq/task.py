@@ -181,12 +181,12 @@ class Committed:
         pass
 
 
-def _prepare(row: db.Image, claim: db.Claim, source: Path | remote.RemoteSource, image_dir: Path) -> Prepared:
+def _prepare(row: db.Image, claim: db.Claim, source: core.Source, image_dir: Path) -> Prepared:
     """Cut the claimed image into a temporary folder beside image_dir (core writes its provenance too)."""
     from tessq import core  # heavy imports (tifffile, imagecodecs): not needed by the other commands
 
     options = SliceOptions.from_dict(json.loads(row.job.options))
-    job = core.JobImage(input_dir=row.job.input_dir, output_dir=row.job.output_dir, image_id=row.id,
+    job = core.JobImage(input_dir=row.job.input_dir, output_dir=row.job.output_dir, image_id=claim.image_id,
                         worker=claim.worker, attempt=claim.attempt)
     return core.prepare_image(source, image_dir, options, relative_path=row.rel_path, job=job)
 
@@ -205,7 +205,7 @@ def cut(row: db.Image, claim: db.Claim) -> Prepared:
     if not (remote.is_remote(job.input_dir) or remote.is_remote(job.output_dir) or is_archive(job.input_dir)):
         return _prepare(row, claim, Path(job.input_dir) / row.rel_path, contained(Path(job.output_dir), row.out_rel))
     with contextlib.ExitStack() as stack:
-        source: Path | remote.RemoteSource
+        source: core.Source
         if is_archive(job.input_dir):  # a member of an archive: read in place, or spooled and deleted after
             source = stack.enter_context(archive.opened_member(job.input_dir, row.rel_path))
         elif remote.is_remote(job.input_dir):
@@ -234,7 +234,7 @@ _ARCHIVE_INPUTS: dict[str, bool] = {}
 def options_changed(row: db.Image) -> bool:
     """Whether the job's settings are no longer those `row` was claimed (and cut) with."""
     with db.session():
-        return db.job_options_hash(row.job.id) != row.job.options_hash
+        return db.job_options_hash(row.job.get_id()) != row.job.options_hash
 
 
 def _requeue_stale(claim: db.Claim, row: db.Image, message: str) -> None:

@@ -310,8 +310,7 @@ def reconstruct(image_dir: str | Path, dest: str | Path) -> Path:
                 yield band[:, tx : tx + tile]
 
     photometric = "rgb" if samples in (3, 4) and src["decoded_photometric"] == "rgb" else "minisblack"
-    extras = {"extrasamples": [0] * (samples - (3 if photometric == "rgb" else 1))} if samples > 1 else {}
-    extras = extras if extras.get("extrasamples") else {}
+    extrasamples = [0] * (samples - (3 if photometric == "rgb" else 1)) if samples > 1 else []
     tifffile.imwrite(
         dest,
         tiles(),
@@ -322,7 +321,7 @@ def reconstruct(image_dir: str | Path, dest: str | Path) -> Path:
         planarconfig="contig" if samples > 1 else None,
         compression="zlib",
         metadata=None,
-        **extras,
+        extrasamples=extrasamples or None,
     )
     return dest
 
