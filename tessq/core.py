@@ -72,7 +72,7 @@ class _Timer:
 
 
 class _SourceHasher:
-    """sha256 of the source file. A big source is hashed by a thread beside the slicing (hashlib releases
+    """The source file's digest (tessq.hashing). A big source is hashed by a thread beside the slicing (hashlib releases
     the GIL), so a lone worker on a many-core machine does not wait for it; a small one is hashed inline,
     where a thread would cost more in start-up and GIL hand-offs than it overlaps."""
 

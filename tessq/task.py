@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tessq.worker")  # the name logs, filters and the report's log readers have always seen
 
+
 def process_image(image_id: int) -> None:
     """The task: claim the image, cut it, hand it to this process's committer. Safe to receive twice."""
     worker = db.worker_identity()
