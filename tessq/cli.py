@@ -436,7 +436,7 @@ def workers(
     """Run worker processes until Ctrl-C/SIGTERM (graceful; twice = at once) or, with --drain, until done.
 
     They serve the queue of the job in OUT (or of the .tessq/ found from the current folder upwards)."""
-    from tessq import pipeline, worker
+    from tessq import daemon, pipeline
 
     if legacy_n is not None:
         stderr().print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
@@ -445,7 +445,7 @@ def workers(
     _, job = _open_job(cli, "workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
     pipeline.start_logging(cli.log_level, job.output_dir if job else None)
     try:
-        outcome = worker.run_workers(n_workers or defaults.WORKERS, drain=drain)
+        outcome = daemon.run_workers(n_workers or defaults.WORKERS, drain=drain)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: running images were handed back to the queue
         stderr().print("stopped at once; running images went back to the queue")
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None

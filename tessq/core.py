@@ -8,30 +8,27 @@ tile rows stream into one PNG encoder per column, so no strip is decoded twice a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from tessq import defaults, encode, geo, selfcheck
+from tessq import __version__, defaults, encode, geo, hashing, selfcheck, storage
+from tessq.defaults import BATCH_METADATA_FILENAME, METADATA_FILENAME
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
-from tessq.folder import AtomicFolder
-from tessq.grid import Box, describe_grid, plan_grid, slice_name
+from tessq.folder import AtomicFolder, cleanup_stale
+from tessq.grid import Box, describe_grid, plan_grid, refusal, slice_name
 from tessq.options import SliceOptions
-from tessq.storage import s3 as remote
 from tessq.tiff import RegionReader, TiffInfo
 
-METADATA_FILENAME = "metadata.json"
-BATCH_METADATA_FILENAME = "batch_metadata.json"
 # A whole grid row is read at once below this size (and below options.memory_budget); above it, streaming.
 # 96 MiB keeps ordinary photos (a 4096x3072 RGB band is 19 MB) on the fast one-shot path while a 16384x12288
 # RGB image (300 MB bands) streams, within the 2 x slice + 200 MB target.
@@ -39,8 +36,24 @@ BAND_LIMIT_BYTES = 96 * 1024 * 1024
 # Rows read per streaming step: at least one strip/tile row, about this many bytes.
 STREAM_CHUNK_BYTES = 8 * 1024 * 1024
 STREAM_TIFF_TILE = 256
-HASH_BUFFER = 4 * 1024 * 1024
 HASH_THREAD_MIN_BYTES = 64 * 1024 * 1024  # sources from this size are hashed by a thread beside the slicing
+
+# What an image is read from: a local file, an S3 object, or a member of an archive (all stat()-, open()- and
+# resolve()-able, and accepted by tiff.RegionReader).
+Source = storage.FileSource
+
+
+class SourceStat(Protocol):
+    """The part of a stat result core compares (os.stat_result, remote.ObjectStat, archive.MemberStat)."""
+
+    @property
+    def st_size(self) -> int: ...
+
+    @property
+    def st_mtime(self) -> float: ...
+
+    @property
+    def st_mtime_ns(self) -> int: ...
 
 
 class _Timer:
@@ -59,11 +72,11 @@ class _Timer:
 
 
 class _SourceHasher:
-    """sha256 of the source file. A big source is hashed by a thread beside the slicing (hashlib releases
+    """The source file's digest (tessq.hashing). A big source is hashed by a thread beside the slicing (hashlib releases
     the GIL), so a lone worker on a many-core machine does not wait for it; a small one is hashed inline,
     where a thread would cost more in start-up and GIL hand-offs than it overlaps."""
 
-    def __init__(self, path: Path | remote.RemoteSource, size: int) -> None:
+    def __init__(self, path: Source, size: int) -> None:
         self.path = path
         self.digest: str | None = getattr(path, "spool_sha256", None)  # an S3 source hashed while fetched
         self.error: BaseException | None = None
@@ -74,11 +87,8 @@ class _SourceHasher:
 
     def _hash(self) -> None:
         try:
-            sha = hashlib.sha256()
             with self.path.open("rb") as fh:
-                while chunk := fh.read(HASH_BUFFER):
-                    sha.update(chunk)
-            self.digest = sha.hexdigest()
+                self.digest = hashing.stream_digest(fh)
         except BaseException as exc:  # re-raised in the caller's thread
             self.error = exc
 
@@ -88,7 +98,7 @@ class _SourceHasher:
         elif self.digest is None and self.error is None:
             self._hash()
         if isinstance(self.error, FileNotFoundError):
-            raise SourceChangedError(self.path, "file vanished while it was being read")
+            raise SourceChangedError(str(self.path), "file vanished while it was being read")
         if self.error is not None:
             raise self.error
         assert self.digest is not None
@@ -111,8 +121,55 @@ def tool_versions() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class JobImage:
+    """Which job's image is being cut, and by whom: the provenance written to batch_metadata.json."""
+
+    input_dir: str
+    output_dir: str
+    image_id: int
+    worker: str
+    attempt: int
+
+
+@dataclass
+class CutResult:
+    """What cutting one image produced: metadata.json's content, the per-slice records and the job system's
+    summary fields. `to_dict()` is the dict tessellate_image has always returned."""
+
+    metadata: dict[str, Any]
+    records: list[dict[str, Any]]
+    pixel_bytes: int
+    dimensions: tuple[int, int]  # (width, height) of the source image
+    source_state: tuple[int, float]  # (size, mtime) the source had when the cut began
+    timings: dict[str, float]
+    image_dir: str  # the final folder (or its URL, for an s3:// output)
+    format: str  # "png" or "tiff"
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.records)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(int(r["bytes"]) for r in self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        """metadata.json's content, except that "slices" is the count and the records are under "slice_records"."""
+        return {
+            **self.metadata,
+            "slice_records": self.records,
+            "slices": self.n_slices,
+            "bytes_out": self.bytes_out,
+            "pixel_bytes": self.pixel_bytes,
+            "timings": self.timings,
+            "image_dir": self.image_dir,
+            "format": self.format,
+        }
+
+
 def tessellate_image(
-    source: str | Path | remote.RemoteSource,
+    source: str | os.PathLike[str] | storage.Source,
     image_dir: str | Path,
     options: SliceOptions | None = None,
     *,
@@ -130,7 +187,7 @@ def tessellate_image(
     remote.RemoteSource: it is then read by ranged GETs (or from its spooled copy) and stat'ed by HeadObject.
     """
     prepared = prepare_image(source, image_dir, options, relative_path=relative_path, batch_metadata=batch_metadata)
-    return prepared.commit(before_commit)
+    return prepared.commit(before_commit).to_dict()
 
 
 class PreparedImage:
@@ -140,11 +197,11 @@ class PreparedImage:
     rename of one image overlap the encoding of the next."""
 
     def __init__(
-        self, folder: AtomicFolder, summary: dict[str, Any], source: Path | remote.RemoteSource, before: os.stat_result
+        self, folder: AtomicFolder, result: CutResult, source: Source, before: SourceStat
     ) -> None:
-        self.folder, self.summary, self.source, self.before = folder, summary, source, before
+        self.folder, self.result, self.source, self.before = folder, result, source, before
 
-    def commit(self, before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
+    def commit(self, before_commit: Callable[[], None] | None = None) -> CutResult:
         """Check the source is unchanged and `before_commit` (the lease), make it durable, rename it into place."""
         try:
             _check_unchanged(self.source, self.before)
@@ -154,37 +211,42 @@ class PreparedImage:
         except BaseException:
             self.folder.abandon()
             raise
-        return self.summary
+        return self.result
 
     def abandon(self) -> None:
         self.folder.abandon()
 
 
 def prepare_image(
-    source: str | Path | remote.RemoteSource,
+    source: str | os.PathLike[str] | storage.Source,
     image_dir: str | Path,
     options: SliceOptions | None = None,
     *,
     relative_path: str | None = None,
     batch_metadata: dict[str, Any] | None = None,
+    job: JobImage | None = None,
 ) -> PreparedImage:
     """Everything of `tessellate_image` but the commit: slices, metadata.json and batch_metadata.json written
     in a temporary folder beside `image_dir`; removed again on any error. Whether the source changed meanwhile
-    is checked by the commit, the last moment before the folder becomes visible."""
+    is checked by the commit, the last moment before the folder becomes visible.
+
+    A job's image (`job`) also gets its provenance in batch_metadata.json, and what crashed attempts left
+    beside `image_dir` is cleaned (or an old folder moved aside by a crash put back) first."""
     options = options or SliceOptions()
     started = time.perf_counter()
-    source, image_dir = remote.as_source(source), Path(image_dir)
-    try:
-        before = source.stat()
-    except FileNotFoundError as exc:
-        raise SourceChangedError(source, "file does not exist") from exc
+    source, image_dir = _as_source(source), Path(image_dir)
+    before = _stat_source(source, scanned=job is not None)
+    batch = dict(batch_metadata or {})
+    if job is not None:
+        cleanup_stale(image_dir.parent, image_dir.name)
+        batch = {**job_batch_metadata(job, options, before), **batch}
     timer = _Timer()
-    with RegionReader(source, options.series, options.level, options.memory_budget) as reader:
+    # RegionReader reads any Source (its annotation names the local kinds only)
+    with RegionReader(cast(Path, source), options.series, options.level, options.memory_budget) as reader:
         info = reader.info
-        if info.width < options.min_size or info.height < options.min_size:
-            raise ImageTooSmallError(
-                source, f"{info.width}x{info.height} px is below the minimum size of {options.min_size} px"
-            )
+        refused = refusal(info.width, info.height, options)
+        if refused is not None:
+            raise ImageTooSmallError(str(source), refused.message)
         boxes = plan_grid(info.width, info.height, options, path=str(source))
         colormap = reader.colormap()
         kind = encode.slice_kind(
@@ -200,11 +262,12 @@ def prepare_image(
         geotags = geo.read_geotags(reader.page.tags) if georef else None
         if georef is not None and geotags is not None and kind.format == "tiff":
             georef["slice_geotiff"] = True  # the slices carry the geokeys themselves
+        png = encode.png_settings(options) if kind.format == "png" else None
         hasher = _SourceHasher(source, before.st_size)
         folder = AtomicFolder.create(image_dir)
         try:
-            check = selfcheck.plan(options.self_check, kind, options, len(boxes), str(source))
-            records = _write_slices(_Cut(reader, kind, options, folder, timer, geotags, check), boxes)
+            check = selfcheck.plan(options.self_check, kind, options, len(boxes), str(source), png)
+            records = _write_slices(_Cut(reader, kind, options, png, folder, timer, geotags, check), boxes)
             if georef and georef.get("geotransform"):
                 _add_georef(records, georef, geotags, kind, folder, options.world_files, timer)
             source_sha = hasher.result()
@@ -217,6 +280,7 @@ def prepare_image(
                 boxes,
                 options,
                 kind,
+                png,
                 records,
                 georef,
                 colormap,
@@ -224,7 +288,6 @@ def prepare_image(
             )
             timings = {k: round(v, 4) for k, v in timer.totals.items()}
             timings["total_s"] = round(time.perf_counter() - started, 4)
-            batch = dict(batch_metadata or {})
             batch["timings"] = {**batch.get("timings", {}), **timings}
             batch["versions"] = {**batch.get("versions", {}), **tool_versions()}
             batch.setdefault("slice_options", options.to_dict())
@@ -237,28 +300,54 @@ def prepare_image(
             raise
     timings["write_s"] = round(timer.totals["write_s"], 4)
     timings["total_s"] = round(time.perf_counter() - started, 4)
-    # metadata.json's content, except that "slices" is the count (the job system's summary field) and the
-    # per-slice records are under "slice_records"
-    summary = {
-        **metadata,
-        "slice_records": records,
-        "slices": len(records),
-        "bytes_out": sum(r["bytes"] for r in records),
-        "pixel_bytes": info.raw_bytes,
-        "timings": timings,
-        "image_dir": str(image_dir),
-        "format": kind.format,
+    result = CutResult(
+        metadata=metadata,
+        records=records,
+        pixel_bytes=info.raw_bytes,
+        dimensions=(info.width, info.height),
+        source_state=(before.st_size, before.st_mtime),
+        timings=timings,
+        image_dir=str(image_dir),
+        format=kind.format,
+    )
+    return PreparedImage(folder, result, source, before)
+
+
+def _as_source(source: str | os.PathLike[str] | storage.Source) -> Source:
+    return storage.source_at(source)
+
+
+def _stat_source(source: Source, *, scanned: bool) -> SourceStat:
+    try:
+        return source.stat()
+    except FileNotFoundError as exc:
+        if scanned:
+            why = "source file no longer exists (deleted or moved since the scan)"
+            raise SourceChangedError(str(source), why) from None
+        raise SourceChangedError(str(source), "file does not exist") from exc
+
+
+def job_batch_metadata(job: JobImage, options: SliceOptions, before: SourceStat) -> dict[str, Any]:
+    """batch_metadata.json's provenance for a job's image (timings and versions are added after the cut)."""
+    return {
+        "job": {"input_dir": job.input_dir, "output_dir": job.output_dir, "options": options.to_dict()},
+        "image_id": job.image_id,
+        "worker": job.worker,
+        "attempt": job.attempt,
+        "started_at": time.time(),
+        "tessq_version": __version__,
+        "source_size": before.st_size,
+        "source_mtime": before.st_mtime,
     }
-    return PreparedImage(folder, summary, source, before)
 
 
-def _check_unchanged(source: Path | remote.RemoteSource, before: os.stat_result) -> None:
+def _check_unchanged(source: Source, before: SourceStat) -> None:
     try:
         after = source.stat()
     except FileNotFoundError as exc:
-        raise SourceChangedError(source, "file vanished while it was being sliced") from exc
+        raise SourceChangedError(str(source), "file vanished while it was being sliced") from exc
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise SourceModifiedError(source, "file was modified while it was being sliced; it will be redone")
+        raise SourceModifiedError(str(source), "file was modified while it was being sliced; it will be redone")
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:
@@ -278,12 +367,13 @@ def _json_default(value: Any) -> Any:
 # -- slicing ---------------------------------------------------------------------------------------------
 @dataclass
 class _Cut:
-    """What every slice of one image is written with: the reader, the slice kind and options, the folder, the
-    timer, the source's GeoTIFF tags (shifted into each TIFF slice) and the self-check plan."""
+    """What every slice of one image is written with: the reader, the slice kind, options and PNG settings, the
+    folder, the timer, the source's GeoTIFF tags (shifted into each TIFF slice) and the self-check plan."""
 
     reader: RegionReader
     kind: encode.SliceKind
     options: SliceOptions
+    png: encode.PngSettings | None  # the image's PNG settings (None for TIFF slices)
     folder: AtomicFolder
     timer: _Timer
     geotags: geo.GeoTags | None
@@ -345,8 +435,8 @@ def _band_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, Any]]) 
             pixels = band[:, box.x0 - xa : box.x1 - xa]
             with timer.phase("encode_s"):
                 tags = _geotiff_tags(cut.geotags, kind, box)
-                data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags)
-                sha = hashlib.sha256(data).hexdigest()
+                data, ext = encode.encode_slice(pixels, kind, cut.options, extratags=tags, png=cut.png)
+                sha = hashing.bytes_digest(data)
             name = slice_name(box, ext)
             if cut.check.wants(box.index):
                 if pool is None:
@@ -396,13 +486,14 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
     reader, kind, timer = cut.reader, cut.kind, cut.timer
     y0, y1 = row[0].y0, row[0].y1
     xa, xb = min(b.x0 for b in row), max(b.x1 for b in row)
-    method, engine, level = encode.png_settings(cut.options)
+    assert cut.png is not None  # streamed PNG slices: the image's kind is PNG
+    method, engine, level = cut.png
     pool = encode.thread_pool()
     files, writers = [], []
     digests = [selfcheck.StreamDigest(kind) if cut.check.wants(box.index) else None for box in row]
     try:
         for box in row:
-            fh = open(cut.folder.path / slice_name(box, kind.ext), "wb")  # noqa: SIM115 - closed in finally
+            fh = cut.folder.open_for_write(slice_name(box, kind.ext))
             files.append(fh)
             writers.append(encode.PngStreamWriter(fh, box.width, box.height, kind, method, engine, level))
         step = _chunk_rows(reader, xb - xa)
@@ -439,7 +530,7 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
         for box, digest in zip(row, digests, strict=True):
             if digest is not None:
                 name = slice_name(box, kind.ext)
-                digest.check_file(cut.folder.path / name, name, reader.path)
+                digest.check_file(cut.folder.path_for(name), name, reader.path)
 
 
 def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:
@@ -470,19 +561,16 @@ def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:
                     yield band[:, x : x + tile]
 
     name = slice_name(box, kind.ext)
-    path = cut.folder.path / name
-    with timer.phase("encode_s"):
+    path = cut.folder.path_for(name)
+    with timer.phase("encode_s"), cut.folder.open_for_write(name) as fh:
         extratags = _geotiff_tags(cut.geotags, kind, box)
-        encode.write_tiff(str(path), tiles(), kind, shape=shape, tile=(tile, tile), extratags=extratags)
+        encode.write_tiff(fh, tiles(), kind, shape=shape, tile=(tile, tile), extratags=extratags)
     if digest is not None:
         with timer.phase("check_s"):
             digest.check_file(path, name, reader.path)
     with timer.phase("write_s"):
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while data := fh.read(HASH_BUFFER):
-                sha.update(data)
-    return _record(box, name, kind, path.stat().st_size, sha.hexdigest())
+        sha = hashing.file_digest(path)
+    return _record(box, name, kind, path.stat().st_size, sha)
 
 
 def _geotiff_tags(geotags: geo.GeoTags | None, kind: encode.SliceKind, box: Box) -> list[tuple[Any, ...]] | None:
@@ -525,15 +613,48 @@ def _add_georef(
 
 
 # -- metadata --------------------------------------------------------------------------------------------
+# metadata.json's "source" is every TiffInfo field but these (the path and size come from the stat of the file
+# actually read; the rest are derived or internal), under these names; a new field is recorded by itself.
+SOURCE_EXCLUDED = frozenset({"path", "file_bytes", "n_segments", "is_geotiff", "has_colormap", "warnings"})
+SOURCE_RENAMES = {"tiled": "layout", "n_series": "series_count", "n_levels": "levels", "n_pages": "page_count"}
+SOURCE_VALUES: dict[str, Callable[[Any], Any]] = {
+    "tiled": lambda tiled: "tiled" if tiled else "striped",
+    "byteorder": lambda order: "big-endian" if order == ">" else "little-endian",
+    "tile_shape": lambda shape: list(shape) if shape else None,
+}
+# The schema's key order (existing files keep theirs); keys not listed (new fields) follow in field order.
+SOURCE_ORDER = (
+    "width", "height", "dtype", "samples", "bits_per_sample", "sample_format", "photometric",
+    "decoded_photometric", "extra_samples", "compression", "predictor", "layout", "tile_shape", "rows_per_strip",
+    "planar", "byteorder", "bigtiff", "orientation", "series", "level", "series_count", "series_kind",
+    "series_shape", "levels", "page_index", "page_count", "colormap", "decoder", "tifffile_warnings",
+)
+
+
+def source_description(info: TiffInfo, colormap: np.ndarray | None, warnings: list[str]) -> dict[str, Any]:
+    """metadata.json's description of the source image, derived from TiffInfo's fields (see SOURCE_EXCLUDED)."""
+    described: dict[str, Any] = {}
+    for f in fields(info):
+        if f.name not in SOURCE_EXCLUDED:
+            value = getattr(info, f.name)
+            convert = SOURCE_VALUES.get(f.name, lambda v: list(v) if isinstance(v, tuple) else v)
+            described[SOURCE_RENAMES.get(f.name, f.name)] = convert(value)
+    described["colormap"] = colormap.tolist() if colormap is not None else None
+    described["tifffile_warnings"] = list(warnings)
+    rank = {key: i for i, key in enumerate(SOURCE_ORDER)}
+    return dict(sorted(described.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
 def build_metadata(
     info: TiffInfo,
-    source: Path,
-    stat: os.stat_result,
+    source: Source,
+    stat: SourceStat,
     sha256: str,
     relative_path: str | None,
     boxes: list[Box],
     options: SliceOptions,
     kind: encode.SliceKind,
+    png: encode.PngSettings | None,
     records: list[dict[str, Any]],
     georef: dict[str, Any] | None,
     colormap: np.ndarray | None,
@@ -542,13 +663,13 @@ def build_metadata(
     """metadata.json, schema version defaults.METADATA_SCHEMA_VERSION (documented in README)."""
     output: dict[str, Any] = kind.describe()
     output["self_check"] = options.self_check
-    if kind.format == "png":
-        method, engine, level = encode.png_settings(options)
+    if png is not None:
+        method, engine, level = png
         engine = encode.resolve_engine(engine, kind)
         output["png"] = {"preset": options.png_preset, "filter": method, "engine": engine, "level": level}
     small_cmap = colormap is not None and colormap.size <= 3 * 256
     return {
-        "schema": "tessq.metadata",
+        "schema": defaults.METADATA_SCHEMA,
         "schema_version": defaults.METADATA_SCHEMA_VERSION,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool": tool_versions(),
@@ -558,35 +679,7 @@ def build_metadata(
             "bytes": stat.st_size,
             "mtime": stat.st_mtime,
             "sha256": sha256,
-            "width": info.width,
-            "height": info.height,
-            "dtype": info.dtype,
-            "samples": info.samples,
-            "bits_per_sample": info.bits_per_sample,
-            "sample_format": info.sample_format,
-            "photometric": info.photometric,
-            "decoded_photometric": info.decoded_photometric,
-            "extra_samples": list(info.extra_samples),
-            "compression": info.compression,
-            "predictor": info.predictor,
-            "layout": "tiled" if info.tiled else "striped",
-            "tile_shape": list(info.tile_shape) if info.tile_shape else None,
-            "rows_per_strip": info.rows_per_strip,
-            "planar": info.planar,
-            "byteorder": "big-endian" if info.byteorder == ">" else "little-endian",
-            "bigtiff": info.bigtiff,
-            "orientation": info.orientation,
-            "series": info.series,
-            "level": info.level,
-            "series_count": info.n_series,
-            "series_kind": info.series_kind,
-            "series_shape": list(info.series_shape),
-            "levels": info.n_levels,
-            "page_index": info.page_index,
-            "page_count": info.n_pages,
-            "colormap": colormap.tolist() if small_cmap and colormap is not None else None,
-            "decoder": info.decoder,
-            "tifffile_warnings": list(warnings),
+            **source_description(info, colormap if small_cmap else None, warnings),
         },
         # The seed's key: its batch-verification loop reads meta["original_image"]["path"] (same as source's).
         "original_image": {

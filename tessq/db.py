@@ -32,7 +32,7 @@ from peewee import (
     TextField,
 )
 
-from tessq import backends
+from tessq import backends, storage
 from tessq.errors import ConfigError
 from tessq.options import SliceOptions
 from tessq.redact import redact, redact_url
@@ -564,8 +564,8 @@ def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str, chec
     metadata.json names this source, and its slice files are as many and as large as metadata.json says (the
     scan's own "stat" check, which --check-output then repeats). Returns how many were adopted."""
     job = Job.get_by_id(job_id)
-    out = Path(job.output_dir)
-    if "://" in job.output_dir or not out.is_dir() or job.input_dir in _REDO_ALL:
+    out = storage.at(job.output_dir).local_path
+    if out is None or not out.is_dir() or job.input_dir in _REDO_ALL:
         return 0
     adopted = 0
     for row in rows:

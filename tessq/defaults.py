@@ -72,3 +72,14 @@ WORKERS = os.cpu_count() or 2
 # The Python API's BatchJob.max_workers: the seed documented 4 whatever the machine, and notebooks written
 # against it expect that, so the API keeps its own default
 API_WORKERS = 4
+# Names of what tessq writes (beside LOG_FILENAME and REPORT_FILENAME above)
+METADATA_FILENAME = "metadata.json"  # in every image folder: the tessellation; written last, so it marks it complete
+BATCH_METADATA_FILENAME = "batch_metadata.json"  # in every image folder: how it was made (job, timings, versions)
+EXPORT_SUFFIX = "_results.zip"  # `tessq export`: OUT/<OUT name>_results.zip, the seed's name
+METADATA_SCHEMA = "tessq.metadata"  # metadata.json's "schema": how a folder is recognised as tessq's output
+# Work in progress carries one of these in its name (export and upload never ship it, scans never enter it):
+TMP_MARK = ".tessq-tmp"
+OLD_MARK = ".tessq-old"
+TMP_FOLDER_MARK = TMP_MARK + "."  # an image folder being built: .<name>.tessq-tmp.<token> (tessq.folder)
+OLD_FOLDER_MARK = OLD_MARK + "."  # the folder it replaces, moved aside: .<name>.tessq-old.<token>
+EXPORT_TMP_MARK = TMP_MARK + "-"  # an export being written: .<zip name>.tessq-tmp-<pid>

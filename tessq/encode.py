@@ -56,14 +56,13 @@ The previous default (Avg + zlib-ng Z_RLE, 0.94x Pillow-6) is ~15% slower per co
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import struct
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, cast
 
 import imagecodecs
 import numpy as np
@@ -71,6 +70,7 @@ import tifffile
 from isal import isal_zlib
 from zlib_ng import zlib_ng
 
+from tessq import hashing
 from tessq.options import SliceOptions
 from tessq.perprocess import PerProcess
 
@@ -440,8 +440,8 @@ def _deflate_segment(data: np.ndarray, engine: str, level: int) -> bytes:
     strategy = zlib_ng.Z_RLE
     if engine == "zlib-ng-huffman" and data.size - np.count_nonzero(data) <= RLE_ZERO_FRACTION * data.size:
         strategy = zlib_ng.Z_HUFFMAN_ONLY
-    z = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15, 9, strategy)
-    return z.compress(data) + z.flush(zlib_ng.Z_SYNC_FLUSH)
+    zng = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15, 9, strategy)
+    return zng.compress(data) + zng.flush(zlib_ng.Z_SYNC_FLUSH)
 
 
 def _segment_job(job: tuple[np.ndarray, np.ndarray | None, str, int, str, int]) -> tuple[bytes, int, int]:
@@ -469,12 +469,20 @@ def resolve_engine(engine: str, kind: SliceKind) -> str:
     return "isal" if (kind.bit_depth or 8) == 16 else "zlib-ng-huffman"
 
 
-def png_settings(options: SliceOptions) -> tuple[str, str, int]:
+class PngSettings(NamedTuple):
+    """How PNG slices are compressed: row filter, deflate engine and its level (one image's are computed once)."""
+
+    filter: str
+    engine: str
+    level: int
+
+
+def png_settings(options: SliceOptions) -> PngSettings:
     """(filter, engine, level) for the options' preset; compress_level means libdeflate at that level."""
     method, engine, level = PRESETS[options.png_preset]
     if options.compress_level is not None:
         engine, level = "libdeflate", options.compress_level
-    return method, engine, level
+    return PngSettings(method, engine, level)
 
 
 def _zlib_stream(engine: str, level: int) -> Any:
@@ -500,9 +508,10 @@ def png_encode(
             parts.append(segment)
             adler = adler32_combine(adler, seg_adler, length)
         parts += [FINAL_EMPTY_BLOCK, struct.pack(">I", adler)]
-        data = b"".join(parts)
+        data: bytes | bytearray = b"".join(parts)
     elif engine == "libdeflate":
-        data = imagecodecs.deflate_encode(filter_rows(rows, method, bpp), level=min(level, 12))
+        # any buffer will do (the stub names bytes only): the filtered rows are not copied
+        data = imagecodecs.deflate_encode(cast(bytes, filter_rows(rows, method, bpp)), level=min(level, 12))
     else:
         raise ValueError(f"unknown deflate engine {engine!r}")
     out = [_png_head(width, height, kind)]
@@ -539,7 +548,7 @@ class PngStreamWriter:
         self.method = "none" if (kind.bit_depth or 8) < 8 else method
         self.engine, self.level = resolve_engine(engine, kind), level
         self.bpp = _bytes_per_pixel(kind)
-        self.sha = hashlib.sha256()
+        self.sha = hashing.new_hash()
         self.size = 0
         self.rows_written = 0
         self._prev: np.ndarray | None = None  # the last raw row fed (the row above the next block)
@@ -618,6 +627,7 @@ class PngStreamWriter:
                 self._left = None
             self._add(FINAL_EMPTY_BLOCK + struct.pack(">I", self._adler))
         else:
+            assert self._z is not None  # not segmented: one zlib stream
             self._add(self._z.flush())
         self._flush_idat()
         self._write(_chunk(b"IEND", b""))
@@ -680,12 +690,17 @@ def write_tiff(
 
 
 def encode_slice(
-    array: np.ndarray, kind: SliceKind, options: SliceOptions, extratags: Sequence[tuple[Any, ...]] | None = None
+    array: np.ndarray,
+    kind: SliceKind,
+    options: SliceOptions,
+    extratags: Sequence[tuple[Any, ...]] | None = None,
+    png: PngSettings | None = None,
 ) -> tuple[bytes, str]:
     """The one entry point for writing a slice held in memory: (file bytes, extension). `extratags` go into
-    TIFF slices only (PNG has no place for GeoTIFF tags: those get sidecar files)."""
+    TIFF slices only (PNG has no place for GeoTIFF tags: those get sidecar files); `png` is the image's
+    png_settings(options), computed once by the caller that cuts many slices."""
     if kind.format == "png":
-        method, engine, level = png_settings(options)
+        method, engine, level = png or png_settings(options)
         return png_encode(array, kind, method, engine, level), kind.ext
     array = stored_values(array, kind)
     # modest strips so readers of the slice do not need to decode it whole

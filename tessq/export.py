@@ -15,16 +15,17 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
+from tessq import defaults
 from tessq.errors import ExportDiskFullError, ExportError
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger("tessq.export")
 
-DEFAULT_EXTRA_FILES = ("batch_report.json", "batch_processing.log")
+DEFAULT_EXTRA_FILES = (defaults.REPORT_FILENAME, defaults.LOG_FILENAME)
 # Markers of folders and files that are work in progress (atomic image folders, our own temp archives).
-TEMP_MARKERS = (".tessq-tmp", ".tessq-old")
+TEMP_MARKERS = (defaults.TMP_MARK, defaults.OLD_MARK)
 # Formats that are already compressed: deflating them again costs CPU and saves nothing.
 STORED_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".gif", ".jp2", ".zip", ".gz", ".bz2", ".xz", ".zst", ".7z"}
@@ -36,7 +37,7 @@ CHUNK = 1 << 20
 # Size of a local header + central record without the name, with ZIP64 extras: a lower bound per entry.
 ENTRY_OVERHEAD = 30 + 46 + 2 * 28
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-TMP_SUFFIX = ".tessq-tmp-"
+TMP_SUFFIX = defaults.EXPORT_TMP_MARK
 
 
 # ---------------------------------------------------------------- what is shipped
@@ -45,7 +46,7 @@ TMP_SUFFIX = ".tessq-tmp-"
 def default_zip_path(out_dir: Path) -> Path:
     """OUT/<OUT name>_results.zip, the seed's name."""
     out_dir = Path(out_dir)
-    return out_dir / f"{out_dir.resolve().name}_results.zip"
+    return out_dir / f"{out_dir.resolve().name}{defaults.EXPORT_SUFFIX}"
 
 
 def is_temporary(rel: str) -> bool:
@@ -250,7 +251,7 @@ def _check_free_space(dest: Path, files: Sequence[tuple[Path, str]], sizes: Sequ
         )
 
 
-def _copy_exactly(src: BinaryIO, dst: BinaryIO, size: int, path: Path) -> None:
+def _copy_exactly(src: IO[bytes], dst: IO[bytes], size: int, path: Path) -> None:
     """Copy the first `size` bytes in chunks. The size is the one taken when listing, so a log still
     being appended to is archived as a consistent prefix instead of breaking the header's size."""
     remaining = size
@@ -340,7 +341,7 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     """Remove `.<dest name>.tessq-tmp-<pid>` left beside `dest` by an export killed with SIGKILL (its pid
     is gone, or was reused by a process started after the file was last written); returns what went."""
     pattern = re.compile(re.escape(f".{dest.name}{TMP_SUFFIX}") + r"(\d+)$")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(dest.parent))
     except OSError:

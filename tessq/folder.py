@@ -13,12 +13,16 @@ import secrets
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
+from tessq import defaults
 from tessq.errors import OutputCollisionError
 from tessq.perprocess import PerProcess
 
-TMP_MARK = ".tessq-tmp."
-OLD_MARK = ".tessq-old."
+TMP_MARK = defaults.TMP_FOLDER_MARK
+OLD_MARK = defaults.OLD_FOLDER_MARK
+# a new file of an image folder: created or emptied, never opened through a symlink, not inherited by children
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def tmp_name(name: str, token: str) -> str:
@@ -86,7 +90,7 @@ def cleanup_stale(parent: str | Path, name: str) -> list[Path]:
     return removed
 
 
-METADATA = "metadata.json"
+METADATA = defaults.METADATA_FILENAME
 NESTED_SCAN_MAX = 10_000  # entries looked at under a folder about to be replaced (an image folder has ~10)
 
 
@@ -96,7 +100,7 @@ def _source_of(folder: Path) -> tuple[str | None, str | None, str | None] | None
     try:
         with open(folder / METADATA, "rb") as fh:
             meta = json.loads(fh.read(64 * 1024 * 1024))
-        src = meta["source"] if meta.get("schema") == "tessq.metadata" else None
+        src = meta["source"] if meta.get("schema") == defaults.METADATA_SCHEMA else None
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(src, dict):
@@ -148,18 +152,32 @@ class AtomicFolder:
         folder.path.mkdir()
         return folder
 
+    def path_for(self, name: str) -> Path:
+        """Where the file `name` of the folder is (to read back what was written; write with write/open_for_write)."""
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError(f"not a file name inside an image folder: {name!r}")
+        return self.path / name
+
+    def _create(self, name: str) -> int:
+        """The one place a file of the folder is created: never through a link planted in the folder."""
+        return os.open(self.path_for(name), _WRITE_FLAGS, 0o666)
+
     def write(self, name: str, data: bytes) -> Path:
-        """Write one file of the folder: the one place slices and metadata reach the disk (commit syncs them)."""
-        path = self.path / name
+        """Write one file of the folder whole: slices and metadata held in memory (commit syncs them)."""
         # os-level calls: open() adds an fstat, an isatty ioctl and a buffer per file, ten files per image
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        fd = self._create(name)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
-        return path
+        return self.path_for(name)
+
+    def open_for_write(self, name: str) -> BinaryIO:
+        """A new file of the folder open for writing (and seeking), for streamed encoders and tifffile."""
+        # open() with our opener: the file object's name stays the path (tifffile reads it)
+        return open(self.path_for(name), "wb", opener=lambda path, _flags: os.open(path, _WRITE_FLAGS, 0o666))
 
     def commit(self) -> None:
         """fsync the files and the folder, move any existing final folder aside, rename into place.

@@ -1,6 +1,6 @@
-"""Pure geometry: how an image of W x H pixels is cut into boxes, and what each box's file is called.
-
-No I/O and no pixels here, so every rule (grid choice, balanced edges, tile/overlap edge policy) is testable alone.
+"""Pure geometry: whether an image of W x H pixels can be cut (`refusal`), into which boxes, and what each
+box's file is called. No I/O and no pixels here, so every rule (eligibility, grid choice, balanced edges,
+tile/overlap edge policy) is testable alone; scan, core and plan_grid all ask `refusal`.
 """
 
 from __future__ import annotations
@@ -93,24 +93,52 @@ def grid_shape(width: int, height: int, options: SliceOptions) -> tuple[int, int
     return choose_grid(options.num_pieces, width, height)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why an image is not cut: an ImageError kind (the scan's skip reason, the worker's error type) and the
+    message a user reads (without the file's path, which the caller adds)."""
+
+    kind: str
+    message: str
+
+
+def refusal(width: int, height: int, options: SliceOptions) -> Refusal | None:
+    """The one eligibility decision: None when an image of width x height px is cut with `options`."""
+    if width < options.min_size or height < options.min_size:
+        return Refusal(
+            ImageTooSmallError.kind, f"{width}x{height} px is below the minimum size of {options.min_size} px"
+        )
+    return grid_refusal(width, height, options)
+
+
+def grid_refusal(width: int, height: int, options: SliceOptions) -> Refusal | None:
+    """The geometric part of `refusal` (what plan_grid needs whatever the minimum size): no empty piece."""
+    if width < 1 or height < 1:
+        return Refusal(ImageTooSmallError.kind, f"image has no pixels ({width}x{height})")
+    if options.tile_size is None:
+        rows, cols = grid_shape(width, height, options)
+        if cols > width or rows > height:
+            return Refusal(
+                ImageTooSmallError.kind,
+                f"a {rows}x{cols} grid (rows x cols) needs at least {cols}x{rows} px, image is {width}x{height}",
+            )
+    return None
+
+
 def plan_grid(width: int, height: int, options: SliceOptions, *, path: str = "image") -> list[Box]:
     """All boxes for the image in row-major order; raises ImageTooSmallError when a piece would be empty."""
-    if width < 1 or height < 1:
-        raise ImageTooSmallError(path, f"image has no pixels ({width}x{height})")
+    refused = grid_refusal(width, height, options)
+    if refused is not None:
+        raise ImageTooSmallError(path, refused.message)
     if options.tile_size is not None:
         ys = tile_spans(height, options.tile_size, options.overlap)
         xs = tile_spans(width, options.tile_size, options.overlap)
     else:
         rows, cols = grid_shape(width, height, options)
-        if cols > width or rows > height:
-            raise ImageTooSmallError(
-                path,
-                f"a {rows}x{cols} grid (rows x cols) needs at least {cols}x{rows} px, image is {width}x{height}",
-            )
         xe, ye = balanced_edges(width, cols), balanced_edges(height, rows)
         xs = list(pairwise(xe))
         ys = list(pairwise(ye))
-    boxes = []
+    boxes: list[Box] = []
     for r, (y0, y1) in enumerate(ys):
         for c, (x0, x1) in enumerate(xs):
             boxes.append(Box(len(boxes), r, c, x0, y0, x1, y1))

@@ -52,7 +52,7 @@ def configure(workspace: Workspace) -> None:
     if workspace.queue_url.startswith("sqlite:"):
         workspace.state_dir.mkdir(parents=True, exist_ok=True)
     queue = backends.make_queue(workspace.queue_url)
-    from tessq.worker import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
+    from tessq.task import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
 
     _bound = Binding(workspace, queue, queue.task(name="tessq.process_image")(process_image))
     use_state_dir(workspace.state_dir)  # a .tar.gz's listing and gzip index are saved there for the workers

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from tessq import __version__, db, defaults
+from tessq import __version__, db, defaults, storage
 
 
 class BatchSummary(TypedDict):
@@ -196,7 +196,7 @@ def build_report(job_id: int | None = None) -> dict[str, Any]:
 def upload_prefix(rows: ReportRows) -> str | None:
     """Whose uploads the report counts: those from one job's local output folder; every upload otherwise."""
     out = rows.jobs[0].output_dir if rows.job_id is not None and rows.jobs else None
-    return out if out and not out.startswith("s3:") else None
+    return out if out and storage.holds_state(out) else None
 
 
 def summarize(rows: ReportRows, uploads: db.UploadTotals, generated_at: float) -> Report:

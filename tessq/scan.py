@@ -1,6 +1,6 @@
 """Walking the input tree: which folders hold TIFFs, which files are eligible, from headers only.
 
-Pure classification lives here (`classify_folder`, `output_folder_names`, `eligibility`); the walk
+Pure classification lives here (`classify_folder`, `output_folder_names`; eligibility is grid.refusal); the walk
 reads directory entries and TIFF headers, never pixels. `scan_tree` records it all in the table.
 """
 
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from tessq import db, storage, tiff
+from tessq import db, hashing, storage, tiff
 from tessq.errors import ImageError
+from tessq.grid import refusal
 from tessq.options import SliceOptions
 from tessq.settings import options_fingerprint
 
@@ -89,13 +90,6 @@ def classify_folder(n_tiffs: int, n_other_images: int) -> str | None:
     """The skip reason of a folder, or None when it holds TIFFs (or nothing worth recording)."""
     if n_tiffs == 0 and n_other_images > 0:
         return "no_tiff"  # the seed's "JPG-only folder"
-    return None
-
-
-def eligibility(width: int, height: int, min_size: int) -> str | None:
-    """None when the image is to be cut, else the skip reason."""
-    if width < min_size or height < min_size:
-        return "too_small"
     return None
 
 
@@ -201,7 +195,7 @@ def relative_path(rel_folder: str, name: str) -> str:
     return str(PurePosixPath(rel_folder) / name) if rel_folder else name
 
 
-def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_size: int,
+def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, options: SliceOptions,
                   known: db.KnownHeader | None = None) -> dict[str, Any]:
     """One image row from the file's stat and TIFF header (no pixels decoded); `known` is what an earlier
     scan read from this file's header, used instead of reading it again while size and mtime still match."""
@@ -243,9 +237,9 @@ def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, min_s
             reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
             return failed("unreadable", f"{entry.path}: {reason}")
         row.update(width=info.width, height=info.height, pixel_bytes=pixel_bytes(info))
-    reason = eligibility(row["width"], row["height"], min_size)
-    if reason:
-        row.update(status=db.SKIPPED, skip_reason=reason)
+    refused = refusal(row["width"], row["height"], options)  # the worker's own rule: skipped here, not failed there
+    if refused:
+        row.update(status=db.SKIPPED, skip_reason=refused.kind, error_message=f"{entry.path}: {refused.message}")
     return row
 
 
@@ -260,22 +254,22 @@ class FileRef:
         return os.stat(self.path, follow_symlinks=follow_symlinks)
 
 
-def probe_all(files: list[tuple[Any, str, str]], min_size: int, *, parallel: bool,
+def probe_all(files: list[tuple[Any, str, str]], options: SliceOptions, *, parallel: bool,
               known: dict[str, db.KnownHeader] | None = None) -> list[dict[str, Any]]:
     """candidate_row for every (entry, folder, output name), in order. Headers an earlier scan read are not
     read again while the file's size and mtime match (a rescan of an unchanged tree only stats it). When
     PROBE_PARALLEL_MIN or more local files need their header read, one process per CPU reads them (header
     parsing is CPU-bound Python: 2x on 2 cores)."""
     known = known or {}
-    jobs = [(entry, rel, out_name, min_size, known.get(printable(relative_path(rel, entry.name))))
+    jobs = [(entry, rel, out_name, options, known.get(printable(relative_path(rel, entry.name))))
             for entry, rel, out_name in files]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     to_read = sum(1 for job in jobs if job[4] is None)
     if not parallel or cpus < 2 or to_read < PROBE_PARALLEL_MIN:
         rows = [_probe_one(job) for job in jobs]
     else:
-        jobs = [(FileRef(entry.path, entry.name) if isinstance(entry, os.DirEntry) else entry, *rest)
-                for entry, *rest in jobs]
+        jobs = [(FileRef(entry.path, entry.name) if isinstance(entry, os.DirEntry) else entry, rel, name, opts, hint)
+                for entry, rel, name, opts, hint in jobs]
         context = multiprocessing.get_context("fork")  # the pool inherits the imported modules: no start-up
         with ProcessPoolExecutor(max_workers=cpus, mp_context=context, initializer=_init_probe_process,
                                  initargs=(os.getpid(),)) as pool:
@@ -299,11 +293,11 @@ def _init_probe_process(parent: int) -> None:
         os._exit(1)
 
 
-def _probe_one(job: tuple[Any, str, str, int, db.KnownHeader | None]) -> dict[str, Any] | str:
+def _probe_one(job: tuple[Any, str, str, SliceOptions, db.KnownHeader | None]) -> dict[str, Any] | str:
     """One candidate row, or a warning for a file that vanished or cannot be stat'ed after the listing."""
-    entry, rel, out_name, min_size, known = job
+    entry, rel, out_name, options, known = job
     try:
-        return candidate_row(entry, rel, out_name, min_size, known)
+        return candidate_row(entry, rel, out_name, options, known)
     except OSError as exc:
         return f"cannot stat {entry.path}: {exc}"
 
@@ -327,14 +321,6 @@ def pixel_bytes(info: Any) -> int:
     except TypeError:
         itemsize = 1
     return int(info.width) * int(info.height) * int(info.samples or 1) * itemsize
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None, mode: str = "stat") -> str | None:
@@ -383,7 +369,7 @@ def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None,
             problems.append(f"slice {name} missing")
         elif size != rec.get("bytes"):
             problems.append(f"slice {name} size differs ({size} bytes, metadata.json says {rec.get('bytes')})")
-        elif mode == "hash" and rec.get("sha256") and _sha256(image_dir / name) != rec["sha256"]:
+        elif mode == "hash" and rec.get("sha256") and hashing.file_digest(image_dir / name) != rec["sha256"]:
             problems.append(f"slice {name} hash differs from metadata.json")
     if not problems and mode == "stat" and n_slices is not None and len(records) != n_slices:
         problems.append(f"metadata.json lists {len(records)} slices, the status table {n_slices}")
@@ -512,7 +498,7 @@ def scan_tree(
         files.extend((entry, folder.rel, names[entry.name]) for entry in folder.tiffs)
     with db.session():
         known = db.known_headers(str(input_dir))
-    candidates = probe_all(files, options.min_size, parallel=source.probe_in_processes, known=known)
+    candidates = probe_all(files, options, parallel=source.probe_in_processes, known=known)
     refuse_colliding(candidates)
     with db.session(), db.scan_transaction():  # one write transaction: concurrent scans of a tree queue each once
         job = db.upsert_job(str(input_dir), str(output_dir), options.to_dict(), options_hash)

@@ -21,7 +21,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from tessq.encode import SliceKind, png_settings, stored_values
+from tessq.encode import PngSettings, SliceKind, png_settings, stored_values
 from tessq.errors import SelfCheckError
 from tessq.options import SliceOptions
 
@@ -29,8 +29,8 @@ from tessq.options import SliceOptions
 _proven: set[tuple[Any, ...]] = set()
 
 
-def kind_key(kind: SliceKind, options: SliceOptions) -> tuple[Any, ...]:
-    settings = png_settings(options) if kind.format == "png" else None
+def kind_key(kind: SliceKind, options: SliceOptions, png: PngSettings | None = None) -> tuple[Any, ...]:
+    settings = (png or png_settings(options)) if kind.format == "png" else None
     return (kind.format, kind.dtype, kind.samples, kind.color_type, kind.bit_depth, kind.tiff_planar,
             kind.tiff_photometric, settings)
 
@@ -60,9 +60,12 @@ class Plan:
             _proven.add(self.key)
 
 
-def plan(mode: str, kind: SliceKind, options: SliceOptions, n_slices: int, token: str) -> Plan:
-    """The check for one image; `token` (its path) picks the sampled slice, the same one on every rerun."""
-    key = kind_key(kind, options)
+def plan(
+    mode: str, kind: SliceKind, options: SliceOptions, n_slices: int, token: str, png: PngSettings | None = None
+) -> Plan:
+    """The check for one image; `token` (its path) picks the sampled slice, the same one on every rerun; `png`
+    is the image's png_settings when the caller has them."""
+    key = kind_key(kind, options, png)
     if mode == "off" or n_slices == 0:
         return Plan(key, False, None)
     if mode == "full" or always_full(kind):

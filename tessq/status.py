@@ -1,7 +1,7 @@
 """The live view: a read-only snapshot of the status table, and its rich rendering.
 
-`snapshot()` is plain data (also `tessq status --json`); `render()` turns it into a rich panel;
-`watch()` refreshes it until interrupted. Nothing here writes to the database.
+`snapshot()` is plain data (also `tessq status --json`); `render()` turns it into a rich panel.
+Nothing here writes to the database.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def fetch_rows(job_id: int | None = None) -> StatusRows:
 
 def dead_holders(rows: Iterable[db.RunningRow]) -> set[str]:
     """The lease holders that are processes of this host that are gone."""
-    from tessq.worker import dead_local_workers
+    from tessq.daemon import dead_local_workers
 
     return set(dead_local_workers(sorted({r.worker for r in rows if r.worker})))
 

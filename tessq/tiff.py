@@ -12,7 +12,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -87,14 +87,6 @@ class TiffInfo:
     @property
     def row_bytes(self) -> int:
         return self.width * self.samples * self.itemsize
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["extra_samples"] = list(self.extra_samples)
-        data["tile_shape"] = list(self.tile_shape) if self.tile_shape else None
-        data["series_shape"] = list(self.series_shape)
-        data["warnings"] = list(self.warnings)
-        return data
 
 
 class _WarningCollector(logging.Handler):
@@ -698,14 +690,6 @@ class RegionReader:
         if self.info.tiled and self.info.tile_shape:
             return self.info.tile_shape[0]
         return max(1, min(self.info.rows_per_strip or 1, self.info.height))
-
-    def segment_bytes(self) -> int:
-        """Decoded bytes of one strip/tile (for memory planning)."""
-        ch = self.band_alignment
-        cw = self.info.tile_shape[1] if self.info.tiled and self.info.tile_shape else self.info.width
-        if self._fallback is not None:
-            cw = self.info.width
-        return ch * cw * self.info.samples * self.info.itemsize
 
     # -- reading ------------------------------------------------------------------------------------
     def _needs_whole_page(self) -> bool:

@@ -6,7 +6,6 @@ PNG slices are decoded with imagecodecs (Pillow truncates 16-bit RGB); palette P
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -19,10 +18,11 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from tessq import hashing
+from tessq.defaults import METADATA_FILENAME
 from tessq.errors import ImageError, VerificationError
 from tessq.tiff import RegionReader, reference_pixels
 
-HASH_BUFFER = 4 * 1024 * 1024
 RECONSTRUCT_TILE = 256
 # A grid row of the source is read once for all its slices up to this size; above it, slice by slice.
 VERIFY_BAND_BYTES = 96 * 1024 * 1024
@@ -33,21 +33,13 @@ PROBLEM_KINDS = ("missing", "decode_error", "pixels", "shape", "dtype", "colour_
 
 
 def load_metadata(image_dir: str | Path) -> dict[str, Any]:
-    path = Path(image_dir) / "metadata.json"
+    path = Path(image_dir) / METADATA_FILENAME
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise VerificationError(f"{image_dir}: no metadata.json (not a complete tessq image folder)") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise VerificationError(f"{path}: unreadable metadata ({exc})") from exc
-
-
-def file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_BUFFER):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def decode_slice(path: Path, meta: dict[str, Any], data: bytes | None = None) -> np.ndarray:
@@ -210,7 +202,7 @@ def _check_slice(
         result["hashes_ok"] = False
         _problem(result, name, "missing", "missing")
         return
-    hash_ok = hashlib.sha256(data).hexdigest() == rec["sha256"]
+    hash_ok = hashing.bytes_digest(data) == rec["sha256"]
     if not hash_ok:
         result["hashes_ok"] = False
         result["hash_mismatches"].append(name)
@@ -318,8 +310,7 @@ def reconstruct(image_dir: str | Path, dest: str | Path) -> Path:
                 yield band[:, tx : tx + tile]
 
     photometric = "rgb" if samples in (3, 4) and src["decoded_photometric"] == "rgb" else "minisblack"
-    extras = {"extrasamples": [0] * (samples - (3 if photometric == "rgb" else 1))} if samples > 1 else {}
-    extras = extras if extras.get("extrasamples") else {}
+    extrasamples = [0] * (samples - (3 if photometric == "rgb" else 1)) if samples > 1 else []
     tifffile.imwrite(
         dest,
         tiles(),
@@ -330,7 +321,7 @@ def reconstruct(image_dir: str | Path, dest: str | Path) -> Path:
         planarconfig="contig" if samples > 1 else None,
         compression="zlib",
         metadata=None,
-        **extras,
+        extrasamples=extrasamples or None,
     )
     return dest
 
@@ -376,8 +367,8 @@ def verify_images_identical(path_a: str | Path, path_b: str | Path) -> dict[str,
 
 def _image_folder(path: Path) -> Path | None:
     """The tessq image folder `path` names (the folder itself or its metadata.json), else None."""
-    if path.is_dir() and (path / "metadata.json").is_file():
+    if path.is_dir() and (path / METADATA_FILENAME).is_file():
         return path
-    if path.name == "metadata.json" and path.is_file():
+    if path.name == METADATA_FILENAME and path.is_file():
         return path.parent
     return None

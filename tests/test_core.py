@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from tessq import core, folder
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.options import SliceOptions
+from tessq.tiff import TiffInfo
 from tessq.verify import verify_image
 from tests.tiffgen import PNG_VARIANTS, VARIANTS, write_variant
 
@@ -37,6 +39,30 @@ def test_every_variant_slices_bit_exact(tmp_path: Path, name: str) -> None:
     )
     check = verify_image(out, path)
     assert check["overall_identical"], check
+
+
+# metadata.json's keys and their order: existing readers (and byte-for-byte reruns) rely on both
+METADATA_KEYS = ["schema", "schema_version", "created_utc", "tool", "source", "original_image", "grid", "output",
+                 "georef", "slices", "totals"]
+SOURCE_KEYS = ["relative_path", "absolute_path", "bytes", "mtime", "sha256", "width", "height", "dtype", "samples",
+               "bits_per_sample", "sample_format", "photometric", "decoded_photometric", "extra_samples",
+               "compression", "predictor", "layout", "tile_shape", "rows_per_strip", "planar", "byteorder", "bigtiff",
+               "orientation", "series", "level", "series_count", "series_kind", "series_shape", "levels",
+               "page_index", "page_count", "colormap", "decoder", "tifffile_warnings"]
+
+
+@pytest.mark.parametrize("name", ["rgb8_tiled_lzw", "palette", "geotiff", "rgb16_bigendian"])
+def test_metadata_json_keeps_its_key_set_and_order(tmp_path: Path, name: str) -> None:
+    path, _ = write_variant(tmp_path, name)
+    core.tessellate_image(path, tmp_path / "img", SMALL)
+    meta = json.loads((tmp_path / "img" / "metadata.json").read_text())
+    assert list(meta) == METADATA_KEYS
+    assert list(meta["source"]) == SOURCE_KEYS
+
+
+def test_every_tiff_info_field_is_in_metadata_json_or_excluded_on_purpose() -> None:
+    names = {f.name for f in dataclasses.fields(TiffInfo)} - core.SOURCE_EXCLUDED
+    assert {core.SOURCE_RENAMES.get(n, n) for n in names} <= set(SOURCE_KEYS)
 
 
 def test_metadata_schema(tmp_path: Path) -> None:

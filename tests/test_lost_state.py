@@ -220,8 +220,8 @@ def test_no_report_is_written_from_a_database_that_does_not_hold_the_job(tmp_pat
 
 
 def test_a_supervisor_error_that_repeats_backs_off_and_then_gives_up(caplog: pytest.LogCaptureFixture) -> None:
+    from tessq.daemon import _Trouble
     from tessq.errors import TessqError
-    from tessq.worker import _Trouble
 
     trouble, now, tries = _Trouble(), 0.0, 0
     caplog.set_level(logging.ERROR, logger="tessq.worker")

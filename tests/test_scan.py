@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tessq import db, scan
+from tessq.grid import refusal
 from tessq.options import SliceOptions
 from tessq.settings import options_fingerprint
 from tests.conftest import seed_tree, write_tiff
@@ -35,9 +36,10 @@ def test_folder_with_only_jpgs_is_skipped_and_empty_folders_are_ignored() -> Non
 
 
 def test_eligibility_needs_both_sides_at_least_min_size() -> None:
-    assert scan.eligibility(1024, 1024, 1024) is None
-    assert scan.eligibility(1023, 4000, 1024) == "too_small"
-    assert scan.eligibility(4000, 1023, 1024) == "too_small"
+    at_least = SliceOptions(min_size=1024)
+    assert refusal(1024, 1024, at_least) is None
+    assert getattr(refusal(1023, 4000, at_least), "kind", None) == "too_small"
+    assert getattr(refusal(4000, 1023, at_least), "kind", None) == "too_small"
 
 
 def test_walk_skips_hidden_and_output_and_survives_symlink_loops(tmp_path: Path) -> None:
@@ -80,9 +82,9 @@ def test_probing_in_a_process_pool_gives_the_same_rows_in_the_same_order(
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     files = [(e, "", e.name.rsplit(".", 1)[0]) for e in sorted(os.scandir(tmp_path), key=lambda e: e.name)]
     (tmp_path / "img_03.tif").unlink()  # vanished after the listing: a warning, not a row
-    sequential = scan.probe_all(files, 32, parallel=False)
+    sequential = scan.probe_all(files, SliceOptions(min_size=32), parallel=False)
     monkeypatch.setattr(scan, "PROBE_PARALLEL_MIN", 1)
-    pooled = scan.probe_all(files, 32, parallel=True)
+    pooled = scan.probe_all(files, SliceOptions(min_size=32), parallel=True)
     assert pooled == sequential
     assert len(pooled) == 12 and [r["status"] for r in pooled].count(db.FAILED) == 1
 

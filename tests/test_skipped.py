@@ -129,3 +129,19 @@ def test_status_shows_an_eta_only_while_workers_are_alive(
     assert dead["eta_s"] is None and dead["progress"]["remaining"] == 2
     plain = tessq_cmd("status", "--once", env=sqlite_env, cwd=tmp_path, check=True).stdout
     assert "ETA -" in plain and "held by workers that are gone" in plain
+
+
+def test_an_image_too_small_for_its_grid_is_skipped_at_scan(tmp_path: Path, sqlite_env: dict[str, str]) -> None:
+    """A 2x4 grid needs at least 4x2 px: a 3 px wide image is refused by the scan, with the worker's own reason,
+    instead of being queued and then failing in the worker."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "narrow.tif", 40, 3, seed=1)
+    write_tiff(src / "wide.tif", 40, 64, seed=2)
+    proc = tessq_cmd("run", str(src), str(out), "--min-size=1", "--grid=2x4", "--workers=1", env=sqlite_env,
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped file narrow.tif: too_small" in proc.stderr
+    report = json.loads(tessq_cmd("report", "--json", env=sqlite_env, cwd=tmp_path, check=True).stdout)
+    assert report["skipped"] == [{"path": "narrow.tif", "kind": "file", "reason": "too_small"}]
+    assert report["batch_summary"]["errors"] == 0 and report["batch_summary"]["successfully_processed"] == 1
+    assert not (out / "narrow").exists() and (out / "wide" / "metadata.json").is_file()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tessq import db, pipeline, worker
+from tessq import db, pipeline, task
 from tessq.options import SliceOptions
 from tests.conftest import write_tiff
 
@@ -32,8 +32,8 @@ def _scan(tmp_path: Path, n: int) -> tuple[Path, list[int]]:
 def test_a_cut_image_is_committed_by_the_committer_and_recorded_done(workspace: Path) -> None:
     out, ids = _scan(workspace, 3)
     for image_id in ids:
-        worker.process_image(image_id)
-    worker.wait_for_commit()
+        task.process_image(image_id)
+    task.wait_for_commit()
     with db.session():
         rows = [db.image(i) for i in ids]
     assert [r.status for r in rows] == [db.DONE] * 3
@@ -47,10 +47,10 @@ def test_a_commit_that_finds_the_source_changed_retries_and_leaves_no_output(wor
     with db.session():
         claim = db.claim(image_id, db.worker_identity(), 60)
         row = db.image(image_id)
-    prepared = worker.cut(row, claim)
+    prepared = task.cut(row, claim)
     source = Path(row.job.input_dir) / row.rel_path
     write_tiff(source, 70, 96, seed=9)  # rewritten between the cut and the commit
-    worker._commit(claim, row, prepared, started=0.0)
+    task._commit(claim, row, prepared, started=0.0)
     with db.session():
         after = db.image(image_id)
     assert after.status == db.QUEUED and after.error_type == "source_changed"
@@ -68,9 +68,9 @@ def test_a_time_limit_that_strikes_inside_a_decoder_is_still_reported_as_a_timeo
         except TaskTimeout as exc:  # what tiff.py does with any codec exception
             raise CorruptImageError("in/huge.tif", f"cannot decode pixel data ({exc})") from exc
     except CorruptImageError as wrapped:
-        action, kind, message = worker.classify(wrapped, "huge.tif", 1)
+        action, kind, message = task.classify(wrapped, "huge.tif", 1)
     assert (action, kind) == ("fail", "timeout") and "timed out after 1 s" in message
-    assert worker.classify(CorruptImageError("in/bad.tif", "garbled strip"), "bad.tif", 1)[1] == "corrupt"
+    assert task.classify(CorruptImageError("in/bad.tif", "garbled strip"), "bad.tif", 1)[1] == "corrupt"
 
 
 def test_the_image_statement_returns_the_same_row_and_job_as_the_peewee_query(workspace: Path) -> None:
@@ -89,8 +89,8 @@ def test_a_done_row_holds_the_size_mtime_and_dimensions_of_the_file_that_was_cut
     out, [image_id] = _scan(workspace, 1)
     with db.session():
         db.Image.update(width=1, height=1).where(db.Image.id == image_id).execute()  # a stale header record
-    worker.process_image(image_id)
-    worker.wait_for_commit()
+    task.process_image(image_id)
+    task.wait_for_commit()
     with db.session():
         row = db.image(image_id)
     meta = json.loads((out / row.out_rel / "metadata.json").read_text())

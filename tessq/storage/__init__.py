@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tessq.storage import archive, s3
@@ -23,8 +23,22 @@ from tessq.storage.s3 import RemoteSource, S3Storage
 from tessq.storage.tree import FolderEntries
 
 __all__ = [
-    "ArchiveMember", "ArchiveStorage", "FolderEntries", "LocalStorage", "OutputFolder", "RemoteSource",
-    "S3Storage", "Source", "Storage", "at", "holds_state", "is_archive", "is_member", "resolve", "text",
+    "ArchiveMember",
+    "ArchiveStorage",
+    "FolderEntries",
+    "LocalStorage",
+    "OutputFolder",
+    "RemoteSource",
+    "S3Storage",
+    "Source",
+    "Storage",
+    "at",
+    "holds_state",
+    "is_archive",
+    "is_member",
+    "resolve",
+    "sweep_temp",
+    "text",
     "verifiable",
 ]
 
@@ -41,6 +55,23 @@ def at(location: Location) -> Storage:
     if s3.is_remote(location):
         return S3Storage(location)
     return LocalStorage(location)
+
+
+FileSource = Path | RemoteSource | ArchiveMember  # what Storage.source() gives, as the cut layer reads it
+
+
+def source_at(location: str | os.PathLike[str] | Source) -> FileSource:
+    """One file given by its location (a path or an s3:// URL; a source a Storage gave passes) as a Source."""
+    if isinstance(location, (RemoteSource, ArchiveMember, Path)):
+        return location
+    if isinstance(location, (str, os.PathLike)):
+        return s3.as_source(location)
+    raise TypeError(f"not a source: {location!r}")
+
+
+def sweep_temp(alive: Callable[[int], bool]) -> int:
+    """Remove the spools and upload folders of S3 work left by dead processes of this machine (by pid)."""
+    return s3.sweep_temp(alive)
 
 
 def _holder(location: Location) -> Storage:

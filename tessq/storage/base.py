@@ -40,6 +40,9 @@ class Storage(ABC):
     kind: str  # 'local', 's3' or 'archive'
     holds_state = False  # whether OUT/.tessq (status table, queue, log) can live here
     probe_in_processes = False  # whether the scan may read headers in a process pool (local files)
+    # sources are plain paths (nothing to open or release) and image folders commit by a rename: a worker may
+    # then hand the commit to its committer thread and start the next image
+    plain_files = False
 
     @property
     @abstractmethod

@@ -112,6 +112,7 @@ class LocalStorage(Storage):
     kind = "local"
     holds_state = True
     probe_in_processes = True
+    plain_files = True
 
     def __init__(self, location: str | os.PathLike[str]) -> None:
         self.given_text = os.fspath(location)

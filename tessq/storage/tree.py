@@ -14,10 +14,9 @@ from typing import Any
 
 from tessq import defaults
 
-METADATA_NAME = "metadata.json"
-# Uploaded just before metadata.json (core.BATCH_METADATA_FILENAME: the same name, kept here below the cut layer).
-BATCH_METADATA_NAME = "batch_metadata.json"
-TESSQ_METADATA_SCHEMA = "tessq.metadata"
+METADATA_NAME = defaults.METADATA_FILENAME
+BATCH_METADATA_NAME = defaults.BATCH_METADATA_FILENAME  # uploaded just before metadata.json
+TESSQ_METADATA_SCHEMA = defaults.METADATA_SCHEMA
 TESSQ_METADATA_MAX = 64 * 1024 * 1024  # a metadata.json larger than this is no image folder's
 
 
