@@ -378,10 +378,10 @@ class RunRequest:
 def _drain_here(n_workers: int, job: db.Job) -> str:
     """The workers in this process's children until the queue is drained; a second Ctrl-C/SIGTERM stops them
     at once (running images were handed back to the queue) and counts as 'signal'."""
-    from tessq import worker
+    from tessq import daemon
 
     try:
-        return worker.run_workers(n_workers, drain=True).stopped_by
+        return daemon.run_workers(n_workers, drain=True).stopped_by
     except KeyboardInterrupt:
         return "signal"
 
