@@ -437,7 +437,7 @@ def open_run(request: RunRequest, on_workspace: Callable[[Workspace], None] | No
 
 
 def _log_place(output_dir: Path | str) -> Path | str:
-    return output_dir.resolve() if isinstance(output_dir, Path) else output_dir
+    return storage.resolve(output_dir)  # never Path.resolve(): an s3:// OUT (folded by typer to 's3:/') stays a URL
 
 
 def scan_run(request: RunRequest, ws: Workspace) -> scan.ScanSummary:
