@@ -12,7 +12,8 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from isal import isal_zlib
@@ -96,8 +97,10 @@ def verify_one(job: VerifyJob) -> dict[str, Any]:
     out: dict[str, Any] = {"image_id": job.image_id, "file": job.rel_path, "identical": False, "problems": [],
                            "error": None}
     try:
-        with remote.verifiable(job.input_dir, job.output_dir, job.rel_path, job.out_rel) as found:
-            outcome = verify.verify_image(*found)
+        with remote.verifiable(job.input_dir, job.output_dir, job.rel_path, job.out_rel) as (folder, source):
+            # verify_image opens any path-like source, and a RemoteSource is one (name, stat, open): its hint
+            # says str | Path only
+            outcome = verify.verify_image(folder, cast("str | Path | None", source))
     except Exception as exc:  # a missing or damaged output folder is a verification failure
         out["error"] = f"{type(exc).__name__}: {exc}"
         out["problems"] = [{"file": None, "kind": "folder", "detail": out["error"]}]
