@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation run (issue #17 item 7): mutate one module of a frozen copy of HEAD against the fast tests that cover it.
-# Usage: scripts/mutation.sh MODULE [WORKDIR]   (MODULE: grid | encode | db | scan; WORKDIR defaults to /tmp/tessq-mutation)
+# Usage: scripts/mutation.sh MODULE [WORKDIR [MUTANT-NAME...]]   (MODULE: grid | encode | db | scan; WORKDIR
+# defaults to /tmp/tessq-mutation; MUTANT-NAMEs, e.g. "tessq.scan.x_safe_component*", limit the run to those)
 set -euo pipefail
 
 module=${1:?usage: scripts/mutation.sh grid|encode|db|scan [WORKDIR]}
@@ -32,6 +33,9 @@ only_mutate = ["tessq/$module.py"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "--timeout=120", "-q", $select "-x"]
 pytest_add_cli_args_test_selection = [$tests]
 use_git_change_detection = false
+# A mutant that loops forever is caught after 2x its tests' normal time (+5 s on a loaded machine), not 15x.
+timeout_multiplier = 2.0
+timeout_constant = 5.0
 debug = ${MUTMUT_DEBUG:-false}
 TOML
 
@@ -39,6 +43,6 @@ cd "$copy"
 # Subprocesses (python -m tessq) must import the mutated tree, not the editable install.
 mkdir -p "$copy/mutants"  # on sys.path before it exists, Python would cache it as absent
 export PYTHONPATH="$copy/mutants"
-python -m mutmut run --max-children 1
+python -m mutmut run --max-children 1 "${@:3}"
 python -m mutmut results --all true > "$workdir/$module.results.txt" || python -m mutmut results > "$workdir/$module.results.txt"
 echo "results: $workdir/$module.results.txt"
