@@ -11,7 +11,7 @@ repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 # The fast, in-process tests that exercise each module (SQLite only: backends are parametrised by id).
 case "$module" in
   grid)   tests='"tests/test_grid.py", "tests/test_grid_rules.py"' ; select='' ;;
-  encode) tests='"tests/test_encode.py", "tests/test_png_filters.py"' ; select='' ;;
+  encode) tests='"tests/test_encode.py", "tests/test_png_filters.py", "tests/test_slice_kinds.py"' ; select='' ;;
   scan)   tests='"tests/test_scan.py", "tests/test_scan_rules.py"' ; select='' ;;
   db)     tests='"tests/test_claim.py", "tests/test_schema.py", "tests/test_history.py", "tests/test_queue.py", "tests/test_scan.py", "tests/test_status_table.py"'
           select='"-k", "not postgres and not redis",' ;;
