@@ -258,3 +258,53 @@ def test_the_hash_check_hashes_large_slices_in_full(tmp_path: Path) -> None:
     changed = big[:-1] + b"\x00"
     (folder / "slice_0.tif").write_bytes(changed)
     assert scan.output_problem(folder, 1, len(big), "hash") == "slice slice_0.tif hash differs from metadata.json"
+
+
+def test_only_separators_and_control_characters_are_replaced() -> None:
+    assert scan.safe_component("X-ray XX.tif") == "X-ray XX.tif"
+
+
+def test_long_names_with_undecodable_bytes_are_hashed_from_their_raw_bytes_not_refused() -> None:
+    raw = b"\xe9" * 200  # Latin-1 bytes, not UTF-8: os.fsdecode keeps them as lone surrogates
+    name = os.fsdecode(raw)
+    out = scan.safe_component(name)
+    assert out.endswith("~" + hashlib.sha256(raw).hexdigest()[:12])
+    assert len(out.encode("utf-8", "surrogateescape")) <= scan.MAX_NAME_BYTES
+    # the cut head keeps only what decodes as UTF-8 (here nothing): the hash alone tells such names apart
+    assert out == "~" + hashlib.sha256(raw).hexdigest()[:12]
+    assert scan.hashed_name(name, "orig.tif") == "~" + hashlib.sha256(b"orig.tif").hexdigest()[:8]
+
+
+def test_hashed_name_never_splits_a_character_at_the_byte_limit() -> None:
+    out = scan.hashed_name("é" * 100, "x.tif")  # 200 bytes: the limit falls inside a character
+    assert out == "é" * ((scan.MAX_NAME_BYTES - 9) // 2) + "~" + hashlib.sha256(b"x.tif").hexdigest()[:8]
+
+
+def test_the_root_is_never_a_colliding_image_folder() -> None:
+    assert scan.colliding_outputs([".", "a"]) == {}
+
+
+def test_a_metadata_json_larger_than_64_mib_is_not_read_whole(tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    folder.mkdir()
+    padding = "x" * (64 * 1024 * 1024 + 512 * 1024)  # valid JSON, but only whole past the 64 MiB read
+    (folder / scan.METADATA_NAME).write_text(json.dumps({"schema": "tessq.metadata", "pad": padding}))
+    assert not scan.is_tessq_output(folder)
+
+
+def test_colliding_outputs_fail_at_scan_with_the_path_they_would_share() -> None:
+    candidates = [
+        {"rel_path": "a/x.tif", "out_rel": "a/x", "status": "queued", "skip_reason": None},
+        {"rel_path": "b.tif", "out_rel": "b", "status": "failed", "skip_reason": None},  # failed: not cut
+        {"rel_path": "A/X.tiff", "out_rel": "A/X", "status": "skipped", "skip_reason": "too_small"},
+        {"rel_path": "b/c.tif", "out_rel": "b/c", "status": "queued", "skip_reason": None},
+    ]
+    scan.refuse_colliding(candidates)
+    assert candidates[0]["status"] == "queued" and candidates[3]["status"] == "queued"
+    assert candidates[1] == {"rel_path": "b.tif", "out_rel": "b", "status": "failed", "skip_reason": None}
+    assert candidates[2] == {
+        "rel_path": "A/X.tiff", "out_rel": "A/X", "status": "failed", "skip_reason": None,
+        "error_type": "output_collision",
+        "error_message": "A/X.tiff: its output folder 'A/X' would collide with 'a/x', another image's; rename the"
+                         " file or its folder",
+    }
