@@ -308,3 +308,99 @@ def test_colliding_outputs_fail_at_scan_with_the_path_they_would_share() -> None
         "error_message": "A/X.tiff: its output folder 'A/X' would collide with 'a/x', another image's; rename the"
                          " file or its folder",
     }
+
+
+# --- done images whose output is checked by a rescan -------------------------------------------------------
+
+
+def done_job(tmp_path: Path, images: dict[str, dict[str, bytes]]) -> tuple[int, Path, dict[str, int]]:
+    """A real status table with one job whose images are done, each with a real, complete output folder."""
+    from tessq import db
+
+    out = tmp_path / "out"
+    db.open_database(f"sqlite:///{tmp_path}/ws/tessq.db")
+    db.create_schema()
+    ids = {}
+    with db.session():
+        job = db.upsert_job(str(tmp_path / "in"), str(out), {}, "h")
+        for rel, slices in images.items():
+            image_folder(out / rel, slices)
+            row = db.Image.create(job=job.id, rel_path=f"{rel}.tif", folder="", out_rel=rel, src_size=1, src_mtime=1.0,
+                                  status=db.DONE, n_slices=len(slices), bytes_out=sum(map(len, slices.values())))
+            ids[rel] = row.id
+    return job.id, out, ids
+
+
+def test_a_rescan_queues_again_the_done_images_whose_output_is_damaged_or_verified_different(tmp_path: Path) -> None:
+    from tessq import db
+
+    job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"},
+                                           "c": {"slice_0.png": b"f"}, "d": {"slice_0.png": b"g"}})
+    (out / "a" / "slice_0.png").write_bytes(b"ABC")  # same size: only the hash check sees it
+    (out / "b" / "slice_0.png").unlink()
+    with db.session():
+        db.record_verification(ids["c"], False)
+        db.record_verification(ids["d"], True)
+    summary = scan.ScanSummary(input_dir="in", output_dir=str(out), already_done=4)
+    assert scan.check_done_outputs(job_id, out, "stat", summary) == [ids["b"], ids["c"]]
+    assert summary.damaged == [{"file": "b.tif", "reason": "slice slice_0.png missing"},
+                               {"file": "c.tif", "reason": scan.VERIFIED_DIFFERENT}]
+    assert (summary.requeued_damaged, summary.already_done) == (2, 2)
+    with db.session():
+        assert {r.rel_path: r.status for r in db.Image.select()} == {
+            "a.tif": db.DONE, "b.tif": db.QUEUED, "c.tif": db.QUEUED, "d.tif": db.DONE}
+    again = scan.ScanSummary(input_dir="in", output_dir=str(out), already_done=2)
+    assert scan.check_done_outputs(job_id, out, "hash", again) == [ids["a"]]
+    assert again.damaged == [{"file": "a.tif", "reason": "slice slice_0.png hash differs from metadata.json"}]
+    db.database.close()
+
+
+def test_no_check_mode_and_s3_outputs_only_requeue_what_verify_found_different(tmp_path: Path) -> None:
+    from tessq import db
+
+    job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"}})
+    (out / "a" / "slice_0.png").unlink()
+    summary = scan.ScanSummary(input_dir="in", output_dir=str(out))
+    assert scan.check_done_outputs(job_id, out, "none", summary) == [] and summary.damaged == []
+    assert scan.check_done_outputs(job_id, "s3://bucket/out", "stat", summary) == []
+    with db.session():
+        db.record_verification(ids["b"], False)
+    assert scan.check_done_outputs(job_id, "s3://bucket/out", "stat", summary) == [ids["b"]]
+    db.database.close()
+
+
+def test_a_done_image_whose_source_and_output_are_gone_is_forgotten(tmp_path: Path) -> None:
+    from tessq import db
+
+    job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"},
+                                           "c": {"slice_0.png": b"f"}})
+    (out / "a" / "slice_0.png").unlink()
+    (out / "b" / "slice_0.png").unlink()
+    with db.session():
+        db.record_verification(ids["c"], False)
+    summary = scan.ScanSummary(input_dir="in", output_dir=str(out))
+    # a.tif's source is still there: it is cut again; b.tif's and c.tif's are gone
+    assert scan.check_done_outputs(job_id, out, "stat", summary, present={"a.tif"}) == [ids["a"]]
+    assert summary.forgotten == [{"file": "b.tif", "reason": "slice slice_0.png missing; source gone"}]
+    with db.session():
+        status = {r.rel_path: (r.status, r.skip_reason) for r in db.Image.select()}
+    assert status == {"a.tif": (db.QUEUED, None), "b.tif": (db.CANCELLED, "source_removed"),
+                      "c.tif": (db.DONE, None)}  # verified different but no source to redo it from: kept
+    db.database.close()
+
+
+def test_an_unknown_check_mode_is_refused_with_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="check_output must be one of stat, hash, none, not 'deep'"):
+        scan.check_done_outputs(1, tmp_path, "deep", scan.ScanSummary(input_dir="in", output_dir="out"))
+
+
+def test_many_done_images_are_checked_in_threads_with_the_same_result(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessq import db
+
+    job_id, out, ids = done_job(tmp_path, {f"i{n}": {"slice_0.png": b"x" * n} for n in range(1, 7)})
+    (out / "i3" / "slice_0.png").unlink()
+    monkeypatch.setattr(scan, "CHECK_PARALLEL_MIN", 6)
+    summary = scan.ScanSummary(input_dir="in", output_dir=str(out))
+    assert scan.check_done_outputs(job_id, out, "stat", summary) == [ids["i3"]]
+    db.database.close()
