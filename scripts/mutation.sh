@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mutation run (issue #17 item 7): mutate one module of a frozen copy of HEAD against the fast tests that cover it.
 # Usage: scripts/mutation.sh MODULE [WORKDIR [MUTANT-NAME...]]   (MODULE: grid | encode | db | scan; WORKDIR
-# defaults to /tmp/tessq-mutation; MUTANT-NAMEs, e.g. "tessq.scan.x_safe_component*", limit the run to those)
+# defaults to /tmp/tessq-mutation; MUTANT-NAMEs, e.g. "tessq.scan.x_safe_component*", limit the run to those).
+# MUTATION_REV=<commit> mutates that commit's tree instead of HEAD (the baseline before new tests).
 set -euo pipefail
 
 module=${1:?usage: scripts/mutation.sh grid|encode|db|scan [WORKDIR]}
@@ -11,7 +12,7 @@ repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 # The fast, in-process tests that exercise each module (SQLite only: backends are parametrised by id).
 case "$module" in
   grid)   tests='"tests/test_grid.py", "tests/test_grid_rules.py"' ; select='' ;;
-  encode) tests='"tests/test_encode.py", "tests/test_png_filters.py", "tests/test_slice_kinds.py"' ; select='' ;;
+  encode) tests='"tests/test_encode.py", "tests/test_png_filters.py", "tests/test_slice_kinds.py", "tests/test_png_stream.py", "tests/test_tiff_slices.py"' ; select='' ;;
   scan)   tests='"tests/test_scan.py", "tests/test_scan_rules.py"' ; select='' ;;
   db)     tests='"tests/test_claim.py", "tests/test_schema.py", "tests/test_history.py", "tests/test_queue.py", "tests/test_scan.py", "tests/test_status_table.py"'
           select='"-k", "not postgres and not redis",' ;;
@@ -21,7 +22,7 @@ esac
 # A frozen copy: other branches edit these modules meanwhile, and mutmut writes mutants/ beside the sources.
 copy="$workdir/$module"
 rm -rf "$copy" && mkdir -p "$copy"
-git -C "$repo" archive HEAD | tar -x -C "$copy"
+git -C "$repo" archive "${MUTATION_REV:-HEAD}" | tar -x -C "$copy"  # MUTATION_REV=<commit>: an earlier test suite
 present=()  # the rule-test files are new: keep only those this commit has
 for t in $(echo "$tests" | tr -d '",'); do [ -f "$copy/$t" ] && present+=("\"$t\""); done
 tests=$(IFS=,; echo "${present[*]}")
