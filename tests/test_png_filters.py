@@ -6,9 +6,13 @@ Each test pins one rule of tessq.encode that round-trip tests alone would let ch
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +195,72 @@ def test_a_palette_png_carries_its_colour_table_in_plte() -> None:
     found = dict(chunks(png))
     assert found[b"PLTE"] == bytes([0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11])
     assert found[b"IHDR"][8:10] == bytes([2, 3])  # 2-bit indices, colour type 3
+
+
+def idat_stream(png: bytes) -> bytes:
+    return b"".join(payload for tag, payload in chunks(png) if tag == b"IDAT")
+
+
+def expected_segment(filtered: bytes, compressor: object) -> bytes:
+    return compressor.compress(filtered) + compressor.flush(2)  # Z_SYNC_FLUSH in zlib, zlib-ng and ISA-L
+
+
+@pytest.mark.parametrize(("level", "isal_level"), [(0, 0), (1, 1), (3, 3), (9, 3)])
+def test_isal_segments_are_raw_deflate_at_isal_levels_0_to_3(level: int, isal_level: int) -> None:
+    from isal import isal_zlib
+
+    array = np.random.default_rng(level).integers(0, 65536, size=(6, 5, 3), dtype=np.uint16)
+    kind = encode.slice_kind("uint16", 3, "rgb")
+    filtered = encode.filter_rows(array.astype(">u2").view(np.uint8).reshape(6, -1), "up", 6).tobytes()
+    z = isal_zlib.compressobj(isal_level, isal_zlib.DEFLATED, -15, 9)
+    stream = idat_stream(encode.png_encode(array, kind, "up", "isal", level))
+    assert stream == (encode.ZLIB_HEADER + expected_segment(filtered, z) + encode.FINAL_EMPTY_BLOCK
+                      + struct.pack(">I", zlib.adler32(filtered)))
+
+
+def test_zlib_ng_segments_use_huffman_for_photos_and_rle_for_runs() -> None:
+    from zlib_ng import zlib_ng
+
+    def segment(array: np.ndarray, engine: str) -> bytes:
+        stream = idat_stream(encode.png_encode(array, encode.slice_kind("uint8", 1, "minisblack"), "none", engine))
+        return stream[2 : -len(encode.FINAL_EMPTY_BLOCK) - 4]
+
+    def filtered(array: np.ndarray) -> bytes:
+        return encode.filter_rows(array, "none", 1).tobytes()
+
+    noisy = np.random.default_rng(1).integers(1, 256, size=(8, 64), dtype=np.uint8)
+    runs = noisy.copy()
+    runs[:, 8:] = 0  # most bytes zero
+    huffman = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_HUFFMAN_ONLY)
+    rle = zlib_ng.compressobj  # fresh per use
+    assert segment(noisy, "zlib-ng-huffman") == expected_segment(filtered(noisy), huffman)
+    assert segment(runs, "zlib-ng-huffman") == expected_segment(
+        filtered(runs), rle(1, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_RLE))
+    assert segment(noisy, "zlib-ng-rle") == expected_segment(
+        filtered(noisy), rle(1, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_RLE))
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_two_and_four_bit_palette_pngs_decode_to_the_indices(depth: int) -> None:
+    from PIL import Image
+
+    entries = 2**depth
+    cmap = (np.arange(3 * entries).reshape(3, entries) % 256 * 257).astype(np.uint16)
+    kind = encode.slice_kind("uint8", 1, "palette", (), cmap, depth)
+    assert kind.bit_depth == depth
+    array = np.random.default_rng(depth).integers(0, entries, size=(5, 13), dtype=np.uint8)
+    png = encode.png_encode(array, kind)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array)
+
+
+def test_the_png_bytes_do_not_depend_on_the_codec_threads(tmp_path: Path) -> None:
+    # TESSQ_THREADS=1: every block inline, no pool; here: the pool, many blocks in flight
+    code = ("import hashlib, numpy as np; from tessq import encode; encode.FILTER_BLOCK_BYTES = 64; "
+            "a = np.random.default_rng(3).integers(0, 256, size=(50, 16, 3), dtype=np.uint8); "
+            "print(hashlib.sha256(encode.png_encode(a, encode.slice_kind('uint8', 3, 'rgb'), 'paeth', "
+            "'zlib-ng-huffman', 1)).hexdigest())")
+    inline = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TESSQ_THREADS": "1"},
+                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    threaded = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TESSQ_THREADS": "4"},
+                              capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    assert inline == threaded and len(inline) == 64
