@@ -287,7 +287,7 @@ def test_the_root_is_never_a_colliding_image_folder() -> None:
 def test_a_metadata_json_larger_than_64_mib_is_not_read_whole(tmp_path: Path) -> None:
     folder = tmp_path / "big"
     folder.mkdir()
-    padding = "x" * (64 * 1024 * 1024 + 512 * 1024)  # valid JSON, but only whole past the 64 MiB read
+    padding = "x" * (64 * 1024 * 1024)  # valid JSON a few bytes longer than the 64 MiB read: cut, so unreadable
     (folder / scan.METADATA_NAME).write_text(json.dumps({"schema": "tessq.metadata", "pad": padding}))
     assert not scan.is_tessq_output(folder)
 
@@ -341,11 +341,11 @@ def test_a_rescan_queues_again_the_done_images_whose_output_is_damaged_or_verifi
     with db.session():
         db.record_verification(ids["c"], False)
         db.record_verification(ids["d"], True)
-    summary = scan.ScanSummary(input_dir="in", output_dir=str(out), already_done=4)
+    summary = scan.ScanSummary(input_dir="in", output_dir=str(out), already_done=5)
     assert scan.check_done_outputs(job_id, out, "stat", summary) == [ids["b"], ids["c"]]
     assert summary.damaged == [{"file": "b.tif", "reason": "slice slice_0.png missing"},
                                {"file": "c.tif", "reason": scan.VERIFIED_DIFFERENT}]
-    assert (summary.requeued_damaged, summary.already_done) == (2, 2)
+    assert (summary.requeued_damaged, summary.already_done) == (2, 3)
     with db.session():
         assert {r.rel_path: r.status for r in db.Image.select()} == {
             "a.tif": db.DONE, "b.tif": db.QUEUED, "c.tif": db.QUEUED, "d.tif": db.DONE}
@@ -404,3 +404,23 @@ def test_many_done_images_are_checked_in_threads_with_the_same_result(tmp_path: 
     summary = scan.ScanSummary(input_dir="in", output_dir=str(out))
     assert scan.check_done_outputs(job_id, out, "stat", summary) == [ids["i3"]]
     db.database.close()
+
+
+def test_the_status_tables_slice_count_and_bytes_drive_the_stat_check(tmp_path: Path) -> None:
+    from tessq import db
+
+    job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"}})
+    (out / "a" / scan.METADATA_NAME).write_text("garbage")  # slices as recorded: metadata.json is not read
+    with db.session():
+        db.Image.update(n_slices=2).where(db.Image.id == ids["b"]).execute()  # the table expects one more
+    summary = scan.ScanSummary(input_dir="in", output_dir=str(out))
+    assert scan.check_done_outputs(job_id, out, "stat", summary) == [ids["b"]]
+    assert summary.damaged == [{"file": "b.tif", "reason": "metadata.json lists 1 slices, the status table 2"}]
+    db.database.close()
+
+
+def test_a_slice_that_is_a_dangling_link_is_missing(tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "img", {"slice_0.png": b"abc", "slice_1.png": b"d"})
+    (folder / "slice_1.png").unlink()
+    (folder / "slice_1.png").symlink_to(tmp_path / "nowhere.png")
+    assert scan.output_problem(folder, 2, 4) == "slice slice_1.png missing"
