@@ -9,10 +9,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,16 +248,3 @@ def test_two_and_four_bit_palette_pngs_decode_to_the_indices(depth: int) -> None
     array = np.random.default_rng(depth).integers(0, entries, size=(5, 13), dtype=np.uint8)
     png = encode.png_encode(array, kind)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array)
-
-
-def test_the_png_bytes_do_not_depend_on_the_codec_threads(tmp_path: Path) -> None:
-    # TESSQ_THREADS=1: every block inline, no pool; here: the pool, many blocks in flight
-    code = ("import hashlib, numpy as np; from tessq import encode; encode.FILTER_BLOCK_BYTES = 64; "
-            "a = np.random.default_rng(3).integers(0, 256, size=(50, 16, 3), dtype=np.uint8); "
-            "print(hashlib.sha256(encode.png_encode(a, encode.slice_kind('uint8', 3, 'rgb'), 'paeth', "
-            "'zlib-ng-huffman', 1)).hexdigest())")
-    inline = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TESSQ_THREADS": "1"},
-                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
-    threaded = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TESSQ_THREADS": "4"},
-                              capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
-    assert inline == threaded and len(inline) == 64
