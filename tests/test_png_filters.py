@@ -248,3 +248,22 @@ def test_two_and_four_bit_palette_pngs_decode_to_the_indices(depth: int) -> None
     array = np.random.default_rng(depth).integers(0, entries, size=(5, 13), dtype=np.uint8)
     png = encode.png_encode(array, kind)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array)
+
+
+def test_each_segment_is_filtered_against_the_raw_row_above_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encode, "FILTER_BLOCK_BYTES", 3 * 21)  # 3-row segments
+    array = np.random.default_rng(8).integers(0, 256, size=(13, 7, 3), dtype=np.uint8)
+    png = encode.png_encode(array, encode.slice_kind("uint8", 3, "rgb"), "up", "zlib-ng-rle", 1)
+    assert zlib.decompress(idat_stream(png)) == reference_filter(array.reshape(13, 21), "up", 3).tobytes()
+
+
+def test_flat_areas_without_zeros_still_go_to_huffman_in_the_huffman_engine() -> None:
+    from zlib_ng import zlib_ng
+
+    flat = np.full((8, 64), 7, np.uint8)  # runs, but no zero bytes: Huffman-only, where RLE would differ
+    kind = encode.slice_kind("uint8", 1, "minisblack")
+    filtered = encode.filter_rows(flat, "none", 1).tobytes()
+    for engine, strategy in (("zlib-ng-huffman", zlib_ng.Z_HUFFMAN_ONLY), ("zlib-ng-rle", zlib_ng.Z_RLE)):
+        stream = idat_stream(encode.png_encode(flat, kind, "none", engine))
+        z = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15, 9, strategy)
+        assert stream[2 : -len(encode.FINAL_EMPTY_BLOCK) - 4] == expected_segment(filtered, z), engine
