@@ -173,7 +173,7 @@ def test_the_worker_identity_is_the_host_and_pid(monkeypatch: pytest.MonkeyPatch
     assert db.worker_identity() == f"{socket.gethostname()}:{os.getpid()}"
 
 
-def test_the_postgresql_schema_uses_serial_keys_and_drops_comments() -> None:
+def test_the_server_schema_uses_serial_keys_and_drops_comments() -> None:
     sqlite, pg = db.schema_statements("sqlite"), db.schema_statements("postgresql")
     assert len(sqlite) == len(pg) > 3
     assert all(not s.startswith("--") and s == s.strip() and s for s in sqlite)
@@ -231,7 +231,7 @@ def test_an_unwritable_workspace_says_what_to_make_writable() -> None:
     assert locked is not None and "cannot be written (attempt to write a readonly database)" in str(locked)
 
 
-def test_an_unreachable_postgresql_names_the_redacted_url() -> None:
+def test_an_unreachable_status_server_names_the_redacted_url() -> None:
     url = "postgresql://u:secret@db.example:5432/t"
     problem = db.storage_problem(peewee.OperationalError("could not connect to server: Connection refused\nmore"),
                                  url)
