@@ -72,8 +72,9 @@ def test_a_replaced_held_table_is_lost(held: Path) -> None:
     copy = held.with_name("copy.db")
     shutil.copy(held, copy)
     os.replace(copy, held)
-    with pytest.raises(db.StateLostError, match="was replaced by another file"):
+    with pytest.raises(db.StateLostError) as caught:
         db.check_database()
+    assert str(caught.value) == db.lost_message(held, "was replaced by another file")
 
 
 def test_a_truncated_held_table_is_lost_with_both_sizes(held: Path) -> None:
@@ -103,8 +104,9 @@ def test_without_a_held_table_nothing_is_checked(tmp_path: Path) -> None:
 def test_holding_a_table_that_is_gone_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "out" / ".tessq" / "tessq.db"
     db.open_database(f"sqlite:///{path}")
-    with pytest.raises(db.StateLostError, match="was deleted"):
+    with pytest.raises(db.StateLostError) as caught:
         db.hold_database()
+    assert str(caught.value) == db.lost_message(path, "was deleted")
     db.release_database()
 
 
