@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -241,8 +241,7 @@ def prepare_image(
         cleanup_stale(image_dir.parent, image_dir.name)
         batch = {**job_batch_metadata(job, options, before), **batch}
     timer = _Timer()
-    # RegionReader reads any Source (its annotation names the local kinds only)
-    with RegionReader(cast(Path, source), options.series, options.level, options.memory_budget) as reader:
+    with RegionReader(source, options.series, options.level, options.memory_budget) as reader:
         info = reader.info
         refused = refusal(info.width, info.height, options)
         if refused is not None:

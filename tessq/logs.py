@@ -9,6 +9,7 @@ is never opened through a symbolic link.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 from pathlib import Path
@@ -26,7 +27,7 @@ class NoFollowFileHandler(logging.FileHandler):
     """A FileHandler whose file is opened with O_NOFOLLOW (and O_APPEND): a link planted at the log's
     path is refused, never written through."""
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> io.TextIOWrapper:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self.baseFilename, flags, 0o644)

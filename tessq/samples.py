@@ -85,13 +85,14 @@ def write_sample_tiff(path: Path, height: int, width: int, *, samples: int = 3, 
                 piece[: part.shape[0], : part.shape[1]] = part
                 yield piece
 
-    extra = {"extrasamples": ["unassalpha"]} if samples == 4 else {}
+    extrasamples = [tifffile.EXTRASAMPLE.UNASSALPHA] if samples == 4 else None
     if not tile and tiff_kwargs.get("compression") not in (None, "none"):
         # tifffile encodes compressed strips only from whole pages: fine for sample-sized images.
         data = photo_like(height, width, samples, dtype, seed)
-        tifffile.imwrite(path, data, photometric=photometric, **extra, **tiff_kwargs)
+        tifffile.imwrite(path, data, photometric=photometric, extrasamples=extrasamples, **tiff_kwargs)
         return path
-    tifffile.imwrite(path, chunks(), shape=shape, dtype=dtype, photometric=photometric, **extra, **tiff_kwargs)
+    tifffile.imwrite(path, chunks(), shape=shape, dtype=dtype, photometric=photometric,
+                     extrasamples=extrasamples, **tiff_kwargs)
     return path
 
 

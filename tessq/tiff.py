@@ -568,7 +568,7 @@ def _header_failure(path: Any, exc: Exception) -> ImageError:
     return kind(path, reason)
 
 
-def _as_path(path: str | Path) -> Path:
+def _as_path(path: str | Path | storage.Source) -> Path:
     """A local name as a Path; an S3 URL or a source object (storage.readable) stands in for one: this module
     opens it only through storage.tiff_target/fallback_target and names it with str()."""
     return cast(Path, storage.readable(path))
@@ -617,7 +617,8 @@ class RegionReader:
     the values Pillow/libtiff (whole image, decoded on first read) or GDAL (by region) give.
     """
 
-    def __init__(self, path: str | Path, series: int = 0, level: int = 0, memory_budget: int | None = None):
+    def __init__(self, path: str | Path | storage.Source, series: int = 0, level: int = 0,
+                 memory_budget: int | None = None):
         self.path = _as_path(path)
         self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
         self._fallback: tiffcodec.PillowReader | tiffcodec.GdalReader | None = None

@@ -18,7 +18,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from tessq import hashing
+from tessq import hashing, storage
 from tessq.defaults import METADATA_FILENAME
 from tessq.errors import ImageError, VerificationError
 from tessq.tiff import RegionReader, reference_pixels
@@ -96,7 +96,7 @@ def _coverage_ok(meta: dict[str, Any]) -> bool:
     return bool(np.all(np.cumsum(cover_x)[:-1] > 0) and np.all(np.cumsum(cover_y)[:-1] > 0))
 
 
-def verify_image(image_dir: str | Path, source: str | Path | None = None) -> dict[str, Any]:
+def verify_image(image_dir: str | Path, source: str | Path | storage.Source | None = None) -> dict[str, Any]:
     """Compare every slice with the source's pixels (region by region), or with recorded hashes if no source.
 
     `source` defaults to the absolute path recorded in metadata.json when that file still exists.

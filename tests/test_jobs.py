@@ -210,8 +210,16 @@ def test_very_long_source_names_stay_inside_the_output(tmp_path: Path, sqlite_en
 
 def test_an_image_over_its_time_limit_fails_as_timed_out_and_the_batch_goes_on(tmp_path: Path,
                                                                                 sqlite_env: dict) -> None:
+    import numpy as np
+    import tifffile
+
+    from tests.conftest import photo
+
     src, out = tmp_path / "in", tmp_path / "out"
-    write_tiff(src / "huge.tif", 6000, 6000, compression="zlib")  # 0.8 s of work on a fast, quiet machine
+    # 6000 x 6000 RGB as 10 x 10 copies of one photo: the same 0.8 s of cutting on a fast, quiet machine, but
+    # written in seconds (a whole 6000 x 6000 photo() takes ~1 GB of float64 temporaries and most of the test)
+    src.mkdir(parents=True)
+    tifffile.imwrite(src / "huge.tif", np.tile(photo(600, 600), (10, 10, 1)), photometric="rgb", compression="zlib")
     write_tiff(src / "small.tif")  # 0.03 s
     env = {**sqlite_env, "TESSQ_TIME_LIMIT_S": "0.3", "TESSQ_TIME_LIMIT_RATE": "1e12"}
     proc = tessq_cmd("run", str(src), str(out), MIN, "--workers", "1", env=env, cwd=tmp_path)
