@@ -11,9 +11,9 @@ verify_image (compare a folder with its source, slice by slice).
 
 from __future__ import annotations
 
-from tessq.core import tessellate_image
+from tessq.cut.core import tessellate_image
+from tessq.cut.verify import reconstruct, verify_image, verify_images_identical
 from tessq.options import SliceOptions
-from tessq.verify import reconstruct, verify_image, verify_images_identical
 
 tesselate_image = tessellate_image  # the seed's spelling
 

@@ -128,7 +128,7 @@ def _pillow6_size(job: tuple[str, list[list[int]]]) -> tuple[int, str]:
 
 
 def plan_boxes(width: int, height: int, pieces: int) -> list[list[int]]:
-    from tessq.grid import plan_grid
+    from tessq.cut.grid import plan_grid
     from tessq.options import SliceOptions
 
     return [[b.x0, b.y0, b.x1, b.y1] for b in plan_grid(width, height, SliceOptions(num_pieces=pieces))]

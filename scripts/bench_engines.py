@@ -23,7 +23,7 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from tessq import encode
+from tessq.cut import encode
 from tessq.samples import photo_like
 
 KINDS = {"rgb8": (3, "uint8"), "rgb16": (3, "uint16"), "gray8": (1, "uint8"), "flat": (3, "uint8")}

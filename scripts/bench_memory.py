@@ -34,7 +34,7 @@ MB = 1024 * 1024
 
 CHILD_SLICE = """
 import json, resource, sys, time
-from tessq.core import tessellate_image
+from tessq.cut.core import tessellate_image
 from tessq.options import SliceOptions
 t = time.perf_counter()
 r = tessellate_image(sys.argv[1], sys.argv[2], SliceOptions(num_pieces=int(sys.argv[3]), min_size=1))
@@ -137,7 +137,7 @@ def main() -> None:
     )
 
     sys.path.insert(0, str(HERE.parent))
-    from tessq.grid import choose_grid
+    from tessq.cut.grid import choose_grid
 
     rows, cols = choose_grid(args.pieces, args.width, args.height)
     slice_raw = (args.height // rows + 1) * (args.width // cols + 1) * 3

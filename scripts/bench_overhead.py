@@ -80,7 +80,7 @@ def overhead_corpus(base: Path, n: int, size: int, samples: int) -> Path:
 CORE_SNIPPET = r"""
 import json, sys, time
 from pathlib import Path
-from tessq.core import tessellate_image
+from tessq.cut.core import tessellate_image
 from tessq.options import SliceOptions
 src, out, k = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 files = sorted(src.rglob("*.tif"))[:k]
@@ -100,8 +100,8 @@ import sys
 from multiprocessing import get_context
 from pathlib import Path
 import tifffile
-from tessq import encode
-from tessq.grid import plan_grid
+from tessq.cut import encode
+from tessq.cut.grid import plan_grid
 from tessq.options import SliceOptions
 src, out, procs, samples = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 OPTS = SliceOptions(num_pieces=8, min_size=0)

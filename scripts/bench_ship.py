@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tessq import db  # noqa: E402
-from tessq.export import export_zip, verify_archive  # noqa: E402
-from tessq.upload import files_to_ship, make_client, upload_outputs  # noqa: E402
+from tessq.jobs import db  # noqa: E402
+from tessq.ship.export import export_zip, verify_archive  # noqa: E402
+from tessq.ship.upload import files_to_ship, make_client, upload_outputs  # noqa: E402
 
 MB = 1 << 20
 

@@ -1676,7 +1676,7 @@ def fault_leftovers(ctx: Ctx, budget: float) -> Result:
         if zf.testzip() is not None:
             res.findings.add("other", "the archive after the kills fails its CRC check")
     # Probing: enough files that the scan forks its probe pool (hard links of one TIFF: made in a moment).
-    from tessq.scan import PROBE_PARALLEL_MIN
+    from tessq.jobs.scan import PROBE_PARALLEL_MIN
 
     src = base / "many"
     one = write_good(src / "seed.tif", 40, 48, seed=7)

@@ -25,10 +25,10 @@ _LAZY = {
     "BatchJob": "tessq.api",
     "BatchTesselator": "tessq.api",
     "SliceOptions": "tessq.options",
-    "tessellate_image": "tessq.core",
-    "reconstruct": "tessq.verify",
-    "verify_image": "tessq.verify",
-    "verify_images_identical": "tessq.verify",
+    "tessellate_image": "tessq.cut.core",
+    "reconstruct": "tessq.cut.verify",
+    "verify_image": "tessq.cut.verify",
+    "verify_images_identical": "tessq.cut.verify",
 }
 
 

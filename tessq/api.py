@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tessq import db, defaults, pipeline, storage
+from tessq import defaults, pipeline, storage
+from tessq.jobs import db
 from tessq.options import SliceOptions
 
 
@@ -92,7 +93,7 @@ class BatchTesselator:
         # log_level, as the seed did, and OUT/batch_processing.log as always
         self.workspace = pipeline.open_run(self.request())
         if self.workspace.legacy:
-            from tessq.settings import legacy_message
+            from tessq.jobs.settings import legacy_message
 
             pipeline.log.warning("%s", legacy_message(self.workspace, _location(job.output_dir)))
 
@@ -121,7 +122,7 @@ class BatchTesselator:
         """Run `tessq workers --workers max_workers --drain` as a child process until nothing is left to do.
 
         on_progress, if given, is called about every `poll_s` seconds and once at the end with
-        `tessq.status.snapshot()` (counts by state, progress finished/total, throughput, ETA, workers).
+        `tessq.jobs.status.snapshot()` (counts by state, progress finished/total, throughput, ETA, workers).
         progress=True also shows tessq's own progress display (tessq.progress: a bar in a terminal, a line
         redrawn in place in a notebook, a log line every 30 s elsewhere). The workers' console log (at
         log_level) is passed on to this process's stderr as it comes.
@@ -133,7 +134,7 @@ class BatchTesselator:
 
     def _process_bound(self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float,
                        progress: bool) -> int:
-        from tessq import status
+        from tessq.jobs import status
         from tessq.progress import BatchProgress
 
         row = self._job()
@@ -147,7 +148,7 @@ class BatchTesselator:
 
     def _process(self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float,
                  shown: Callable[[dict[str, Any]], None] | None, job_id: int | None) -> int:
-        from tessq import status
+        from tessq.jobs import status
 
         callbacks = [f for f in (on_progress, shown) if f is not None]
         cmd = [

@@ -26,9 +26,9 @@ from tessq.options import PNG_PRESETS, SliceOptions, parse_grid
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from tessq import db
-    from tessq import scan as scan_mod
-    from tessq.settings import Workspace
+    from tessq.jobs import db
+    from tessq.jobs import scan as scan_mod
+    from tessq.jobs.settings import Workspace
 
 
 def interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -316,7 +316,7 @@ def _job_of(cli: CliSettings, command: str, out: Path | None = None, job_id: int
 
 def _legacy_note(ws: Workspace, out: Path | str | None) -> None:
     if ws.legacy and out is not None:
-        from tessq.settings import legacy_message
+        from tessq.jobs.settings import legacy_message
 
         stderr().print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
 
@@ -339,8 +339,8 @@ def _storage_failure(exc: Exception, cli: CliSettings | None = None) -> None:
         return
     import os
 
-    from tessq import db
-    from tessq import queue as tq
+    from tessq.jobs import db
+    from tessq.jobs import queue as tq
 
     ws = tq.workspace()  # what was being opened (None when the queue itself could not be set up)
     url = ws.db_url if ws is not None else os.environ.get("TESSQ_DB_URL")
@@ -436,7 +436,8 @@ def workers(
     """Run worker processes until Ctrl-C/SIGTERM (graceful; twice = at once) or, with --drain, until done.
 
     They serve the queue of the job in OUT (or of the .tessq/ found from the current folder upwards)."""
-    from tessq import daemon, pipeline
+    from tessq import pipeline
+    from tessq.jobs import daemon
 
     if legacy_n is not None:
         stderr().print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
@@ -475,7 +476,7 @@ def status(
 
     from rich.live import Live
 
-    from tessq import status as st
+    from tessq.jobs import status as st
 
     job = _job_of(cli, "status", out, job_id)
     snap = functools.partial(st.snapshot, job.id)

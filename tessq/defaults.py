@@ -80,6 +80,6 @@ METADATA_SCHEMA = "tessq.metadata"  # metadata.json's "schema": how a folder is 
 # Work in progress carries one of these in its name (export and upload never ship it, scans never enter it):
 TMP_MARK = ".tessq-tmp"
 OLD_MARK = ".tessq-old"
-TMP_FOLDER_MARK = TMP_MARK + "."  # an image folder being built: .<name>.tessq-tmp.<token> (tessq.folder)
+TMP_FOLDER_MARK = TMP_MARK + "."  # an image folder being built: .<name>.tessq-tmp.<token> (tessq.storage.folder)
 OLD_FOLDER_MARK = OLD_MARK + "."  # the folder it replaces, moved aside: .<name>.tessq-old.<token>
 EXPORT_TMP_MARK = TMP_MARK + "-"  # an export being written: .<zip name>.tessq-tmp-<pid>

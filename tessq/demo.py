@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 
 from tessq import defaults, pipeline, samples
+from tessq.jobs.scan import ScanSummary
 from tessq.options import SliceOptions
-from tessq.scan import ScanSummary
 
 
 def run_demo(directory: Path, n_workers: int, console: Console) -> int:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessq import db, defaults, logs, report, scan, storage
-from tessq import queue as tq
+from tessq import defaults, logs, storage
 from tessq.errors import ConfigError, TessqError
+from tessq.jobs import db, report, scan
+from tessq.jobs import queue as tq
+from tessq.jobs.settings import Workspace, legacy_message, options_changes, options_fingerprint, resolve_workspace
 from tessq.options import SliceOptions
-from tessq.settings import Workspace, legacy_message, options_changes, options_fingerprint, resolve_workspace
 
 log = logging.getLogger("tessq")
 
@@ -279,7 +280,7 @@ def verify_done(
     """Check every done image of one job against its source (or its recorded hashes) and record the verdict;
     `workers` processes (default: one per core), see verify_runner. 'details' says per different image what
     differs."""
-    from tessq import verify_runner
+    from tessq.cut import verify_runner
 
     job = _job(job)
     with db.session():
@@ -324,7 +325,7 @@ def redo_hint(out: Path | str) -> str:
 
 def export_zip(dest: Path | None, folder: str | None,
                progress: Callable[[int, int], None] | None = None, job: db.Job | None = None) -> dict[str, Any]:
-    from tessq import export
+    from tessq.ship import export
 
     out, image_dirs = _done_dirs(job)
     try:
@@ -335,8 +336,8 @@ def export_zip(dest: Path | None, folder: str | None,
 
 def upload(url: str, *, endpoint_url: str | None = None, profile: str | None = None, concurrency: int = 8,
            progress: Callable[[int, int], None] | None = None, job: db.Job | None = None) -> dict[str, Any]:
-    from tessq import export
-    from tessq import upload as up
+    from tessq.ship import export
+    from tessq.ship import upload as up
 
     out, image_dirs = _done_dirs(job)
     try:
@@ -378,7 +379,7 @@ class RunRequest:
 def _drain_here(n_workers: int, job: db.Job) -> str:
     """The workers in this process's children until the queue is drained; a second Ctrl-C/SIGTERM stops them
     at once (running images were handed back to the queue) and counts as 'signal'."""
-    from tessq import daemon
+    from tessq.jobs import daemon
 
     try:
         return daemon.run_workers(n_workers, drain=True).stopped_by

@@ -55,7 +55,7 @@ def download(endpoint: str, bucket: str, prefix: str, dest: Path) -> Path:
 
 def assert_bit_exact(out: Path, sources: Path, expected: int) -> list[dict[str, Any]]:
     """Every image folder under `out` reassembles to its source under `sources` pixel for pixel."""
-    from tessq import verify
+    from tessq.cut import verify
 
     folders = sorted(p.parent for p in out.rglob("metadata.json"))
     assert len(folders) == expected, [str(f) for f in folders]

@@ -457,7 +457,7 @@ def test_member_paths_are_made_safe_and_never_point_outside_the_tree() -> None:
 
 def test_a_tar_gz_without_indexed_gzip_is_still_read_member_by_member(reference: dict, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from tessq import tiff
+    from tessq.cut import tiff
     from tessq.storage import archive
 
     monkeypatch.setattr(archive, "indexed_gzip_available", lambda: False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tessq import db
+from tessq.jobs import db
 
 
 def _setup(url: str, n: int) -> list[int]:

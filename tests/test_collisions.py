@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from tessq import folder as tfolder
-from tessq import scan
+from tessq.jobs import scan
+from tessq.storage import folder as tfolder
 from tests.conftest import tessq_cmd, write_tiff
 
 MIN = "--min-size=32"

@@ -14,11 +14,12 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tessq import core, folder
+from tessq.cut import core
+from tessq.cut.tiff import TiffInfo
+from tessq.cut.verify import verify_image
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
 from tessq.options import SliceOptions
-from tessq.tiff import TiffInfo
-from tessq.verify import verify_image
+from tessq.storage import folder
 from tests.tiffgen import PNG_VARIANTS, VARIANTS, write_variant
 
 SMALL = SliceOptions(min_size=1)

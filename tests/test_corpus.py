@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tessq import core, tiff, tiffcodec
+from tessq.cut import core, tiff, tiffcodec
+from tessq.cut.verify import decode_slice, load_metadata
 from tessq.errors import ImageError
 from tessq.options import SliceOptions
-from tessq.verify import decode_slice, load_metadata
 
 
 def _find_corpus() -> Path:

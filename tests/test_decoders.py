@@ -13,10 +13,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tessq import core, tiff, tiffcodec
+from tessq.cut import core, tiff, tiffcodec
+from tessq.cut.verify import decode_slice, load_metadata
 from tessq.errors import ImageTooLargeError, UnsupportedImageError
 from tessq.options import SliceOptions
-from tessq.verify import decode_slice, load_metadata
 from tests import tiffgen
 from tests.s3server import s3_endpoint  # noqa: F401  (fixture)
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tessq import encode
+from tessq.cut import encode
 from tessq.options import SliceOptions
 from tests.tiffgen import smooth
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tessq import export
 from tessq.errors import ExportDiskFullError, ExportError, TransientError
-from tessq.export import export_zip, shipped_files, verify_archive
+from tessq.ship import export
+from tessq.ship.export import export_zip, shipped_files, verify_archive
 
 DONE = ["a/survey_1/img_1", "a/survey_1/img_2", "ab/img_3", "img_root", "unicode ü dir/photo with space é"]
 

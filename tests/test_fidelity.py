@@ -14,10 +14,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tessq import core, encode, selfcheck
+from tessq.cut import core, encode, selfcheck
+from tessq.cut.verify import verify_image
 from tessq.errors import SelfCheckError
 from tessq.options import SliceOptions
-from tessq.verify import verify_image
 
 rasterio = pytest.importorskip("rasterio")
 SMALL = SliceOptions(min_size=1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tessq import core, geo
+from tessq.cut import core, geo
 from tessq.options import SliceOptions
 
 rasterio = pytest.importorskip("rasterio")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tessq.cut.grid import balanced_edges, choose_grid, plan_grid, slice_name, tile_spans
 from tessq.errors import ImageTooSmallError
-from tessq.grid import balanced_edges, choose_grid, plan_grid, slice_name, tile_spans
 from tessq.options import SliceOptions
 
 

@@ -1,14 +1,14 @@
 """Grid rules the coverage properties cannot see: tie-breaks, one-pixel images, errors, the grid record.
 
-Each test pins one rule of tessq.grid that a mutation run showed no other test would notice changing.
+Each test pins one rule of tessq.cut.grid that a mutation run showed no other test would notice changing.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from tessq.cut.grid import GRID_EDGE_POLICY, TILE_EDGE_POLICY, choose_grid, describe_grid, grid_shape, plan_grid
 from tessq.errors import ImageTooSmallError
-from tessq.grid import GRID_EDGE_POLICY, TILE_EDGE_POLICY, choose_grid, describe_grid, grid_shape, plan_grid
 from tessq.options import SliceOptions
 
 

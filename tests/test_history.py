@@ -1,4 +1,4 @@
-"""tessq.history.per_image_timings: the status table's finished images, in finishing order, for plots."""
+"""tessq.jobs.history.per_image_timings: the status table's finished images, in finishing order, for plots."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from tessq import db, pipeline
-from tessq.history import per_image_timings
+from tessq import pipeline
+from tessq.jobs import db
+from tessq.jobs.history import per_image_timings
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tessq import db
-from tessq.history import timings
+from tessq.jobs import db
+from tessq.jobs.history import timings
 
 
 def row(rel_path: str, *, started: float | None, finished: float, duration: float | None = None,

@@ -102,7 +102,8 @@ def test_rerun_redoes_nothing_and_a_touched_file_alone_is_redone(tmp_path: Path,
 
 def in_process_status(backend: dict, monkeypatch: pytest.MonkeyPatch):
     """Read the live status table from the test process itself (fast polling, same queries as the CLI)."""
-    from tessq import pipeline, status
+    from tessq import pipeline
+    from tessq.jobs import status
 
     for key, value in backend.items():
         if key.startswith("TESSQ_"):
@@ -232,7 +233,7 @@ def test_an_image_over_its_time_limit_fails_as_timed_out_and_the_batch_goes_on(t
 
 def _hold_with_dead_worker(image_id: int, attempts: int) -> None:
     """The row as a worker that died mid-image on its `attempts`-th claim leaves it."""
-    from tessq import db
+    from tessq.jobs import db
 
     with db.session():
         db.Image.update(status=db.RUNNING, worker=f"{db.hostname()}:999999", attempts=attempts,  # no such pid
@@ -242,7 +243,7 @@ def _hold_with_dead_worker(image_id: int, attempts: int) -> None:
 
 def _one_scanned_image(tmp_path: Path, env: dict, monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[Path, int]:
     """A tree of one TIFF, scanned and queued; (output folder, its image id)."""
-    from tessq import db
+    from tessq.jobs import db
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_tiff(src / name)
@@ -257,7 +258,8 @@ def _one_scanned_image(tmp_path: Path, env: dict, monkeypatch: pytest.MonkeyPatc
 def test_an_image_whose_workers_keep_dying_ends_failed_and_its_leftovers_are_removed(
     tmp_path: Path, sqlite_env: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tessq import db, defaults
+    from tessq import defaults
+    from tessq.jobs import db
 
     out, image_id = _one_scanned_image(tmp_path, sqlite_env, monkeypatch, "killer.tif")
     with db.session():

@@ -198,8 +198,9 @@ def test_queue_db_deleted_mid_run_is_rebuilt_and_the_run_finishes_everything(tmp
 
 
 def test_no_report_is_written_from_a_database_that_does_not_hold_the_job(tmp_path: Path) -> None:
-    from tessq import db, pipeline
+    from tessq import pipeline
     from tessq.errors import ConfigError
+    from tessq.jobs import db
 
     src, out = tmp_path / "in", tmp_path / "out"
     make_tree(src, 2, 64)
@@ -220,8 +221,8 @@ def test_no_report_is_written_from_a_database_that_does_not_hold_the_job(tmp_pat
 
 
 def test_a_supervisor_error_that_repeats_backs_off_and_then_gives_up(caplog: pytest.LogCaptureFixture) -> None:
-    from tessq.daemon import _Trouble
     from tessq.errors import TessqError
+    from tessq.jobs.daemon import _Trouble
 
     trouble, now, tries = _Trouble(), 0.0, 0
     caplog.set_level(logging.ERROR, logger="tessq.worker")

@@ -1,7 +1,7 @@
 """PNG encoder rules against their definitions: every filter byte for byte, sub-byte packing, Adler-32
 combining, engine and preset choice, the thread count, chunk layout.
 
-Each test pins one rule of tessq.encode that round-trip tests alone would let change (found by a mutation run).
+Each test pins one rule of tessq.cut.encode that round-trip tests alone would let change (found by a mutation run).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tessq import encode
+from tessq.cut import encode
 from tessq.options import SliceOptions
 
 

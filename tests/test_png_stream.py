@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from zlib_ng import zlib_ng
 
-from tessq import encode
+from tessq.cut import encode
 
 
 def streamed(array: np.ndarray, kind: encode.SliceKind, bands: list[int], method: str, engine: str,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tessq import db, pipeline
-from tessq import queue as tq
+from tessq import pipeline
+from tessq.jobs import db
+from tessq.jobs import queue as tq
 
 
 def _workspace_with_queued_rows(backend: dict, monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:

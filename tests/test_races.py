@@ -93,7 +93,7 @@ def test_a_scan_waiting_on_another_sees_its_rows(tmp_path: Path, db_kind: str, r
     A's rows (nothing inserted twice, nothing queued twice); read before it, B crashed on its insert."""
     import threading
 
-    from tessq import db
+    from tessq.jobs import db
 
     url = request.getfixturevalue("postgres_url") if db_kind == "postgres" else f"sqlite:///{tmp_path}/t.db"
     db.open_database(url)

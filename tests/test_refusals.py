@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tessq import tiff, tiffcodec
+from tessq.cut import tiff, tiffcodec
 from tessq.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 from tests import tiffgen
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tessq import db, export, logs, upload
-from tessq.backends import make_database, make_queue
+from tessq import logs
 from tessq.errors import ConfigError
+from tessq.jobs import db
+from tessq.jobs.backends import make_database, make_queue
 from tessq.redact import redact
+from tessq.ship import export, upload
 from tests.conftest import seed_tree, tessq_cmd, write_tiff
 from tests.s3server import DUMMY_ENV, s3_endpoint, start_moto, stop_moto  # noqa: F401  (fixture)
 from tests.s3tools import new_bucket, s3_client
@@ -347,7 +349,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
                     reason="PR_SET_PDEATHSIG is Linux's; the probe pool needs 2 CPUs")
 def test_kill_9_of_scan_while_probing_leaves_no_probe_process(tmp_path: Path, sqlite_env: dict[str, str]) -> None:
-    from tessq.scan import PROBE_PARALLEL_MIN
+    from tessq.jobs.scan import PROBE_PARALLEL_MIN
 
     src = tmp_path / "in"
     one = write_tiff(src / "seed.tif", 40, 48, seed=1)

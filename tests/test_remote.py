@@ -151,7 +151,7 @@ def test_scan_reads_tiff_headers_with_a_few_ranged_gets_never_whole_objects(
 
 def test_a_region_of_a_tiled_s3_image_fetches_only_the_tiles_it_needs(
         tmp_path: Path, in_process_s3, s3_endpoint: str) -> None:  # noqa: F811
-    from tessq.tiff import RegionReader, reference_pixels
+    from tessq.cut.tiff import RegionReader, reference_pixels
 
     path = write_tiff(tmp_path / "big.tif", 2048, 2048, seed=3, tile=(256, 256))  # 12 MB, 64 tiles
     bucket = new_bucket(s3_endpoint)
@@ -168,8 +168,8 @@ def test_a_region_of_a_tiled_s3_image_fetches_only_the_tiles_it_needs(
 
 def test_an_object_replaced_while_it_is_read_fails_instead_of_mixing_versions(
         tmp_path: Path, in_process_s3, s3_endpoint: str) -> None:  # noqa: F811
+    from tessq.cut.tiff import RegionReader
     from tessq.errors import SourceChangedError
-    from tessq.tiff import RegionReader
 
     path = write_tiff(tmp_path / "a.tif", 1024, 1024, seed=1)
     bucket = new_bucket(s3_endpoint)

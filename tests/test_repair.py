@@ -189,7 +189,8 @@ def test_scan_summary_rows_add_up_to_the_tiffs_found(tmp_path: Path, sqlite_env:
 
 
 def test_output_problem_names_what_is_wrong(tmp_path: Path) -> None:
-    from tessq import core, scan
+    from tessq.cut import core
+    from tessq.jobs import scan
     from tessq.options import SliceOptions
 
     source = write_tiff(tmp_path / "photo.tif", 64, 96, seed=3)
@@ -210,9 +211,9 @@ def test_output_problem_names_what_is_wrong(tmp_path: Path) -> None:
 def test_many_done_images_are_checked_in_parallel_with_the_same_verdicts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tessq import db, scan
+    from tessq.jobs import db, scan
+    from tessq.jobs.settings import options_fingerprint
     from tessq.options import SliceOptions
-    from tessq.settings import options_fingerprint
 
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(6):

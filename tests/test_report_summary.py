@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tessq import __version__, db
-from tessq.report import ReportRows, summarize, upload_prefix
+from tessq import __version__
+from tessq.jobs import db
+from tessq.jobs.report import ReportRows, summarize, upload_prefix
 
 NO_UPLOADS: db.UploadTotals = {"objects": 0, "bytes": 0}
 REPORT_KEYS = ["batch_summary", "states", "throughput", "skip_reasons", "folders_skipped_by_reason", "per_folder",

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tessq import BatchJob, BatchTesselator, db, defaults, pipeline
-from tessq import queue as tq
+from tessq import BatchJob, BatchTesselator, defaults, pipeline
+from tessq.jobs import db
+from tessq.jobs import queue as tq
 from tessq.options import SliceOptions
 from tests.conftest import seed_tree, tessq_cmd, write_tiff
 

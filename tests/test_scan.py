@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tessq import db, scan
-from tessq.grid import refusal
+from tessq.cut.grid import refusal
+from tessq.jobs import db, scan
+from tessq.jobs.settings import options_fingerprint
 from tessq.options import SliceOptions
-from tessq.settings import options_fingerprint
 from tests.conftest import seed_tree, write_tiff
 
 

@@ -1,6 +1,6 @@
 """Scan rules a whole-tree scan does not pin down: names, collisions, skipped folders, output checks.
 
-Each test proves one rule of tessq.scan on plain values or real folders (no mocks), found untested by a
+Each test proves one rule of tessq.jobs.scan on plain values or real folders (no mocks), found untested by a
 mutation run.
 """
 
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tessq import scan
+from tessq.jobs import scan
 
 
 def test_hidden_and_system_folders_are_not_entered_and_others_are() -> None:
@@ -315,7 +315,7 @@ def test_colliding_outputs_fail_at_scan_with_the_path_they_would_share() -> None
 
 def done_job(tmp_path: Path, images: dict[str, dict[str, bytes]]) -> tuple[int, Path, dict[str, int]]:
     """A real status table with one job whose images are done, each with a real, complete output folder."""
-    from tessq import db
+    from tessq.jobs import db
 
     out = tmp_path / "out"
     db.open_database(f"sqlite:///{tmp_path}/ws/tessq.db")
@@ -332,7 +332,7 @@ def done_job(tmp_path: Path, images: dict[str, dict[str, bytes]]) -> tuple[int, 
 
 
 def test_a_rescan_queues_again_the_done_images_whose_output_is_damaged_or_verified_different(tmp_path: Path) -> None:
-    from tessq import db
+    from tessq.jobs import db
 
     job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"},
                                            "c": {"slice_0.png": b"f"}, "d": {"slice_0.png": b"g"}})
@@ -356,7 +356,7 @@ def test_a_rescan_queues_again_the_done_images_whose_output_is_damaged_or_verifi
 
 
 def test_no_check_mode_and_s3_outputs_only_requeue_what_verify_found_different(tmp_path: Path) -> None:
-    from tessq import db
+    from tessq.jobs import db
 
     job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"}})
     (out / "a" / "slice_0.png").unlink()
@@ -370,7 +370,7 @@ def test_no_check_mode_and_s3_outputs_only_requeue_what_verify_found_different(t
 
 
 def test_a_done_image_whose_source_and_output_are_gone_is_forgotten(tmp_path: Path) -> None:
-    from tessq import db
+    from tessq.jobs import db
 
     job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"},
                                            "c": {"slice_0.png": b"f"}})
@@ -396,7 +396,7 @@ def test_an_unknown_check_mode_is_refused_with_the_choices(tmp_path: Path) -> No
 
 def test_many_done_images_are_checked_in_threads_with_the_same_result(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from tessq import db
+    from tessq.jobs import db
 
     job_id, out, ids = done_job(tmp_path, {f"i{n}": {"slice_0.png": b"x" * n} for n in range(1, 7)})
     (out / "i3" / "slice_0.png").unlink()
@@ -407,7 +407,7 @@ def test_many_done_images_are_checked_in_threads_with_the_same_result(tmp_path: 
 
 
 def test_the_status_tables_slice_count_and_bytes_drive_the_stat_check(tmp_path: Path) -> None:
-    from tessq import db
+    from tessq.jobs import db
 
     job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"}})
     (out / "a" / scan.METADATA_NAME).write_text("garbage")  # slices as recorded: metadata.json is not read

@@ -7,7 +7,7 @@ from pathlib import Path
 import peewee
 import pytest
 
-from tessq import db
+from tessq.jobs import db
 
 
 def _columns(database: peewee.Database, table: str) -> dict[str, bool]:

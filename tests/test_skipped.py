@@ -105,7 +105,8 @@ def test_status_shows_an_eta_only_while_workers_are_alive(
         write_tiff(src / f"img_{i}.tif", 64, 96, seed=i)
     tessq_cmd("run", str(src), str(out), "--min-size=32", "--workers=1", env=sqlite_env, cwd=tmp_path, check=True)
 
-    from tessq import db, pipeline
+    from tessq import pipeline
+    from tessq.jobs import db
 
     for key in [k for k in os.environ if k.startswith("TESSQ_")]:
         monkeypatch.delenv(key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tessq.encode import TIFF_COMPRESSION, slice_kind
+from tessq.cut.encode import TIFF_COMPRESSION, slice_kind
 
 GRAY_TABLE = (np.arange(3 * 16).reshape(3, 16) % 16 * 257).astype(np.uint16)  # 8-bit entries
 

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tessq import core, encode, verify, verify_runner
+from tessq.cut import core, encode, pngdecode, verify, verify_runner
 from tessq.options import SliceOptions
 from tessq.samples import photo_like
 
@@ -223,13 +223,13 @@ def test_verify_fast_decoder_matches_libpng(dtype, samples, photometric, method)
     img = _image(dtype, samples, 61, 83)
     kind = encode.slice_kind(dtype, samples, photometric, (0,) if samples in (2, 4) else ())
     data = encode.png_encode(img, kind, method, "auto", 1)
-    fast = verify_runner.fast_png_decode(data)
+    fast = pngdecode.fast_png_decode(data)
     if method in ("avg", "paeth"):
         assert fast is None  # left to libpng
     else:
         assert fast is not None and fast.dtype == img.dtype and np.array_equal(fast, img)
     libpng_made = imagecodecs.png_encode(img)  # adaptive filters: mixed row types -> libpng fallback
-    got = verify_runner.fast_png_decode(libpng_made)
+    got = pngdecode.fast_png_decode(libpng_made)
     assert got is None or np.array_equal(got, img)
 
 
@@ -239,6 +239,6 @@ def test_verify_fast_decoder_rejects_damage() -> None:
     bad = bytearray(data)
     bad[60] ^= 0x10  # inside IDAT: its CRC no longer matches
     with pytest.raises(ValueError, match="CRC"):
-        verify_runner.fast_png_decode(bytes(bad))
+        pngdecode.fast_png_decode(bytes(bad))
     with pytest.raises(ValueError):
-        verify_runner.fast_png_decode(bytes(data[:-30]))
+        pngdecode.fast_png_decode(bytes(data[:-30]))

@@ -16,7 +16,7 @@ import pytest
 
 from tessq import BatchJob, BatchTesselator
 from tessq.errors import ConfigError
-from tessq.report import batch_summary, busy_seconds
+from tessq.jobs.report import batch_summary, busy_seconds
 from tests.conftest import tessq_cmd, write_tiff
 
 
@@ -347,7 +347,7 @@ def test_the_state_folder_is_never_scanned_as_input(tmp_path: Path, env: dict[st
 
 def test_the_lookup_order_explicit_then_out_then_upwards_then_an_error(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from tessq.settings import resolve_workspace
+    from tessq.jobs.settings import resolve_workspace
 
     out = tmp_path / "out"
     (out / ".tessq").mkdir(parents=True)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tessq import db
-from tessq.status import WINDOW_S, StatusRows, summarize
+from tessq.jobs import db
+from tessq.jobs.status import WINDOW_S, StatusRows, summarize
 
 NOW = 10_000.0
 NO_UPLOADS: db.UploadTotals = {"objects": 0, "bytes": 0}

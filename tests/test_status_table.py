@@ -16,8 +16,8 @@ from pathlib import Path
 import peewee
 import pytest
 
-from tessq import db
 from tessq.errors import ConfigError
+from tessq.jobs import db
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tessq import tiff
+from tessq.cut import tiff
 from tessq.errors import CorruptImageError, ImageTooLargeError, SourceChangedError, UnsupportedImageError
 from tests.tiffgen import VARIANTS, write_variant
 

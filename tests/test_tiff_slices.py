@@ -11,7 +11,7 @@ import io
 import numpy as np
 import tifffile
 
-from tessq import encode
+from tessq.cut import encode
 from tessq.options import SliceOptions
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tessq import tiff
+from tessq.cut import tiff
 from tessq.errors import ImageTooLargeError
 from tests.bombs import tiled_bomb
 from tests.conftest import tessq_cmd, write_tiff

@@ -15,11 +15,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tessq import db, upload
 from tessq.errors import BucketNotFoundError, S3AuthError, S3UnreachableError
-from tessq.export import shipped_files
+from tessq.jobs import db
+from tessq.ship import upload
+from tessq.ship.export import shipped_files
+from tessq.ship.upload import file_crc32, files_to_ship, upload_outputs
 from tessq.storage import s3 as storage_s3
-from tessq.upload import file_crc32, files_to_ship, upload_outputs
 from tests.s3server import DUMMY_ENV, free_port, s3_endpoint, start_moto, stop_moto
 
 __all__ = ["s3_endpoint"]  # the fixture is used by name below
@@ -127,8 +128,8 @@ KILLABLE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from tessq import db
-    from tessq.upload import files_to_ship, upload_outputs
+    from tessq.jobs import db
+    from tessq.ship.upload import files_to_ship, upload_outputs
 
     db_url, out, url, endpoint = sys.argv[1:5]
     db.open_database(db_url)

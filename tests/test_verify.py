@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from tessq import core
+from tessq.cut import core
+from tessq.cut.verify import reconstruct, verify_image, verify_images_identical
 from tessq.options import SliceOptions
-from tessq.verify import reconstruct, verify_image, verify_images_identical
 from tests.tiffgen import write_variant
 
 SMALL = SliceOptions(min_size=1)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tessq import db, pipeline, task
+from tessq import pipeline
+from tessq.jobs import db, task
 from tessq.options import SliceOptions
 from tests.conftest import write_tiff
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessq import folder
 from tessq.errors import ConfigError, TessqError
+from tessq.storage import folder
 from tessq.storage.base import Source, Storage
 from tessq.storage.tree import (
     METADATA_NAME,

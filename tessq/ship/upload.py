@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from tessq.errors import ChecksumMismatchError, UploadError
-from tessq.export import shipped_files
+from tessq.ship.export import shipped_files
 from tessq.storage.s3 import (  # the client, its errors and the put path are storage's; shipping uses them
     S3Target,
     fatal_error,

@@ -26,8 +26,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessq import backends, defaults, storage
+from tessq import defaults, storage
 from tessq.errors import ConfigError
+from tessq.jobs import backends
 from tessq.options import SliceOptions
 
 log = logging.getLogger("tessq")

@@ -21,13 +21,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tessq import __version__, defaults, encode, geo, hashing, selfcheck, storage
+from tessq import __version__, defaults, hashing, storage
+from tessq.cut import encode, geo, selfcheck
+from tessq.cut.grid import Box, describe_grid, plan_grid, refusal, slice_name
+from tessq.cut.tiff import RegionReader, TiffInfo
 from tessq.defaults import BATCH_METADATA_FILENAME, METADATA_FILENAME
 from tessq.errors import ImageTooSmallError, SourceChangedError, SourceModifiedError
-from tessq.folder import AtomicFolder, cleanup_stale
-from tessq.grid import Box, describe_grid, plan_grid, refusal, slice_name
 from tessq.options import SliceOptions
-from tessq.tiff import RegionReader, TiffInfo
+from tessq.storage.folder import AtomicFolder, cleanup_stale
 
 # A whole grid row is read at once below this size (and below options.memory_budget); above it, streaming.
 # 96 MiB keeps ordinary photos (a 4096x3072 RGB band is 19 MB) on the fast one-shot path while a 16384x12288

@@ -13,19 +13,38 @@ import contextlib
 import ctypes
 import logging
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from huey import Huey
 
-from tessq import backends, db, defaults
-from tessq.settings import Workspace
+from tessq import defaults
+from tessq.jobs import backends, db
+from tessq.jobs.settings import Workspace
 from tessq.storage.archive import use_state_dir
 
 log = logging.getLogger("tessq.queue")
 
 ENQUEUE_BATCH = 5000  # messages per queue transaction: short enough that workers are never locked out long
+
+# What a worker runs for a message, handed in by jobs.task when it is imported (the daemon imports it before
+# forking): the queue carries image ids and knows nothing of cutting, so it never imports the task module.
+_BODY: dict[str, Callable[..., None]] = {}
+
+
+def register_body(process_image: Callable[[int], None], on_shutdown: Callable[[], None]) -> None:
+    """Set the task body (one image, by id) and what a stopping worker runs first (commit the image it cut)."""
+    _BODY.update(process_image=process_image, on_shutdown=on_shutdown)
+
+
+def _process_image(image_id: int) -> None:
+    _BODY["process_image"](image_id)
+
+
+def _on_shutdown() -> None:
+    if "on_shutdown" in _BODY:
+        _BODY["on_shutdown"]()
 
 @dataclass
 class Binding:
@@ -52,13 +71,11 @@ def configure(workspace: Workspace) -> None:
     if workspace.queue_url.startswith("sqlite:"):
         workspace.state_dir.mkdir(parents=True, exist_ok=True)
     queue = backends.make_queue(workspace.queue_url)
-    from tessq.task import process_image, wait_for_commit  # the task body; imported late to avoid a cycle
-
-    _bound = Binding(workspace, queue, queue.task(name="tessq.process_image")(process_image))
+    _bound = Binding(workspace, queue, queue.task(name="tessq.process_image")(_process_image))
     use_state_dir(workspace.state_dir)  # a .tar.gz's listing and gzip index are saved there for the workers
     queue.on_startup(name="tessq-worker-init")(_init_worker_process)
     # a stopping worker (signal, drain, max_tasks) first commits the image it has cut
-    queue.on_shutdown(name="tessq-worker-commit")(wait_for_commit)
+    queue.on_shutdown(name="tessq-worker-commit")(_on_shutdown)
 
 
 @contextlib.contextmanager
@@ -81,7 +98,7 @@ def workspace() -> Workspace | None:
 
 def _binding() -> Binding:
     if _bound is None:
-        raise RuntimeError("tessq.queue.configure(workspace) must be called first")
+        raise RuntimeError("tessq.jobs.queue.configure(workspace) must be called first")
     return _bound
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from tessq import __version__, db, defaults, storage
+from tessq import __version__, defaults, storage
+from tessq.jobs import db
 
 
 class BatchSummary(TypedDict):

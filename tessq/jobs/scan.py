@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from tessq import db, hashing, storage, tiff
+from tessq import hashing, storage
+from tessq.cut import tiff
+from tessq.cut.grid import refusal
 from tessq.errors import ImageError
-from tessq.grid import refusal
+from tessq.jobs import db
+from tessq.jobs.settings import options_fingerprint
 from tessq.options import SliceOptions
-from tessq.settings import options_fingerprint
 
 # The tree rules and the local walk live in storage now; scan's names for them stay importable from here.
 from tessq.storage.local import walk  # noqa: F401
@@ -286,7 +288,7 @@ def probe_all(files: list[tuple[Any, str, str]], options: SliceOptions, *, paral
 def _init_probe_process(parent: int) -> None:
     """Each probe process dies with the scan (PR_SET_PDEATHSIG): a kill -9 of `tessq scan`/`run` while headers
     are read leaves no orphan. A parent that died before the prctl took effect is caught by the ppid check."""
-    from tessq.queue import die_with_parent
+    from tessq.jobs.queue import die_with_parent
 
     die_with_parent()
     if os.getppid() != parent:

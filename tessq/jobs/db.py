@@ -32,8 +32,9 @@ from peewee import (
     TextField,
 )
 
-from tessq import backends, storage
+from tessq import storage
 from tessq.errors import ConfigError
+from tessq.jobs import backends
 from tessq.options import SliceOptions
 from tessq.redact import redact, redact_url
 

@@ -19,9 +19,9 @@ import tifffile
 from PIL import Image
 
 from tessq import hashing, storage
+from tessq.cut.tiff import RegionReader, reference_pixels
 from tessq.defaults import METADATA_FILENAME
 from tessq.errors import ImageError, VerificationError
-from tessq.tiff import RegionReader, reference_pixels
 
 RECONSTRUCT_TILE = 256
 # A grid row of the source is read once for all its slices up to this size; above it, slice by slice.
@@ -50,7 +50,7 @@ def decode_slice(path: Path, meta: dict[str, Any], data: bytes | None = None) ->
         if output.get("png_color_type") == 3:
             array = np.asarray(Image.open(io.BytesIO(data)))  # palette indices, not expanded colours
         else:
-            from tessq.verify_runner import fast_png_decode
+            from tessq.cut.pngdecode import fast_png_decode
 
             fast = fast_png_decode(data)  # None-, Sub- and Up-filtered PNGs; everything else by libpng
             array = imagecodecs.png_decode(data) if fast is None else fast

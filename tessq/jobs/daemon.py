@@ -1,5 +1,5 @@
 """The worker daemon, `tessq workers`: a huey Consumer with process workers plus the supervisor's duties
-(startup repair, lease reaper, dead-worker check, drain); each image itself is tessq.task's job.
+(startup repair, lease reaper, dead-worker check, drain); each image itself is tessq.jobs.task's job.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Scheduler
 
-from tessq import db, defaults, storage
-from tessq import queue as tq
+from tessq import defaults, storage
 from tessq.errors import TessqError
+from tessq.jobs import db, task  # noqa: F401 - the task body the forked workers run (registered on import)
+from tessq.jobs import queue as tq
 
 log = logging.getLogger("tessq.worker")  # the name logs, filters and the report's log readers have always seen
 
@@ -124,7 +125,7 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     poll_interval bounds how long a drained queue keeps the run alive and how soon a recycled worker
     (max_tasks) is replaced; the dead-worker check and the reaper run every health_interval.
     """
-    from tessq import core  # noqa: F401 - the workers' heavy imports, done once here and inherited by every fork
+    from tessq.cut import core  # noqa: F401 - the workers' heavy imports, done once here and inherited by every fork
 
     reaped, repaired = recover(starting=True)
     db.hold_database()  # from here on a deleted or replaced status table stops the run (never a new empty one)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, TypedDict
 
-from tessq import db, storage
+from tessq import storage
+from tessq.jobs import db
 
 FINISHED_STATES = (db.DONE, db.FAILED)
 

@@ -20,7 +20,8 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, TIFF
 
-from tessq import defaults, storage, tiffcodec
+from tessq import defaults, storage
+from tessq.cut import tiffcodec
 from tessq.errors import (
     CorruptImageError,
     ImageError,
@@ -757,7 +758,7 @@ class RegionReader:
                 self._paste(out, part, seg, y0, y1, x0, x1)
             return out
         if todo:
-            from tessq.encode import ordered_map
+            from tessq.cut.encode import ordered_map
 
             fh = self._tif.filehandle
             offsets, counts = page.dataoffsets, page.databytecounts

@@ -21,7 +21,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from tessq.encode import PngSettings, SliceKind, png_settings, stored_values
+from tessq.cut.encode import PngSettings, SliceKind, png_settings, stored_values
 from tessq.errors import SelfCheckError
 from tessq.options import SliceOptions
 

@@ -1,4 +1,4 @@
-"""One image as the queue's task: claim, lease guard and heartbeat, cut (tessq.core), commit on a second
+"""One image as the queue's task: claim, lease guard and heartbeat, cut (tessq.cut.core), commit on a second
 thread (Committer), finish; a failure is classified and retried or failed (settle_failure).
 """
 
@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from huey.exceptions import TaskTimeout
 
-from tessq import db, defaults, storage
-from tessq import queue as tq
+from tessq import defaults, storage
 from tessq.errors import LeaseLostError, OptionsChangedError, TessqError
+from tessq.jobs import db
+from tessq.jobs import queue as tq
 from tessq.options import SliceOptions
 from tessq.perprocess import PerProcess
 
 if TYPE_CHECKING:
-    from tessq import core
+    from tessq.cut import core
 
 log = logging.getLogger("tessq.worker")  # the name logs, filters and the report's log readers have always seen
 
@@ -185,7 +186,7 @@ class Committed:
 
 def _prepare(row: db.Image, claim: db.Claim, source: storage.Source, image_dir: Path) -> Prepared:
     """Cut the claimed image into a temporary folder beside image_dir (core writes its provenance too)."""
-    from tessq import core  # heavy imports (tifffile, imagecodecs): not needed by the other commands
+    from tessq.cut import core  # heavy imports (tifffile, imagecodecs): not needed by the other commands
 
     options = SliceOptions.from_dict(json.loads(row.job.options))
     job = core.JobImage(input_dir=row.job.input_dir, output_dir=row.job.output_dir, image_id=claim.image_id,
@@ -316,3 +317,5 @@ class Heartbeat:
 
 
 _HEARTBEAT = PerProcess(Heartbeat)
+
+tq.register_body(process_image, wait_for_commit)

@@ -17,8 +17,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tessq import db
-from tessq.report import busy_seconds
+from tessq.jobs import db
+from tessq.jobs.report import busy_seconds
 
 WINDOW_S = 300.0  # throughput is measured over the last five minutes
 LATEST_ERRORS = 5
@@ -113,7 +113,7 @@ def fetch_rows(job_id: int | None = None) -> StatusRows:
 
 def dead_holders(rows: Iterable[db.RunningRow]) -> set[str]:
     """The lease holders that are processes of this host that are gone."""
-    from tessq.daemon import dead_local_workers
+    from tessq.jobs.daemon import dead_local_workers
 
     return set(dead_local_workers(sorted({r.worker for r in rows if r.worker})))
 

@@ -1,0 +1,1 @@
+../../alembic_free_schema.sql

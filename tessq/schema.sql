@@ -1,1 +1,0 @@
-../alembic_free_schema.sql
