@@ -17,5 +17,11 @@ from tessq.options import SliceOptions
 
 tesselate_image = tessellate_image  # the seed's spelling
 
-__all__ = ["SliceOptions", "reconstruct", "tesselate_image", "tessellate_image", "verify_image",
-           "verify_images_identical"]
+__all__ = [
+    "SliceOptions",
+    "reconstruct",
+    "tesselate_image",
+    "tessellate_image",
+    "verify_image",
+    "verify_images_identical",
+]

@@ -46,8 +46,10 @@ DEFAULT_CONTENDERS = ("naive", "library", "hand", "pyvips", "tessq")
 HUGE_CONTENDERS = ("pyvips-mt", "tessq")
 PRESET_CONTENDERS = ("library", "tessq-fast", "tessq-balanced", "tessq-small")
 LARGE_CONTENDERS = ("library", "pyvips", "tessq")
-TESSQ_RE = re.compile(r"^tessq(?:-(fast|balanced|small))?(?:-l(\d+))?(?:-check(sample|full|off))?(?:-t(\d+))?"
-                      r"(?:\+(zip|zip-deflated|tar|tgz))?$")
+TESSQ_RE = re.compile(
+    r"^tessq(?:-(fast|balanced|small))?(?:-l(\d+))?(?:-check(sample|full|off))?(?:-t(\d+))?"
+    r"(?:\+(zip|zip-deflated|tar|tgz))?$"
+)
 ARCHIVE_CONTENDERS = ("tessq", "tessq+tar", "tessq+zip", "tessq+zip-deflated")
 ARCHIVE_SUFFIX = {"zip": ".zip", "zip-deflated": ".deflated.zip", "tar": ".tar", "tgz": ".tar.gz"}
 PNG_RLE_STRATEGY = 3  # imagecodecs.PNG.STRATEGY.RLE (zlib Z_RLE)
@@ -72,8 +74,10 @@ class CorpusSpec:
     pieces: int
 
     def key(self) -> str:
-        return (f"{self.count}x{self.width}x{self.height}x{self.samples}-{self.dtype}-{self.compression}-"
-                f"{self.layout}-t{self.tile}-r{self.rowsperstrip}")
+        return (
+            f"{self.count}x{self.width}x{self.height}x{self.samples}-{self.dtype}-{self.compression}-"
+            f"{self.layout}-t{self.tile}-r{self.rowsperstrip}"
+        )
 
     def layout_of(self, i: int) -> str:
         if self.layout == "mixed":
@@ -148,8 +152,7 @@ def ensure_corpus(base: Path, spec: CorpusSpec, procs: int = 2, log: Any = print
     for i, name in enumerate(files):
         if (root / name).exists():
             continue
-        kw: dict[str, Any] = {"height": spec.height, "width": spec.width, "samples": spec.samples,
-                              "dtype": spec.dtype}
+        kw: dict[str, Any] = {"height": spec.height, "width": spec.width, "samples": spec.samples, "dtype": spec.dtype}
         if spec.compression != "none":
             kw["compression"] = spec.compression
         if spec.layout_of(i) == "tiled":
@@ -160,8 +163,10 @@ def ensure_corpus(base: Path, spec: CorpusSpec, procs: int = 2, log: Any = print
         jobs.append((str(root / name), 1000 + i, kw))
     t = time.perf_counter()
     if jobs:
-        log(f"generating {len(jobs)} photo-like TIFF(s) {spec.width}x{spec.height}x{spec.samples} "
-            f"{spec.dtype} ({spec.layout}, {spec.compression}) into {root} ...")
+        log(
+            f"generating {len(jobs)} photo-like TIFF(s) {spec.width}x{spec.height}x{spec.samples} "
+            f"{spec.dtype} ({spec.layout}, {spec.compression}) into {root} ..."
+        )
         with Pool(procs) as pool:
             list(pool.imap_unordered(_write_one, jobs))
             pool.close()
@@ -178,8 +183,14 @@ def ensure_corpus(base: Path, spec: CorpusSpec, procs: int = 2, log: Any = print
         pool.close()
         pool.join()
     refs = sorted({r for _, r in sizes})
-    data = {"files": files, "raw_bytes": raw, "plan": plan, "pillow6_bytes": sum(s for s, _ in sizes),
-            "reference": "; ".join(refs), "max_slice_bytes": max_slice}
+    data = {
+        "files": files,
+        "raw_bytes": raw,
+        "plan": plan,
+        "pillow6_bytes": sum(s for s, _ in sizes),
+        "reference": "; ".join(refs),
+        "max_slice_bytes": max_slice,
+    }
     manifest.write_text(json.dumps({"spec": asdict(spec), **data}))
     return Corpus(root=root, spec=spec, **data)
 
@@ -236,8 +247,7 @@ def _slice_path(out: Path, rel: str, i: int, box: list[int]) -> Path:
     return out / Path(rel).with_suffix("") / f"slice_{i}_{x0}_{y0}_{x1}_{y1}.png"
 
 
-def contender_naive(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int,
-                    opts: dict[str, Any]) -> None:
+def contender_naive(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int, opts: dict[str, Any]) -> None:
     """The naive script: Pillow open, crop, save with defaults, one image after another."""
     from PIL import Image
 
@@ -257,15 +267,15 @@ def _library_one(job: tuple[str, str, str, list[list[int]], int, int]) -> None:
     src, out, rel, boxes, level, filt = job
     arr = tifffile.imread(Path(src) / rel)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        data = imagecodecs.png_encode(np.ascontiguousarray(arr[y0:y1, x0:x1]), level=level,
-                                      strategy=PNG_RLE_STRATEGY, filter=filt)
+        data = imagecodecs.png_encode(
+            np.ascontiguousarray(arr[y0:y1, x0:x1]), level=level, strategy=PNG_RLE_STRATEGY, filter=filt
+        )
         path = _slice_path(Path(out), rel, i, [x0, y0, x1, y1])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
 
-def contender_library(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int,
-                      opts: dict[str, Any]) -> None:
+def contender_library(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int, opts: dict[str, Any]) -> None:
     """Best library pipeline: tifffile whole-image read + imagecodecs.png_encode (libpng) level 1, Z_RLE."""
     filt = PNG_FILTER[opts.get("library_filter", "paeth")]
     level = opts.get("library_level", 1)
@@ -288,8 +298,7 @@ def _vips_one(job: tuple[str, str, str, list[list[int]], int, int]) -> None:
         image.crop(x0, y0, x1 - x0, y1 - y0).pngsave(str(path), compression=compression, filter=filt, keep=0)
 
 
-def contender_pyvips(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int,
-                     opts: dict[str, Any]) -> None:
+def contender_pyvips(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int, opts: dict[str, Any]) -> None:
     """libvips via pyvips: one image per process, VIPS_CONCURRENCY=1 (set by the caller), crop + pngsave."""
     filt = PNG_FILTER[opts.get("vips_filter", "sub")]
     level = opts.get("vips_compression", 6)
@@ -327,15 +336,18 @@ def _hand_one(job: tuple[str, str, str, list[list[int]], int, int]) -> None:
         np.subtract(rows[1:], rows[:-1], out=filt[1:, 1:])
         color = {1: 0, 2: 4, 3: 2, 4: 6}[samples]
         ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([piece.dtype.itemsize * 8, color, 0, 0, 0])
-        data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-                + _png_chunk(b"IDAT", imagecodecs.deflate_encode(filt, level=level)) + _png_chunk(b"IEND", b""))
+        data = (
+            b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", imagecodecs.deflate_encode(filt, level=level))
+            + _png_chunk(b"IEND", b"")
+        )
         path = _slice_path(Path(out), rel, i, [x0, y0, x1, y1])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
 
-def contender_hand(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int,
-                   opts: dict[str, Any]) -> None:
+def contender_hand(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int, opts: dict[str, Any]) -> None:
     """Hand-made pipeline: tifffile read, numpy Up filter, libdeflate level 1, one IDAT; `procs` processes."""
     jobs = [(str(src), str(out), rel, boxes, 1, 0) for rel, boxes in plan.items()]
     with Pool(procs) as pool:
@@ -345,8 +357,9 @@ def contender_hand(src: Path, out: Path, plan: dict[str, list[list[int]]], procs
         pool.join()
 
 
-def contender_pyvips_mt(src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int,
-                        opts: dict[str, Any]) -> None:
+def contender_pyvips_mt(
+    src: Path, out: Path, plan: dict[str, list[list[int]]], procs: int, opts: dict[str, Any]
+) -> None:
     """libvips via pyvips in ONE process with VIPS_CONCURRENCY=procs threads (set by the caller)."""
     filt = PNG_FILTER[opts.get("vips_filter", "sub")]
     level = opts.get("vips_compression", 6)
@@ -354,8 +367,13 @@ def contender_pyvips_mt(src: Path, out: Path, plan: dict[str, list[list[int]]], 
         _vips_one((str(src), str(out), rel, boxes, level, filt))
 
 
-CONTENDER_FUNCS = {"naive": contender_naive, "library": contender_library, "pyvips": contender_pyvips,
-                   "hand": contender_hand, "pyvips-mt": contender_pyvips_mt}
+CONTENDER_FUNCS = {
+    "naive": contender_naive,
+    "library": contender_library,
+    "pyvips": contender_pyvips,
+    "hand": contender_hand,
+    "pyvips-mt": contender_pyvips_mt,
+}
 
 
 def contender_main(argv: list[str]) -> None:
@@ -378,8 +396,7 @@ class Sample:
 GNU_TIME = "/usr/bin/time"
 
 
-def measure(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> Sample:
+def measure(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Sample:
     """Run cmd; wall around it; CPU and peak RSS of its process tree.
 
     Linux carries a process's RSS high-water mark across fork+exec, so os.wait4 on a child of this (numpy-
@@ -435,38 +452,60 @@ def contender_label(name: str, args: argparse.Namespace) -> str:
     if name == "naive":
         return "naive: Pillow open/crop/save defaults, 1 process"
     if name == "library":
-        return (f"tifffile + imagecodecs.png_encode L{args.library_level} RLE {args.library_filter}, "
-                f"{args.workers} procs")
+        return (
+            f"tifffile + imagecodecs.png_encode L{args.library_level} RLE {args.library_filter}, {args.workers} procs"
+        )
     if name == "pyvips":
-        return (f"pyvips pngsave compression {args.vips_compression} filter {args.vips_filter}, "
-                f"{args.workers} procs")
+        return f"pyvips pngsave compression {args.vips_compression} filter {args.vips_filter}, {args.workers} procs"
     if name == "pyvips-mt":
-        return (f"pyvips pngsave compression {args.vips_compression} filter {args.vips_filter}, "
-                f"1 proc x {args.workers} threads")
+        return (
+            f"pyvips pngsave compression {args.vips_compression} filter {args.vips_filter}, "
+            f"1 proc x {args.workers} threads"
+        )
     if name == "hand":
         return f"tifffile + numpy Up + libdeflate L1, one IDAT, {args.workers} procs"
     alt = name.startswith("alt:")
     m = TESSQ_RE.match(name.removeprefix("alt:"))
     assert m
     preset, level, check, threads, packed = m.groups()
-    extra = "".join([f" --png {preset}" if preset else "", f" --compress-level {level}" if level else "",
-                     f" --self-check {check}" if check else "", f" (TESSQ_THREADS={threads})" if threads else ""])
+    extra = "".join(
+        [
+            f" --png {preset}" if preset else "",
+            f" --compress-level {level}" if level else "",
+            f" --self-check {check}" if check else "",
+            f" (TESSQ_THREADS={threads})" if threads else "",
+        ]
+    )
     source = f" (IN: the corpus as one {packed} archive)" if packed else ""
     return f"{'[alt] ' if alt else ''}tessq run --workers {args.workers}{extra}{source}"
 
 
-def contender_cmd(name: str, corpus: Corpus, out: Path, ws: Path, plan_file: Path,
-                  args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+def contender_cmd(
+    name: str, corpus: Corpus, out: Path, ws: Path, plan_file: Path, args: argparse.Namespace
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if name in CONTENDER_FUNCS:
-        opts = {"library_level": args.library_level, "library_filter": args.library_filter,
-                "vips_compression": args.vips_compression, "vips_filter": args.vips_filter}
+        opts = {
+            "library_level": args.library_level,
+            "library_filter": args.library_filter,
+            "vips_compression": args.vips_compression,
+            "vips_filter": args.vips_filter,
+        }
         if name == "pyvips":
             env["VIPS_CONCURRENCY"] = "1"  # app-level parallelism, one libvips thread per process
         if name == "pyvips-mt":
             env["VIPS_CONCURRENCY"] = str(args.workers)  # one process, libvips' own threads
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_contender", name, str(corpus.root), str(out),
-               str(plan_file), str(args.workers), json.dumps(opts)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "_contender",
+            name,
+            str(corpus.root),
+            str(out),
+            str(plan_file),
+            str(args.workers),
+            json.dumps(opts),
+        ]
         return cmd, env
     if name.startswith("alt:"):  # a patched tessq tree, to compare a fix against HEAD in the same run
         env["PYTHONPATH"] = os.pathsep.join([str(args.alt_tessq), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -477,9 +516,23 @@ def contender_cmd(name: str, corpus: Corpus, out: Path, ws: Path, plan_file: Pat
     if threads:
         env["TESSQ_THREADS"] = threads
     source = ensure_archive(corpus, packed) if packed else corpus.root
-    cmd = [sys.executable, "-m", "tessq", "--workspace", str(ws), "run", str(source), str(out),
-           "--workers", str(args.workers), "--num-pieces", str(corpus.spec.pieces), "--min-size", "0",
-           "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tessq",
+        "--workspace",
+        str(ws),
+        "run",
+        str(source),
+        str(out),
+        "--workers",
+        str(args.workers),
+        "--num-pieces",
+        str(corpus.spec.pieces),
+        "--min-size",
+        "0",
+        "--json",
+    ]
     if preset:
         cmd += ["--png", preset]
     if level:
@@ -504,8 +557,12 @@ def _verify_one(job: tuple[str, str, str, list[list[int]]]) -> tuple[str, int, i
     expected = {_slice_path(Path(out), rel, i, box).name for i, box in enumerate(boxes)}
     present = {p.name for p in folder.glob("slice_*")} if folder.is_dir() else set()
     if present != expected:
-        return rel, 0, len(present), f"slice files differ: missing {sorted(expected - present)[:3]}, " \
-                                     f"extra {sorted(present - expected)[:3]}"
+        return (
+            rel,
+            0,
+            len(present),
+            f"slice files differ: missing {sorted(expected - present)[:3]}, extra {sorted(present - expected)[:3]}",
+        )
     total = 0
     covered = 0
     for i, box in enumerate(boxes):
@@ -516,8 +573,12 @@ def _verify_one(job: tuple[str, str, str, list[list[int]]]) -> tuple[str, int, i
         got = imagecodecs.png_decode(data)
         want = ref[y0:y1, x0:x1]
         if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
-            return rel, total, len(present), f"{path.name}: pixels differ ({got.shape} {got.dtype} vs " \
-                                             f"{want.shape} {want.dtype})"
+            return (
+                rel,
+                total,
+                len(present),
+                f"{path.name}: pixels differ ({got.shape} {got.dtype} vs {want.shape} {want.dtype})",
+            )
         covered += (x1 - x0) * (y1 - y0)
     if covered != ref.shape[0] * ref.shape[1]:
         return rel, total, len(present), f"slices cover {covered} px of {ref.shape[0] * ref.shape[1]}"
@@ -542,8 +603,9 @@ def slice_bytes(out: Path) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------- running
 
 
-def run_contenders(corpus: Corpus, names: list[str], args: argparse.Namespace, work: Path,
-                   log: Any = print) -> dict[str, Result]:
+def run_contenders(
+    corpus: Corpus, names: list[str], args: argparse.Namespace, work: Path, log: Any = print
+) -> dict[str, Result]:
     plan_file = work / "plan.json"
     plan_file.write_text(json.dumps(corpus.plan))
     results = {n: Result(n, contender_label(n, args)) for n in names}
@@ -563,8 +625,10 @@ def run_contenders(corpus: Corpus, names: list[str], args: argparse.Namespace, w
                 log(f"  {name} repeat {r + 1}: exit {sample.rc}\n{tail}")
                 continue
             res.samples.append(sample)
-            log(f"  {name:16s} repeat {r + 1}/{args.repeat}: wall {sample.wall:7.2f} s  "
-                f"cpu {sample.cpu:7.2f} s  peak RSS {sample.maxrss / MB:7.1f} MB")
+            log(
+                f"  {name:16s} repeat {r + 1}/{args.repeat}: wall {sample.wall:7.2f} s  "
+                f"cpu {sample.cpu:7.2f} s  peak RSS {sample.maxrss / MB:7.1f} MB"
+            )
             if args.tessq_verify and name not in CONTENDER_FUNCS:
                 vcmd = [sys.executable, "-m", "tessq", "--workspace", str(ws), "verify", "--json"]
                 if not name.startswith("alt:"):  # an older tessq (--alt-tessq) may have no --workers
@@ -573,16 +637,20 @@ def run_contenders(corpus: Corpus, names: list[str], args: argparse.Namespace, w
                 vs = measure(vcmd, run_dir / "verify-log.txt", env=venv, cwd=run_dir)
                 if vs.rc == 0:
                     res.verify_samples.append(vs)
-                log(f"  {name:16s} verify {r + 1}/{args.repeat}: wall {vs.wall:7.2f} s  cpu {vs.cpu:7.2f} s  "
-                    f"rc {vs.rc}  (verify / run = {vs.wall / sample.wall:.2f})")
+                log(
+                    f"  {name:16s} verify {r + 1}/{args.repeat}: wall {vs.wall:7.2f} s  cpu {vs.cpu:7.2f} s  "
+                    f"rc {vs.rc}  (verify / run = {vs.wall / sample.wall:.2f})"
+                )
             if r == 0:
                 res.out_bytes, res.files = slice_bytes(out)
                 if not args.no_verify:
                     t = time.perf_counter()
                     _, nfiles, problems = verify_output(corpus, out, args.workers)
                     res.verified = "bit-exact" if not problems else f"MISMATCH ({len(problems)})"
-                    log(f"    verify: {res.verified} ({nfiles} slices, {time.perf_counter() - t:.1f} s)"
-                        + "".join(f"\n      {p}" for p in problems[:5]))
+                    log(
+                        f"    verify: {res.verified} ({nfiles} slices, {time.perf_counter() - t:.1f} s)"
+                        + "".join(f"\n      {p}" for p in problems[:5])
+                    )
             if not args.keep_output:
                 shutil.rmtree(run_dir, ignore_errors=True)
     return results
@@ -605,8 +673,10 @@ def render(corpus: Corpus, results: dict[str, Result], args: argparse.Namespace)
     ref_name = tessq_reference(results)
     ref = results.get(ref_name) if ref_name else None
     lines = []
-    head = (f"{'contender':58s} {'wall s':>7s} {'img/h':>7s} {'MB/s':>6s} {'CPU s/img':>9s} "
-            f"{'peakRSS MB':>10s} {'out MB':>7s} {'vs Pil6':>7s} {'tessq x':>7s}  verified")
+    head = (
+        f"{'contender':58s} {'wall s':>7s} {'img/h':>7s} {'MB/s':>6s} {'CPU s/img':>9s} "
+        f"{'peakRSS MB':>10s} {'out MB':>7s} {'vs Pil6':>7s} {'tessq x':>7s}  verified"
+    )
     lines += [head, "-" * len(head)]
     for res in results.values():
         if not res.samples:
@@ -616,18 +686,25 @@ def render(corpus: Corpus, results: dict[str, Result], args: argparse.Namespace)
         lines.append(
             f"{res.label[:58]:58s} {res.wall:7.2f} {n / res.wall * 3600:7.0f} {raw / MB / res.wall:6.1f} "
             f"{res.cpu / n:9.2f} {res.maxrss / MB:10.0f} {res.out_bytes / MB:7.1f} "
-            f"{res.out_bytes / corpus.pillow6_bytes:7.3f} {speed}  {res.verified}")
+            f"{res.out_bytes / corpus.pillow6_bytes:7.3f} {speed}  {res.verified}"
+        )
     lines.append("")
-    lines.append(f"wall = median of {args.repeat}; CPU = user+sys of the whole process tree (median); "
-                 "peak RSS = largest single process (max over repeats);")
-    lines.append("vs Pil6 = slice bytes / Pillow default-level bytes; tessq x = contender wall / tessq wall "
-                 f"(>1: tessq faster); tessq row = {ref_name}")
+    lines.append(
+        f"wall = median of {args.repeat}; CPU = user+sys of the whole process tree (median); "
+        "peak RSS = largest single process (max over repeats);"
+    )
+    lines.append(
+        "vs Pil6 = slice bytes / Pillow default-level bytes; tessq x = contender wall / tessq wall "
+        f"(>1: tessq faster); tessq row = {ref_name}"
+    )
     for res in results.values():
         if res.verify_samples:
             vw = res.verify_wall or 0.0
-            lines.append(f"`tessq verify --workers {args.workers}` after {res.name}: wall {vw:.2f} s, "
-                         f"cpu {statistics.median(s.cpu for s in res.verify_samples):.2f} s, "
-                         f"verify / run = {vw / res.wall:.2f}")
+            lines.append(
+                f"`tessq verify --workers {args.workers}` after {res.name}: wall {vw:.2f} s, "
+                f"cpu {statistics.median(s.cpu for s in res.verify_samples):.2f} s, "
+                f"verify / run = {vw / res.wall:.2f}"
+            )
     if ref and ref.samples:
         lines.append("")
         lines.append("targets (issue 16):")
@@ -645,39 +722,51 @@ def targets(corpus: Corpus, results: dict[str, Result], ref: Result, args: argpa
     hand, vips_mt = results.get("hand"), results.get("pyvips-mt")
     if lib and lib.samples:
         r = ref.wall / lib.wall
-        out.append(f"  [{mark(r <= 0.65)}] tessq wall / library wall = {r:.3f} (<= 0.65); "
-                   f"CPU {ref.cpu / lib.cpu:.3f}")
+        out.append(f"  [{mark(r <= 0.65)}] tessq wall / library wall = {r:.3f} (<= 0.65); CPU {ref.cpu / lib.cpu:.3f}")
     if hand and hand.samples:
         r = ref.wall / hand.wall
-        out.append(f"  [{mark(r <= 0.85)}] tessq wall / hand-made libdeflate-L1 wall = {r:.3f} (<= 0.85); "
-                   f"CPU {ref.cpu / hand.cpu:.3f}")
+        out.append(
+            f"  [{mark(r <= 0.85)}] tessq wall / hand-made libdeflate-L1 wall = {r:.3f} (<= 0.85); "
+            f"CPU {ref.cpu / hand.cpu:.3f}"
+        )
     if naive and naive.samples:
         r = naive.wall / ref.wall
         out.append(f"  [{mark(r >= 5.0)}] naive wall / tessq wall = {r:.2f} (>= 5)")
     if vips and vips.samples:
         r, b = vips.wall / ref.wall, ref.out_bytes / vips.out_bytes
-        out.append(f"  [{mark(r > 1.0 and b <= 1.0)}] pyvips wall / tessq wall = {r:.2f} (> 1) at "
-                   f"tessq bytes / pyvips bytes = {b:.3f} (<= 1)")
+        out.append(
+            f"  [{mark(r > 1.0 and b <= 1.0)}] pyvips wall / tessq wall = {r:.2f} (> 1) at "
+            f"tessq bytes / pyvips bytes = {b:.3f} (<= 1)"
+        )
     if vips_mt and vips_mt.samples:
         r = ref.wall / vips_mt.wall
-        out.append(f"  [{mark(r <= 0.67)}] tessq wall / pyvips (1 proc, {args.workers} threads) wall = {r:.3f} "
-                   f"(<= 0.67); tessq CPU {ref.cpu:.1f} s = {ref.cpu / ref.wall * 100:.0f}% of one core")
+        out.append(
+            f"  [{mark(r <= 0.67)}] tessq wall / pyvips (1 proc, {args.workers} threads) wall = {r:.3f} "
+            f"(<= 0.67); tessq CPU {ref.cpu:.1f} s = {ref.cpu / ref.wall * 100:.0f}% of one core"
+        )
     if ref.verify_samples:
         r = (ref.verify_wall or 0.0) / ref.wall
         out.append(f"  [{mark(r <= 0.5)}] tessq verify wall / tessq run wall = {r:.3f} (<= 0.5)")
     b = ref.out_bytes / corpus.pillow6_bytes
     out.append(f"  [{mark(b <= 1.00)}] tessq bytes / Pillow default bytes = {b:.3f} (<= 1.00)")
     limit = 2 * corpus.max_slice_bytes + 200 * 1024 * 1024
-    out.append(f"  [{mark(ref.maxrss <= limit)}] tessq peak RSS (largest process) = {ref.maxrss / MB:.0f} MB "
-               f"(<= 2 x slice {corpus.max_slice_bytes / MB:.0f} MB + 200 MiB = {limit / MB:.0f} MB)")
+    out.append(
+        f"  [{mark(ref.maxrss <= limit)}] tessq peak RSS (largest process) = {ref.maxrss / MB:.0f} MB "
+        f"(<= 2 x slice {corpus.max_slice_bytes / MB:.0f} MB + 200 MiB = {limit / MB:.0f} MB)"
+    )
     return out
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus-dir", type=Path, default=Path(tempfile.gettempdir()) / "tessq-bench-corpus",
-                   help="cache of generated corpora (one sub-folder per corpus spec)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--corpus-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tessq-bench-corpus",
+        help="cache of generated corpora (one sub-folder per corpus spec)",
+    )
     p.add_argument("--work-dir", type=Path, default=None, help="where outputs go (default: a temp folder)")
     p.add_argument("--count", type=int, default=None, help="images (default 12; --large: 2)")
     p.add_argument("--width", type=int, default=None, help="default 4096 (--large: 16384)")
@@ -685,23 +774,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=3, choices=(1, 2, 3, 4))
     p.add_argument("--dtype", default="uint8", choices=("uint8", "uint16"))
     p.add_argument("--compression", default="none", help="TIFF compression of the corpus: none, lzw, zlib...")
-    p.add_argument("--layout", default=None, choices=("striped", "tiled", "mixed"),
-                   help="default striped (--large: mixed = alternately tiled and striped)")
+    p.add_argument(
+        "--layout",
+        default=None,
+        choices=("striped", "tiled", "mixed"),
+        help="default striped (--large: mixed = alternately tiled and striped)",
+    )
     p.add_argument("--tile", type=int, default=512, help="tile side for tiled layouts")
     p.add_argument("--rowsperstrip", type=int, default=64)
     p.add_argument("--pieces", type=int, default=8)
     p.add_argument("--large", action="store_true", help="16384x12288 images, tiled + striped; memory targets")
-    p.add_argument("--huge", action="store_true",
-                   help="ONE 16384x12288 tiled-deflate RGB image; tessq vs pyvips (1 process, --workers threads, "
-                        "compression 1, filter sub)")
+    p.add_argument(
+        "--huge",
+        action="store_true",
+        help="ONE 16384x12288 tiled-deflate RGB image; tessq vs pyvips (1 process, --workers threads, "
+        "compression 1, filter sub)",
+    )
     p.add_argument("--tessq-verify", action="store_true", help="time `tessq verify` after every tessq run")
-    p.add_argument("--png-presets", action="store_true",
-                   help="contenders: library + tessq --png fast|balanced|small (unless --contenders)")
-    p.add_argument("--archive", action="store_true",
-                   help="contenders: tessq on the corpus folder and on it packed as a tar, a stored zip and a "
-                        "deflated zip (issue #18; also tessq+tgz)")
-    p.add_argument("--contenders", default=None,
-                   help="comma list: naive, library, pyvips, tessq, tessq-<preset>, tessq[-<preset>]-l<N>")
+    p.add_argument(
+        "--png-presets",
+        action="store_true",
+        help="contenders: library + tessq --png fast|balanced|small (unless --contenders)",
+    )
+    p.add_argument(
+        "--archive",
+        action="store_true",
+        help="contenders: tessq on the corpus folder and on it packed as a tar, a stored zip and a "
+        "deflated zip (issue #18; also tessq+tgz)",
+    )
+    p.add_argument(
+        "--contenders",
+        default=None,
+        help="comma list: naive, library, pyvips, tessq, tessq-<preset>, tessq[-<preset>]-l<N>",
+    )
     p.add_argument("--repeat", type=int, default=None, help="runs per contender (median; default 3, large 1)")
     p.add_argument("--workers", type=int, default=2, help="processes for library, pyvips and tessq")
     p.add_argument("--library-level", type=int, default=1)
@@ -709,8 +814,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--vips-compression", type=int, default=6)
     p.add_argument("--vips-filter", default="sub", choices=sorted(PNG_FILTER))
     p.add_argument("--tessq-arg", action="append", default=[], help="extra `tessq run` argument (repeatable)")
-    p.add_argument("--alt-tessq", type=Path, default=None,
-                   help="folder holding a patched tessq/ package; contenders alt:tessq[...] run it")
+    p.add_argument(
+        "--alt-tessq",
+        type=Path,
+        default=None,
+        help="folder holding a patched tessq/ package; contenders alt:tessq[...] run it",
+    )
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--keep-output", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -734,9 +843,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def corpus_spec(args: argparse.Namespace) -> CorpusSpec:
-    return CorpusSpec(count=args.count, width=args.width, height=args.height, samples=args.samples,
-                      dtype=args.dtype, compression=args.compression, layout=args.layout, tile=args.tile,
-                      rowsperstrip=args.rowsperstrip, pieces=args.pieces)
+    return CorpusSpec(
+        count=args.count,
+        width=args.width,
+        height=args.height,
+        samples=args.samples,
+        dtype=args.dtype,
+        compression=args.compression,
+        layout=args.layout,
+        tile=args.tile,
+        rowsperstrip=args.rowsperstrip,
+        pieces=args.pieces,
+    )
 
 
 def choose_contenders(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -774,10 +892,15 @@ def machine_line() -> str:
     import PIL
     import tifffile
 
-    parts = [f"{os.cpu_count()} CPUs", platform.processor() or platform.machine(),
-             f"Python {platform.python_version()}", f"numpy {np.__version__}",
-             f"tifffile {tifffile.__version__}", f"imagecodecs {imagecodecs.__version__}",
-             f"Pillow {PIL.__version__}"]
+    parts = [
+        f"{os.cpu_count()} CPUs",
+        platform.processor() or platform.machine(),
+        f"Python {platform.python_version()}",
+        f"numpy {np.__version__}",
+        f"tifffile {tifffile.__version__}",
+        f"imagecodecs {imagecodecs.__version__}",
+        f"Pillow {PIL.__version__}",
+    ]
     try:
         import pyvips
 
@@ -802,11 +925,15 @@ def main(argv: list[str]) -> int:
     corpus = ensure_corpus(args.corpus_dir, spec, procs=max(args.workers, 1))
     n = spec.count
     print(f"machine: {machine_line()}")
-    print(f"corpus: {corpus.root}  {n} x {spec.width}x{spec.height}x{spec.samples} {spec.dtype}, "
-          f"{spec.layout}, compression {spec.compression}, {spec.pieces} slices each; "
-          f"{corpus.raw_bytes / MB:.1f} MB of pixels")
-    print(f"corpus PNG ratio: raw / {corpus.reference} = {corpus.raw_bytes / corpus.pillow6_bytes:.2f} "
-          f"({corpus.pillow6_bytes / MB:.1f} MB)")
+    print(
+        f"corpus: {corpus.root}  {n} x {spec.width}x{spec.height}x{spec.samples} {spec.dtype}, "
+        f"{spec.layout}, compression {spec.compression}, {spec.pieces} slices each; "
+        f"{corpus.raw_bytes / MB:.1f} MB of pixels"
+    )
+    print(
+        f"corpus PNG ratio: raw / {corpus.reference} = {corpus.raw_bytes / corpus.pillow6_bytes:.2f} "
+        f"({corpus.pillow6_bytes / MB:.1f} MB)"
+    )
     for note in notes:
         print(note)
     warm_cache(corpus)
@@ -824,12 +951,20 @@ def main(argv: list[str]) -> int:
     print(table)
     if args.json:
         payload = {
-            "machine": machine_line(), "corpus": asdict(spec), "raw_bytes": corpus.raw_bytes,
-            "pillow6_bytes": corpus.pillow6_bytes, "argv": argv,
-            "results": {k: {**{kk: vv for kk, vv in asdict(v).items() if kk != "samples"},
-                            "samples": [asdict(s) for s in v.samples],
-                            "wall": v.wall if v.samples else None, "cpu": v.cpu if v.samples else None}
-                        for k, v in results.items()},
+            "machine": machine_line(),
+            "corpus": asdict(spec),
+            "raw_bytes": corpus.raw_bytes,
+            "pillow6_bytes": corpus.pillow6_bytes,
+            "argv": argv,
+            "results": {
+                k: {
+                    **{kk: vv for kk, vv in asdict(v).items() if kk != "samples"},
+                    "samples": [asdict(s) for s in v.samples],
+                    "wall": v.wall if v.samples else None,
+                    "cpu": v.cpu if v.samples else None,
+                }
+                for k, v in results.items()
+            },
         }
         args.json.write_text(json.dumps(payload, indent=1))
     bad = [r for r in results.values() if r.note.startswith("FAILED") or r.verified.startswith("MISMATCH")]

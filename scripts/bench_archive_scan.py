@@ -38,8 +38,12 @@ def build(base: Path, count: int) -> list[Path]:
             write_tiff(tmp / f"b{i // 100:03d}/img_{i:06d}.tif", 64, 64, seed=i)
         tmp.rename(root)
     files = sorted(root.rglob("*.tif"))
-    packed = {"tar": base / f"tree-{count}.tar", "zip": base / f"tree-{count}.zip",
-              "zip-deflated": base / f"tree-{count}.deflated.zip", "tgz": base / f"tree-{count}.tar.gz"}
+    packed = {
+        "tar": base / f"tree-{count}.tar",
+        "zip": base / f"tree-{count}.zip",
+        "zip-deflated": base / f"tree-{count}.deflated.zip",
+        "tgz": base / f"tree-{count}.tar.gz",
+    }
     for kind, path in packed.items():
         if path.exists():
             continue
@@ -61,8 +65,12 @@ def scan_once(src: Path, out: Path) -> tuple[float, float]:
     shutil.rmtree(out, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSQ_")}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "tessq", "scan", str(src), "--out", str(out), "--min-size", "0",
-                             "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tessq", "scan", str(src), "--out", str(out), "--min-size", "0", "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"tessq scan {src} failed (status {status})")
@@ -91,8 +99,9 @@ def main(argv: list[str]) -> int:
     for src in sources:
         wall = statistics.median(w for w, _ in samples[src])
         cpu = statistics.median(c for _, c in samples[src])
-        print(f"  {src.name:28s} wall {wall:6.2f} s ({wall / ref_wall:4.2f}x)  "
-              f"cpu {cpu:6.2f} s ({cpu / ref_cpu:4.2f}x)")
+        print(
+            f"  {src.name:28s} wall {wall:6.2f} s ({wall / ref_wall:4.2f}x)  cpu {cpu:6.2f} s ({cpu / ref_cpu:4.2f}x)"
+        )
     return 0
 
 

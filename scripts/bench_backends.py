@@ -58,7 +58,8 @@ def fresh_pg() -> tuple[str, Any]:
     name = f"tessq_bench_{uuid.uuid4().hex[:8]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", lambda: admin.execute(
-        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    )
 
 
 def fresh_redis() -> str:
@@ -83,9 +84,25 @@ def run_once(backend: str, src: Path, workers: int, min_size: int) -> dict[str, 
         out = Path(tmp) / "out"
         try:
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "tessq", "--log-level", "WARNING", "run", str(src),
-                                   str(out), "--workers", str(workers), f"--min-size={min_size}", "--json"],
-                                  env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tessq",
+                    "--log-level",
+                    "WARNING",
+                    "run",
+                    str(src),
+                    str(out),
+                    "--workers",
+                    str(workers),
+                    f"--min-size={min_size}",
+                    "--json",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             wall = time.perf_counter() - started
             if proc.returncode != 0:
                 raise RuntimeError(f"{backend}: tessq run exited {proc.returncode}\n{proc.stderr[-2000:]}")
@@ -106,8 +123,10 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     src = corpus(args.n_images, width, height)
-    print(f"corpus: {args.n_images} images {width}x{height} RGB uncompressed ({src}); {args.workers} workers, "
-          f"{os.cpu_count()} CPUs, repeat {args.repeat}")
+    print(
+        f"corpus: {args.n_images} images {width}x{height} RGB uncompressed ({src}); {args.workers} workers, "
+        f"{os.cpu_count()} CPUs, repeat {args.repeat}"
+    )
     runs: dict[str, list[dict[str, Any]]] = {b: [] for b in BACKENDS}
     skipped: dict[str, str] = {}
     for _ in range(args.repeat):
@@ -137,8 +156,10 @@ def main() -> None:
     for backend, r in results.items():
         extra = r["wall_ms_per_image"] - base["wall_ms_per_image"] if base else float("nan")
         r["overhead_vs_sqlite_ms_per_image"] = round(extra, 1)
-        print(f"{backend:<16}{r['wall_s']:>8.2f}{r['images_per_s']:>8.1f}{r['wall_ms_per_image']:>9.1f}"
-              f"{r['job_system_ms_per_image']:>16.1f}{extra:>+18.1f}")
+        print(
+            f"{backend:<16}{r['wall_s']:>8.2f}{r['images_per_s']:>8.1f}{r['wall_ms_per_image']:>9.1f}"
+            f"{r['job_system_ms_per_image']:>16.1f}{extra:>+18.1f}"
+        )
     for backend, reason in skipped.items():
         print(f"{backend}: skipped ({reason})")
     if args.json:

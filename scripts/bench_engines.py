@@ -27,8 +27,16 @@ from tessq.cut import encode
 from tessq.samples import photo_like
 
 KINDS = {"rgb8": (3, "uint8"), "rgb16": (3, "uint16"), "gray8": (1, "uint8"), "flat": (3, "uint8")}
-ENGINES = [("zlib-ng-huffman", 1), ("zlib-ng-rle", 1), ("isal", 0), ("isal", 1), ("isal", 2), ("isal", 3),
-           ("libdeflate", 1), ("libdeflate", 4)]
+ENGINES = [
+    ("zlib-ng-huffman", 1),
+    ("zlib-ng-rle", 1),
+    ("isal", 0),
+    ("isal", 1),
+    ("isal", 2),
+    ("isal", 3),
+    ("libdeflate", 1),
+    ("libdeflate", 4),
+]
 
 
 def slices_of(kind: str, h: int = 3072, w: int = 4096) -> list[np.ndarray]:
@@ -37,8 +45,11 @@ def slices_of(kind: str, h: int = 3072, w: int = 4096) -> list[np.ndarray]:
     if kind == "flat":  # an aerial mosaic's nodata border + a flat graphic block
         img[:, : w // 3] = 0
         img[h // 2 :, w // 2 :] = (200, 180, 40)
-    return [np.ascontiguousarray(img[r * h // 2 : (r + 1) * h // 2, c * w // 4 : (c + 1) * w // 4])
-            for r in range(2) for c in range(4)]
+    return [
+        np.ascontiguousarray(img[r * h // 2 : (r + 1) * h // 2, c * w // 4 : (c + 1) * w // 4])
+        for r in range(2)
+        for c in range(4)
+    ]
 
 
 def pillow6(a: np.ndarray) -> int:
@@ -62,8 +73,10 @@ def main(argv: list[str]) -> None:
         raw = sum(s.nbytes for s in sl)
         kind = encode.slice_kind(dtype, samples, "rgb" if samples == 3 else "minisblack")
         ref = sum(pillow6(s) for s in sl)
-        print(f"# {name}: {len(sl)} slices {sl[0].shape} {dtype}, {raw / 1e6:.1f} MB raw, "
-              f"Pillow-6 ratio {raw / ref:.2f}", flush=True)
+        print(
+            f"# {name}: {len(sl)} slices {sl[0].shape} {dtype}, {raw / 1e6:.1f} MB raw, Pillow-6 ratio {raw / ref:.2f}",
+            flush=True,
+        )
         rows = []
         for method in args.filters.split(","):
             for engine, level in ENGINES:

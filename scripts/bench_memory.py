@@ -152,9 +152,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     results["imread"] = run_child(CHILD_IMREAD, str(paths["tiled"]))
     base = results["imread"]["vmhwm_kb"] * 1024
-    print(
-        f"{'run':26s} {'peak RSS':>10s} {'vs bound':>9s} {'vs imread':>10s} {'wall':>7s}  (VmHWM; ru_maxrss)"
-    )
+    print(f"{'run':26s} {'peak RSS':>10s} {'vs bound':>9s} {'vs imread':>10s} {'wall':>7s}  (VmHWM; ru_maxrss)")
     for name, res in results.items():
         rss = res["vmhwm_kb"] * 1024
         label = f"tessq slicing, {name}" if name != "imread" else "tifffile.imread (baseline)"

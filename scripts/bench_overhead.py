@@ -136,8 +136,10 @@ def run_bare(args: argparse.Namespace, src: Path, run_dir: Path) -> bench.Sample
 
 
 def run_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    print(f"\n== per-image overhead: {args.n_images} images {args.size}x{args.size}x{args.samples} uint8, "
-          f"tessq run --workers {args.workers}")
+    print(
+        f"\n== per-image overhead: {args.n_images} images {args.size}x{args.size}x{args.samples} uint8, "
+        f"tessq run --workers {args.workers}"
+    )
     src = overhead_corpus(args.corpus_dir, args.n_images, args.size, args.samples)
     bench.warm_cache_dir(src)
     runs, bares = [], []
@@ -147,8 +149,7 @@ def run_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         run_dir = work / f"overhead-r{r}"
         ws, out = run_dir / "ws", run_dir / "out"
         ws.mkdir(parents=True)
-        cmd = tessq_cmd(ws, "run", str(src), str(out), "--workers", str(args.workers), "--min-size", "0",
-                        "--json")
+        cmd = tessq_cmd(ws, "run", str(src), str(out), "--workers", str(args.workers), "--min-size", "0", "--json")
         s = bench.measure(cmd, run_dir / "log.txt", cwd=run_dir)
         if s.rc != 0:
             raise SystemExit(f"tessq run failed (rc {s.rc}); see {run_dir / 'log.txt'}")
@@ -160,14 +161,20 @@ def run_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 sums[key] += float(timings.get(key, 0.0))
             count += 1
         runs.append((s, sums, count, steady_seconds(ws)))
-        print(f"  run {r + 1}: wall {s.wall:.2f} s (first claim to last finish {runs[-1][3]:.2f} s), CPU "
-              f"{s.cpu:.2f} s, peak RSS {s.maxrss / MB:.0f} MB, {count} batch_metadata.json files")
+        print(
+            f"  run {r + 1}: wall {s.wall:.2f} s (first claim to last finish {runs[-1][3]:.2f} s), CPU "
+            f"{s.cpu:.2f} s, peak RSS {s.maxrss / MB:.0f} MB, {count} batch_metadata.json files"
+        )
         if not args.keep_output:
             shutil.rmtree(run_dir, ignore_errors=True)
     # cross-check: the core alone, in one process, no job system, on a sample of the same files
     core_dir = work / "core-alone"
-    proc = subprocess.run([sys.executable, "-c", CORE_SNIPPET, str(src), str(core_dir), str(args.core_sample)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CORE_SNIPPET, str(src), str(core_dir), str(args.core_sample)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     core = json.loads(proc.stdout)
     core_times, core_cpu = core["wall"], core["cpu"]
     shutil.rmtree(core_dir, ignore_errors=True)
@@ -177,8 +184,15 @@ def run_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     worker_s = s.wall * w
     pixel = sums["read_s"] + sums["encode_s"]
     res = {
-        "n": n, "workers": w, "wall_s": s.wall, "cpu_s": s.cpu, "peak_rss_mb": s.maxrss / MB, "images_seen": count,
-        "sum_read_s": sums["read_s"], "sum_encode_s": sums["encode_s"], "sum_write_s": sums["write_s"],
+        "n": n,
+        "workers": w,
+        "wall_s": s.wall,
+        "cpu_s": s.cpu,
+        "peak_rss_mb": s.maxrss / MB,
+        "images_seen": count,
+        "sum_read_s": sums["read_s"],
+        "sum_encode_s": sums["encode_s"],
+        "sum_write_s": sums["write_s"],
         "sum_total_s": sums["total_s"],
         "overhead_beyond_read_encode_ms": (worker_s - pixel) / n * 1000,
         "overhead_beyond_encode_only_ms": (worker_s - sums["encode_s"]) / n * 1000,
@@ -193,39 +207,62 @@ def run_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "core_alone_cpu_mean_ms": statistics.mean(core_cpu) * 1000,
         "cpu_overhead_vs_core_alone_ms": (s.cpu - statistics.mean(core_cpu) * n) / n * 1000,
         "images_per_hour": n / s.wall * 3600,
-        "bare_wall_s": bare.wall, "bare_cpu_s": bare.cpu,
+        "bare_wall_s": bare.wall,
+        "bare_cpu_s": bare.cpu,
         "added_beyond_bare_ms": (s.wall - bare.wall) * w / n * 1000,
         "added_cpu_beyond_bare_ms": (s.cpu - bare.cpu) / n * 1000,
         "wall_ratio_vs_bare": s.wall / bare.wall,
     }
-    print(f"  wall {s.wall:.2f} s x {w} workers = {worker_s:.1f} worker-s for {n} images "
-          f"({res['images_per_hour']:.0f} images/h, CPU {res['cpu_per_image_ms']:.1f} ms/image)")
-    print(f"  per image, from batch_metadata.json: read {sums['read_s'] / n * 1000:.1f} ms, encode "
-          f"{sums['encode_s'] / n * 1000:.1f} ms, write {sums['write_s'] / n * 1000:.1f} ms, core total "
-          f"{sums['total_s'] / n * 1000:.1f} ms")
-    print(f"  core alone in one process (sample of {len(core_times)}): mean {res['core_alone_mean_ms']:.1f} ms, "
-          f"median {res['core_alone_median_ms']:.1f} ms wall; CPU {res['core_alone_cpu_mean_ms']:.1f} ms")
-    print(f"  CPU beyond the core (load-robust): (run CPU - N x core CPU) / N = "
-          f"{res['cpu_overhead_vs_core_alone_ms']:.1f} ms per image")
-    print(f"  bare pipeline (same encoder, same files, {w} processes, median of {len(bares)}): wall "
-          f"{bare.wall:.2f} s, CPU {bare.cpu:.2f} s; tessq / bare wall = {res['wall_ratio_vs_bare']:.3f}")
+    print(
+        f"  wall {s.wall:.2f} s x {w} workers = {worker_s:.1f} worker-s for {n} images "
+        f"({res['images_per_hour']:.0f} images/h, CPU {res['cpu_per_image_ms']:.1f} ms/image)"
+    )
+    print(
+        f"  per image, from batch_metadata.json: read {sums['read_s'] / n * 1000:.1f} ms, encode "
+        f"{sums['encode_s'] / n * 1000:.1f} ms, write {sums['write_s'] / n * 1000:.1f} ms, core total "
+        f"{sums['total_s'] / n * 1000:.1f} ms"
+    )
+    print(
+        f"  core alone in one process (sample of {len(core_times)}): mean {res['core_alone_mean_ms']:.1f} ms, "
+        f"median {res['core_alone_median_ms']:.1f} ms wall; CPU {res['core_alone_cpu_mean_ms']:.1f} ms"
+    )
+    print(
+        f"  CPU beyond the core (load-robust): (run CPU - N x core CPU) / N = "
+        f"{res['cpu_overhead_vs_core_alone_ms']:.1f} ms per image"
+    )
+    print(
+        f"  bare pipeline (same encoder, same files, {w} processes, median of {len(bares)}): wall "
+        f"{bare.wall:.2f} s, CPU {bare.cpu:.2f} s; tessq / bare wall = {res['wall_ratio_vs_bare']:.3f}"
+    )
     ok = res["added_beyond_bare_ms"] <= 15
-    print(f"  [{'PASS' if ok else 'MISS'}] time tessq adds per image beyond the bare pipeline, measured in this run "
-          f"= (tessq wall - bare wall) x W / N = {res['added_beyond_bare_ms']:.1f} ms (<= 15); CPU "
-          f"{res['added_cpu_beyond_bare_ms']:.1f} ms")
+    print(
+        f"  [{'PASS' if ok else 'MISS'}] time tessq adds per image beyond the bare pipeline, measured in this run "
+        f"= (tessq wall - bare wall) x W / N = {res['added_beyond_bare_ms']:.1f} ms (<= 15); CPU "
+        f"{res['added_cpu_beyond_bare_ms']:.1f} ms"
+    )
     ok = res["overhead_beyond_read_encode_ms"] <= 15
-    print(f"  [{'PASS' if ok else 'MISS'}] stricter: time beyond reading+encoding per image, counting the slice "
-          f"writes as overhead = (wall x W - sum(read_s + encode_s)) / N = "
-          f"{res['overhead_beyond_read_encode_ms']:.1f} ms (<= 15)")
-    print(f"  [info] the same from the first claim to the last finish, i.e. without the one-time "
-          f"{res['fixed_start_exit_s']:.2f} s of start-up, scan and exit (scan speed is its own target below): "
-          f"{res['overhead_steady_ms']:.1f} ms per image")
-    print(f"      of which in the core, not pixels (slice+metadata writes, hashing, rename): "
-          f"{res['in_core_non_pixel_ms']:.1f} ms;")
-    print(f"      job system (start-up, scan, queue, claim, lease, row update, drain, report): "
-          f"{res['job_system_ms']:.1f} ms")
-    print(f"  beyond encode_s only: {res['overhead_beyond_encode_only_ms']:.1f} ms; beyond the core run alone: "
-          f"{res['overhead_vs_core_alone_ms']:.1f} ms")
+    print(
+        f"  [{'PASS' if ok else 'MISS'}] stricter: time beyond reading+encoding per image, counting the slice "
+        f"writes as overhead = (wall x W - sum(read_s + encode_s)) / N = "
+        f"{res['overhead_beyond_read_encode_ms']:.1f} ms (<= 15)"
+    )
+    print(
+        f"  [info] the same from the first claim to the last finish, i.e. without the one-time "
+        f"{res['fixed_start_exit_s']:.2f} s of start-up, scan and exit (scan speed is its own target below): "
+        f"{res['overhead_steady_ms']:.1f} ms per image"
+    )
+    print(
+        f"      of which in the core, not pixels (slice+metadata writes, hashing, rename): "
+        f"{res['in_core_non_pixel_ms']:.1f} ms;"
+    )
+    print(
+        f"      job system (start-up, scan, queue, claim, lease, row update, drain, report): "
+        f"{res['job_system_ms']:.1f} ms"
+    )
+    print(
+        f"  beyond encode_s only: {res['overhead_beyond_encode_only_ms']:.1f} ms; beyond the core run alone: "
+        f"{res['overhead_vs_core_alone_ms']:.1f} ms"
+    )
     return res
 
 
@@ -283,32 +320,40 @@ def run_scan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     run_dir = work / "scan-cli"
     ws, out = run_dir / "ws", run_dir / "out"
     ws.mkdir(parents=True)
-    s = bench.measure(tessq_cmd(ws, "scan", str(src), "--out", str(out), "--json"), run_dir / "log.txt",
-                      cwd=run_dir)
+    s = bench.measure(tessq_cmd(ws, "scan", str(src), "--out", str(out), "--json"), run_dir / "log.txt", cwd=run_dir)
     if s.rc != 0:
         raise SystemExit(f"tessq scan failed (rc {s.rc}); see {run_dir / 'log.txt'}")
     res.update(cli_wall_s=s.wall, cli_cpu_s=s.cpu, cli_files_per_s=n / s.wall, cli_peak_rss_mb=s.maxrss / MB)
-    print(f"  tessq scan (CLI, fresh workspace): {s.wall:.2f} s wall, {s.cpu:.2f} s CPU, peak RSS "
-          f"{s.maxrss / MB:.0f} MB -> {n / s.wall:.0f} files/s")
-    s2 = bench.measure(tessq_cmd(ws, "scan", str(src), "--out", str(out), "--json"), run_dir / "log2.txt",
-                       cwd=run_dir)
+    print(
+        f"  tessq scan (CLI, fresh workspace): {s.wall:.2f} s wall, {s.cpu:.2f} s CPU, peak RSS "
+        f"{s.maxrss / MB:.0f} MB -> {n / s.wall:.0f} files/s"
+    )
+    s2 = bench.measure(tessq_cmd(ws, "scan", str(src), "--out", str(out), "--json"), run_dir / "log2.txt", cwd=run_dir)
     res.update(rescan_wall_s=s2.wall, rescan_files_per_s=n / s2.wall)
     print(f"  tessq scan again (nothing changed, same workspace): {s2.wall:.2f} s -> {n / s2.wall:.0f} files/s")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir = work / "scan-inproc"
     (run_dir / "ws").mkdir(parents=True)
-    proc = subprocess.run([sys.executable, "-c", SCAN_SNIPPET, str(run_dir / "ws"), str(src), str(run_dir / "out")],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCAN_SNIPPET, str(run_dir / "ws"), str(src), str(run_dir / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     inproc = json.loads(proc.stdout.strip().splitlines()[-1])
     shutil.rmtree(run_dir, ignore_errors=True)
     res.update(inproc)
     res["scan_files_per_s"] = n / inproc["scan_enqueue_s"]
-    print(f"  in-process: import {inproc['import_s']:.2f} s, open workspace {inproc['open_s']:.2f} s, "
-          f"scan_and_enqueue {inproc['scan_enqueue_s']:.2f} s -> {res['scan_files_per_s']:.0f} files/s "
-          f"({inproc['found']} found, {inproc['queued']} queued)")
+    print(
+        f"  in-process: import {inproc['import_s']:.2f} s, open workspace {inproc['open_s']:.2f} s, "
+        f"scan_and_enqueue {inproc['scan_enqueue_s']:.2f} s -> {res['scan_files_per_s']:.0f} files/s "
+        f"({inproc['found']} found, {inproc['queued']} queued)"
+    )
     ok = res["cli_files_per_s"] >= 2000
-    print(f"  [{'PASS' if ok else 'MISS'}] scan rate (CLI wall, start-up included) = {res['cli_files_per_s']:.0f} "
-          "files/s (>= 2000)")
+    print(
+        f"  [{'PASS' if ok else 'MISS'}] scan rate (CLI wall, start-up included) = {res['cli_files_per_s']:.0f} "
+        "files/s (>= 2000)"
+    )
     return res
 
 
@@ -329,9 +374,11 @@ def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     spec = bench.corpus_spec(bargs)
     corpus = bench.ensure_corpus(args.corpus_dir, spec)
     counts = [int(x) for x in args.scaling_workers.split(",")]
-    print(f"\n== scaling: tessq run --workers {'|'.join(map(str, counts))} on {spec.count} x "
-          f"{spec.width}x{spec.height}x{spec.samples} {spec.dtype} ({corpus.raw_bytes / MB:.0f} MB), "
-          f"{args.repeat} repeats interleaved; {os.cpu_count()} CPUs")
+    print(
+        f"\n== scaling: tessq run --workers {'|'.join(map(str, counts))} on {spec.count} x "
+        f"{spec.width}x{spec.height}x{spec.samples} {spec.dtype} ({corpus.raw_bytes / MB:.0f} MB), "
+        f"{args.repeat} repeats interleaved; {os.cpu_count()} CPUs"
+    )
     bench.warm_cache(corpus)
     samples: dict[int, list[bench.Sample]] = {c: [] for c in counts}
     steady: dict[int, list[float]] = {c: [] for c in counts}
@@ -346,38 +393,56 @@ def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 raise SystemExit(f"tessq run --workers {c} failed (rc {s.rc}); see {run_dir / 'log.txt'}")
             samples[c].append(s)
             steady[c].append(steady_seconds(ws))
-            print(f"  workers {c} repeat {r + 1}: wall {s.wall:.2f} s (first claim to last finish "
-                  f"{steady[c][-1]:.2f} s), CPU {s.cpu:.2f} s, peak RSS {s.maxrss / MB:.0f} MB")
+            print(
+                f"  workers {c} repeat {r + 1}: wall {s.wall:.2f} s (first claim to last finish "
+                f"{steady[c][-1]:.2f} s), CPU {s.cpu:.2f} s, peak RSS {s.maxrss / MB:.0f} MB"
+            )
             if not args.keep_output:
                 shutil.rmtree(run_dir, ignore_errors=True)
     n = spec.count
     res: dict[str, Any] = {"images": n, "by_workers": {}}
-    print(f"  {'workers':>7s} {'wall s':>7s} {'steady s':>8s} {'img/h':>7s} {'steady img/h':>12s} {'CPU s/img':>9s} "
-          f"{'peakRSS MB':>10s}")
+    print(
+        f"  {'workers':>7s} {'wall s':>7s} {'steady s':>8s} {'img/h':>7s} {'steady img/h':>12s} {'CPU s/img':>9s} "
+        f"{'peakRSS MB':>10s}"
+    )
     for c in counts:
         wall = statistics.median(x.wall for x in samples[c])
         busy = statistics.median(steady[c])
         cpu = statistics.median(x.cpu for x in samples[c])
         rss = max(x.maxrss for x in samples[c])
-        res["by_workers"][c] = {"wall_s": wall, "steady_s": busy, "cpu_s": cpu, "peak_rss_mb": rss / MB,
-                                "images_per_hour": n / wall * 3600, "steady_images_per_hour": n / busy * 3600}
-        print(f"  {c:7d} {wall:7.2f} {busy:8.2f} {n / wall * 3600:7.0f} {n / busy * 3600:12.0f} {cpu / n:9.2f} "
-              f"{rss / MB:10.0f}")
+        res["by_workers"][c] = {
+            "wall_s": wall,
+            "steady_s": busy,
+            "cpu_s": cpu,
+            "peak_rss_mb": rss / MB,
+            "images_per_hour": n / wall * 3600,
+            "steady_images_per_hour": n / busy * 3600,
+        }
+        print(
+            f"  {c:7d} {wall:7.2f} {busy:8.2f} {n / wall * 3600:7.0f} {n / busy * 3600:12.0f} {cpu / n:9.2f} "
+            f"{rss / MB:10.0f}"
+        )
     bw = res["by_workers"]
     if 1 in bw and 2 in bw:
         r21 = bw[1]["wall_s"] / bw[2]["wall_s"]
         s21 = bw[1]["steady_s"] / bw[2]["steady_s"]
         res["ratio_2_vs_1"], res["steady_ratio_2_vs_1"] = r21, s21
         fixed = statistics.median(x.wall for x in samples[2]) - bw[2]["steady_s"]
-        print(f"  [{'PASS' if s21 >= 1.8 else 'MISS'}] throughput 2 workers / 1 worker, first claim to last finish "
-              f"= {s21:.2f} (>= 1.8)")
-        print(f"  [{'PASS' if r21 >= 1.8 else 'MISS'}] the same, end to end incl. the fixed {fixed:.2f} s of "
-              f"start-up and exit = {r21:.2f} (>= 1.8)")
+        print(
+            f"  [{'PASS' if s21 >= 1.8 else 'MISS'}] throughput 2 workers / 1 worker, first claim to last finish "
+            f"= {s21:.2f} (>= 1.8)"
+        )
+        print(
+            f"  [{'PASS' if r21 >= 1.8 else 'MISS'}] the same, end to end incl. the fixed {fixed:.2f} s of "
+            f"start-up and exit = {r21:.2f} (>= 1.8)"
+        )
     if 2 in bw and 6 in bw:
         r62 = bw[2]["wall_s"] / bw[6]["wall_s"]
         res["ratio_6_vs_2"] = r62
-        print(f"  [{'PASS' if r62 >= 0.97 else 'MISS'}] throughput 6 workers / 2 workers = {r62:.2f} "
-              "(>= 1 within noise: 0.97)")
+        print(
+            f"  [{'PASS' if r62 >= 0.97 else 'MISS'}] throughput 6 workers / 2 workers = {r62:.2f} "
+            "(>= 1 within noise: 0.97)"
+        )
     return res
 
 

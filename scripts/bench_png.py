@@ -68,9 +68,7 @@ def main(height: int = 3072, width: int = 4096, samples: int = 3, dtype: str = "
                 a, kind, m, "libdeflate", lv
             )
     for method in ("up", "sub", "avg"):
-        candidates[f"{method:5s} + zlib-ng Z_RLE"] = lambda a, m=method: encode.png_encode(
-            a, kind, m, "zlib-ng-rle", 1
-        )
+        candidates[f"{method:5s} + zlib-ng Z_RLE"] = lambda a, m=method: encode.png_encode(a, kind, m, "zlib-ng-rle", 1)
     ref = None
     print(f"{len(slices)} slices of {slices[0].shape} {dtype}, {raw / 1e6:.1f} MB raw")
     print(f"{'encoder':36s} {'MB/s':>7s} {'bytes':>12s} {'vs ref':>7s} {'ratio':>6s}")

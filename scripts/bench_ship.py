@@ -75,14 +75,18 @@ def bench_export(out: Path, dirs: list[str], work: Path, nbytes: int) -> None:
     t_verify, _ = timed(lambda: verify_archive(dest, [(i, s) for i, s in _entries(dest)]))
     results = [("tessq export_zip (write + verify)", t_ours)]
     if shutil.which("zip"):
-        t_zip, _ = timed(lambda: subprocess.run(["zip", "-r", "-q", str(work / "zip.zip"), "."], cwd=out,
-                                                check=True))
+        t_zip, _ = timed(lambda: subprocess.run(["zip", "-r", "-q", str(work / "zip.zip"), "."], cwd=out, check=True))
         results.append(("zip -r (deflates everything)", t_zip))
         stored_png = ["zip", "-r", "-q", "-n", ".png", str(work / "zipn.zip"), "."]
         t_zip_n, _ = timed(lambda: subprocess.run(stored_png, cwd=out, check=True))
         results.append(("zip -r -n .png (stores PNG)", t_zip_n))
-    t_py, _ = timed(lambda: subprocess.run([sys.executable, "-m", "zipfile", "-c", str(work / "py.zip"),
-                                            *sorted(p.name for p in out.iterdir())], cwd=out, check=True))
+    t_py, _ = timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "zipfile", "-c", str(work / "py.zip"), *sorted(p.name for p in out.iterdir())],
+            cwd=out,
+            check=True,
+        )
+    )
     results.append(("python -m zipfile -c (deflates everything)", t_py))
     for name, seconds in results:
         print(row(name, seconds, nbytes, t_ours))
@@ -107,9 +111,7 @@ def add_latency(client: object, rtt_ms: float) -> None:
         client.meta.events.register("before-send.s3", lambda **_: time.sleep(rtt_ms / 1000))  # type: ignore[attr-defined]
 
 
-def bench_upload(
-    out: Path, dirs: list[str], work: Path, nbytes: int, concurrencies: list[int], rtt_ms: float
-) -> None:
+def bench_upload(out: Path, dirs: list[str], work: Path, nbytes: int, concurrencies: list[int], rtt_ms: float) -> None:
     """Each contender gets a fresh moto server: moto keeps objects in memory and slows as it fills."""
     import boto3
 
@@ -117,8 +119,10 @@ def bench_upload(
 
     os.environ.update(DUMMY_ENV)
     files = files_to_ship(out, dirs)
-    print(f"S3 upload to a fresh moto_server on 127.0.0.1 per contender ({len(files)} files, "
-          f"{rtt_ms:g} ms added per request)")
+    print(
+        f"S3 upload to a fresh moto_server on 127.0.0.1 per contender ({len(files)} files, "
+        f"{rtt_ms:g} ms added per request)"
+    )
     db.open_database(f"sqlite:///{work}/ledger.db")
     db.create_schema()
     ledger = db.UploadLedger()
@@ -139,21 +143,26 @@ def bench_upload(
         def loop() -> None:
             for path, rel in files:
                 s3.upload_file(str(path), bucket, f"processed-images/{rel}")  # type: ignore[attr-defined]
+
         return timed(loop)[0]
 
     def ours(concurrency: int) -> Callable[[object, str, str], tuple[float, float, dict]]:
         """First upload, then a re-run against the same bucket that must find nothing to send."""
+
         def run(s3: object, bucket: str, endpoint: str) -> tuple[float, float, dict]:
             url = f"s3://{bucket}/processed-images"
             client = make_client(endpoint, None, concurrency)
             add_latency(client, rtt_ms)
-            again = lambda: upload_outputs(files, url, ledger=ledger, client=client,  # noqa: E731
-                                           concurrency=concurrency)
+
+            def again() -> dict:
+                return upload_outputs(files, url, ledger=ledger, client=client, concurrency=concurrency)
+
             t_first, first = timed(again)
             t_rerun, rerun = timed(again)
             assert isinstance(first, dict) and isinstance(rerun, dict)
             assert not first["failed"] and rerun["uploaded"] == 0, (first, rerun)
             return t_first, t_rerun, rerun
+
         return run
 
     t_naive = on_fresh_server(naive)
@@ -169,10 +178,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="size of the generated tree (default 1024)")
     parser.add_argument("--tree", type=Path, help="an existing output tree instead of a generated one")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 2],
-                        help="upload_outputs concurrencies to measure (the first is the ratio reference)")
-    parser.add_argument("--rtt-ms", type=float, default=0.0,
-                        help="latency added before every S3 request, to mimic a remote region (default 0)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[8, 2],
+        help="upload_outputs concurrencies to measure (the first is the ratio reference)",
+    )
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="latency added before every S3 request, to mimic a remote region (default 0)",
+    )
     parser.add_argument("--skip-export", action="store_true")
     parser.add_argument("--skip-upload", action="store_true")
     args = parser.parse_args()

@@ -99,13 +99,30 @@ def make_tiff(tags: dict[int, tuple[int, list[int]]], data: bytes = b"", next_if
             entries += struct.pack("<HHII", tag, typ, len(vals), ext_off + len(ext))
             ext += raw + (b"\0" if len(raw) % 2 else b"")
     nxt = ifd_off if next_ifd == "self" else int(next_ifd)
-    return b"II*\0" + struct.pack("<I", ifd_off) + data + pad + struct.pack("<H", len(tags)) + entries \
-        + struct.pack("<I", nxt) + ext
+    return (
+        b"II*\0"
+        + struct.pack("<I", ifd_off)
+        + data
+        + pad
+        + struct.pack("<H", len(tags))
+        + entries
+        + struct.pack("<I", nxt)
+        + ext
+    )
 
 
 def gray_tags(w: int, h: int, offsets: list[int], counts: list[int], rows: int, compression: int = 1) -> dict:
-    return {256: (4, [w]), 257: (4, [h]), 258: (3, [8]), 259: (3, [compression]), 262: (3, [1]),
-            273: (4, offsets), 277: (3, [1]), 278: (4, [rows]), 279: (4, counts)}
+    return {
+        256: (4, [w]),
+        257: (4, [h]),
+        258: (3, [8]),
+        259: (3, [compression]),
+        262: (3, [1]),
+        273: (4, offsets),
+        277: (3, [1]),
+        278: (4, [rows]),
+        279: (4, counts),
+    }
 
 
 def bad_files() -> dict[str, tuple[bytes, str]]:
@@ -117,8 +134,18 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
     shutil.rmtree(good.parent)
     blob = zlib.compress(b"\0" * 256)
     pixels = bytes(range(256)) * 16  # 64x64 gray
-    tile_tags = {256: (4, [256]), 257: (4, [256]), 258: (3, [8]), 259: (3, [8]), 262: (3, [1]), 277: (3, [1]),
-                 322: (4, [1 << 30]), 323: (4, [1 << 30]), 324: (4, [8]), 325: (4, [len(blob)])}
+    tile_tags = {
+        256: (4, [256]),
+        257: (4, [256]),
+        258: (3, [8]),
+        259: (3, [8]),
+        262: (3, [1]),
+        277: (3, [1]),
+        322: (4, [1 << 30]),
+        323: (4, [1 << 30]),
+        324: (4, [8]),
+        325: (4, [len(blob)]),
+    }
     zero_tile = {**tile_tags, 322: (4, [0]), 323: (4, [0])}
     return {
         "zero_bytes.tif": (b"", "fail"),
@@ -127,14 +154,16 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "png_named.tif": (b"\x89PNG\r\n\x1a\n" + os.urandom(300), "fail"),
         "text_named.TIFF": (b"these are field notes, not an image\n" * 20, "fail"),
         "jpeg_named.tif": (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(200), "fail"),
-        "bomb_100000x100000_nodata.tif": (make_tiff(gray_tags(100000, 100000, [8], [16], 100000), b"\0" * 16),
-                                          "fail"),
+        "bomb_100000x100000_nodata.tif": (make_tiff(gray_tags(100000, 100000, [8], [16], 100000), b"\0" * 16), "fail"),
         "bomb_100000x100000_past_eof.tif": (
-            make_tiff(gray_tags(100000, 100000, [8], [4_294_967_295], 100000), b"\0" * 16), "fail"),
-        "ifd_self_loop.tif": (make_tiff(gray_tags(64, 64, [8], [4096], 64), pixels, next_ifd="self"),
-                              "fail_or_exact"),
-        "ifd_loop_no_data.tif": (make_tiff({256: (4, [64]), 257: (4, [64]), 258: (3, [8]), 262: (3, [1])},
-                                           b"", next_ifd="self"), "fail"),
+            make_tiff(gray_tags(100000, 100000, [8], [4_294_967_295], 100000), b"\0" * 16),
+            "fail",
+        ),
+        "ifd_self_loop.tif": (make_tiff(gray_tags(64, 64, [8], [4096], 64), pixels, next_ifd="self"), "fail_or_exact"),
+        "ifd_loop_no_data.tif": (
+            make_tiff({256: (4, [64]), 257: (4, [64]), 258: (3, [8]), 262: (3, [1])}, b"", next_ifd="self"),
+            "fail",
+        ),
         "absurd_tile_2e30.tif": (make_tiff(tile_tags, blob), "fail"),
         "zero_tile_size.tif": (make_tiff(zero_tile, blob), "fail"),
         "strip_count_mismatch.tif": (make_tiff(gray_tags(64, 64, [8, 8, 8], [16, 16], 1), b"\0" * 64), "fail"),
@@ -161,9 +190,10 @@ class Tree:
         """A hard-linked copy with n_good good images (largest first half, random rest), smalls and bad files."""
         ordered = sorted(self.good, key=lambda r: -(self.root / r).stat().st_size)
         big = ordered[: max(1, n_good // 4)]
-        rest = rng.sample(ordered[len(big):], min(len(ordered) - len(big), n_good - len(big)))
-        out = Tree(dest, good=set(big) | set(rest), small=set(sorted(self.small)[:3]),
-                   bad=dict(self.bad) if with_bad else {})
+        rest = rng.sample(ordered[len(big) :], min(len(ordered) - len(big), n_good - len(big)))
+        out = Tree(
+            dest, good=set(big) | set(rest), small=set(sorted(self.small)[:3]), bad=dict(self.bad) if with_bad else {}
+        )
         for rel in out.good | out.small | set(out.bad):
             link(self.root / rel, dest / rel)
         for jpg in self.root.rglob("*.jpg"):
@@ -237,14 +267,16 @@ class Tessq:
         return [*self.prefix, sys.executable, "-m", "tessq", *args]
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), env=self.env, cwd=self.base, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            self.argv(*args), env=self.env, cwd=self.base, capture_output=True, text=True, timeout=timeout
+        )
 
     def popen(self, *args: str) -> subprocess.Popen[bytes]:
         self._n += 1
         log = open(self.logs / f"{self._n:03d}-{args[0]}.log", "wb")  # noqa: SIM115 - kept open by the child
-        proc = subprocess.Popen(self.argv(*args), env=self.env, cwd=self.base, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            self.argv(*args), env=self.env, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         return proc
 
@@ -278,16 +310,19 @@ class Tessq:
         return self.query("SELECT i.*, j.input_dir, j.output_dir FROM image i JOIN job j ON j.id = i.job_id")
 
     def running(self) -> list[dict[str, Any]]:
-        return self.query("SELECT id, rel_path, worker, attempts, pixel_bytes, started_at FROM image "
-                          "WHERE status='running' ORDER BY pixel_bytes DESC")
+        return self.query(
+            "SELECT id, rel_path, worker, attempts, pixel_bytes, started_at FROM image "
+            "WHERE status='running' ORDER BY pixel_bytes DESC"
+        )
 
     def outstanding(self) -> int:
         rows = self.query("SELECT count(*) AS n FROM image WHERE status IN ('queued', 'running')")
         return rows[0]["n"] if rows else 0
 
     def counts(self) -> Counter[str]:
-        return Counter({r["status"]: r["n"] for r in
-                        self.query("SELECT status, count(*) AS n FROM image GROUP BY status")})
+        return Counter(
+            {r["status"]: r["n"] for r in self.query("SELECT status, count(*) AS n FROM image GROUP BY status")}
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 120) -> int | None:
@@ -525,8 +560,9 @@ class Expect:
     report: bool = True
 
 
-def check(tq: Tessq, tree: Tree, out: Path, expect: Expect | None = None,
-          seen_partial: set[str] | None = None) -> Findings:
+def check(
+    tq: Tessq, tree: Tree, out: Path, expect: Expect | None = None, seen_partial: set[str] | None = None
+) -> Findings:
     """Every invariant of issue 5, from the slice files, the source files and the table alone."""
     expect = expect or Expect()
     f = Findings()
@@ -593,8 +629,11 @@ def check(tq: Tessq, tree: Tree, out: Path, expect: Expect | None = None,
             f.add("half", f"{rel}: done but batch_metadata.json unreadable: {exc}")
             continue
         if (bm.get("worker"), bm.get("attempt")) != (r["worker"], r["attempts"]):
-            f.add("twice", f"{rel}: folder written by {bm.get('worker')}#{bm.get('attempt')}, table says "
-                           f"{r['worker']}#{r['attempts']} finished it")
+            f.add(
+                "twice",
+                f"{rel}: folder written by {bm.get('worker')}#{bm.get('attempt')}, table says "
+                f"{r['worker']}#{r['attempts']} finished it",
+            )
 
     # 3. nothing half-written visible, now or at any moment we looked during the run
     for problem in partial_folders(out):
@@ -627,8 +666,11 @@ def check_report(tq: Tessq, tree: Tree, rows: list[dict[str, Any]], expect: Expe
         return f
     s = rep["batch_summary"]
     counts = Counter(r["status"] for r in rows)
-    tolerant_done = sum(1 for rel, m in tree.bad.items() if m == "fail_or_exact" and
-                        any(r["rel_path"] == rel and r["status"] == "done" for r in rows))
+    tolerant_done = sum(
+        1
+        for rel, m in tree.bad.items()
+        if m == "fail_or_exact" and any(r["rel_path"] == rel and r["status"] == "done" for r in rows)
+    )
     gone_done = sum(1 for r in rows if r["rel_path"] in expect.gone and r["status"] == "done")
     good = len(tree.good - expect.gone - set(expect.extra_fail))
     want = {
@@ -791,8 +833,11 @@ def fault_kill(ctx: Ctx, budget: float) -> Result:
                 kill_tree(daemon, whole_tree=whole)
                 tree_kills += 1
                 if not wait_until(lambda ks=kids: not [p for p in ks if alive(p)], 10):
-                    res.findings.add("other", f"worker processes {[p for p in kids if alive(p)]} outlived a "
-                                              f"SIGKILLed parent (holders {holders})")
+                    res.findings.add(
+                        "other",
+                        f"worker processes {[p for p in kids if alive(p)]} outlived a "
+                        f"SIGKILLed parent (holders {holders})",
+                    )
         rc = drain(tq, 3)
         if rc != 0:
             res.findings.add("other", f"final `tessq workers --drain` exited {rc}")
@@ -802,9 +847,11 @@ def fault_kill(ctx: Ctx, budget: float) -> Result:
         rows = tq.query("SELECT attempts FROM image WHERE id=?", (image_id,))
         hits += bool(rows and rows[0]["attempts"] > attempt)
     res.injected = len(kills) + tree_kills
-    res.notes.append(f"{len(kills)} single-worker kills ({hits} confirmed mid-image: the image was re-claimed),"
-                     f" {tree_kills} kills of `tessq workers` (parent alone / whole tree, alternating),"
-                     f" {rounds} round(s)")
+    res.notes.append(
+        f"{len(kills)} single-worker kills ({hits} confirmed mid-image: the image was re-claimed),"
+        f" {tree_kills} kills of `tessq workers` (parent alone / whole tree, alternating),"
+        f" {rounds} round(s)"
+    )
     if len(kills) < target:
         res.findings.add("other", f"only {len(kills)} worker kills fit in the time budget (want {target})")
     return res
@@ -903,8 +950,12 @@ def fault_disk_full(ctx: Ctx, budget: float) -> Result:
             scan(tq, src, mnt)
             watch = PartialWatch(mnt)
             daemon = tq.popen("workers", "--workers", "2", "--drain")
-            full = wait_until(lambda t=tq: t.query(
-                "SELECT id FROM image WHERE error_message LIKE '%disk full%' OR error_message LIKE '%No space%'"), 60)
+            full = wait_until(
+                lambda t=tq: t.query(
+                    "SELECT id FROM image WHERE error_message LIKE '%disk full%' OR error_message LIKE '%No space%'"
+                ),
+                60,
+            )
             if full:
                 res.injected += 1
                 time.sleep(ctx.rng.uniform(0.0, 1.0))
@@ -923,8 +974,9 @@ def fault_disk_full(ctx: Ctx, budget: float) -> Result:
 
 
 def mount_tmpfs(path: Path, size: str) -> str | None:
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         return f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root/CAP_SYS_ADMIN"
     return None
@@ -994,12 +1046,17 @@ def fault_source_changes(ctx: Ctx, budget: float) -> Result:
     rc = daemon.wait(timeout=600)
     if rc != 0:
         res.findings.add("other", f"`tessq workers --drain` exited {rc}")
-    first = check(tq, tree, out, Expect(redo_ok=set(expect.redo_ok), gone=set(expect.gone),
-                                        extra_fail=dict(expect.extra_fail), report=False))
+    first = check(
+        tq,
+        tree,
+        out,
+        Expect(redo_ok=set(expect.redo_ok), gone=set(expect.gone), extra_fail=dict(expect.extra_fail), report=False),
+    )
     stale = [d for d in first.details if d.startswith("[lost]") and "values differ" in d]
     if stale:
-        res.notes.append(f"before the rescan: {len(stale)} done image(s) hold the pre-change pixels (the rescan "
-                         "must redo them)")
+        res.notes.append(
+            f"before the rescan: {len(stale)} done image(s) hold the pre-change pixels (the rescan must redo them)"
+        )
     proc = tq.run("run", str(tree.root), str(out), MIN_ARG, "--workers", "2", timeout=600)
     if proc.returncode not in (0, 3):
         res.findings.add("other", f"rescan `tessq run` exited {proc.returncode}")
@@ -1056,8 +1113,9 @@ def fault_permissions(ctx: Ctx, budget: float) -> Result:
         if r is None:
             res.findings.add("report", f"{rel}: unreadable, but silently left out of the batch (no row, no error)")
         elif r["status"] != "failed" or "ermission" not in (r["error_message"] or ""):
-            res.findings.add("report", f"{rel}: expected failed 'permission denied', got {r['status']} "
-                                       f"{r['error_message']!r}")
+            res.findings.add(
+                "report", f"{rel}: expected failed 'permission denied', got {r['status']} {r['error_message']!r}"
+            )
     (src / "open/unreadable_at_scan.tif").chmod(0o644)
     (src / "open/unreadable_later.tif").chmod(0o644)
     if immutable:
@@ -1100,8 +1158,13 @@ def fault_readers(ctx: Ctx, budget: float) -> Result:
     poller.start()
     holds = 0
     while daemon.poll() is None:
-        cli = subprocess.Popen(["sqlite3", str(tq.db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+        cli = subprocess.Popen(
+            ["sqlite3", str(tq.db_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert cli.stdin is not None
         cli.stdin.write("BEGIN;\nSELECT count(*) FROM image;\n")
         cli.stdin.flush()
@@ -1119,8 +1182,9 @@ def fault_readers(ctx: Ctx, budget: float) -> Result:
     res.injected = holds + len(polls)
     if daemon.returncode != 0:
         res.findings.add("other", f"`tessq workers --workers 6 --drain` exited {daemon.returncode}")
-    text = tq.all_process_output() + ((out / "batch_processing.log").read_text(errors="replace")
-                                      if (out / "batch_processing.log").exists() else "")
+    text = tq.all_process_output() + (
+        (out / "batch_processing.log").read_text(errors="replace") if (out / "batch_processing.log").exists() else ""
+    )
     locked = text.count("database is locked")
     if locked:
         res.findings.add("other", f"'database is locked' appeared {locked} time(s)")
@@ -1173,8 +1237,10 @@ def fault_backup_restore(ctx: Ctx, budget: float) -> Result:
         ok = tq.query("PRAGMA integrity_check")
         if not ok or ok[0].get("integrity_check") != "ok":
             res.findings.add("other", f"restored {'raw copy' if raw else 'backup'} is not a sound database: {ok}")
-        res.notes.append(f"cycle {n + 1} ({'cp db+wal' if raw else 'sqlite backup API'}): {done_before} done before "
-                         f"the restore, {tq.counts()['done']} after")
+        res.notes.append(
+            f"cycle {n + 1} ({'cp db+wal' if raw else 'sqlite backup API'}): {done_before} done before "
+            f"the restore, {tq.counts()['done']} after"
+        )
     rc = drain(tq, 2)
     if rc != 0:
         res.findings.add("other", f"`tessq workers --drain` after the restore exited {rc}")
@@ -1203,8 +1269,10 @@ def fault_bad_inputs(ctx: Ctx, budget: float) -> Result:
         killpg(proc)
     peak = watch.stop()
     res.injected = len(tree.bad)
-    res.notes.append(f"peak RSS of any tessq process: {peak / 2**20:.0f} MiB (bomb: {side}x{side} px, "
-                     f"{bomb.stat().st_size} bytes on disk)")
+    res.notes.append(
+        f"peak RSS of any tessq process: {peak / 2**20:.0f} MiB (bomb: {side}x{side} px, "
+        f"{bomb.stat().st_size} bytes on disk)"
+    )
     if watch.tripped:
         res.findings.add("other", f"a tessq process passed {RSS_LIMIT_BYTES / 2**30:.0f} GiB RSS and was killed")
         return res
@@ -1219,8 +1287,9 @@ def fault_bad_inputs(ctx: Ctx, budget: float) -> Result:
     rows = {r["rel_path"]: r for r in tq.rows()}
     for rel in sorted(tree.bad):
         r = rows.get(rel, {})
-        res.notes.append(f"  {Path(rel).name}: {r.get('status')} {r.get('error_type')}: "
-                         f"{(r.get('error_message') or '')[:110]}")
+        res.notes.append(
+            f"  {Path(rel).name}: {r.get('status')} {r.get('error_type')}: {(r.get('error_message') or '')[:110]}"
+        )
     return res
 
 
@@ -1268,8 +1337,11 @@ def escaping_names_run(base: Path) -> tuple[Findings, int, Tessq, Path, Path]:
     scan(tq, src, out)
     # a tampered (or hostile, shared) status table: output paths that point outside OUT
     expect = Expect()
-    hostile = {"tamper/t_0.tif": "../../../escaped_rel", "tamper/t_1.tif": str(canary),
-               "tamper/t_2.tif": "inside\x00/../../../escaped_nul"}
+    hostile = {
+        "tamper/t_0.tif": "../../../escaped_rel",
+        "tamper/t_1.tif": str(canary),
+        "tamper/t_2.tif": "inside\x00/../../../escaped_nul",
+    }
     con = sqlite3.connect(str(tq.db_path), timeout=30)
     for rel, value in hostile.items():
         con.execute("UPDATE image SET out_rel=? WHERE rel_path=?", (value, rel))
@@ -1319,9 +1391,15 @@ def snapshot(root: Path, exclude: tuple[Path, ...]) -> set[str]:
 
 MARKER_TOKEN = "CHAOSMARKERSESSIONTOKEN7f3a9c1e5b"
 MARKER_SECRET = "CHAOSMARKERSECRETKEY2d8e4b6a0c"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
-          "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
 
 
 class Moto:
@@ -1337,8 +1415,12 @@ class Moto:
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self._log = open(base / f"moto-{port}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                     env={**os.environ, **S3_ENV}, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, **S3_ENV},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
         def up() -> bool:
             try:
@@ -1356,12 +1438,17 @@ class Moto:
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing",
-                            aws_secret_access_key="testing", region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
 
     def listing(self, bucket: str, prefix: str) -> dict[str, int]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
-        return {o["Key"][len(prefix) + 1:]: o["Size"] for page in pages for o in page.get("Contents", [])}
+        return {o["Key"][len(prefix) + 1 :]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
     def stop(self) -> None:
         self.proc.kill()
@@ -1567,13 +1654,20 @@ def fault_secrets(ctx: Ctx, budget: float) -> Result:
     try:
         tree = ctx.tree.subset(base / "in", 6, ctx.rng, with_bad=False)
         tq = Tessq(base)
-        tq.env.update({**S3_ENV, "AWS_SESSION_TOKEN": MARKER_TOKEN, "AWS_SECRET_ACCESS_KEY": MARKER_SECRET,
-                       "TESSQ_S3_ENDPOINT_URL": moto.url})
+        tq.env.update(
+            {
+                **S3_ENV,
+                "AWS_SESSION_TOKEN": MARKER_TOKEN,
+                "AWS_SECRET_ACCESS_KEY": MARKER_SECRET,
+                "TESSQ_S3_ENDPOINT_URL": moto.url,
+            }
+        )
         moto.client().create_bucket(Bucket="chaos-secrets")
         for i, wire in enumerate(("0", "1")):
             tq.env["TESSQ_LOG_WIRE"] = wire
-            proc = tq.run("--log-level", "DEBUG", "run", str(tree.root), f"s3://chaos-secrets/cut{i}", MIN_ARG,
-                          "--workers", "2")
+            proc = tq.run(
+                "--log-level", "DEBUG", "run", str(tree.root), f"s3://chaos-secrets/cut{i}", MIN_ARG, "--workers", "2"
+            )
             res.injected += 1
             texts.append((f"run (wire log {wire})", proc.stdout + proc.stderr))
             if proc.returncode != 0:
@@ -1584,11 +1678,19 @@ def fault_secrets(ctx: Ctx, budget: float) -> Result:
         texts.append(("upload", proc.stdout + proc.stderr))
         proc = tq.run("export", "--zip")
         res.injected += 2
-        for typo in ("postgress://chaos:CHAOSDBPASSWORD99@db.example/tessq",
-                     "mysql://chaos:CHAOSDBPASSWORD99@db.example/tessq"):
+        for typo in (
+            "postgress://chaos:CHAOSDBPASSWORD99@db.example/tessq",
+            "mysql://chaos:CHAOSDBPASSWORD99@db.example/tessq",
+        ):
             for cmd in (("status", "--once"), ("scan", str(tree.root))):
-                p = subprocess.run(tq.argv("--log-level", "DEBUG", *cmd), env={**tq.env, "TESSQ_DB_URL": typo},
-                                   cwd=tq.base, capture_output=True, text=True, timeout=120)
+                p = subprocess.run(
+                    tq.argv("--log-level", "DEBUG", *cmd),
+                    env={**tq.env, "TESSQ_DB_URL": typo},
+                    cwd=tq.base,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
                 texts.append((f"{cmd[0]} with {typo.split(':')[0]}", p.stdout + p.stderr))
                 res.injected += 1
     finally:
@@ -1602,15 +1704,17 @@ def fault_secrets(ctx: Ctx, budget: float) -> Result:
             texts.append((str(path.relative_to(base)), data.decode(errors="replace")))
     secrets = (MARKER_TOKEN, MARKER_SECRET, "CHAOSDBPASSWORD99")
     # a token, credential or signature with any value but the mask: quoted ('...': b'...') or not (a=...&)
-    token_re = re.compile(r"(?i)\b(X-Amz-Security-Token|X-Amz-Credential|X-Amz-Signature|Signature|Authorization)"
-                          r"['\"]?\s*[:=]\s*(?:b?(['\"])(.*?)\2|([^'\"&\s,;}]+))")
+    token_re = re.compile(
+        r"(?i)\b(X-Amz-Security-Token|X-Amz-Credential|X-Amz-Signature|Signature|Authorization)"
+        r"['\"]?\s*[:=]\s*(?:b?(['\"])(.*?)\2|([^'\"&\s,;}]+))"
+    )
     for where, text in texts:
         for s in secrets:
             if s in text:
                 res.findings.add("other", f"{where}: holds the secret {s[:12]}... ({text.count(s)} times)")
         for m in token_re.finditer(text):
             if (m.group(3) if m.group(2) else m.group(4)) != "***":
-                res.findings.add("other", f"{where}: an unmasked value: {text[m.start():m.start() + 60]!r}")
+                res.findings.add("other", f"{where}: an unmasked value: {text[m.start() : m.start() + 60]!r}")
                 break
     res.notes.append(f"{len(texts)} files and outputs searched")
     return res
@@ -1663,8 +1767,10 @@ def fault_leftovers(ctx: Ctx, budget: float) -> Result:
         proc.wait(timeout=30)
         res.injected += 1
     left = [p.name for p in out.iterdir() if ".tessq-tmp-" in p.name]
-    res.notes.append(f"{len(left)} temporary archive(s) after {res.injected} kills mid-archive, before the next "
-                     "export (each export removes those its killed predecessors left)")
+    res.notes.append(
+        f"{len(left)} temporary archive(s) after {res.injected} kills mid-archive, before the next "
+        "export (each export removes those its killed predecessors left)"
+    )
     proc = tq.run("export", "--zip")
     if proc.returncode != 0:
         res.findings.add("other", f"the export after the kills exited {proc.returncode}: {proc.stderr[-300:]}")
@@ -1701,8 +1807,10 @@ def folder_is_image(f: Findings, out: Path, row: dict[str, Any], src: Path, what
         f.add("lost", f"{what}: {row['rel_path']} is done but its folder {row['out_rel']!r} is gone ({exc})")
         return
     if meta["source"]["relative_path"] != row["rel_path"]:
-        f.add("lost", f"{what}: folder {row['out_rel']!r} of {row['rel_path']} holds "
-                      f"{meta['source']['relative_path']} instead")
+        f.add(
+            "lost",
+            f"{what}: folder {row['out_rel']!r} of {row['rel_path']} holds {meta['source']['relative_path']} instead",
+        )
         return
     problem = same_pixels(folder, src / row["rel_path"])
     if problem:
@@ -1779,8 +1887,11 @@ def fault_output_collisions(ctx: Ctx, budget: float) -> Result:
             write_good(b / f"img_{i}.tif", 40, 48, seed=seed + 50 + i)
         run_ok(tq, res.findings, "c", "run", str(a), str(out), MIN_ARG, "--workers", "2")
         proc = tq.run("run", str(b), str(out), MIN_ARG, "--workers", "2")
-        if proc.returncode != 2 or "Traceback" in proc.stderr or not re.search(
-                r"already (written by the job of|holds the output of another input)", proc.stderr):
+        if (
+            proc.returncode != 2
+            or "Traceback" in proc.stderr
+            or not re.search(r"already (written by the job of|holds the output of another input)", proc.stderr)
+        ):
             res.findings.add("other", f"(c) a 2nd job into one OUT: exit {proc.returncode}, {proc.stderr[-300:]}")
         all_done_and_intact(res.findings, tq, out, a, "(c) 2nd job refused", 4)
         res.injected += 1
@@ -1789,8 +1900,10 @@ def fault_output_collisions(ctx: Ctx, budget: float) -> Result:
         proc = other.run("run", str(b), str(out), MIN_ARG, "--workers", "2")
         failed = [r for r in other.rows() if r["status"] == "failed" and r["error_type"] == "output_collision"]
         if proc.returncode != 3 or len(failed) != 4:
-            res.findings.add("other", f"(c) 2nd workspace into one OUT: exit {proc.returncode}, "
-                                      f"{len(failed)}/4 failed as output_collision")
+            res.findings.add(
+                "other",
+                f"(c) 2nd workspace into one OUT: exit {proc.returncode}, {len(failed)}/4 failed as output_collision",
+            )
         all_done_and_intact(res.findings, tq, out, a, "(c) 2nd workspace refused", 4)
         res.injected += 1
     return res
@@ -1810,12 +1923,21 @@ def tiled_bomb_bytes(side: int, tile: int, distinct: int = 1) -> tuple[bytes, by
     pad = b"\0" if len(data) % 2 else b""
     ifd = 8 + len(data) + len(pad)
     ext = ifd + 2 + 12 * (len(small) + 2) + 4
-    entries = b"".join(struct.pack("<HHI", tag, 4 if tag in (256, 257) else 3, 1)
-                       + struct.pack("<I" if tag in (256, 257) else "<H", v[0]).ljust(4, b"\0")
-                       for tag, v in sorted(small.items()))
+    entries = b"".join(
+        struct.pack("<HHI", tag, 4 if tag in (256, 257) else 3, 1)
+        + struct.pack("<I" if tag in (256, 257) else "<H", v[0]).ljust(4, b"\0")
+        for tag, v in sorted(small.items())
+    )
     entries += struct.pack("<HHII", 324, 4, n, ext) + struct.pack("<HHII", 325, 4, n, ext + 4 * n)
-    head = b"II*\0" + struct.pack("<I", ifd) + data + pad + struct.pack("<H", len(small) + 2) + entries \
+    head = (
+        b"II*\0"
+        + struct.pack("<I", ifd)
+        + data
+        + pad
+        + struct.pack("<H", len(small) + 2)
+        + entries
         + struct.pack("<I", 0)
+    )
     return head, offsets.tobytes(), counts.tobytes()
 
 
@@ -1854,8 +1976,12 @@ def fault_tiled_bomb(ctx: Ctx, budget: float) -> Result:
     rows = {r["rel_path"]: r for r in tq.rows()}
     for name in bombs:
         row = rows.get(name)
-        if row is None or row["status"] != "failed" or row["error_type"] != "too_large" or name not in (
-                row["error_message"] or ""):
+        if (
+            row is None
+            or row["status"] != "failed"
+            or row["error_type"] != "too_large"
+            or name not in (row["error_message"] or "")
+        ):
             res.findings.add("other", f"{name}: {row and (row['status'], row['error_type'], row['error_message'])}")
         elif row["attempts"]:
             res.findings.add("other", f"{name}: handed to a worker ({row['attempts']} attempts) before refused")
@@ -1890,8 +2016,16 @@ def fault_races_messages(ctx: Ctx, budget: float) -> Result:
     rounds = 8 if ctx.quick else 25
     for r in range(rounds):
         tq = Tessq(base / f"scan{r}")
-        procs = [subprocess.Popen(tq.argv("scan", str(tree), "--out", str(base / f"out{r}"), MIN_ARG), env=tq.env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                tq.argv("scan", str(tree), "--out", str(base / f"out{r}"), MIN_ARG),
+                env=tq.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         for p in procs:
             stdout, stderr = p.communicate(timeout=120)
             if p.returncode != 0 or "Traceback" in stdout + stderr:
@@ -1908,8 +2042,11 @@ def fault_races_messages(ctx: Ctx, budget: float) -> Result:
         b = ctx.dir(f"options{r}")
         src, out, tq = b / "in", b / "out", Tessq(b)
         src.mkdir()
-        tifffile.imwrite(src / "big.tif", np.random.default_rng(r).integers(0, 255, (5000, 5000, 3), dtype=np.uint8),
-                         photometric="rgb")
+        tifffile.imwrite(
+            src / "big.tif",
+            np.random.default_rng(r).integers(0, 255, (5000, 5000, 3), dtype=np.uint8),
+            photometric="rgb",
+        )
         run_ok(tq, f, "options", "scan", str(src), "--out", str(out), MIN_ARG, "--num-pieces", "8")
         workers = tq.popen("workers", "--workers", "1", "--drain")
         if wait_until(lambda tq=tq: tq.query("SELECT status FROM image")[0]["status"] == "running", 60, every=0.02):
@@ -1918,11 +2055,16 @@ def fault_races_messages(ctx: Ctx, budget: float) -> Result:
             res.injected += 1
         if wait_or_kill(workers, 300) != 0 or (tq.outstanding() and drain(tq, 1, 300) != 0):
             f.add("other", "options: the workers did not drain")  # (a rescan after the commit queues it again)
-        row = tq.query("SELECT i.status, i.n_slices, i.options_hash AS h, j.options_hash AS jh "
-                       "FROM image i JOIN job j ON j.id = i.job_id")[0]
+        row = tq.query(
+            "SELECT i.status, i.n_slices, i.options_hash AS h, j.options_hash AS jh "
+            "FROM image i JOIN job j ON j.id = i.job_id"
+        )[0]
         if (row["status"], row["n_slices"]) != ("done", 4) or row["h"] != row["jh"]:
-            f.add("report", f"options changed mid-run: {row['status']}, {row['n_slices']} slices, hash "
-                            f"{row['h']} vs the job's {row['jh']}")
+            f.add(
+                "report",
+                f"options changed mid-run: {row['status']}, {row['n_slices']} slices, hash "
+                f"{row['h']} vs the job's {row['jh']}",
+            )
         problem = same_pixels(out / "big", src / "big.tif")
         if problem or len(list((out / "big").glob("slice_*"))) != 4:
             f.add("lost", f"options changed mid-run: {problem or 'not 4 slices on disk'}")
@@ -1954,8 +2096,10 @@ def fault_races_messages(ctx: Ctx, budget: float) -> Result:
             tq_ro = Tessq(ro)
             tq_ro.run("scan", str(src), "--out", str(b / "out_ro"), MIN_ARG)
             subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
-            for args in (("scan", str(src), "--out", str(b / "out_ro"), MIN_ARG),
-                         ("workers", "--workers", "1", "--drain")):
+            for args in (
+                ("scan", str(src), "--out", str(b / "out_ro"), MIN_ARG),
+                ("workers", "--workers", "1", "--drain"),
+            ):
                 problem = one_line_exit_2(tq_ro.run(*args), "cannot be written")
                 if problem:
                     f.add("other", f"read-only workspace, `tessq {args[0]}`: {problem}")
@@ -1998,8 +2142,11 @@ def fault_lost_state(ctx: Ctx, budget: float) -> Result:
         daemon = tq.popen("workers", "--workers", "2", "--drain")
         log = sorted(tq.logs.glob("*-workers.log"))[-1]
         target = ctx.rng.randint(1, max(1, total // 2))
-        if not wait_until(lambda tq=tq, target=target, daemon=daemon: tq.counts()["done"] >= target
-                          or daemon.poll() is not None, 120, every=0.02):
+        if not wait_until(
+            lambda tq=tq, target=target, daemon=daemon: tq.counts()["done"] >= target or daemon.poll() is not None,
+            120,
+            every=0.02,
+        ):
             res.findings.add("other", f"round {n}: {target} images never got done")
         if daemon.poll() is not None:
             res.notes.append(f"round {n} ({how}): the drain ended before the fault (not counted)")
@@ -2026,14 +2173,18 @@ def fault_lost_state(ctx: Ctx, budget: float) -> Result:
         took = time.monotonic() - t0
         text = log.read_text(errors="replace")
         if rc is None:
-            res.findings.add("other", f"round {n} ({how}): `tessq workers` still running {LOST_STOP_S:.0f} s after "
-                                      "tessq.db was lost (a hang)")
+            res.findings.add(
+                "other",
+                f"round {n} ({how}): `tessq workers` still running {LOST_STOP_S:.0f} s after "
+                "tessq.db was lost (a hang)",
+            )
         elif rc == 0:
             res.findings.add("other", f"round {n} ({how}): `tessq workers` exited 0 with its status table lost")
         elif "status table" not in text or "tessq run IN" not in text:
             res.findings.add("other", f"round {n} ({how}): no message saying what happened: {text[-300:]!r}")
-        size = log.stat().st_size + ((out / "batch_processing.log").stat().st_size
-                                     if (out / "batch_processing.log").exists() else 0)
+        size = log.stat().st_size + (
+            (out / "batch_processing.log").stat().st_size if (out / "batch_processing.log").exists() else 0
+        )
         if size > LOST_LOG_BYTES:
             res.findings.add("other", f"round {n} ({how}): {size} bytes of log (retrying in a loop?)")
         after = report_file.read_bytes() if report_file.exists() else None
@@ -2048,13 +2199,16 @@ def fault_lost_state(ctx: Ctx, budget: float) -> Result:
         t1 = time.monotonic()
         proc = tq.run("run", str(tree.root), str(out), MIN_ARG, "--workers", "2", timeout=900)
         if proc.returncode not in (0, 3):
-            res.findings.add("other", f"round {n} ({how}): `tessq run` after the loss exited {proc.returncode}: "
-                                      f"{proc.stderr[-500:]}")
+            res.findings.add(
+                "other", f"round {n} ({how}): `tessq run` after the loss exited {proc.returncode}: {proc.stderr[-500:]}"
+            )
         kept = re.search(r"kept (\d+) image folder", proc.stderr)
         res.findings.merge(check(tq, tree, out, Expect(redo_ok=set(tree.good) | set(tree.bad))))
-        res.notes.append(f"round {n} ({how}): workers exit {rc} {took:.1f} s after the loss, {size} B of log; "
-                         f"`tessq run` then kept {kept.group(1) if kept else 0} folders as done, "
-                         f"{time.monotonic() - t1:.0f} s")
+        res.notes.append(
+            f"round {n} ({how}): workers exit {rc} {took:.1f} s after the loss, {size} B of log; "
+            f"`tessq run` then kept {kept.group(1) if kept else 0} folders as done, "
+            f"{time.monotonic() - t1:.0f} s"
+        )
     return res
 
 
@@ -2080,16 +2234,22 @@ FAULTS: list[tuple[Callable[[Ctx, float], Result], float, bool]] = [  # (fault, 
 
 
 def print_table(results: list[Result], verbose: bool) -> None:
-    head = ("fault", "times injected", "images lost", "done twice", "half-written folders visible",
-            "wrong report counts", "other")
+    head = (
+        "fault",
+        "times injected",
+        "images lost",
+        "done twice",
+        "half-written folders visible",
+        "wrong report counts",
+        "other",
+    )
     rows = []
     for r in results:
         f = r.findings
         if r.skipped:
             rows.append((r.fault, "skipped", "-", "-", "-", "-", r.skipped))
         else:
-            rows.append((r.fault, str(r.injected), str(f.lost), str(f.twice), str(f.half), str(f.report),
-                         str(f.other)))
+            rows.append((r.fault, str(r.injected), str(f.lost), str(f.twice), str(f.half), str(f.report), str(f.other)))
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"
     print(line)
@@ -2127,8 +2287,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     deadline = started + args.minutes * 60
     n_images = args.images or (60 if args.quick else 300)
-    print(f"chaos: seed {seed}, work dir {work}, budget {args.minutes} min, building {n_images} TIFFs ...",
-          flush=True)
+    print(f"chaos: seed {seed}, work dir {work}, budget {args.minutes} min, building {n_images} TIFFs ...", flush=True)
     tree = build_tree(work / "tree", n_images, rng, n_big=3 if args.quick else 6)
     ctx = Ctx(work, tree, rng, args.quick, deadline)
     chosen = [f for f in FAULTS if (not args.quick or f[2])]
@@ -2141,8 +2300,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = max(20.0, (deadline - time.monotonic()) * share / share_total)
         share_total -= share
         t0 = time.monotonic()
-        print(f"-> {fault.__doc__.splitlines()[0] if fault.__doc__ else fault.__name__} "
-              f"(budget {budget:.0f} s)", flush=True)
+        print(
+            f"-> {fault.__doc__.splitlines()[0] if fault.__doc__ else fault.__name__} (budget {budget:.0f} s)",
+            flush=True,
+        )
         try:
             res = fault(ctx, budget)
         except Exception as exc:  # a harness failure is a failed run, never a silent pass
@@ -2153,8 +2314,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         res.notes.append(f"took {time.monotonic() - t0:.0f} s")
         results.append(res)
-    print(f"\nchaos: seed {seed}, {time.monotonic() - started:.0f} s, {len(tree.good)} good + {len(tree.small)} "
-          f"small + {len(tree.bad)} hostile TIFFs in the main tree\n")
+    print(
+        f"\nchaos: seed {seed}, {time.monotonic() - started:.0f} s, {len(tree.good)} good + {len(tree.small)} "
+        f"small + {len(tree.bad)} hostile TIFFs in the main tree\n"
+    )
     print_table(results, args.verbose)
     bad = [r for r in results if not r.skipped and not r.findings.clean]
     if not args.workdir and not bad:

@@ -101,10 +101,16 @@ class BatchTesselator:
         """The run this BatchJob asks for (read at each call: a caller may change `self.job` in between)."""
         job = self.job
         return pipeline.RunRequest(
-            _location(job.input_dir), _location(job.output_dir), job.slice_options(),
-            resume=job.skip_existing and job.resume_mode, follow_symlinks=job.follow_symlinks,
-            check_output=job.check_output, force_options=job.force_options, n_workers=job.max_workers,
-            workspace=job.workspace, log_level=job.log_level,
+            _location(job.input_dir),
+            _location(job.output_dir),
+            job.slice_options(),
+            resume=job.skip_existing and job.resume_mode,
+            follow_symlinks=job.follow_symlinks,
+            check_output=job.check_output,
+            force_options=job.force_options,
+            n_workers=job.max_workers,
+            workspace=job.workspace,
+            log_level=job.log_level,
         )
 
     def scan(self) -> dict[str, Any]:
@@ -117,8 +123,9 @@ class BatchTesselator:
         with db.session():
             return db.Job.get_or_none(db.Job.output_dir == storage.text(_location(self.job.output_dir)))
 
-    def process(self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0,
-                progress: bool = False) -> int:
+    def process(
+        self, on_progress: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0, progress: bool = False
+    ) -> int:
         """Run `tessq workers --workers max_workers --drain` as a child process until nothing is left to do.
 
         on_progress, if given, is called about every `poll_s` seconds and once at the end with
@@ -132,8 +139,9 @@ class BatchTesselator:
         with pipeline.bound(self.workspace):
             return self._process_bound(on_progress, poll_s, progress)
 
-    def _process_bound(self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float,
-                       progress: bool) -> int:
+    def _process_bound(
+        self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float, progress: bool
+    ) -> int:
         from tessq.jobs import status
         from tessq.progress import BatchProgress
 
@@ -146,8 +154,13 @@ class BatchTesselator:
             if shown is not None:
                 shown.close(status.snapshot(job_id))
 
-    def _process(self, on_progress: Callable[[dict[str, Any]], None] | None, poll_s: float,
-                 shown: Callable[[dict[str, Any]], None] | None, job_id: int | None) -> int:
+    def _process(
+        self,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        poll_s: float,
+        shown: Callable[[dict[str, Any]], None] | None,
+        job_id: int | None,
+    ) -> int:
         from tessq.jobs import status
 
         callbacks = [f for f in (on_progress, shown) if f is not None]
@@ -199,13 +212,15 @@ class BatchTesselator:
         with pipeline.bound(self.workspace):
             return pipeline.finish_report(self._job())
 
-    def run_batch(self, on_progress: Callable[[dict[str, Any]], None] | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+    def run_batch(
+        self, on_progress: Callable[[dict[str, Any]], None] | None = None, progress: bool = True
+    ) -> dict[str, Any]:
         """Scan, process everything, and return the final report (the seed's batch_summary and more).
 
         progress=True (the default) shows the progress as it goes: a bar in a terminal, a line redrawn in place
         in a notebook, a log line every 30 s elsewhere; the console log (stderr, at log_level) says what
         each step and worker does. progress=False keeps only the log."""
+
         def drain(n_workers: int, job: db.Job) -> str:
             self.process(on_progress, progress=progress)  # raises if the workers failed or were interrupted
             return pipeline.DRAINED

@@ -83,6 +83,7 @@ def _settings_of(ctx: typer.Context) -> CliSettings:
     found = ctx.find_object(CliSettings)
     return found if found is not None else CliSettings()
 
+
 # ------------------------------------------------------------------ shared options
 
 NumPieces = Annotated[
@@ -119,13 +120,15 @@ SelfCheck = Annotated[
     ),
 ]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")]
-CheckOutput = Annotated[str, typer.Option(
-    "--check-output",
-    help="How done images' folders are checked before counting as done: stat (default: every slice there with "
-         "its recorded size), hash (re-hash every slice against metadata.json's sha256), none. Missing or "
-         "damaged ones are queued again.")]
-
-
+CheckOutput = Annotated[
+    str,
+    typer.Option(
+        "--check-output",
+        help="How done images' folders are checked before counting as done: stat (default: every slice there with "
+        "its recorded size), hash (re-hash every slice against metadata.json's sha256), none. Missing or "
+        "damaged ones are queued again.",
+    ),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +172,10 @@ def slice_flags(command: Callable[..., Any]) -> Callable[..., Any]:
     base = inspect.signature(command, eval_str=True)
     hints = typing.get_type_hints(SliceFlags, include_extras=True)
     fields = dataclasses.fields(SliceFlags)
-    flag_params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                     annotation=hints[f.name]) for f in fields]
+    flag_params = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+        for f in fields
+    ]
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -190,33 +195,46 @@ WORKSPACE_HELP = (
     "The job's output folder OUT (its .tessq/ holds the job's state), or any folder holding a .tessq/. "
     "Default: found from OUT, else from the current folder and its parents."
 )
-WorkspaceOpt = Annotated[
-    Path | None, typer.Option("--workspace", "-w", help=WORKSPACE_HELP, show_default=False)
-]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help=WORKSPACE_HELP, show_default=False)]
 LogLevelOpt = Annotated[
     str | None, typer.Option("--log-level", help="Console log level: DEBUG, INFO, WARNING, ERROR.", show_default=False)
 ]
 OutArg = Annotated[
     Path | None,
-    typer.Argument(help="The job's output folder (default: the .tessq/ found from the current folder upwards).",
-                   show_default=False, metavar="[OUT]"),
+    typer.Argument(
+        help="The job's output folder (default: the .tessq/ found from the current folder upwards).",
+        show_default=False,
+        metavar="[OUT]",
+    ),
 ]
 OutOpt = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="The job's output folder (default: the .tessq/ found from the current folder "
-                 "upwards).", show_default=False),
+    typer.Option(
+        "--out",
+        "-o",
+        help="The job's output folder (default: the .tessq/ found from the current folder upwards).",
+        show_default=False,
+    ),
 ]
 JobOpt = Annotated[
-    int | None, typer.Option("--job", min=1, help="Which job, when several share one database (ids: tessq report).",
-                             show_default=False)
+    int | None,
+    typer.Option(
+        "--job", min=1, help="Which job, when several share one database (ids: tessq report).", show_default=False
+    ),
 ]
 Workers = Annotated[
-    int | None, typer.Option("--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).",
-                             show_default=False)
+    int | None,
+    typer.Option(
+        "--workers", "--max-workers", min=1, help="Worker processes (default: CPU count).", show_default=False
+    ),
 ]
 ForceOptions = Annotated[
-    bool, typer.Option("--force-options", help="Accept cut options that differ from the job's: finished images "
-                       "made with the old ones are cut again (without it, such a scan is refused).")
+    bool,
+    typer.Option(
+        "--force-options",
+        help="Accept cut options that differ from the job's: finished images "
+        "made with the old ones are cut again (without it, such a scan is refused).",
+    ),
 ]
 
 
@@ -227,8 +245,13 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
     wants_cli = "cli" in base.parameters
 
     @functools.wraps(command)
-    def wrapper(*args: Any, typer_ctx: typer.Context, workspace_opt: Path | None = None,
-                log_level_opt: str | None = None, **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any,
+        typer_ctx: typer.Context,
+        workspace_opt: Path | None = None,
+        log_level_opt: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         given = _settings_of(typer_ctx)
         if workspace_opt is not None:
             given.workspace = workspace_opt
@@ -247,8 +270,12 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ]
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base.parameters.values() if p.name != "cli"]
     wrapper.__signature__ = base.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, "typer_ctx": typer.Context,
-                               "workspace_opt": WorkspaceOpt, "log_level_opt": LogLevelOpt}
+    wrapper.__annotations__ = {
+        **{p.name: p.annotation for p in params},
+        "typer_ctx": typer.Context,
+        "workspace_opt": WorkspaceOpt,
+        "log_level_opt": LogLevelOpt,
+    }
     del wrapper.__wrapped__  # typer must read the signature above, not the command's own
     return wrapper
 
@@ -287,8 +314,14 @@ def root(
     ctx.obj = CliSettings(workspace, log_level.upper())
 
 
-def _open_job(cli: CliSettings, command: str, out: Path | None = None, job_id: int | None = None,
-              require_job: bool = True, note: bool = True) -> tuple[Workspace, db.Job | None]:
+def _open_job(
+    cli: CliSettings,
+    command: str,
+    out: Path | None = None,
+    job_id: int | None = None,
+    require_job: bool = True,
+    note: bool = True,
+) -> tuple[Workspace, db.Job | None]:
     """The workspace and the job a reading command speaks of (settings.py has the rule); nothing is created.
     When several jobs share the database, says which one this is and how to pick another."""
     from tessq import pipeline
@@ -321,8 +354,9 @@ def _legacy_note(ws: Workspace, out: Path | str | None) -> None:
         stderr().print(f"[yellow]note:[/yellow] {legacy_message(ws, out)}")
 
 
-def _open_for(cli: CliSettings, input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool,
-              command: str) -> Workspace:
+def _open_for(
+    cli: CliSettings, input_dir: Path, out: Path | str, options: SliceOptions, force_options: bool, command: str
+) -> Workspace:
     """scan: refuse bad locations and work-losing option changes before creating any file or folder."""
     from tessq import pipeline
 
@@ -379,9 +413,15 @@ def scan(
         target = out or pipeline.default_output_dir(input_dir)
         ws = _open_for(cli, input_dir, target, options, force_options, "scan")
         pipeline.start_logging(cli.log_level, target)
-        summary = pipeline.scan_and_enqueue(input_dir, target, options, follow_symlinks=flags.follow_symlinks,
-                                            workspace=ws, force_options=force_options,
-                                            check_output=flags.check_output)
+        summary = pipeline.scan_and_enqueue(
+            input_dir,
+            target,
+            options,
+            follow_symlinks=flags.follow_symlinks,
+            workspace=ws,
+            force_options=force_options,
+            check_output=flags.check_output,
+        )
     except TessqError as exc:
         fail(exc)
     if as_json:
@@ -440,8 +480,10 @@ def workers(
     from tessq.jobs import daemon
 
     if legacy_n is not None:
-        stderr().print("[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
-                  "run): use --workers N")
+        stderr().print(
+            "[yellow]note:[/yellow] `tessq workers --n/-n N` is deprecated (-n is --num-pieces in scan and "
+            "run): use --workers N"
+        )
         n_workers = n_workers or legacy_n
     _, job = _open_job(cli, "workers", out, require_job=not _shared_db(), note=False)  # they serve every queued job
     pipeline.start_logging(cli.log_level, job.output_dir if job else None)
@@ -452,8 +494,9 @@ def workers(
         raise typer.Exit(defaults.EXIT_INTERRUPTED) from None
     except TessqError as exc:  # the status table was lost or damaged, or the supervisor gave up
         fail(exc)
-    stdout().print(f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, "
-                   f"re-enqueued {outcome.repaired}")
+    stdout().print(
+        f"workers stopped ({outcome.stopped_by}); reclaimed {outcome.reaped}, re-enqueued {outcome.repaired}"
+    )
 
 
 @app.command()
@@ -461,8 +504,9 @@ def workers(
 def status(
     out: OutArg = None,
     job_id: JobOpt = None,
-    once: Annotated[bool, typer.Option(
-        "--once", help="Print one snapshot and exit (the default when output is not a terminal).")] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one snapshot and exit (the default when output is not a terminal).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one snapshot as JSON and exit.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="Refresh every N seconds.")] = 2.0,
     *,
@@ -533,8 +577,10 @@ def print_report(rep: dict[str, Any]) -> None:
         stdout().print(f"... and {len(skipped) - 20} more skipped (tessq report --json lists them all)")
     states = rep["states"]
     if states.get("queued") or states.get("running"):
-        stdout().print(f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
-                      "(`tessq workers` processes them; `tessq status` watches)")
+        stdout().print(
+            f"still to do: {states.get('queued', 0)} queued, {states.get('running', 0)} running "
+            "(`tessq workers` processes them; `tessq status` watches)"
+        )
         for u in rep.get("unfinished", [])[:20]:
             holder = f" ({u['worker']})" if u.get("worker") else ""
             stdout().print(f"  {u['status']}: {u['file']}{holder}")
@@ -565,14 +611,24 @@ def run(
     """Scan + workers until drained + report, in one go. Exit 0 if nothing failed, 3 if some images failed."""
     from tessq import pipeline
 
-    hooks = pipeline.RunHooks(on_workspace=lambda ws: _legacy_note(ws, output_dir),
-                              on_scan=None if as_json else print_scan,
-                              export=lambda job: _export_zip(None, None, job))
+    hooks = pipeline.RunHooks(
+        on_workspace=lambda ws: _legacy_note(ws, output_dir),
+        on_scan=None if as_json else print_scan,
+        export=lambda job: _export_zip(None, None, job),
+    )
     try:
         request = pipeline.RunRequest(
-            input_dir, output_dir, flags.options(), resume=resume, follow_symlinks=flags.follow_symlinks,
-            check_output=flags.check_output, force_options=force_options, n_workers=n_workers or defaults.WORKERS,
-            zip=zip_, workspace=cli.workspace, log_level=cli.log_level,
+            input_dir,
+            output_dir,
+            flags.options(),
+            resume=resume,
+            follow_symlinks=flags.follow_symlinks,
+            check_output=flags.check_output,
+            force_options=force_options,
+            n_workers=n_workers or defaults.WORKERS,
+            zip=zip_,
+            workspace=cli.workspace,
+            log_level=cli.log_level,
         )
         outcome = pipeline.run(request, hooks)
     except TessqError as exc:  # refused before the work, or the status table was lost or damaged during it
@@ -595,9 +651,12 @@ def retry(
     error_type: Annotated[
         list[str] | None, typer.Option("--type", help="Only failures of this type (repeatable).")
     ] = None,
-    different: Annotated[bool | None, typer.Option(
-        "--different/--no-different",
-        help="Also re-queue done images `tessq verify` found different (default: yes, unless --type is given).")
+    different: Annotated[
+        bool | None,
+        typer.Option(
+            "--different/--no-different",
+            help="Also re-queue done images `tessq verify` found different (default: yes, unless --type is given).",
+        ),
     ] = None,
     *,
     cli: CliSettings,
@@ -670,8 +729,9 @@ def _export_zip(path: Path | None, folder: str | None, job: db.Job | None = None
         TextColumn("zip"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr(), transient=True
     ) as bar:
         task = bar.add_task("zip", total=None)
-        result = pipeline.export_zip(path, folder, lambda done, total: bar.update(task, completed=done, total=total),
-                                     job=job)
+        result = pipeline.export_zip(
+            path, folder, lambda done, total: bar.update(task, completed=done, total=total), job=job
+        )
     stdout().print(
         f"wrote {result['path']}: {result['entries']} entries, {result['bytes'] / 1e6:.1f} MB, "
         f"verified={result['verified']}"
@@ -756,7 +816,8 @@ def demo(
         "tessq-demo"
     ),
     n_workers: Annotated[int, typer.Option("--workers", "--max-workers", min=1, help="Worker processes.")] = (
-        defaults.WORKERS),
+        defaults.WORKERS
+    ),
 ) -> None:
     """Generate a realistic sample tree, then scan, run, report and verify it end to end."""
     from tessq import demo as demo_mod
@@ -783,8 +844,10 @@ def main() -> None:
             sys.exit(stop.exit_code)
         if os.environ.get("TESSQ_DEBUG"):
             raise
-        stderr().print(f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "
-                  f"please report it if the input looks valid)")
+        stderr().print(
+            f"[red]error:[/red] {type(exc).__name__}: {exc} (set TESSQ_DEBUG=1 for the traceback; "
+            f"please report it if the input looks valid)"
+        )
         sys.exit(1)
 
 

@@ -28,11 +28,14 @@ def run_demo(directory: Path, n_workers: int, console: Console) -> int:
         os.environ.pop(key, None)
 
     def scanned(summary: ScanSummary) -> None:
-        console.print(f"scan: {summary.found} TIFFs, {summary.queued} queued, skipped {summary.skipped}, "
-                      f"unreadable {len(summary.failed_at_scan)}, folders skipped {summary.folders_skipped}")
+        console.print(
+            f"scan: {summary.found} TIFFs, {summary.queued} queued, skipped {summary.skipped}, "
+            f"unreadable {len(summary.failed_at_scan)}, folders skipped {summary.folders_skipped}"
+        )
 
-    request = pipeline.RunRequest(input_dir, output_dir, SliceOptions(), n_workers=n_workers, log_level="WARNING",
-                                  command="demo")
+    request = pipeline.RunRequest(
+        input_dir, output_dir, SliceOptions(), n_workers=n_workers, log_level="WARNING", command="demo"
+    )
     outcome = pipeline.run(request, pipeline.RunHooks(on_scan=scanned))
     if outcome.stopped_by != pipeline.DRAINED:  # Ctrl-C/SIGTERM: `tessq demo` exits 130 as `tessq run` does
         raise KeyboardInterrupt
@@ -42,16 +45,22 @@ def run_demo(directory: Path, n_workers: int, console: Console) -> int:
     for error in report["errors"]:
         console.print(f"[yellow]expected failure[/yellow] {error['type']}: {error['message']}")
     console.print(f"verify: {verification['identical']}/{verification['checked']} images reassemble bit for bit")
-    console.print(f"output: {output_dir}\nreport: {output_dir / defaults.REPORT_FILENAME}\n"
-                  f"state: {outcome.workspace.state_dir} (try: tessq status {output_dir} --once)")
+    console.print(
+        f"output: {output_dir}\nreport: {output_dir / defaults.REPORT_FILENAME}\n"
+        f"state: {outcome.workspace.state_dir} (try: tessq status {output_dir} --once)"
+    )
     console.print(f"finished in {time.monotonic() - started:.1f} s")
     return 0 if _as_expected(report["batch_summary"], verification, expected) else _differs(console)
 
 
 def _as_expected(got: dict[str, Any], verification: dict[str, Any], expected: dict[str, Any]) -> bool:
     """Whether the run gave what the sample tree is built to give (done, failed, skipped, all identical)."""
-    return (got["successfully_processed"] == expected["done"] and got["errors"] == expected["errors"]
-            and got["skipped"] == expected["skipped"] and verification["identical"] == expected["done"])
+    return (
+        got["successfully_processed"] == expected["done"]
+        and got["errors"] == expected["errors"]
+        and got["skipped"] == expected["skipped"]
+        and verification["identical"] == expected["done"]
+    )
 
 
 def _differs(console: Console) -> int:

@@ -159,4 +159,3 @@ class LeaseLostError(TransientError):
     """The worker's lease on an image expired and was given away before its output was committed."""
 
     kind = "lease_lost"
-

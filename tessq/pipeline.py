@@ -24,16 +24,22 @@ from tessq.options import SliceOptions
 log = logging.getLogger("tessq")
 
 
-def open_workspace(workspace: str | Path | None = None, *, create: bool = True,
-                   output_dir: Path | str | None = None, search: bool | None = None,
-                   command: str = "status") -> Workspace:
+def open_workspace(
+    workspace: str | Path | None = None,
+    *,
+    create: bool = True,
+    output_dir: Path | str | None = None,
+    search: bool | None = None,
+    command: str = "status",
+) -> Workspace:
     """Resolve the workspace (settings.resolve_workspace: explicit, else OUT/.tessq, else a `.tessq/` found
     from the current folder up) and point the database and the queue at it (schema created if needed).
 
     `create=False` (the commands that read a job) refuses a workspace that holds no state, creating nothing;
     `search` defaults to `not create` (a reader looks upwards; a writer without OUT uses the current folder)."""
-    ws = resolve_workspace(workspace, output_dir=output_dir, search=(not create) if search is None else search,
-                           command=command)
+    ws = resolve_workspace(
+        workspace, output_dir=output_dir, search=(not create) if search is None else search, command=command
+    )
     if not create and not ws.exists:
         raise ConfigError(_missing_state(ws, output_dir))
     if ws.legacy and output_dir is not None:
@@ -55,14 +61,20 @@ def bound(ws: Workspace) -> Iterator[Workspace]:
 def _missing_state(ws: Workspace, output_dir: Path | str | None) -> str:
     if ws.is_embedded and ws.state_dir.is_dir() and not ws.db_file().exists():
         out = output_dir if output_dir is not None else ws.root
-        return (f"{ws.db_file()} is missing (deleted?): the job's status table is gone. Restore it, or run "
-                f"`tessq run IN {out}` again to rebuild it (finished image folders in {out} that match their source "
-                f"and the options are kept as done, the others are cut again)")
+        return (
+            f"{ws.db_file()} is missing (deleted?): the job's status table is gone. Restore it, or run "
+            f"`tessq run IN {out}` again to rebuild it (finished image folders in {out} that match their source "
+            f"and the options are kept as done, the others are cut again)"
+        )
     if ws.how == "output" and output_dir is not None:
-        return (f"no tessq job in {output_dir}: {ws.state_dir} does not exist (pass the output folder of a job, "
-                f"or start one with `tessq run IN {output_dir}` or `tessq scan IN --out {output_dir}`)")
-    return (f"no tessq workspace in {ws.root} ({ws.state_dir} holds no status table): pass the output folder of "
-            f"a job (`-w OUT`), or start one with `tessq scan IN --out OUT` / `tessq run IN OUT`")
+        return (
+            f"no tessq job in {output_dir}: {ws.state_dir} does not exist (pass the output folder of a job, "
+            f"or start one with `tessq run IN {output_dir}` or `tessq scan IN --out {output_dir}`)"
+        )
+    return (
+        f"no tessq workspace in {ws.root} ({ws.state_dir} holds no status table): pass the output folder of "
+        f"a job (`-w OUT`), or start one with `tessq scan IN --out OUT` / `tessq run IN OUT`"
+    )
 
 
 def _where(ws: Workspace | None) -> str:
@@ -82,8 +94,9 @@ class JobChoice:
     note: str | None = None
 
 
-def select_job(ws: Workspace | None = None, *, out: Path | str | None = None, job_id: int | None = None,
-               require: bool = True) -> JobChoice | None:
+def select_job(
+    ws: Workspace | None = None, *, out: Path | str | None = None, job_id: int | None = None, require: bool = True
+) -> JobChoice | None:
     """One job of the workspace: by --job ID, else by output folder, else the only one, else the one whose
     output holds the workspace or the current folder, else the latest scanned (said so in `note`)."""
     ws = ws or tq.workspace()
@@ -92,8 +105,7 @@ def select_job(ws: Workspace | None = None, *, out: Path | str | None = None, jo
     if not jobs:
         if not require:
             return None
-        raise ConfigError(f"no job in {_where(ws)} yet: start one with `tessq scan IN --out OUT` or "
-                          f"`tessq run IN OUT`")
+        raise ConfigError(f"no job in {_where(ws)} yet: start one with `tessq scan IN --out OUT` or `tessq run IN OUT`")
     listing = "; ".join(f"--job {j.id}: {j.input_dir} -> {j.output_dir}" for j in jobs)
     if job_id is not None:
         chosen = [j for j in jobs if j.id == job_id]
@@ -112,8 +124,10 @@ def select_job(ws: Workspace | None = None, *, out: Path | str | None = None, jo
         job = _job_here(jobs, ws) or max(jobs, key=lambda j: (j.updated_at, j.id))
     note = None
     if len(jobs) > 1:
-        note = (f"{len(jobs)} jobs share {_where(ws)}; this is job {job.id} ({job.input_dir} -> {job.output_dir}). "
-                f"Pick another with --job ID or its output folder: {listing}")
+        note = (
+            f"{len(jobs)} jobs share {_where(ws)}; this is job {job.id} ({job.input_dir} -> {job.output_dir}). "
+            f"Pick another with --job ID or its output folder: {listing}"
+        )
     return JobChoice(job, note)
 
 
@@ -167,8 +181,9 @@ def check_locations(input_dir: Path | str, output_dir: Path | str | None) -> Pat
     return out
 
 
-def check_job(input_dir: Path | str, output_dir: Path | str, options: SliceOptions, *,
-              force_options: bool = False) -> None:
+def check_job(
+    input_dir: Path | str, output_dir: Path | str, options: SliceOptions, *, force_options: bool = False
+) -> None:
     """Refuse a scan that would silently throw finished work away (the workspace must be open).
 
     - OUT already holds another input's job; - IN is already cut into another OUT in this database;
@@ -180,16 +195,23 @@ def check_job(input_dir: Path | str, output_dir: Path | str, options: SliceOptio
         by_out = db.Job.get_or_none(db.Job.output_dir == out)
         by_in = db.Job.get_or_none(db.Job.input_dir == inp)
         if by_out is not None and by_out.input_dir != inp:
-            raise ConfigError(f"{out} already holds the output of another input, {by_out.input_dir} (job {by_out.id}); "
-                              f"use another output folder for {inp}")
+            raise ConfigError(
+                f"{out} already holds the output of another input, {by_out.input_dir} (job {by_out.id}); "
+                f"use another output folder for {inp}"
+            )
         if by_in is not None and by_in.output_dir != out:
-            raise ConfigError(f"{inp} is already cut into {by_in.output_dir} (job {by_in.id}) in "
-                              f"{_where(tq.workspace())}; resume that job, or pass -w/--workspace to keep this "
-                              f"new output's state apart")
+            raise ConfigError(
+                f"{inp} is already cut into {by_in.output_dir} (job {by_in.id}) in "
+                f"{_where(tq.workspace())}; resume that job, or pass -w/--workspace to keep this "
+                f"new output's state apart"
+            )
         if by_in is None:
             return
-        redo = (db.Image.select().where((db.Image.job == by_in.id) & (db.Image.status == db.DONE)
-                                         & (db.Image.options_hash != fingerprint)).count())
+        redo = (
+            db.Image.select()
+            .where((db.Image.job == by_in.id) & (db.Image.status == db.DONE) & (db.Image.options_hash != fingerprint))
+            .count()
+        )
     if redo and not force_options:
         import json
 
@@ -198,14 +220,22 @@ def check_job(input_dir: Path | str, output_dir: Path | str, options: SliceOptio
             f"the cut options differ from the ones {out} was made with ({', '.join(changes)}): this would cut "
             f"{redo} finished image(s) again and replace their output. To do that, repeat the command with "
             f"--force-options (Python: BatchJob(force_options=True)); to keep them, use the job's options or "
-            f"another output folder")
+            f"another output folder"
+        )
     if redo:
         log.warning("options changed (--force-options): %d finished image(s) of %s will be cut again", redo, out)
 
 
-def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, options: SliceOptions, *,
-                     follow_symlinks: bool = False, workspace: Workspace,
-                     force_options: bool = False, check_output: str = "stat") -> scan.ScanSummary:
+def scan_and_enqueue(
+    input_dir: Path | str,
+    output_dir: Path | str | None,
+    options: SliceOptions,
+    *,
+    follow_symlinks: bool = False,
+    workspace: Workspace,
+    force_options: bool = False,
+    check_output: str = "stat",
+) -> scan.ScanSummary:
     """Either side may be s3://BUCKET/PREFIX (its bucket is checked here; nothing is created on S3).
 
     check_output: how done images' output folders are checked before they count as done ("stat", "hash",
@@ -215,15 +245,29 @@ def scan_and_enqueue(input_dir: Path | str, output_dir: Path | str | None, optio
     out = check_locations(input_dir, output_dir)
     check_job(input_dir, out, options, force_options=force_options)
     storage.at(out).prepare_output()
-    summary = scan.scan_tree(input_dir, out, options, options_fingerprint(options),
-                             follow_symlinks=follow_symlinks, exclude=(workspace.state_dir,),
-                             check_output=check_output)
+    summary = scan.scan_tree(
+        input_dir,
+        out,
+        options,
+        options_fingerprint(options),
+        follow_symlinks=follow_symlinks,
+        exclude=(workspace.state_dir,),
+        check_output=check_output,
+    )
     with db.session():
         sizes = db.queued_ids_with_size()
     tq.enqueue([i for i in summary.enqueue_ids if i in sizes], sizes)
-    log.info("scan of %s: %d found, %d queued, %d requeued, %d already done, %d queued again (output missing, "
-             "damaged or verified different), %d skipped", summary.input_dir, summary.found, summary.queued,
-             summary.requeued, summary.already_done, summary.requeued_damaged, len(summary.skipped_entries))
+    log.info(
+        "scan of %s: %d found, %d queued, %d requeued, %d already done, %d queued again (output missing, "
+        "damaged or verified different), %d skipped",
+        summary.input_dir,
+        summary.found,
+        summary.queued,
+        summary.requeued,
+        summary.already_done,
+        summary.requeued_damaged,
+        len(summary.skipped_entries),
+    )
     return summary
 
 
@@ -241,10 +285,12 @@ def finish_report(job: db.Job | None = None) -> dict[str, Any]:
     if current is None or (current.input_dir, current.output_dir) != (job.input_dir, job.output_dir):
         # an empty or another job's database (the file was deleted and created anew, or replaced): a report
         # from it would overwrite the real one with zeros or with someone else's numbers
-        raise ConfigError(f"not writing the report of {job.output_dir}: {_where(tq.workspace())} holds no job "
-                          f"{job.input_dir} -> {job.output_dir} any more (its status table was deleted or replaced); "
-                          f"the existing {defaults.REPORT_FILENAME} is kept. Restore the status table, or run "
-                          f"`tessq run {job.input_dir} {job.output_dir}` again")
+        raise ConfigError(
+            f"not writing the report of {job.output_dir}: {_where(tq.workspace())} holds no job "
+            f"{job.input_dir} -> {job.output_dir} any more (its status table was deleted or replaced); "
+            f"the existing {defaults.REPORT_FILENAME} is kept. Restore the status table, or run "
+            f"`tessq run {job.input_dir} {job.output_dir}` again"
+        )
     rep = report.build_report(job.id)
     target = storage.at(job.output_dir)
     if target.local_path is not None:  # OUT removed meanwhile: nothing to write the report into
@@ -274,8 +320,10 @@ def retry_failed(error_types: list[str] | None = None, job: db.Job | None = None
 
 
 def verify_done(
-    progress: Callable[[int, int, str], None] | None = None, sample: int | None = None,
-    job: db.Job | None = None, workers: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    sample: int | None = None,
+    job: db.Job | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Check every done image of one job against its source (or its recorded hashes) and record the verdict;
     `workers` processes (default: one per core), see verify_runner. 'details' says per different image what
@@ -319,12 +367,15 @@ def redo_hint(out: Path | str) -> str:
     with db.session():
         job = db.Job.select().where(db.Job.output_dir == str(out)).order_by(db.Job.id.desc()).first()
     src = job.input_dir if job is not None else "IN"
-    return (f"run `tessq run {src} {out}` (or `tessq scan {src} --out {out}` then `tessq workers --drain`) "
-            "again to redo them")
+    return (
+        f"run `tessq run {src} {out}` (or `tessq scan {src} --out {out}` then `tessq workers --drain`) "
+        "again to redo them"
+    )
 
 
-def export_zip(dest: Path | None, folder: str | None,
-               progress: Callable[[int, int], None] | None = None, job: db.Job | None = None) -> dict[str, Any]:
+def export_zip(
+    dest: Path | None, folder: str | None, progress: Callable[[int, int], None] | None = None, job: db.Job | None = None
+) -> dict[str, Any]:
     from tessq.ship import export
 
     out, image_dirs = _done_dirs(job)
@@ -334,8 +385,15 @@ def export_zip(dest: Path | None, folder: str | None,
         raise export.MissingImagesError(exc.missing, redo_hint(out)) from None
 
 
-def upload(url: str, *, endpoint_url: str | None = None, profile: str | None = None, concurrency: int = 8,
-           progress: Callable[[int, int], None] | None = None, job: db.Job | None = None) -> dict[str, Any]:
+def upload(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    concurrency: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    job: db.Job | None = None,
+) -> dict[str, Any]:
     from tessq.ship import export
     from tessq.ship import upload as up
 
@@ -344,8 +402,15 @@ def upload(url: str, *, endpoint_url: str | None = None, profile: str | None = N
         files = up.files_to_ship(out, image_dirs)
     except export.MissingImagesError as exc:
         raise export.MissingImagesError(exc.missing, redo_hint(out)) from None
-    return up.upload_outputs(files, url, ledger=db.UploadLedger(), endpoint_url=endpoint_url, profile=profile,
-                             concurrency=concurrency, progress=progress)
+    return up.upload_outputs(
+        files,
+        url,
+        ledger=db.UploadLedger(),
+        endpoint_url=endpoint_url,
+        profile=profile,
+        concurrency=concurrency,
+        progress=progress,
+    )
 
 
 # ------------------------------------------------------------------ the run flow (tessq run, tessq demo, the API)
@@ -445,9 +510,15 @@ def scan_run(request: RunRequest, ws: Workspace) -> scan.ScanSummary:
     """The run's scan: records and queues the tree (after forgetting the input's records when not resuming)."""
     if not request.resume:
         forget_job(request.input_dir)
-    return scan_and_enqueue(request.input_dir, request.output_dir, request.options,
-                            follow_symlinks=request.follow_symlinks, workspace=ws, force_options=request.forced,
-                            check_output=request.check_output)
+    return scan_and_enqueue(
+        request.input_dir,
+        request.output_dir,
+        request.options,
+        follow_symlinks=request.follow_symlinks,
+        workspace=ws,
+        force_options=request.forced,
+        check_output=request.check_output,
+    )
 
 
 def run_opened(request: RunRequest, ws: Workspace, hooks: RunHooks | None = None) -> RunOutcome:

@@ -36,8 +36,10 @@ def describe(snap: dict[str, Any] | None, elapsed: float) -> tuple[int, int, str
         return 0, 0, "starting workers..."
     p, c, eta = snap["progress"], snap["counts"], snap.get("eta_s")
     eta_text = "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
-    text = (f"{p['finished']}/{p['total']} finished ({c['done']} done, {c['failed']} failed, {c['running']} running)"
-            f" | {snap['throughput']['images_per_hour']} img/h | ETA {eta_text} | {elapsed:.0f} s")
+    text = (
+        f"{p['finished']}/{p['total']} finished ({c['done']} done, {c['failed']} failed, {c['running']} running)"
+        f" | {snap['throughput']['images_per_hour']} img/h | ETA {eta_text} | {elapsed:.0f} s"
+    )
     return p["finished"], p["total"], text
 
 
@@ -48,8 +50,10 @@ class _View:
         self.done, self.total, self.text = describe(snap, elapsed)
 
     def _repr_html_(self) -> str:
-        return (f"<progress value='{self.done}' max='{max(self.total, 1)}' style='width:30em'></progress> "
-                f"<code>{html.escape(self.text)}</code>")
+        return (
+            f"<progress value='{self.done}' max='{max(self.total, 1)}' style='width:30em'></progress> "
+            f"<code>{html.escape(self.text)}</code>"
+        )
 
     def __repr__(self) -> str:
         filled = int(30 * self.done / self.total) if self.total else 0
@@ -74,8 +78,14 @@ class BatchProgress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            self._bar = Progress(TextColumn("tessq"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
+            self._bar = Progress(
+                TextColumn("tessq"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self._bar.start()
             self._task = self._bar.add_task("starting workers...", total=None)
             # console log lines go through the bar's redirected stderr, so they print above it

@@ -62,7 +62,8 @@ _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 def _escaped(match: re.Match[str]) -> str:
     char = match.group(0)
     return {"\n": "\\n", "\r": "\\r"}.get(char) or (
-        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
 
 
 def escape_controls(text: str) -> str:

@@ -58,8 +58,17 @@ def photo_like(height: int, width: int, samples: int = 3, dtype: str = "uint8", 
     return photo_like_rows(0, height, width, samples, dtype, seed)
 
 
-def write_sample_tiff(path: Path, height: int, width: int, *, samples: int = 3, dtype: str = "uint8",
-                      seed: int = 0, band_rows: int = 512, **tiff_kwargs: Any) -> Path:
+def write_sample_tiff(
+    path: Path,
+    height: int,
+    width: int,
+    *,
+    samples: int = 3,
+    dtype: str = "uint8",
+    seed: int = 0,
+    band_rows: int = 512,
+    **tiff_kwargs: Any,
+) -> Path:
     """Write a photo-like TIFF band by band (never the whole image in memory)."""
     import tifffile
 
@@ -91,8 +100,9 @@ def write_sample_tiff(path: Path, height: int, width: int, *, samples: int = 3, 
         data = photo_like(height, width, samples, dtype, seed)
         tifffile.imwrite(path, data, photometric=photometric, extrasamples=extrasamples, **tiff_kwargs)
         return path
-    tifffile.imwrite(path, chunks(), shape=shape, dtype=dtype, photometric=photometric,
-                     extrasamples=extrasamples, **tiff_kwargs)
+    tifffile.imwrite(
+        path, chunks(), shape=shape, dtype=dtype, photometric=photometric, extrasamples=extrasamples, **tiff_kwargs
+    )
     return path
 
 
@@ -104,12 +114,27 @@ def make_sample_tree(root: Path, size: int = 1024) -> dict[str, Any]:
     from PIL import Image as PILImage
 
     s = size
-    write_sample_tiff(root / "project_alpha/survey_001/aerial_photo_001.tif", s, s + s // 3, seed=1,
-                      compression="lzw", rowsperstrip=64)
-    write_sample_tiff(root / "project_alpha/survey_001/aerial_photo_002.tif", s + s // 4, s, samples=1,
-                      dtype="uint16", seed=2, tile=(256, 256), compression="zlib")
-    write_sample_tiff(root / "project_alpha/survey_002/scan_0003.tiff", s, s, samples=4, seed=3,
-                      compression="zstd", tile=(256, 256))
+    write_sample_tiff(
+        root / "project_alpha/survey_001/aerial_photo_001.tif",
+        s,
+        s + s // 3,
+        seed=1,
+        compression="lzw",
+        rowsperstrip=64,
+    )
+    write_sample_tiff(
+        root / "project_alpha/survey_001/aerial_photo_002.tif",
+        s + s // 4,
+        s,
+        samples=1,
+        dtype="uint16",
+        seed=2,
+        tile=(256, 256),
+        compression="zlib",
+    )
+    write_sample_tiff(
+        root / "project_alpha/survey_002/scan_0003.tiff", s, s, samples=4, seed=3, compression="zstd", tile=(256, 256)
+    )
     write_sample_tiff(root / "project_gamma/bigendian_scan.tif", s, s, seed=4, byteorder=">")
     thumb = photo_like(96, 128, seed=5)
     PILImage.fromarray(thumb).save(root / "project_alpha/survey_001/thumbnail_001.jpg", quality=85)
@@ -119,6 +144,6 @@ def make_sample_tree(root: Path, size: int = 1024) -> dict[str, Any]:
     write_sample_tiff(root / "project_beta/preview_small.tif", 256, 256, seed=6)
     damaged = root / "project_beta/damaged_scan.tif"
     write_sample_tiff(damaged, s // 2 + 512, s, seed=7)
-    damaged.write_bytes(damaged.read_bytes()[: 1024])  # truncated in transfer: header present, pixels gone
+    damaged.write_bytes(damaged.read_bytes()[:1024])  # truncated in transfer: header present, pixels gone
     (root / "project_beta/README.txt").write_text("field notes, not an image\n")
     return {"found": 6, "done": 4, "skipped": 1, "errors": 1, "folders_skipped": 1}

@@ -24,8 +24,16 @@ def tiled_bomb(path: Path, side: int = 46000, tile: int = 16, *, distinct: int =
     if sparse:
         offsets[distinct:] = 0
         counts[distinct:] = 0
-    tags = {256: (4, [side]), 257: (4, [side]), 258: (3, [8]), 259: (3, [8]), 262: (3, [1]), 277: (3, [1]),
-            322: (3, [tile]), 323: (3, [tile])}
+    tags = {
+        256: (4, [side]),
+        257: (4, [side]),
+        258: (3, [8]),
+        259: (3, [8]),
+        262: (3, [1]),
+        277: (3, [1]),
+        322: (3, [tile]),
+        323: (3, [tile]),
+    }
     pad = b"\0" if len(data) % 2 else b""
     ifd_off = 8 + len(data) + len(pad)
     n_tags = len(tags) + 2
@@ -38,8 +46,15 @@ def tiled_bomb(path: Path, side: int = 46000, tile: int = 16, *, distinct: int =
     entries += struct.pack("<HHII", 324, 4, n, ext_off)
     entries += struct.pack("<HHII", 325, 4, n, ext_off + 4 * n)
     with open(path, "wb") as fh:
-        fh.write(b"II*\0" + struct.pack("<I", ifd_off) + data + pad + struct.pack("<H", n_tags) + entries
-                 + struct.pack("<I", 0))
+        fh.write(
+            b"II*\0"
+            + struct.pack("<I", ifd_off)
+            + data
+            + pad
+            + struct.pack("<H", n_tags)
+            + entries
+            + struct.pack("<I", 0)
+        )
         fh.write(offsets.tobytes())
         fh.write(counts.tobytes())
     return path

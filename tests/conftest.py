@@ -34,8 +34,9 @@ def photo(h: int, w: int, samples: int = 3, dtype: str = "uint8", seed: int = 0)
     return img[..., 0] if samples == 1 else img
 
 
-def write_tiff(path: Path, h: int = 64, w: int = 96, samples: int = 3, dtype: str = "uint8", seed: int = 0,
-               **kwargs: object) -> Path:
+def write_tiff(
+    path: Path, h: int = 64, w: int = 96, samples: int = 3, dtype: str = "uint8", seed: int = 0, **kwargs: object
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = photo(h, w, samples, dtype, seed)
     photometric = "rgb" if samples == 3 else "minisblack"
@@ -46,8 +47,16 @@ def write_tiff(path: Path, h: int = 64, w: int = 96, samples: int = 3, dtype: st
 def seed_tree(root: Path) -> dict[str, int]:
     """The seed's example tree (scaled down: min size 32), with the edge cases users have."""
     write_tiff(root / "project_alpha/survey_001/aerial_photo_001.tif", seed=1)
-    write_tiff(root / "project_alpha/survey_001/aerial_photo_002.tif", 80, 72, 1, "uint16", seed=2, tile=(32, 32),
-               compression="zlib")
+    write_tiff(
+        root / "project_alpha/survey_001/aerial_photo_002.tif",
+        80,
+        72,
+        1,
+        "uint16",
+        seed=2,
+        tile=(32, 32),
+        compression="zlib",
+    )
     (root / "project_alpha/survey_001/thumbnail_001.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "project_alpha/survey_002").mkdir(parents=True)
     (root / "project_beta/crops").mkdir(parents=True)
@@ -67,18 +76,27 @@ def many_tiffs(root: Path, n: int, h: int = 40, w: int = 48) -> list[Path]:
     return [write_tiff(root / f"batch_{i // 50:02d}/img_{i:04d}.tif", h, w, seed=i) for i in range(n)]
 
 
-def tessq_cmd(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180,
-              check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "tessq", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+def tessq_cmd(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 180, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tessq", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"tessq {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 def tessq_popen(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tessq", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tessq", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _server_unavailable(kind: str, exc: Exception) -> None:

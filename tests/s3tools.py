@@ -16,11 +16,15 @@ from tests.s3server import DUMMY_ENV
 def s3_client(endpoint: str) -> Any:
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, **{
-        "aws_access_key_id": DUMMY_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": DUMMY_ENV["AWS_SECRET_ACCESS_KEY"],
-        "region_name": DUMMY_ENV["AWS_REGION"],
-    })
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        **{
+            "aws_access_key_id": DUMMY_ENV["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": DUMMY_ENV["AWS_SECRET_ACCESS_KEY"],
+            "region_name": DUMMY_ENV["AWS_REGION"],
+        },
+    )
 
 
 def new_bucket(endpoint: str) -> str:
@@ -41,7 +45,7 @@ def upload_tree(endpoint: str, root: Path, bucket: str, prefix: str) -> int:
 
 def keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
     pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
-    return sorted(o["Key"][len(prefix) + 1:] for page in pages for o in page.get("Contents", []))
+    return sorted(o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", []))
 
 
 def download(endpoint: str, bucket: str, prefix: str, dest: Path) -> Path:

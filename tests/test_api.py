@@ -61,12 +61,24 @@ def slices_started_at(out: Path) -> dict[str, float]:
 def test_batch_job_defaults_are_the_seeds() -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(BatchJob)}
     assert [f.name for f in dataclasses.fields(BatchJob)][:8] == [
-        "input_dir", "output_dir", "num_pieces", "max_workers", "min_image_size", "skip_existing", "resume_mode",
+        "input_dir",
+        "output_dir",
+        "num_pieces",
+        "max_workers",
+        "min_image_size",
+        "skip_existing",
+        "resume_mode",
         "log_level",
     ]
-    assert {k: defaults[k] for k in ("num_pieces", "max_workers", "min_image_size", "skip_existing",
-                                     "resume_mode", "log_level")} == {
-        "num_pieces": 8, "max_workers": 4, "min_image_size": 1024, "skip_existing": True, "resume_mode": True,
+    assert {
+        k: defaults[k]
+        for k in ("num_pieces", "max_workers", "min_image_size", "skip_existing", "resume_mode", "log_level")
+    } == {
+        "num_pieces": 8,
+        "max_workers": 4,
+        "min_image_size": 1024,
+        "skip_existing": True,
+        "resume_mode": True,
         "log_level": "INFO",
     }
 

@@ -21,8 +21,13 @@ import pytest
 from tests.conftest import seed_tree, tessq_cmd, write_tiff
 
 MIN = "--min-size=32"
-SEED_DONE = {"project_alpha/survey_001/aerial_photo_001", "project_alpha/survey_001/aerial_photo_002",
-             "unicode ü dir/photo with space é", "dup/a.tif", "dup/a.TIFF"}
+SEED_DONE = {
+    "project_alpha/survey_001/aerial_photo_001",
+    "project_alpha/survey_001/aerial_photo_002",
+    "unicode ü dir/photo with space é",
+    "dup/a.tif",
+    "dup/a.TIFF",
+}
 
 
 def clean_env(tmp: Path) -> dict[str, str]:
@@ -41,6 +46,7 @@ def zip_with(compression: int) -> Callable[[Path, Path], None]:
         with zipfile.ZipFile(dest, "w", compression) as zf:
             for path, rel in members(root):
                 zf.write(path, rel)
+
     return make
 
 
@@ -48,18 +54,21 @@ def tar_with(mode: str) -> Callable[[Path, Path], None]:
     def make(root: Path, dest: Path) -> None:
         with tarfile.open(dest, mode) as tf:
             tf.add(root, arcname=".")
+
     return make
 
 
 def zip_tool(*flags: str) -> Callable[[Path, Path], None]:
     def make(root: Path, dest: Path) -> None:
         subprocess.run(["zip", "-q", "-r", *flags, str(dest), "."], cwd=root, check=True)
+
     return make
 
 
 def tar_tool(*flags: str) -> Callable[[Path, Path], None]:
     def make(root: Path, dest: Path) -> None:
         subprocess.run(["tar", *flags, "-cf", str(dest), "-C", str(root), "."], check=True)
+
     return make
 
 
@@ -77,15 +86,20 @@ BUILDERS = {
 
 def slice_hashes(out: Path) -> dict[str, str]:
     """Every slice file of an output tree (state dir excluded) -> its sha256."""
-    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("slice_*")) if ".tessq" not in p.parts}
+    return {
+        p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("slice_*"))
+        if ".tessq" not in p.parts
+    }
 
 
 def summary_of(out: Path) -> tuple:
     rep = json.loads((out / "batch_report.json").read_text())
     s = rep["batch_summary"]
-    return ((s["total_images_found"], s["successfully_processed"], s["skipped"], s["errors"], s["folders_skipped"]),
-            rep["skipped"])
+    return (
+        (s["total_images_found"], s["successfully_processed"], s["skipped"], s["errors"], s["folders_skipped"]),
+        rep["skipped"],
+    )
 
 
 def run(env: dict[str, str], cwd: Path, src: Path | str, out: Path | str, *extra: str) -> subprocess.CompletedProcess:
@@ -109,13 +123,20 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert proc.returncode == 3, proc.stdout + proc.stderr  # the corrupt file
     out = base / "out"
     shas = {d: json.loads((out / d / "metadata.json").read_text())["source"]["sha256"] for d in SEED_DONE}
-    return {"root": root, "out": out, "slices": slice_hashes(out), "summary": summary_of(out), "expected": expected,
-            "sha256": shas}
+    return {
+        "root": root,
+        "out": out,
+        "slices": slice_hashes(out),
+        "summary": summary_of(out),
+        "expected": expected,
+        "sha256": shas,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_an_archive_as_in_gives_the_same_output_as_the_tree_as_a_folder(name: str, reference: dict,
-                                                                         tmp_path: Path) -> None:
+def test_an_archive_as_in_gives_the_same_output_as_the_tree_as_a_folder(
+    name: str, reference: dict, tmp_path: Path
+) -> None:
     if "tool" in name and shutil.which(name.split("-")[0]) is None:
         pytest.skip(f"the {name.split('-')[0]} command-line tool is not installed")
     archive = tmp_path / name
@@ -142,7 +163,8 @@ def test_an_archive_as_in_gives_the_same_output_as_the_tree_as_a_folder(name: st
 
 
 def test_a_deflated_member_over_the_spool_budget_is_read_in_place_from_the_inflated_stream(
-        reference: dict, tmp_path: Path) -> None:
+    reference: dict, tmp_path: Path
+) -> None:
     archive = tmp_path / "data.zip"
     zip_with(zipfile.ZIP_DEFLATED)(reference["root"], archive)
     env = {**clean_env(tmp_path), "TESSQ_ARCHIVE_SPOOL_MAX_BYTES": "1"}
@@ -183,8 +205,9 @@ def test_a_replaced_zip_requeues_exactly_the_changed_members(tmp_path: Path) -> 
     (root / "f0/new.tif").parent.mkdir(exist_ok=True)
     write_tiff(root / "f0/new.tif", seed=7)
     _zip_tree(root, archive)
-    scan = json.loads(tessq_cmd("scan", str(archive), "--out", str(out), MIN, "--json", env=env, cwd=tmp_path,
-                                check=True).stdout)
+    scan = json.loads(
+        tessq_cmd("scan", str(archive), "--out", str(out), MIN, "--json", env=env, cwd=tmp_path, check=True).stdout
+    )
     assert (scan["queued"], scan["requeued"], scan["already_done"]) == (1, 1, 3), scan
     assert run(env, tmp_path, archive, out).returncode == 0
     meta = json.loads((out / "f1/img_1/metadata.json").read_text())
@@ -202,8 +225,9 @@ def test_a_rewritten_tar_requeues_only_members_whose_size_or_mtime_changed(tmp_p
     write_tiff(root / "img_2.tif", seed=50)
     os.utime(root / "img_2.tif", (1_700_000_000, 1_700_000_000))
     tar_with("w")(root, archive)  # a new archive: the others keep their size and mtime
-    scan = json.loads(tessq_cmd("scan", str(archive), "--out", str(out), MIN, "--json", env=env, cwd=tmp_path,
-                                check=True).stdout)
+    scan = json.loads(
+        tessq_cmd("scan", str(archive), "--out", str(out), MIN, "--json", env=env, cwd=tmp_path, check=True).stdout
+    )
     assert (scan["queued"], scan["requeued"], scan["already_done"]) == (0, 1, 2), scan
 
 
@@ -211,7 +235,8 @@ def test_a_rewritten_tar_requeues_only_members_whose_size_or_mtime_changed(tmp_p
 
 
 def test_a_file_that_is_not_an_archive_or_is_truncated_is_refused_before_anything_is_written(
-        reference: dict, tmp_path: Path) -> None:
+    reference: dict, tmp_path: Path
+) -> None:
     env = clean_env(tmp_path)
     fake = tmp_path / "fake.zip"
     fake.write_bytes(b"this is not a zip file at all" * 100)
@@ -254,7 +279,7 @@ def _patch_zip(data: bytes, name: bytes, patch: Callable[[bytearray, int, bool],
         pos = 0
         while (pos := buf.find(sig, pos)) >= 0:
             n = struct.unpack_from("<H", buf, pos + (28 if central else 26))[0]
-            if bytes(buf[pos + name_at: pos + name_at + n]) == name:
+            if bytes(buf[pos + name_at : pos + name_at + n]) == name:
                 patch(buf, pos, central)
             pos += 4
     return bytes(buf)
@@ -305,12 +330,14 @@ def test_tar_links_devices_and_non_utf8_names_are_handled_like_the_folder_case(t
     tif = write_tiff(tmp_path / "src/ok.tif", seed=1).read_bytes()
     archive = tmp_path / "odd.tar"
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
+
         def add(name: str, data: bytes = b"", **attrs: object) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             for k, v in attrs.items():
                 setattr(info, k, v)
             tf.addfile(info, io.BytesIO(data) if data else None)
+
         add("d/ok.tif", tif, mtime=1_700_000_000)
         add("d/hard.tif", type=tarfile.LNKTYPE, linkname="d/ok.tif")
         add("d/soft.tif", type=tarfile.SYMTYPE, linkname="ok.tif")
@@ -417,7 +444,8 @@ def test_an_archive_with_100k_members_is_listed_and_scanned(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("name", ["zipfile-stored.zip", "zipfile-deflated.zip", "tarfile.tar", "tarfile.tar.gz"])
 def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_output(
-        name: str, reference: dict, tmp_path: Path, s3_endpoint: str) -> None:
+    name: str, reference: dict, tmp_path: Path, s3_endpoint: str
+) -> None:
     from tests.s3server import DUMMY_ENV
     from tests.s3tools import new_bucket, s3_client
 
@@ -436,8 +464,9 @@ def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_o
     assert meta["source"]["absolute_path"] == f"{url}/dup/a.tif"
     assert meta["source"]["sha256"] == reference["sha256"]["dup/a.tif"]
     assert not list((tmp_path / "tmp").iterdir())
-    again = json.loads(tessq_cmd("scan", url, "--out", str(out), MIN, "--json", env=env, cwd=tmp_path,
-                                 check=True).stdout)
+    again = json.loads(
+        tessq_cmd("scan", url, "--out", str(out), MIN, "--json", env=env, cwd=tmp_path, check=True).stdout
+    )
     assert (again["queued"], again["requeued"], again["already_done"]) == (0, 0, len(SEED_DONE))
 
 
@@ -455,8 +484,9 @@ def test_member_paths_are_made_safe_and_never_point_outside_the_tree() -> None:
     assert safe_rel("./") is None
 
 
-def test_a_tar_gz_without_indexed_gzip_is_still_read_member_by_member(reference: dict, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tar_gz_without_indexed_gzip_is_still_read_member_by_member(
+    reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tessq.cut import tiff
     from tessq.storage import archive
 
@@ -494,7 +524,8 @@ def test_a_member_of_a_changed_or_shrunken_archive_is_a_source_change(tmp_path: 
 
 @pytest.mark.parametrize("one_shot", [True, False], ids=["libdeflate-at-once", "zlib-streamed"])
 def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
-        one_shot: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one_shot: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tessq.errors import CorruptImageError
     from tessq.storage import archive
 
@@ -510,19 +541,23 @@ def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
     def size(value: int) -> Callable[[bytearray, int, bool], None]:
         def patch(buf: bytearray, pos: int, central: bool) -> None:
             struct.pack_into("<I", buf, pos + (24 if central else 22), value)
+
         return patch
 
     data = _patch_zip(path.read_bytes(), b"short.tif", size(len(tif) - 100))  # declared smaller: CRC differs
     path.write_bytes(_patch_zip(data, b"long.tif", size(len(tif) + 100)))  # declared larger: data ends early
-    for name, why in (("short.tif", "CRC-32|longer than its declared size"),
-                      ("long.tif", "before the member's declared size")):
+    for name, why in (
+        ("short.tif", "CRC-32|longer than its declared size"),
+        ("long.tif", "before the member's declared size"),
+    ):
         with pytest.raises(CorruptImageError, match=why):
             archive.member(path, name).fetch(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
 
 
 def test_a_tar_gz_scan_saves_its_listing_so_workers_started_apart_need_not_decompress_it_again(
-        reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = tmp_path / "data.tgz"
     tar_with("w:gz")(reference["root"], archive)
     env, out = clean_env(tmp_path), tmp_path / "out"
@@ -542,7 +577,8 @@ def test_a_tar_gz_scan_saves_its_listing_so_workers_started_apart_need_not_decom
 
 
 def test_a_tar_gz_member_declaring_more_bytes_than_the_archive_holds_fails_at_scan_and_spools_nothing(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     import gzip
 
     tif = write_tiff(tmp_path / "src/ok.tif", seed=1).read_bytes()

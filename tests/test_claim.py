@@ -17,8 +17,15 @@ def _setup(url: str, n: int) -> list[int]:
     with db.session():
         job = db.upsert_job("/in", "/out", {}, "h")
         rows = [
-            {"rel_path": f"img_{i}.tif", "folder": "", "out_rel": f"img_{i}", "src_size": 1, "src_mtime": 1.0,
-             "status": db.QUEUED, "attempts": 0}
+            {
+                "rel_path": f"img_{i}.tif",
+                "folder": "",
+                "out_rel": f"img_{i}",
+                "src_size": 1,
+                "src_mtime": 1.0,
+                "status": db.QUEUED,
+                "attempts": 0,
+            }
             for i in range(n)
         ]
         outcome = db.record_candidates(job.id, rows, "h")

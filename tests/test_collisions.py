@@ -44,7 +44,7 @@ def reassembles(image_dir: Path, source: Path) -> bool:
     for rec in meta["slices"]:
         f = image_dir / rec["file"]
         px = tifffile.imread(f) if f.suffix == ".tif" else np.asarray(__import__("PIL.Image").Image.open(f))
-        got[rec["y0"]:rec["y1"], rec["x0"]:rec["x1"]] = px
+        got[rec["y0"] : rec["y1"], rec["x0"] : rec["x1"]] = px
     return bool(np.array_equal(got, want))
 
 

@@ -43,13 +43,55 @@ def test_every_variant_slices_bit_exact(tmp_path: Path, name: str) -> None:
 
 
 # metadata.json's keys and their order: existing readers (and byte-for-byte reruns) rely on both
-METADATA_KEYS = ["schema", "schema_version", "created_utc", "tool", "source", "original_image", "grid", "output",
-                 "georef", "slices", "totals"]
-SOURCE_KEYS = ["relative_path", "absolute_path", "bytes", "mtime", "sha256", "width", "height", "dtype", "samples",
-               "bits_per_sample", "sample_format", "photometric", "decoded_photometric", "extra_samples",
-               "compression", "predictor", "layout", "tile_shape", "rows_per_strip", "planar", "byteorder", "bigtiff",
-               "orientation", "series", "level", "series_count", "series_kind", "series_shape", "levels",
-               "page_index", "page_count", "colormap", "decoder", "tifffile_warnings"]
+METADATA_KEYS = [
+    "schema",
+    "schema_version",
+    "created_utc",
+    "tool",
+    "source",
+    "original_image",
+    "grid",
+    "output",
+    "georef",
+    "slices",
+    "totals",
+]
+SOURCE_KEYS = [
+    "relative_path",
+    "absolute_path",
+    "bytes",
+    "mtime",
+    "sha256",
+    "width",
+    "height",
+    "dtype",
+    "samples",
+    "bits_per_sample",
+    "sample_format",
+    "photometric",
+    "decoded_photometric",
+    "extra_samples",
+    "compression",
+    "predictor",
+    "layout",
+    "tile_shape",
+    "rows_per_strip",
+    "planar",
+    "byteorder",
+    "bigtiff",
+    "orientation",
+    "series",
+    "level",
+    "series_count",
+    "series_kind",
+    "series_shape",
+    "levels",
+    "page_index",
+    "page_count",
+    "colormap",
+    "decoder",
+    "tifffile_warnings",
+]
 
 
 @pytest.mark.parametrize("name", ["rgb8_tiled_lzw", "palette", "geotiff", "rgb16_bigendian"])
@@ -195,10 +237,7 @@ def test_reprocessing_replaces_folder_atomically(tmp_path: Path) -> None:
     core.tessellate_image(path, out, SMALL)
     (out / "stale.txt").write_text("old")
     core.tessellate_image(path, out, SliceOptions(min_size=1, num_pieces=2))
-    assert (
-        not (out / "stale.txt").exists()
-        and len(json.loads((out / "metadata.json").read_text())["slices"]) == 2
-    )
+    assert not (out / "stale.txt").exists() and len(json.loads((out / "metadata.json").read_text())["slices"]) == 2
     assert [p for p in os.listdir(tmp_path) if folder.is_leftover(p)] == []
 
 

@@ -25,9 +25,7 @@ def _find_corpus() -> Path:
 
 
 CORPUS = _find_corpus()
-FILES = (
-    sorted(p for p in CORPUS.glob("*") if p.suffix.lower() in (".tif", ".tiff")) if CORPUS.is_dir() else []
-)
+FILES = sorted(p for p in CORPUS.glob("*") if p.suffix.lower() in (".tif", ".tiff")) if CORPUS.is_dir() else []
 
 
 # tifffile refuses these (or, for old-style JPEG, decodes them unlike libtiff); Pillow/libtiff decodes them

@@ -192,7 +192,7 @@ def test_whole_image_fallback_respects_memory_budget(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spool", [True, False], ids=["spooled", "ranged"])
 def test_fallback_reads_s3_sources(
     tmp_path: Path,
-    s3_endpoint: str,  # noqa: F811
+    s3_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
     spool: bool,
 ) -> None:

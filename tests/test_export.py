@@ -43,12 +43,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def expected_files(out: Path, dirs: list[str]) -> dict[str, bytes]:
-    files = {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for d in dirs
-        for p in (out / d).rglob("*")
-        if p.is_file()
-    }
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for d in dirs for p in (out / d).rglob("*") if p.is_file()}
     for name in ("batch_report.json", "batch_processing.log"):
         files[name] = (out / name).read_bytes()
     return files
@@ -79,9 +74,7 @@ def test_extraction_with_unzip_reproduces_the_tree(tree: Path, tmp_path: Path) -
     assert extracted == expected_files(tree, DONE)
 
 
-def test_two_exports_of_the_same_tree_are_byte_identical_whatever_the_mtimes(
-    tree: Path, tmp_path: Path
-) -> None:
+def test_two_exports_of_the_same_tree_are_byte_identical_whatever_the_mtimes(tree: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "1.zip", tmp_path / "2.zip"
     export_zip(tree, list(reversed(DONE)), first)
     for path in tree.rglob("*"):
@@ -107,8 +100,9 @@ def test_folder_option_limits_to_that_folder_and_not_to_names_sharing_its_prefix
     result = export_zip(tree, DONE, folder="a/")
     names = set(archive_contents(Path(result["path"])))
     image_entries = {n for n in names if "/" in n}
-    assert image_entries and all(n.startswith("a/survey_1/img_1/") or n.startswith("a/survey_1/img_2/")
-                                 for n in image_entries)
+    assert image_entries and all(
+        n.startswith("a/survey_1/img_1/") or n.startswith("a/survey_1/img_2/") for n in image_entries
+    )
     assert {"batch_report.json", "batch_processing.log"} <= names
 
 

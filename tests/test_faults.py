@@ -119,8 +119,11 @@ def test_disk_full_is_retried_after_space_is_freed_and_never_reported_done_corru
         tq = chaos.Tessq(tmp_path)
         chaos.scan(tq, src, out)
         daemon = tq.popen("workers", "--workers", "2", "--drain")
-        full = chaos.wait_until(lambda: tq.query(
-            "SELECT id FROM image WHERE error_message LIKE '%disk full%' AND status = 'queued'"), 60, 0.05)
+        full = chaos.wait_until(
+            lambda: tq.query("SELECT id FROM image WHERE error_message LIKE '%disk full%' AND status = 'queued'"),
+            60,
+            0.05,
+        )
         assert full, "the 1 MB output never filled up"
         assert tq.counts()["done"] < len(tree.good)
         subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)
@@ -131,8 +134,7 @@ def test_disk_full_is_retried_after_space_is_freed_and_never_reported_done_corru
         subprocess.run(["umount", "-l", str(out)], check=False)
 
 
-def test_source_deleted_between_scan_and_processing_fails_by_name_and_drops_out_after_a_rescan(
-        tmp_path: Path) -> None:
+def test_source_deleted_between_scan_and_processing_fails_by_name_and_drops_out_after_a_rescan(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     tree = good_tree(src, [(120, 140)] * 4)
     gone = sorted(tree.good)[1]

@@ -87,7 +87,13 @@ def test_multi_sample_1bit_images_slice_bit_exact(
 def test_a_streamed_multi_sample_1bit_slice_is_exact(tmp_path: Path) -> None:
     bits = np.random.default_rng(7).integers(0, 2, (3, 300, 200)).astype(np.uint8)
     src = gdal_write(
-        tmp_path / "rgb1.tif", bits, nbits=1, photometric="RGB", compress="deflate", tiled=True, blockxsize=16,
+        tmp_path / "rgb1.tif",
+        bits,
+        nbits=1,
+        photometric="RGB",
+        compress="deflate",
+        tiled=True,
+        blockxsize=16,
         blockysize=16,
     )
     out = tmp_path / "out"
@@ -184,9 +190,7 @@ def test_self_check_accepts_what_libpng_decodes_to_the_same_pixels() -> None:
     assert np.array_equal(imagecodecs.png_decode(data), pixels)
 
 
-@pytest.mark.parametrize(
-    "damage", ["other pixels", "truncated", "wrong shape"], ids=["pixels", "truncated", "shape"]
-)
+@pytest.mark.parametrize("damage", ["other pixels", "truncated", "wrong shape"], ids=["pixels", "truncated", "shape"])
 def test_self_check_names_the_slice_that_does_not_decode_to_its_pixels(damage: str) -> None:
     pixels = np.random.default_rng(1).integers(0, 255, (20, 30, 3)).astype(np.uint8)
     kind = encode.slice_kind("uint8", 3, "rgb")

@@ -85,8 +85,14 @@ def assert_demo_outcome(proc: subprocess.CompletedProcess[str], demo_dir: Path) 
 def test_python_m_tessq_demo_in_a_clean_folder_reports_and_says_where_the_output_is(tmp_path: Path) -> None:
     cwd = tmp_path / "fresh"
     cwd.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "tessq", "demo", "my-demo"], cwd=cwd, env=clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tessq", "demo", "my-demo"],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_demo_outcome(proc, cwd / "my-demo")
     assert [p.name for p in cwd.iterdir()] == ["my-demo"], "the demo writes only inside its folder"
 
@@ -96,18 +102,19 @@ def test_readme_first_command_runs_as_written(tmp_path: Path) -> None:
     install, _, run = first.partition("&&")
     assert install.split()[:2] == ["pip", "install"] and run.strip().startswith("tessq demo"), first
     argv = run.split()
-    proc = subprocess.run([tessq_script(), *argv[1:]], cwd=tmp_path, env=clean_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [tessq_script(), *argv[1:]], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120
+    )
     default_dir = tmp_path / (argv[2] if len(argv) > 2 else "tessq-demo")
     assert_demo_outcome(proc, default_dir)
 
 
 def test_version_and_help() -> None:
-    version = subprocess.run([tessq_script(), "--version"], env=clean_env(), capture_output=True, text=True,
-                             timeout=60)
+    version = subprocess.run([tessq_script(), "--version"], env=clean_env(), capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.strip() == f"tessq {tessq.__version__}"
-    helped = subprocess.run([sys.executable, "-m", "tessq", "--help"], env=clean_env(), capture_output=True,
-                            text=True, timeout=60)
+    helped = subprocess.run(
+        [sys.executable, "-m", "tessq", "--help"], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
     assert helped.returncode == 0, helped.stderr
     for command in COMMANDS:
         assert re.search(rf"^\W*{command}\b", helped.stdout, re.M), f"`{command}` missing from --help"
@@ -122,7 +129,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     commands = [line for line in lines if line and not line.startswith("#")]
     assert "set -euo pipefail" in commands or "set -e" in commands
     assert readme_test in commands, ".ci/run must run the README's test command verbatim"
-    after = commands[commands.index(readme_test) + 1:]
+    after = commands[commands.index(readme_test) + 1 :]
     assert after == ["scripts/check_wheel.sh"], "then only the wheel check (issue #15 item 8)"
     check = (ROOT / "scripts/check_wheel.sh").read_text()
     assert "pip wheel" in check and "-m venv" in check and '/bin/tessq" demo' in check and "--help" in check

@@ -38,8 +38,7 @@ def test_a_grid_of_no_pieces_is_refused_with_the_count() -> None:
 
 @pytest.mark.parametrize("width,height", [(0, 5), (5, 0), (0, 0)])
 @pytest.mark.parametrize("options", [SliceOptions(num_pieces=1), SliceOptions(tile_size=4)])
-def test_an_image_without_pixels_on_either_side_is_too_small(width: int, height: int,
-                                                             options: SliceOptions) -> None:
+def test_an_image_without_pixels_on_either_side_is_too_small(width: int, height: int, options: SliceOptions) -> None:
     with pytest.raises(ImageTooSmallError) as caught:
         plan_grid(width, height, options, path="empty.tif")
     assert caught.value.path == "empty.tif"
@@ -67,8 +66,14 @@ def test_grid_shape_is_what_plan_grid_cuts() -> None:
 def test_the_grid_record_of_a_pieces_cut() -> None:
     options = SliceOptions(num_pieces=6)
     assert describe_grid(plan_grid(900, 600, options), options) == {
-        "mode": "pieces", "rows": 2, "cols": 3, "pieces": 6, "requested_pieces": 6, "tile_size": None,
-        "overlap": 0, "edge_policy": GRID_EDGE_POLICY,
+        "mode": "pieces",
+        "rows": 2,
+        "cols": 3,
+        "pieces": 6,
+        "requested_pieces": 6,
+        "tile_size": None,
+        "overlap": 0,
+        "edge_policy": GRID_EDGE_POLICY,
     }
     assert GRID_EDGE_POLICY == "balanced"
 
@@ -77,8 +82,14 @@ def test_the_grid_record_of_a_tile_cut() -> None:
     options = SliceOptions(tile_size=256, overlap=16)
     boxes = plan_grid(1000, 500, options)
     assert describe_grid(boxes, options) == {
-        "mode": "tile_size", "rows": 3, "cols": 5, "pieces": 15, "requested_pieces": None, "tile_size": 256,
-        "overlap": 16, "edge_policy": TILE_EDGE_POLICY,
+        "mode": "tile_size",
+        "rows": 3,
+        "cols": 5,
+        "pieces": 15,
+        "requested_pieces": None,
+        "tile_size": 256,
+        "overlap": 16,
+        "edge_policy": TILE_EDGE_POLICY,
     }
     assert TILE_EDGE_POLICY == "shift-last-inward"
 

@@ -22,16 +22,35 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def add_image(job: db.Job, rel_path: str, status: str, **columns: Any) -> None:
-    db.Image.create(job=job, rel_path=rel_path, folder="", out_rel=rel_path.rsplit(".", 1)[0], src_size=1,
-                    src_mtime=0.0, status=status, **columns)
+    db.Image.create(
+        job=job,
+        rel_path=rel_path,
+        folder="",
+        out_rel=rel_path.rsplit(".", 1)[0],
+        src_size=1,
+        src_mtime=0.0,
+        status=status,
+        **columns,
+    )
 
 
 def test_finished_images_in_finishing_order_with_run_relative_times(workspace: Path) -> None:
     with db.session():
         job = db.upsert_job("/data/in", "/data/out", {}, "h")
         other = db.upsert_job("/data/other", "s3://bucket/other_out", {}, "h")
-        add_image(job, "b.tif", db.DONE, started_at=100.0, finished_at=104.0, duration_s=4.0, pixel_bytes=8_000_000,
-                  n_slices=8, bytes_out=5, worker="host:1", attempts=1)
+        add_image(
+            job,
+            "b.tif",
+            db.DONE,
+            started_at=100.0,
+            finished_at=104.0,
+            duration_s=4.0,
+            pixel_bytes=8_000_000,
+            n_slices=8,
+            bytes_out=5,
+            worker="host:1",
+            attempts=1,
+        )
         add_image(job, "a.tif", db.DONE, started_at=101.0, finished_at=102.5, duration_s=1.5, pixel_bytes=3_000_000)
         add_image(job, "c.tif", db.FAILED, started_at=103.0, finished_at=103.5, duration_s=0.5)
         add_image(job, "q.tif", db.QUEUED)

@@ -24,8 +24,10 @@ def status_json(env: dict[str, str], cwd: Path) -> dict:
 
 
 def started_at(out: Path) -> dict[str, float]:
-    return {str(p.parent.relative_to(out)): json.loads(p.read_text())["started_at"]
-            for p in out.rglob("batch_metadata.json")}
+    return {
+        str(p.parent.relative_to(out)): json.loads(p.read_text())["started_at"]
+        for p in out.rglob("batch_metadata.json")
+    }
 
 
 def leftovers(out: Path) -> list[Path]:
@@ -91,8 +93,9 @@ def test_rerun_redoes_nothing_and_a_touched_file_alone_is_redone(tmp_path: Path,
     assert started_at(out) == first
     touched = src / "dup/a.tif"
     os.utime(touched, (time.time() + 10, time.time() + 10))
-    scan = json.loads(tessq_cmd("scan", str(src), "--out", str(out), MIN, "--json", env=backend, cwd=tmp_path,
-                                check=True).stdout)
+    scan = json.loads(
+        tessq_cmd("scan", str(src), "--out", str(out), MIN, "--json", env=backend, cwd=tmp_path, check=True).stdout
+    )
     assert scan["requeued"] == 1 and scan["queued"] == 0 and scan["already_done"] == 4
     tessq_cmd("workers", "--workers", "2", "--drain", env=backend, cwd=tmp_path, check=True)
     second = started_at(out)
@@ -115,8 +118,9 @@ def in_process_status(backend: dict, monkeypatch: pytest.MonkeyPatch):
     return status.snapshot
 
 
-def test_sigkill_of_a_worker_mid_image_loses_and_duplicates_nothing(tmp_path: Path, backend: dict,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigkill_of_a_worker_mid_image_loses_and_duplicates_nothing(
+    tmp_path: Path, backend: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(12):
         write_tiff(src / f"big_{i:02d}.tif", 2000, 2000, seed=i)
@@ -174,8 +178,17 @@ def test_killing_the_daemon_leaves_no_orphan_workers(tmp_path: Path, sqlite_env:
     children = wait_for(lambda: len(worker_children(daemon.pid)) >= 3 and worker_children(daemon.pid), timeout=30)
     daemon.kill()  # SIGKILL the parent only
     daemon.wait()
-    wait_for(lambda: not [p for p in children if Path(f"/proc/{p}").exists() and "Z" not in
-                          Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]], timeout=10)
+    wait_for(
+        lambda: (
+            not [
+                p
+                for p in children
+                if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            ]
+        ),
+        timeout=10,
+    )
     tessq_cmd("workers", "--workers", "2", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
     rep = report_json(sqlite_env, tmp_path)
     assert rep["batch_summary"]["successfully_processed"] == 30 and not leftovers(out)
@@ -209,8 +222,9 @@ def test_very_long_source_names_stay_inside_the_output(tmp_path: Path, sqlite_en
     assert out in meta.parents and len(meta.parent.name.encode()) <= 200
 
 
-def test_an_image_over_its_time_limit_fails_as_timed_out_and_the_batch_goes_on(tmp_path: Path,
-                                                                                sqlite_env: dict) -> None:
+def test_an_image_over_its_time_limit_fails_as_timed_out_and_the_batch_goes_on(
+    tmp_path: Path, sqlite_env: dict
+) -> None:
     import numpy as np
     import tifffile
 
@@ -236,8 +250,12 @@ def _hold_with_dead_worker(image_id: int, attempts: int) -> None:
     from tessq.jobs import db
 
     with db.session():
-        db.Image.update(status=db.RUNNING, worker=f"{db.hostname()}:999999", attempts=attempts,  # no such pid
-                        lease_until=db.server_time() + 3600).where(db.Image.id == image_id).execute()
+        db.Image.update(
+            status=db.RUNNING,
+            worker=f"{db.hostname()}:999999",
+            attempts=attempts,  # no such pid
+            lease_until=db.server_time() + 3600,
+        ).where(db.Image.id == image_id).execute()
     db.database.close()
 
 

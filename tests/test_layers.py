@@ -57,8 +57,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_every_import_goes_to_the_same_layer_or_below() -> None:
-    upward = [f"{m} ({layer(m)}) imports {t} ({layer(t)})" for m, targets in graph().items() for t in targets
-              if t != "tessq" and ORDER.index(layer(t)) > ORDER.index(layer(m))]
+    upward = [
+        f"{m} ({layer(m)}) imports {t} ({layer(t)})"
+        for m, targets in graph().items()
+        for t in targets
+        if t != "tessq" and ORDER.index(layer(t)) > ORDER.index(layer(m))
+    ]
     assert upward == []
 
 

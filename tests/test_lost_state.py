@@ -45,8 +45,12 @@ def count(db_file: Path, status: str = "done", not_hash: str = "") -> int:
     try:
         con = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=5)
         try:
-            return int(con.execute("SELECT count(*) FROM image WHERE status = ? AND (? = '' OR "
-                                   "coalesce(options_hash, '') != ?)", (status, not_hash, not_hash)).fetchone()[0])
+            return int(
+                con.execute(
+                    "SELECT count(*) FROM image WHERE status = ? AND (? = '' OR coalesce(options_hash, '') != ?)",
+                    (status, not_hash, not_hash),
+                ).fetchone()[0]
+            )
         finally:
             con.close()
     except sqlite3.Error:
@@ -63,8 +67,14 @@ def states(db_file: Path) -> dict[str, int]:
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as fh:
-        return subprocess.Popen([sys.executable, "-m", "tessq", *args], env=clean_env(), cwd=cwd, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tessq", *args],
+            env=clean_env(),
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_done(proc: subprocess.Popen[bytes], db_file: Path, n: int, timeout: float = 120, not_hash: str = "") -> None:
@@ -89,8 +99,21 @@ def test_tessq_db_deleted_mid_run_stops_it_with_the_way_out_and_the_report_is_ke
     src, out = tmp_path / "in", tmp_path / "out"
     make_tree(src)
     env, db_file = clean_env(), out / ".tessq" / "tessq.db"
-    tessq_cmd("run", str(src), str(out), "--min-size", "32", "--workers", "2", "-n", "4", env=env, cwd=tmp_path,
-              check=True, timeout=300)
+    tessq_cmd(
+        "run",
+        str(src),
+        str(out),
+        "--min-size",
+        "32",
+        "--workers",
+        "2",
+        "-n",
+        "4",
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        timeout=300,
+    )
     report = (out / "batch_report.json").read_bytes()
     assert json.loads(report)["batch_summary"]["successfully_processed"] == N_IMAGES
     con = sqlite3.connect(db_file)
@@ -129,7 +152,8 @@ def test_tessq_db_deleted_mid_run_stops_it_with_the_way_out_and_the_report_is_ke
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_damaged_tessq_db_is_refused_by_every_command_in_one_line_and_rebuilt_from_out(
-        tmp_path: Path, damage: str) -> None:
+    tmp_path: Path, damage: str
+) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     make_tree(src, 4, 64)
     env, db_file = clean_env(), out / ".tessq" / "tessq.db"
@@ -147,8 +171,12 @@ def test_a_damaged_tessq_db_is_refused_by_every_command_in_one_line_and_rebuilt_
             fh.truncate(1000)
     else:
         db_file.write_bytes(os.urandom(3000))
-    for args in (["status", str(out), "--once"], ["report", str(out)], ["workers", str(out), "--drain"],
-                 ["run", str(src), str(out), "--min-size", "32"]):
+    for args in (
+        ["status", str(out), "--once"],
+        ["report", str(out)],
+        ["workers", str(out), "--drain"],
+        ["run", str(src), str(out), "--min-size", "32"],
+    ):
         proc = tessq_cmd(*args, env=env, cwd=tmp_path, timeout=60)
         assert proc.returncode == 2, (args, proc.returncode, proc.stdout, proc.stderr)
         assert f"{db_file} is damaged" in proc.stderr and "move it aside" in proc.stderr, (args, proc.stderr)

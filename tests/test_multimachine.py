@@ -25,8 +25,15 @@ def machine(name: str, tmp_path: Path, shared: dict[str, str]) -> dict[str, str]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSQ_")}
     for sub in ("ws", "tmp"):
         (tmp_path / name / sub).mkdir(parents=True)
-    return {**env, **DUMMY_ENV, **shared, "TESSQ_HOSTNAME": name, "TESSQ_WORKSPACE": str(tmp_path / name / "ws"),
-            "TMPDIR": str(tmp_path / name / "tmp"), "TESSQ_LEASE_S": LEASE_S}
+    return {
+        **env,
+        **DUMMY_ENV,
+        **shared,
+        "TESSQ_HOSTNAME": name,
+        "TESSQ_WORKSPACE": str(tmp_path / name / "ws"),
+        "TMPDIR": str(tmp_path / name / "tmp"),
+        "TESSQ_LEASE_S": LEASE_S,
+    }
 
 
 def kill_group(proc: subprocess.Popen[str]) -> None:
@@ -36,7 +43,7 @@ def kill_group(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture(params=["postgres", "redis+postgres"])
-def shared(request: pytest.FixtureRequest, postgres_url: str, s3_endpoint: str) -> dict[str, str]:  # noqa: F811
+def shared(request: pytest.FixtureRequest, postgres_url: str, s3_endpoint: str) -> dict[str, str]:
     env = {"TESSQ_DB_URL": postgres_url, "TESSQ_S3_ENDPOINT_URL": s3_endpoint}
     if request.param == "redis+postgres":
         env["TESSQ_QUEUE_URL"] = request.getfixturevalue("redis_url")
@@ -70,15 +77,27 @@ def wait_for(predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
 
 
 def test_a_machine_that_disappears_loses_nothing_and_every_image_is_done_exactly_once(
-        tmp_path: Path, shared: dict[str, str], s3_endpoint: str) -> None:  # noqa: F811
+    tmp_path: Path, shared: dict[str, str], s3_endpoint: str
+) -> None:
     src = tmp_path / "src"
     for i in range(N_IMAGES):
         write_tiff(src / f"site_{i % 3}/img_{i:02d}.tif", 900, 1000, seed=i, compression="zlib")
     bucket = new_bucket(s3_endpoint)
     upload_tree(s3_endpoint, src, bucket, "raw")
     a, b = machine("machine-a", tmp_path, shared), machine("machine-b", tmp_path, shared)
-    scan = json.loads(tessq_cmd("scan", f"s3://{bucket}/raw", "--out", f"s3://{bucket}/cut", "--min-size=64",
-                                "--json", env=a, cwd=tmp_path, check=True).stdout)
+    scan = json.loads(
+        tessq_cmd(
+            "scan",
+            f"s3://{bucket}/raw",
+            "--out",
+            f"s3://{bucket}/cut",
+            "--min-size=64",
+            "--json",
+            env=a,
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+    )
     assert scan["queued"] == N_IMAGES
     daemon_a = tessq_popen("workers", "--workers", "2", env=a, cwd=tmp_path)
     daemon_b = None

@@ -121,17 +121,20 @@ def test_tessq_threads_sets_the_thread_count_and_nonsense_is_ignored(monkeypatch
         assert encode.thread_count() == cores, nonsense
 
 
-@pytest.mark.parametrize(("kind", "bpp"), [
-    (encode.slice_kind("uint8", 1, "minisblack"), 1),
-    (encode.slice_kind("uint16", 1, "minisblack"), 2),
-    (encode.slice_kind("uint8", 2, "minisblack", (2,)), 2),
-    (encode.slice_kind("uint16", 2, "minisblack", (2,)), 4),
-    (encode.slice_kind("uint8", 3, "rgb"), 3),
-    (encode.slice_kind("uint16", 3, "rgb"), 6),
-    (encode.slice_kind("uint8", 4, "rgb", (2,)), 4),
-    (encode.slice_kind("uint16", 4, "rgb", (2,)), 8),
-    (encode.slice_kind("bool", 1, "minisblack"), 1),
-])
+@pytest.mark.parametrize(
+    ("kind", "bpp"),
+    [
+        (encode.slice_kind("uint8", 1, "minisblack"), 1),
+        (encode.slice_kind("uint16", 1, "minisblack"), 2),
+        (encode.slice_kind("uint8", 2, "minisblack", (2,)), 2),
+        (encode.slice_kind("uint16", 2, "minisblack", (2,)), 4),
+        (encode.slice_kind("uint8", 3, "rgb"), 3),
+        (encode.slice_kind("uint16", 3, "rgb"), 6),
+        (encode.slice_kind("uint8", 4, "rgb", (2,)), 4),
+        (encode.slice_kind("uint16", 4, "rgb", (2,)), 8),
+        (encode.slice_kind("bool", 1, "minisblack"), 1),
+    ],
+)
 def test_bytes_per_pixel_of_each_png_colour_type(kind: encode.SliceKind, bpp: int) -> None:
     assert encode._bytes_per_pixel(kind) == bpp
 
@@ -211,8 +214,12 @@ def test_isal_segments_are_raw_deflate_at_isal_levels_0_to_3(level: int, isal_le
     filtered = encode.filter_rows(array.astype(">u2").view(np.uint8).reshape(6, -1), "up", 6).tobytes()
     z = isal_zlib.compressobj(isal_level, isal_zlib.DEFLATED, -15, 9)
     stream = idat_stream(encode.png_encode(array, kind, "up", "isal", level))
-    assert stream == (encode.ZLIB_HEADER + expected_segment(filtered, z) + encode.FINAL_EMPTY_BLOCK
-                      + struct.pack(">I", zlib.adler32(filtered)))
+    assert stream == (
+        encode.ZLIB_HEADER
+        + expected_segment(filtered, z)
+        + encode.FINAL_EMPTY_BLOCK
+        + struct.pack(">I", zlib.adler32(filtered))
+    )
 
 
 def test_zlib_ng_segments_use_huffman_for_photos_and_rle_for_runs() -> None:
@@ -232,9 +239,11 @@ def test_zlib_ng_segments_use_huffman_for_photos_and_rle_for_runs() -> None:
     rle = zlib_ng.compressobj  # fresh per use
     assert segment(noisy, "zlib-ng-huffman") == expected_segment(filtered(noisy), huffman)
     assert segment(runs, "zlib-ng-huffman") == expected_segment(
-        filtered(runs), rle(1, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_RLE))
+        filtered(runs), rle(1, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_RLE)
+    )
     assert segment(noisy, "zlib-ng-rle") == expected_segment(
-        filtered(noisy), rle(1, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_RLE))
+        filtered(noisy), rle(1, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_RLE)
+    )
 
 
 @pytest.mark.parametrize("depth", [2, 4])

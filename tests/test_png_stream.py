@@ -18,8 +18,9 @@ from zlib_ng import zlib_ng
 from tessq.cut import encode
 
 
-def streamed(array: np.ndarray, kind: encode.SliceKind, bands: list[int], method: str, engine: str,
-             level: int = 1) -> tuple[bytes, int, str]:
+def streamed(
+    array: np.ndarray, kind: encode.SliceKind, bands: list[int], method: str, engine: str, level: int = 1
+) -> tuple[bytes, int, str]:
     """The PNG the writer makes from `array` fed in bands of the given heights (cycled)."""
     buf = io.BytesIO()
     writer = encode.PngStreamWriter(buf, array.shape[1], array.shape[0], kind, method, engine, level)
@@ -34,8 +35,9 @@ def streamed(array: np.ndarray, kind: encode.SliceKind, bands: list[int], method
 
 @pytest.mark.parametrize("engine", ["zlib-ng-huffman", "zlib-ng-rle", "isal"])
 @pytest.mark.parametrize("bands", [[1], [3], [4], [5, 2, 9], [40]])
-def test_streamed_bands_are_byte_identical_to_the_one_shot_png(monkeypatch: pytest.MonkeyPatch, engine: str,
-                                                             bands: list[int]) -> None:
+def test_streamed_bands_are_byte_identical_to_the_one_shot_png(
+    monkeypatch: pytest.MonkeyPatch, engine: str, bands: list[int]
+) -> None:
     monkeypatch.setattr(encode, "FILTER_BLOCK_BYTES", 4 * 30)  # 4-row blocks: bands start and end inside them
     array = np.random.default_rng(len(bands)).integers(0, 256, size=(23, 10, 3), dtype=np.uint8)
     kind = encode.slice_kind("uint8", 3, "rgb")
@@ -73,8 +75,9 @@ def test_a_sub_byte_stream_is_unfiltered_like_the_one_shot_png() -> None:
 
 @pytest.mark.parametrize("level", [0, 1, 2, 6, 12])
 @pytest.mark.parametrize("bands", [[1], [6], [50]])
-def test_a_libdeflate_stream_holds_the_same_pixels_through_zlib_ng(monkeypatch: pytest.MonkeyPatch, level: int,
-                                                                  bands: list[int]) -> None:
+def test_a_libdeflate_stream_holds_the_same_pixels_through_zlib_ng(
+    monkeypatch: pytest.MonkeyPatch, level: int, bands: list[int]
+) -> None:
     monkeypatch.setattr(encode, "FILTER_BLOCK_BYTES", 5 * 24)  # blocks inside bands, too
     array = np.random.default_rng(level).integers(0, 256, size=(26, 8, 3), dtype=np.uint8)
     kind = encode.slice_kind("uint8", 3, "rgb")

@@ -19,8 +19,16 @@ def _workspace_with_queued_rows(backend: dict, monkeypatch: pytest.MonkeyPatch, 
             monkeypatch.setenv(key, value)
     pipeline.open_workspace(backend["TESSQ_WORKSPACE"])
     rows = [
-        {"rel_path": f"img_{i}.tif", "folder": "", "out_rel": f"img_{i}", "src_size": 1, "src_mtime": 1.0,
-         "status": db.QUEUED, "attempts": 0, "pixel_bytes": 1000}
+        {
+            "rel_path": f"img_{i}.tif",
+            "folder": "",
+            "out_rel": f"img_{i}",
+            "src_size": 1,
+            "src_mtime": 1.0,
+            "status": db.QUEUED,
+            "attempts": 0,
+            "pixel_bytes": 1000,
+        }
         for i in range(n)
     ]
     with db.session():

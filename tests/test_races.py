@@ -39,8 +39,14 @@ def query(ws: Path, sql: str) -> list[tuple]:
 
 
 def popen(*args: str, env: dict, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tessq", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tessq", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def scans_together(src: Path, out: Path, env: dict, cwd: Path) -> list[tuple[int, str]]:
@@ -86,8 +92,9 @@ def test_concurrent_scans_of_one_tree_never_crash(tmp_path: Path, db: str, reque
 
 
 @pytest.mark.parametrize("db_kind", ["sqlite", "postgres"])
-def test_a_scan_waiting_on_another_sees_its_rows(tmp_path: Path, db_kind: str, request: pytest.FixtureRequest,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_scan_waiting_on_another_sees_its_rows(
+    tmp_path: Path, db_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The window of the crash, held open on purpose: scan A has inserted its rows and not committed yet when
     scan B starts. B reads the existing rows inside its write transaction, so it waits for A and then sees
     A's rows (nothing inserted twice, nothing queued twice); read before it, B crashed on its insert."""
@@ -98,9 +105,24 @@ def test_a_scan_waiting_on_another_sees_its_rows(tmp_path: Path, db_kind: str, r
     url = request.getfixturevalue("postgres_url") if db_kind == "postgres" else f"sqlite:///{tmp_path}/t.db"
     db.open_database(url)
     db.create_schema()
-    cands = [{"rel_path": f"img_{i}.tif", "folder": "", "out_rel": f"img_{i}", "src_size": 1, "src_mtime": 1.0,
-              "status": db.QUEUED, "skip_reason": None, "error_type": None, "error_message": None, "width": 64,
-              "height": 64, "pixel_bytes": 64 * 64, "attempts": 0} for i in range(50)]
+    cands = [
+        {
+            "rel_path": f"img_{i}.tif",
+            "folder": "",
+            "out_rel": f"img_{i}",
+            "src_size": 1,
+            "src_mtime": 1.0,
+            "status": db.QUEUED,
+            "skip_reason": None,
+            "error_type": None,
+            "error_message": None,
+            "width": 64,
+            "height": 64,
+            "pixel_bytes": 64 * 64,
+            "attempts": 0,
+        }
+        for i in range(50)
+    ]
     inserted, b_started = threading.Event(), threading.Event()
     insert = db._insert_images
 
@@ -141,8 +163,7 @@ def test_a_scan_waiting_on_another_sees_its_rows(tmp_path: Path, db_kind: str, r
     db.database.close()
 
 
-def test_settings_changed_while_an_image_is_cut_are_not_reported_done_stale(tmp_path: Path,
-                                                                               sqlite_env: dict) -> None:
+def test_settings_changed_while_an_image_is_cut_are_not_reported_done_stale(tmp_path: Path, sqlite_env: dict) -> None:
     """An image running while `scan --num-pieces 4` changed the options finished done with 8 slices and the
     old options hash. Now the worker re-checks the job's settings before its commit (and the finish is fenced
     on them): the image is cut again with the new ones."""
@@ -150,16 +171,26 @@ def test_settings_changed_while_an_image_is_cut_are_not_reported_done_stale(tmp_
     src.mkdir()
     rng = np.random.default_rng(0)
     tifffile.imwrite(src / "big.tif", rng.integers(0, 255, (5000, 5000, 3), dtype=np.uint8), photometric="rgb")
-    tessq_cmd("scan", str(src), "--out", str(out), MIN, "--num-pieces", "8", env=sqlite_env, cwd=tmp_path,
-              check=True)
+    tessq_cmd("scan", str(src), "--out", str(out), MIN, "--num-pieces", "8", env=sqlite_env, cwd=tmp_path, check=True)
     workers = popen("workers", "--workers", "1", "--drain", env=sqlite_env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while query(ws, "SELECT status FROM image")[0][0] != "running":
             assert time.monotonic() < deadline and workers.poll() is None
             time.sleep(0.02)
-        rescan = tessq_cmd("scan", str(src), "--out", str(out), MIN, "--num-pieces", "4", "--json",
-                           env=sqlite_env, cwd=tmp_path, check=True)
+        rescan = tessq_cmd(
+            "scan",
+            str(src),
+            "--out",
+            str(out),
+            MIN,
+            "--num-pieces",
+            "4",
+            "--json",
+            env=sqlite_env,
+            cwd=tmp_path,
+            check=True,
+        )
         status_at_rescan = query(ws, "SELECT status FROM image")[0][0]
         stdout, stderr = workers.communicate(timeout=300)
     finally:
@@ -167,7 +198,8 @@ def test_settings_changed_while_an_image_is_cut_are_not_reported_done_stale(tmp_
             workers.kill()
     assert workers.returncode == 0, stdout + stderr
     ((status, n_slices, row_hash, job_hash),) = query(
-        ws, "SELECT i.status, i.n_slices, i.options_hash, j.options_hash FROM image i JOIN job j ON j.id = i.job_id")
+        ws, "SELECT i.status, i.n_slices, i.options_hash, j.options_hash FROM image i JOIN job j ON j.id = i.job_id"
+    )
     assert (status, n_slices) == ("done", 4) and row_hash == job_hash
     meta = json.loads((out / "big" / "metadata.json").read_text())
     assert len(meta["slices"]) == 4 and len(list((out / "big").glob("slice_*"))) == 4
@@ -231,15 +263,20 @@ def test_read_only_workspace_is_one_line_with_exit_2(tmp_path: Path, sqlite_env:
         env = dict(sqlite_env, TESSQ_WORKSPACE=str(ws))
         tessq_cmd("scan", str(src), "--out", str(tmp_path / "out"), MIN, env=env, cwd=tmp_path, check=True)
         subprocess.run(["mount", "-o", "remount,ro", str(ws)], check=True)
-        for args in (("scan", str(src), "--out", str(tmp_path / "out"), MIN), ("workers", "--workers", "1", "--drain"),
-                     ("retry",)):
+        for args in (
+            ("scan", str(src), "--out", str(tmp_path / "out"), MIN),
+            ("workers", "--workers", "1", "--drain"),
+            ("retry",),
+        ):
             one_line_error(tessq_cmd(*args, env=env, cwd=tmp_path, timeout=60), "cannot be written", str(ws))
         for args in (("report", "--json"), ("status", "--json")):  # reading a read-only workspace works
             proc = tessq_cmd(*args, env=env, cwd=tmp_path, timeout=60)
             assert proc.returncode == 0 and json.loads(proc.stdout), proc.stdout + proc.stderr
         fresh = dict(sqlite_env, TESSQ_WORKSPACE=str(ws / "new"))  # a workspace that cannot even be created
-        one_line_error(tessq_cmd("scan", str(src), "--out", str(tmp_path / "out2"), MIN, env=fresh, cwd=tmp_path,
-                                 timeout=60), "cannot be written")
+        one_line_error(
+            tessq_cmd("scan", str(src), "--out", str(tmp_path / "out2"), MIN, env=fresh, cwd=tmp_path, timeout=60),
+            "cannot be written",
+        )
     finally:
         subprocess.run(["umount", "-l", str(ws)], capture_output=True)
 

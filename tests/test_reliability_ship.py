@@ -34,7 +34,7 @@ MARKER_SECRET = "TESSQMARKERSECRETKEY0123456789abcdef"
 
 def listing(endpoint: str, bucket: str, prefix: str) -> dict[str, int]:
     pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
-    return {o["Key"][len(prefix) + 1:]: o["Size"] for page in pages for o in page.get("Contents", [])}
+    return {o["Key"][len(prefix) + 1 :]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
 def local_files(out: Path, ws: Path) -> dict[str, int]:
@@ -65,7 +65,8 @@ def finished(tmp_path: Path, sqlite_env: dict[str, str]) -> tuple[Path, Path, di
 
 
 def test_objects_deleted_from_the_bucket_are_sent_again_and_the_listing_matches(
-    finished: tuple[Path, Path, dict[str, str]], s3_endpoint: str  # noqa: F811
+    finished: tuple[Path, Path, dict[str, str]],
+    s3_endpoint: str,
 ) -> None:
     out, ws, env = finished
     bucket = new_bucket(s3_endpoint)
@@ -90,7 +91,8 @@ def test_objects_deleted_from_the_bucket_are_sent_again_and_the_listing_matches(
 
 
 def test_a_second_empty_endpoint_with_the_same_bucket_name_gets_everything(
-    finished: tuple[Path, Path, dict[str, str]], s3_endpoint: str  # noqa: F811
+    finished: tuple[Path, Path, dict[str, str]],
+    s3_endpoint: str,
 ) -> None:
     out, ws, env = finished
     bucket = new_bucket(s3_endpoint)
@@ -121,7 +123,9 @@ def test_endpoint_ids_normalise_and_name_aws_once() -> None:
 
 
 def test_an_object_missing_after_the_upload_is_reported_failed(
-    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The final listing is the proof: an object that vanished between its PUT and the end is a failure."""
     for key, value in DUMMY_ENV.items():
@@ -142,8 +146,9 @@ def test_an_object_missing_after_the_upload_is_reported_failed(
         return etag
 
     monkeypatch.setattr(upload, "_send", send_then_lose)
-    result = upload.upload_outputs(upload.files_to_ship(out, ["img"]), f"s3://{bucket}/p", ledger=db.UploadLedger(),
-                                   endpoint_url=s3_endpoint)
+    result = upload.upload_outputs(
+        upload.files_to_ship(out, ["img"]), f"s3://{bucket}/p", ledger=db.UploadLedger(), endpoint_url=s3_endpoint
+    )
     assert result["verified"] == 2
     assert [f["key"] for f in result["failed"]] == ["p/img/slice_1.png"]
     assert "missing after the upload" in result["failed"][0]["error"]
@@ -153,7 +158,9 @@ def test_an_object_missing_after_the_upload_is_reported_failed(
 
 
 def test_a_link_in_a_done_folder_is_neither_zipped_nor_uploaded(
-    finished: tuple[Path, Path, dict[str, str]], s3_endpoint: str, tmp_path: Path  # noqa: F811
+    finished: tuple[Path, Path, dict[str, str]],
+    s3_endpoint: str,
+    tmp_path: Path,
 ) -> None:
     out, ws, env = finished
     secret = tmp_path / "secret.txt"
@@ -227,20 +234,38 @@ def test_a_link_planted_at_the_temporary_archive_name_is_not_written_through(tmp
 
 
 def test_debug_logs_with_s3_output_hold_no_token_or_secret(
-    tmp_path: Path, sqlite_env: dict[str, str], s3_endpoint: str  # noqa: F811
+    tmp_path: Path,
+    sqlite_env: dict[str, str],
+    s3_endpoint: str,
 ) -> None:
     src = tmp_path / "in"
     seed_tree(src)
     bucket = new_bucket(s3_endpoint)
-    env = {**sqlite_env, **DUMMY_ENV, "AWS_SESSION_TOKEN": MARKER_TOKEN, "AWS_SECRET_ACCESS_KEY": MARKER_SECRET,
-           "TESSQ_S3_ENDPOINT_URL": s3_endpoint}
-    quiet = tessq_cmd("--log-level", "DEBUG", "run", str(src), f"s3://{bucket}/cut", MIN, "--workers", "2",
-                      env=env, cwd=tmp_path)
+    env = {
+        **sqlite_env,
+        **DUMMY_ENV,
+        "AWS_SESSION_TOKEN": MARKER_TOKEN,
+        "AWS_SECRET_ACCESS_KEY": MARKER_SECRET,
+        "TESSQ_S3_ENDPOINT_URL": s3_endpoint,
+    }
+    quiet = tessq_cmd(
+        "--log-level", "DEBUG", "run", str(src), f"s3://{bucket}/cut", MIN, "--workers", "2", env=env, cwd=tmp_path
+    )
     # With the SDK's wire log asked for explicitly, the headers are logged, masked.
     # (another OUT is another job: its state goes to a workspace of its own)
     wire_env = {**env, "TESSQ_LOG_WIRE": "1", "TESSQ_WORKSPACE": str(tmp_path / "ws2")}
-    wire = tessq_cmd("--log-level", "DEBUG", "run", str(src), f"s3://{bucket}/cut2", MIN, "--workers", "1",
-                     env=wire_env, cwd=tmp_path)
+    wire = tessq_cmd(
+        "--log-level",
+        "DEBUG",
+        "run",
+        str(src),
+        f"s3://{bucket}/cut2",
+        MIN,
+        "--workers",
+        "1",
+        env=wire_env,
+        cwd=tmp_path,
+    )
     assert quiet.returncode == 3, quiet.stderr[-2000:]  # the seed tree has one corrupt file
     assert wire.returncode == 3, wire.stderr[-2000:]
     log = (tmp_path / "ws2/.tessq/batch_processing.log").read_text()
@@ -270,11 +295,15 @@ def test_a_password_in_a_database_or_queue_url_is_masked_in_the_error(
 
 
 def test_redact_masks_headers_query_strings_and_url_passwords() -> None:
-    wire = ("headers={'X-Amz-Security-Token': b'FwoGZXIvYXdz', 'Authorization': b'AWS4-HMAC-SHA256 "
-            "Credential=AKIAEXAMPLE/20261201/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0a1b2c'}")
+    wire = (
+        "headers={'X-Amz-Security-Token': b'FwoGZXIvYXdz', 'Authorization': b'AWS4-HMAC-SHA256 "
+        "Credential=AKIAEXAMPLE/20261201/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0a1b2c'}"
+    )
     assert redact(wire) == "headers={'X-Amz-Security-Token': b'***', 'Authorization': b'***'}"
     url = "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2Fx&X-Amz-Security-Token=IQo&X-Amz-Signature=beef"
-    assert redact(url) == "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Security-Token=***&X-Amz-Signature=***"
+    assert (
+        redact(url) == "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Security-Token=***&X-Amz-Signature=***"
+    )
     assert redact("postgresql://u:p%40ss@h/db") == "postgresql://u:***@h/db"
     assert redact("nothing to hide, signature checked") == "nothing to hide, signature checked"
 
@@ -283,15 +312,17 @@ def test_redact_masks_headers_query_strings_and_url_passwords() -> None:
 
 
 def test_a_temporary_archive_left_by_kill_9_is_removed_by_the_next_export(
-    finished: tuple[Path, Path, dict[str, str]]
+    finished: tuple[Path, Path, dict[str, str]],
 ) -> None:
     out, _, env = finished
-    script = ("import os, sys, time\nfrom tessq import export\n"
-              "real = export._write_archive\n"
-              "def slow(tmp, files, sizes, progress):\n"
-              "    return real(tmp, files, sizes, lambda d, t: time.sleep(60))\n"
-              "export._write_archive = slow\n"
-              "from tessq.cli import main\nsys.argv = ['tessq', 'export', '--zip']\nmain()\n")
+    script = (
+        "import os, sys, time\nfrom tessq import export\n"
+        "real = export._write_archive\n"
+        "def slow(tmp, files, sizes, progress):\n"
+        "    return real(tmp, files, sizes, lambda d, t: time.sleep(60))\n"
+        "export._write_archive = slow\n"
+        "from tessq.cli import main\nsys.argv = ['tessq', 'export', '--zip']\nmain()\n"
+    )
     leftovers = []
     for _ in range(2):
         proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=out.parent)
@@ -346,8 +377,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
-                    reason="PR_SET_PDEATHSIG is Linux's; the probe pool needs 2 CPUs")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+    reason="PR_SET_PDEATHSIG is Linux's; the probe pool needs 2 CPUs",
+)
 def test_kill_9_of_scan_while_probing_leaves_no_probe_process(tmp_path: Path, sqlite_env: dict[str, str]) -> None:
     from tessq.jobs.scan import PROBE_PARALLEL_MIN
 
@@ -355,8 +388,13 @@ def test_kill_9_of_scan_while_probing_leaves_no_probe_process(tmp_path: Path, sq
     one = write_tiff(src / "seed.tif", 40, 48, seed=1)
     for i in range(3 * PROBE_PARALLEL_MIN):  # hard links: many files to probe, made in a moment
         os.link(one, src / f"img_{i:05d}.tif")
-    proc = subprocess.Popen([sys.executable, "-m", "tessq", "scan", str(src), MIN], env=sqlite_env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tessq", "scan", str(src), MIN],
+        env=sqlite_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pool: set[int] = set()
     deadline = time.monotonic() + 120
     while len(pool) < 2 and proc.poll() is None and time.monotonic() < deadline:

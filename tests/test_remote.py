@@ -23,13 +23,13 @@ SEED_DONE = {
 
 
 @pytest.fixture
-def s3_env(sqlite_env: dict[str, str], s3_endpoint: str, tmp_path: Path) -> dict[str, str]:  # noqa: F811
+def s3_env(sqlite_env: dict[str, str], s3_endpoint: str, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "tmp").mkdir()
     return {**sqlite_env, **DUMMY_ENV, "TESSQ_S3_ENDPOINT_URL": s3_endpoint, "TMPDIR": str(tmp_path / "tmp")}
 
 
 @pytest.fixture
-def in_process_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: F811
+def in_process_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """tessq.storage.s3 in this process, pointed at moto (a fresh client per test)."""
     from tessq.storage import s3 as remote
 
@@ -51,20 +51,25 @@ def image_folders(names: list[str]) -> set[str]:
 
 
 def test_s3_in_and_s3_out_mirrors_the_tree_and_every_image_reassembles_bit_exact(
-        tmp_path: Path, s3_env: dict, s3_endpoint: str) -> None:  # noqa: F811
+    tmp_path: Path, s3_env: dict, s3_endpoint: str
+) -> None:
     src = tmp_path / "src"
     expected = seed_tree(src)
     bucket = new_bucket(s3_endpoint)
     upload_tree(s3_endpoint, src, bucket, "raw")
     env = {**s3_env, "TESSQ_S3_SPOOL_MAX_BYTES": "1"}  # workers read every image by ranged GETs, no spool
-    proc = tessq_cmd("run", f"s3://{bucket}/raw/", f"s3://{bucket}/processed/", MIN, "--workers", "2",
-                     env=env, cwd=tmp_path)
+    proc = tessq_cmd(
+        "run", f"s3://{bucket}/raw/", f"s3://{bucket}/processed/", MIN, "--workers", "2", env=env, cwd=tmp_path
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr  # the corrupt file: the distinct exit status
     summary = report(env, tmp_path)["batch_summary"]
-    assert (summary["total_images_found"], summary["successfully_processed"], summary["skipped"],
-            summary["errors"], summary["folders_skipped"]) == (expected["found"], expected["done"],
-                                                               expected["skipped"], expected["failed"],
-                                                               expected["folders_skipped"])
+    assert (
+        summary["total_images_found"],
+        summary["successfully_processed"],
+        summary["skipped"],
+        summary["errors"],
+        summary["folders_skipped"],
+    ) == (expected["found"], expected["done"], expected["skipped"], expected["failed"], expected["folders_skipped"])
     out_keys = keys(s3_endpoint, bucket, "processed")
     assert image_folders(out_keys) == SEED_DONE
     assert not any(k.startswith(".git") or "tessq-tmp" in k for k in out_keys)
@@ -79,7 +84,8 @@ def test_s3_in_and_s3_out_mirrors_the_tree_and_every_image_reassembles_bit_exact
 
 
 def test_local_in_and_s3_out_uploads_the_same_layout_and_a_rerun_redoes_nothing(
-        tmp_path: Path, s3_env: dict, s3_endpoint: str) -> None:  # noqa: F811
+    tmp_path: Path, s3_env: dict, s3_endpoint: str
+) -> None:
     src = tmp_path / "src"
     expected = seed_tree(src)
     bucket = new_bucket(s3_endpoint)
@@ -88,15 +94,17 @@ def test_local_in_and_s3_out_uploads_the_same_layout_and_a_rerun_redoes_nothing(
     assert image_folders(keys(s3_endpoint, bucket, "cut")) == SEED_DONE
     assert_bit_exact(download(s3_endpoint, bucket, "cut", tmp_path / "dl"), src, expected["done"])
     first = s3_client(s3_endpoint).head_object(Bucket=bucket, Key="cut/dup/a.tif/metadata.json")["ETag"]
-    again = json.loads(tessq_cmd("scan", str(src), "--out", out, MIN, "--json", env=s3_env, cwd=tmp_path,
-                                 check=True).stdout)
+    again = json.loads(
+        tessq_cmd("scan", str(src), "--out", out, MIN, "--json", env=s3_env, cwd=tmp_path, check=True).stdout
+    )
     assert again["queued"] == 0 and again["requeued"] == 0 and again["already_done"] == expected["done"]
     assert s3_client(s3_endpoint).head_object(Bucket=bucket, Key="cut/dup/a.tif/metadata.json")["ETag"] == first
     assert (tmp_path / "ws/.tessq" / "batch_processing.log").is_file()  # the log stays in the workspace
 
 
 def test_s3_in_and_local_out_spools_small_objects_and_redoes_a_replaced_one(
-        tmp_path: Path, s3_env: dict, s3_endpoint: str) -> None:  # noqa: F811
+    tmp_path: Path, s3_env: dict, s3_endpoint: str
+) -> None:
     src, out = tmp_path / "src", tmp_path / "out"
     expected = seed_tree(src)
     bucket = new_bucket(s3_endpoint)
@@ -109,8 +117,11 @@ def test_s3_in_and_local_out_spools_small_objects_and_redoes_a_replaced_one(
     before = json.loads((out / "dup/a.tif/batch_metadata.json").read_text())["started_at"]
     write_tiff(src / "dup/a.tif", 70, 90, seed=42)  # replaced on S3: new size and LastModified
     s3_client(s3_endpoint).upload_file(str(src / "dup/a.tif"), bucket, "raw/dup/a.tif")
-    scan = json.loads(tessq_cmd("scan", f"s3://{bucket}/raw", "--out", str(out), MIN, "--json", env=s3_env,
-                                cwd=tmp_path, check=True).stdout)
+    scan = json.loads(
+        tessq_cmd(
+            "scan", f"s3://{bucket}/raw", "--out", str(out), MIN, "--json", env=s3_env, cwd=tmp_path, check=True
+        ).stdout
+    )
     assert scan["requeued"] == 1 and scan["already_done"] == expected["done"] - 1
     tessq_cmd("workers", "--workers", "1", "--drain", env=s3_env, cwd=tmp_path, check=True)
     assert json.loads((out / "dup/a.tif/batch_metadata.json").read_text())["started_at"] != before
@@ -118,7 +129,8 @@ def test_s3_in_and_local_out_spools_small_objects_and_redoes_a_replaced_one(
 
 
 def test_scan_reads_tiff_headers_with_a_few_ranged_gets_never_whole_objects(
-        tmp_path: Path, in_process_s3, s3_endpoint: str) -> None:  # noqa: F811
+    tmp_path: Path, in_process_s3, s3_endpoint: str
+) -> None:
     from tessq import pipeline
     from tessq.options import SliceOptions
 
@@ -139,8 +151,9 @@ def test_scan_reads_tiff_headers_with_a_few_ranged_gets_never_whole_objects(
     in_process_s3.client().meta.events.register("before-send.s3.GetObject", record)
     ws = pipeline.open_workspace(tmp_path / "ws")
     traffic = dict(in_process_s3.TRAFFIC)
-    summary = pipeline.scan_and_enqueue(f"s3://{bucket}/raw", f"s3://{bucket}/out", SliceOptions(min_size=1024),
-                                        workspace=ws)
+    summary = pipeline.scan_and_enqueue(
+        f"s3://{bucket}/raw", f"s3://{bucket}/out", SliceOptions(min_size=1024), workspace=ws
+    )
     fetched = in_process_s3.TRAFFIC["get_bytes"] - traffic["get_bytes"]
     requests = in_process_s3.TRAFFIC["get_requests"] - traffic["get_requests"]
     assert summary.found == 8 and summary.queued == 8 and summary.folders_skipped == {"no_tiff": 1}
@@ -150,7 +163,8 @@ def test_scan_reads_tiff_headers_with_a_few_ranged_gets_never_whole_objects(
 
 
 def test_a_region_of_a_tiled_s3_image_fetches_only_the_tiles_it_needs(
-        tmp_path: Path, in_process_s3, s3_endpoint: str) -> None:  # noqa: F811
+    tmp_path: Path, in_process_s3, s3_endpoint: str
+) -> None:
     from tessq.cut.tiff import RegionReader, reference_pixels
 
     path = write_tiff(tmp_path / "big.tif", 2048, 2048, seed=3, tile=(256, 256))  # 12 MB, 64 tiles
@@ -167,7 +181,8 @@ def test_a_region_of_a_tiled_s3_image_fetches_only_the_tiles_it_needs(
 
 
 def test_an_object_replaced_while_it_is_read_fails_instead_of_mixing_versions(
-        tmp_path: Path, in_process_s3, s3_endpoint: str) -> None:  # noqa: F811
+    tmp_path: Path, in_process_s3, s3_endpoint: str
+) -> None:
     from tessq.cut.tiff import RegionReader
     from tessq.errors import SourceChangedError
 
@@ -183,7 +198,8 @@ def test_an_object_replaced_while_it_is_read_fails_instead_of_mixing_versions(
 
 
 def test_committing_an_image_folder_uploads_metadata_last_and_drops_stale_slices(
-        tmp_path: Path, in_process_s3, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    tmp_path: Path, in_process_s3, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bucket = new_bucket(s3_endpoint)
     client = s3_client(s3_endpoint)
     for name in ("slice_9_old.png", "metadata.json"):
@@ -199,13 +215,16 @@ def test_committing_an_image_folder_uploads_metadata_last_and_drops_stale_slices
         tmp = committer.tmp
     assert committed["url"] == f"s3://{bucket}/out/x/img" and committed["objects"] == 4
     assert order[-2:] == ["batch_metadata.json", "metadata.json"]
-    assert keys(s3_endpoint, bucket, "out/x/img") == ["batch_metadata.json", "metadata.json", "slice_0.png",
-                                                       "slice_1.png"]
+    assert keys(s3_endpoint, bucket, "out/x/img") == [
+        "batch_metadata.json",
+        "metadata.json",
+        "slice_0.png",
+        "slice_1.png",
+    ]
     assert not tmp.exists()
 
 
-def test_a_worker_that_lost_its_lease_uploads_nothing(
-        tmp_path: Path, in_process_s3, s3_endpoint: str) -> None:  # noqa: F811
+def test_a_worker_that_lost_its_lease_uploads_nothing(tmp_path: Path, in_process_s3, s3_endpoint: str) -> None:
     from tessq.errors import LeaseLostError
 
     bucket = new_bucket(s3_endpoint)
@@ -218,7 +237,6 @@ def test_a_worker_that_lost_its_lease_uploads_nothing(
 
 
 def test_a_missing_bucket_is_a_clear_error_before_anything_is_recorded(tmp_path: Path, s3_env: dict) -> None:
-    proc = tessq_cmd("scan", "s3://no-such-bucket-tessq/raw", "--out", str(tmp_path / "out"), env=s3_env,
-                     cwd=tmp_path)
+    proc = tessq_cmd("scan", "s3://no-such-bucket-tessq/raw", "--out", str(tmp_path / "out"), env=s3_env, cwd=tmp_path)
     assert proc.returncode == 2
     assert "no-such-bucket-tessq" in proc.stderr + proc.stdout and "does not exist" in proc.stderr + proc.stdout

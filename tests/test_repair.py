@@ -24,8 +24,10 @@ def make_tree(root: Path) -> None:
 
 def cut_times(out: Path) -> dict[str, float]:
     """When each image folder was cut (batch_metadata.json's started_at)."""
-    return {str(p.parent.relative_to(out)): json.loads(p.read_text())["started_at"]
-            for p in out.rglob("batch_metadata.json")}
+    return {
+        str(p.parent.relative_to(out)): json.loads(p.read_text())["started_at"]
+        for p in out.rglob("batch_metadata.json")
+    }
 
 
 def first_slice(folder: Path) -> Path:
@@ -43,14 +45,16 @@ def done(tmp_path: Path, sqlite_env: dict[str, str]) -> tuple[Path, Path, dict[s
 
 
 def run(src: Path, out: Path, env: dict[str, str], cwd: Path, *extra: str) -> dict:
-    proc = tessq_cmd("run", str(src), str(out), "--min-size=32", "--workers=2", "--json", *extra, env=env,
-                     cwd=cwd, check=True)
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
+    proc = tessq_cmd(
+        "run", str(src), str(out), "--min-size=32", "--workers=2", "--json", *extra, env=env, cwd=cwd, check=True
+    )
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 def scan_json(src: Path, out: Path, env: dict[str, str], cwd: Path, *extra: str) -> dict:
-    proc = tessq_cmd("scan", str(src), "--out", str(out), "--min-size=32", "--json", *extra, env=env, cwd=cwd,
-                     check=True)
+    proc = tessq_cmd(
+        "scan", str(src), "--out", str(out), "--min-size=32", "--json", *extra, env=env, cwd=cwd, check=True
+    )
     return json.loads(proc.stdout)
 
 
@@ -176,8 +180,15 @@ def test_scan_summary_rows_add_up_to_the_tiffs_found(tmp_path: Path, sqlite_env:
     seed_tree(src)
 
     def rows(s: dict) -> int:
-        return (s["queued"] + s["requeued"] + s["requeued_damaged"] + s["already_done"]
-                + s["in_progress_or_failed"] + sum(s["skipped"].values()) + len(s["failed_at_scan"]))
+        return (
+            s["queued"]
+            + s["requeued"]
+            + s["requeued_damaged"]
+            + s["already_done"]
+            + s["in_progress_or_failed"]
+            + sum(s["skipped"].values())
+            + len(s["failed_at_scan"])
+        )
 
     first = scan_json(src, out, sqlite_env, tmp_path)
     assert rows(first) == first["found"] == 7
@@ -226,14 +237,16 @@ def test_many_done_images_are_checked_in_parallel_with_the_same_verdicts(
         db.Image.update(status=db.DONE, n_slices=2, bytes_out=20, options_hash=options_fingerprint(options)).execute()
     for i in range(6):
         (out / f"img_{i}").mkdir(parents=True)
-        (out / f"img_{i}/metadata.json").write_text(json.dumps(
-            {"slices": [{"file": f"slice_{k}_0_0_1_1.png", "bytes": 10} for k in range(2)]}))
+        (out / f"img_{i}/metadata.json").write_text(
+            json.dumps({"slices": [{"file": f"slice_{k}_0_0_1_1.png", "bytes": 10} for k in range(2)]})
+        )
         for k in range(2 if i % 2 else 1):  # the even ones lost a slice
             (out / f"img_{i}/slice_{k}_0_0_1_1.png").write_bytes(b"x" * 10)
     monkeypatch.setattr(scan, "CHECK_PARALLEL_MIN", 1)
     summary = scan.scan_tree(src, out, options, options_fingerprint(options))
-    assert summary.damaged == [{"file": f"img_{i}.tif", "reason": "slice slice_1_0_0_1_1.png missing"}
-                               for i in (0, 2, 4)]
+    assert summary.damaged == [
+        {"file": f"img_{i}.tif", "reason": "slice slice_1_0_0_1_1.png missing"} for i in (0, 2, 4)
+    ]
     assert summary.requeued_damaged == 3 and summary.already_done == 3 and len(summary.enqueue_ids) == 3
 
 

@@ -14,11 +14,34 @@ from tessq.jobs import db
 from tessq.jobs.report import ReportRows, summarize, upload_prefix
 
 NO_UPLOADS: db.UploadTotals = {"objects": 0, "bytes": 0}
-REPORT_KEYS = ["batch_summary", "states", "throughput", "skip_reasons", "folders_skipped_by_reason", "per_folder",
-               "errors", "skipped", "unfinished", "verification", "uploads", "job", "jobs", "jobs_in_database",
-               "generated_at", "tessq_version"]
-SUMMARY_KEYS = ["total_images_found", "successfully_processed", "skipped", "errors", "folders_skipped",
-                "total_processing_time", "average_time_per_image", "images_per_hour"]
+REPORT_KEYS = [
+    "batch_summary",
+    "states",
+    "throughput",
+    "skip_reasons",
+    "folders_skipped_by_reason",
+    "per_folder",
+    "errors",
+    "skipped",
+    "unfinished",
+    "verification",
+    "uploads",
+    "job",
+    "jobs",
+    "jobs_in_database",
+    "generated_at",
+    "tessq_version",
+]
+SUMMARY_KEYS = [
+    "total_images_found",
+    "successfully_processed",
+    "skipped",
+    "errors",
+    "folders_skipped",
+    "total_processing_time",
+    "average_time_per_image",
+    "images_per_hour",
+]
 
 
 def counts(**n: int) -> dict[str, int]:
@@ -28,9 +51,20 @@ def counts(**n: int) -> dict[str, int]:
 def rows(**changes: Any) -> ReportRows:
     """An empty status table's rows, with `changes`."""
     empty = ReportRows(
-        job_id=None, counts=counts(), folder_skips={}, done=db.DoneTotals(None, None, 0.0, 0, 0, 0, 0), intervals=[],
-        skip_reasons={}, per_folder=[], errors=[], verified={}, skipped_images=[], skipped_folders=[], unfinished=[],
-        jobs=[], n_jobs=0,
+        job_id=None,
+        counts=counts(),
+        folder_skips={},
+        done=db.DoneTotals(None, None, 0.0, 0, 0, 0, 0),
+        intervals=[],
+        skip_reasons={},
+        per_folder=[],
+        errors=[],
+        verified={},
+        skipped_images=[],
+        skipped_folders=[],
+        unfinished=[],
+        jobs=[],
+        n_jobs=0,
     )
     return dataclasses.replace(empty, **changes)
 
@@ -43,8 +77,16 @@ def test_zero_images_give_zeros_everywhere_and_the_keys_in_their_order() -> None
     assert list(report) == REPORT_KEYS
     assert list(report["batch_summary"]) == SUMMARY_KEYS
     assert report["batch_summary"] == dict.fromkeys(SUMMARY_KEYS, 0)
-    assert report["throughput"] == {"wall_clock_s": 0.0, "calendar_s": 0.0, "idle_s": 0.0, "worker_busy_s": 0.0,
-                                    "source_bytes": 0, "output_bytes": 0, "pixel_bytes": 0, "pixel_mb_per_s": 0.0}
+    assert report["throughput"] == {
+        "wall_clock_s": 0.0,
+        "calendar_s": 0.0,
+        "idle_s": 0.0,
+        "worker_busy_s": 0.0,
+        "source_bytes": 0,
+        "output_bytes": 0,
+        "pixel_bytes": 0,
+        "pixel_mb_per_s": 0.0,
+    }
     assert report["per_folder"] == {} and report["errors"] == [] and report["skipped"] == []
     assert report["unfinished"] == [] and report["verification"] == {"identical": 0, "different": 0}
     assert report["job"] is None and report["jobs"] == [] and report["jobs_in_database"] == 0
@@ -53,14 +95,25 @@ def test_zero_images_give_zeros_everywhere_and_the_keys_in_their_order() -> None
 
 
 def test_totals_rates_and_averages_come_from_the_busy_time_not_the_calendar() -> None:
-    done = db.DoneTotals(first_start=1000.0, last_finish=1101.0, busy_s=20.0, n_timed=4, source_bytes=11,
-                         output_bytes=22, pixel_bytes=26_000_000)
-    report = summarize(rows(
-        counts=counts(done=3, failed=1, skipped=1, cancelled=2, queued=1),
-        folder_skips={"no_tiff": 2},
-        done=done,
-        intervals=[(1000.0, 1010.0), (1005.0, 1012.0), (1100.0, 1101.0)],  # overlap merged, the gap left out
-    ), NO_UPLOADS, generated_at=0.0)
+    done = db.DoneTotals(
+        first_start=1000.0,
+        last_finish=1101.0,
+        busy_s=20.0,
+        n_timed=4,
+        source_bytes=11,
+        output_bytes=22,
+        pixel_bytes=26_000_000,
+    )
+    report = summarize(
+        rows(
+            counts=counts(done=3, failed=1, skipped=1, cancelled=2, queued=1),
+            folder_skips={"no_tiff": 2},
+            done=done,
+            intervals=[(1000.0, 1010.0), (1005.0, 1012.0), (1100.0, 1101.0)],  # overlap merged, the gap left out
+        ),
+        NO_UPLOADS,
+        generated_at=0.0,
+    )
     summary, throughput = report["batch_summary"], report["throughput"]
     assert summary == {
         "total_images_found": 6,  # every state but cancelled
@@ -88,8 +141,11 @@ def test_totals_rates_and_averages_come_from_the_busy_time_not_the_calendar() ->
 
 def test_times_are_rounded_and_a_calendar_shorter_than_the_busy_time_has_no_idle_time() -> None:
     done = db.DoneTotals(1000.0, 1000.5, 2.00049, 3, 0, 0, 1_234_567)
-    report = summarize(rows(counts=counts(done=3), done=done, intervals=[(1000.0, 1000.12345), (1000.2, 1001.0)]),
-                       NO_UPLOADS, generated_at=0.0)
+    report = summarize(
+        rows(counts=counts(done=3), done=done, intervals=[(1000.0, 1000.12345), (1000.2, 1001.0)]),
+        NO_UPLOADS,
+        generated_at=0.0,
+    )
     assert report["batch_summary"]["total_processing_time"] == 0.923
     assert report["batch_summary"]["average_time_per_image"] == 0.667
     assert report["batch_summary"]["images_per_hour"] == round(3 / 0.92345 * 3600, 1)
@@ -100,8 +156,9 @@ def test_times_are_rounded_and_a_calendar_shorter_than_the_busy_time_has_no_idle
 
 def test_all_failed_counts_errors_and_no_rate() -> None:
     errors = [db.ErrorRow("a/x.tif", "corrupt", "truncated", 1), db.ErrorRow("b.tif", "lost", None, 3)]
-    report = summarize(rows(counts=counts(failed=2), errors=errors, intervals=[(5.0, 9.0), (6.0, 7.0)]),
-                       NO_UPLOADS, generated_at=0.0)
+    report = summarize(
+        rows(counts=counts(failed=2), errors=errors, intervals=[(5.0, 9.0), (6.0, 7.0)]), NO_UPLOADS, generated_at=0.0
+    )
     summary = report["batch_summary"]
     assert summary["successfully_processed"] == 0 and summary["errors"] == 2 and summary["total_images_found"] == 2
     assert summary["total_processing_time"] == 4.0  # failed images were being cut too
@@ -116,25 +173,35 @@ def test_all_failed_counts_errors_and_no_rate() -> None:
 def test_running_and_queued_rows_are_listed_as_given_and_counted() -> None:
     unfinished = [db.UnfinishedRow("b.tif", db.RUNNING, "host:12"), db.UnfinishedRow("a.tif", db.QUEUED, None)]
     report = summarize(rows(counts=counts(running=1, queued=5), unfinished=unfinished), NO_UPLOADS, generated_at=0.0)
-    assert report["unfinished"] == [{"file": "b.tif", "status": "running", "worker": "host:12"},
-                                    {"file": "a.tif", "status": "queued", "worker": None}]
+    assert report["unfinished"] == [
+        {"file": "b.tif", "status": "running", "worker": "host:12"},
+        {"file": "a.tif", "status": "queued", "worker": None},
+    ]
     assert report["batch_summary"]["total_images_found"] == 6 and report["batch_summary"]["images_per_hour"] == 0.0
 
 
 def test_per_folder_names_the_root_dot_and_sorts_folders() -> None:
-    per_folder = [db.FolderStateCount("z", db.DONE, 2), db.FolderStateCount("", db.FAILED, 1),
-                  db.FolderStateCount("a/b", db.DONE, 1), db.FolderStateCount("", db.DONE, 4)]
+    per_folder = [
+        db.FolderStateCount("z", db.DONE, 2),
+        db.FolderStateCount("", db.FAILED, 1),
+        db.FolderStateCount("a/b", db.DONE, 1),
+        db.FolderStateCount("", db.DONE, 4),
+    ]
     report = summarize(rows(per_folder=per_folder), NO_UPLOADS, generated_at=0.0)
     assert report["per_folder"] == {".": {"failed": 1, "done": 4}, "a/b": {"done": 1}, "z": {"done": 2}}
     assert list(report["per_folder"]) == [".", "a/b", "z"]
 
 
 def test_skipped_files_and_folders_are_merged_by_path_a_file_first() -> None:
-    report = summarize(rows(
-        skipped_images=[db.SkipRow("b/small.tif", "too_small"), db.SkipRow("link.tif", "symlink")],
-        skipped_folders=[db.SkipRow("a", "no_tiff"), db.SkipRow("link.tif", "hidden")],
-        skip_reasons={"too_small": 1, "symlink": 1},
-    ), NO_UPLOADS, generated_at=0.0)
+    report = summarize(
+        rows(
+            skipped_images=[db.SkipRow("b/small.tif", "too_small"), db.SkipRow("link.tif", "symlink")],
+            skipped_folders=[db.SkipRow("a", "no_tiff"), db.SkipRow("link.tif", "hidden")],
+            skip_reasons={"too_small": 1, "symlink": 1},
+        ),
+        NO_UPLOADS,
+        generated_at=0.0,
+    )
     assert report["skipped"] == [
         {"path": "a", "kind": "folder", "reason": "no_tiff"},
         {"path": "b/small.tif", "kind": "file", "reason": "too_small"},

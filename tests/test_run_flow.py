@@ -26,39 +26,59 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key)
 
 
-@pytest.mark.parametrize(("stopped_by", "failed", "code"), [
-    ("drained", 0, defaults.EXIT_OK),
-    ("drained", 2, defaults.EXIT_SOME_FAILED),
-    ("signal", 0, defaults.EXIT_INTERRUPTED),
-    ("signal", 5, defaults.EXIT_INTERRUPTED),  # stopped early wins: the failures may not be final yet
-])
+@pytest.mark.parametrize(
+    ("stopped_by", "failed", "code"),
+    [
+        ("drained", 0, defaults.EXIT_OK),
+        ("drained", 2, defaults.EXIT_SOME_FAILED),
+        ("signal", 0, defaults.EXIT_INTERRUPTED),
+        ("signal", 5, defaults.EXIT_INTERRUPTED),  # stopped early wins: the failures may not be final yet
+    ],
+)
 def test_the_exit_code_says_interrupted_then_some_failed_then_ok(stopped_by: str, failed: int, code: int) -> None:
     assert pipeline.run_exit_code(stopped_by, failed) == code
 
 
 def comparable(report: dict[str, Any]) -> dict[str, Any]:
     """What two runs of one tree must agree on (not when, how fast, nor where the output went)."""
-    summary = {k: v for k, v in report["batch_summary"].items()
-               if k not in ("total_processing_time", "average_time_per_image", "images_per_hour")}
-    return {"batch_summary": summary, "states": report["states"], "skip_reasons": report["skip_reasons"],
-            "errors": sorted((e["type"], Path(e["file"]).name if e.get("file") else "") for e in report["errors"])}
+    summary = {
+        k: v
+        for k, v in report["batch_summary"].items()
+        if k not in ("total_processing_time", "average_time_per_image", "images_per_hour")
+    }
+    return {
+        "batch_summary": summary,
+        "states": report["states"],
+        "skip_reasons": report["skip_reasons"],
+        "errors": sorted((e["type"], Path(e["file"]).name if e.get("file") else "") for e in report["errors"]),
+    }
 
 
 def test_the_cli_and_the_api_give_the_same_report_for_one_tree(tmp_path: Path, clean_env: None) -> None:
     expected = seed_tree(tmp_path / "in")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSQ_")}
-    cli = tessq_cmd("run", str(tmp_path / "in"), str(tmp_path / "cli_out"), "--min-size", "32", "--workers", "2",
-                    "--json", env=env, cwd=tmp_path)
+    cli = tessq_cmd(
+        "run",
+        str(tmp_path / "in"),
+        str(tmp_path / "cli_out"),
+        "--min-size",
+        "32",
+        "--workers",
+        "2",
+        "--json",
+        env=env,
+        cwd=tmp_path,
+    )
     assert cli.returncode == (defaults.EXIT_SOME_FAILED if expected["failed"] else defaults.EXIT_OK), cli.stderr
-    from_cli = json.loads(cli.stdout[cli.stdout.index("{"):])
-    from_api = BatchTesselator(BatchJob(input_dir=tmp_path / "in", output_dir=tmp_path / "api_out",
-                                        min_image_size=32, max_workers=2)).run_batch(progress=False)
+    from_cli = json.loads(cli.stdout[cli.stdout.index("{") :])
+    from_api = BatchTesselator(
+        BatchJob(input_dir=tmp_path / "in", output_dir=tmp_path / "api_out", min_image_size=32, max_workers=2)
+    ).run_batch(progress=False)
     assert comparable(from_cli) == comparable(from_api)
     assert from_api["batch_summary"]["successfully_processed"] == expected["done"]
 
 
-def test_a_run_stopped_early_reports_what_is_left_exits_130_and_writes_no_zip(tmp_path: Path,
-                                                                             clean_env: None) -> None:
+def test_a_run_stopped_early_reports_what_is_left_exits_130_and_writes_no_zip(tmp_path: Path, clean_env: None) -> None:
     for i in range(2):
         write_tiff(tmp_path / f"in/img_{i}.tif", seed=i)
     seen: list[str] = []
@@ -70,11 +90,13 @@ def test_a_run_stopped_early_reports_what_is_left_exits_130_and_writes_no_zip(tm
     def never(job: db.Job) -> dict[str, Any]:
         raise AssertionError("an interrupted run must not zip")
 
-    hooks = pipeline.RunHooks(on_workspace=lambda ws: seen.append(f"workspace {ws.root.name}"),
-                              on_scan=lambda summary: seen.append(f"scan {summary.queued}"),
-                              drain=stopped, export=never)
-    request = pipeline.RunRequest(tmp_path / "in", tmp_path / "out", SliceOptions(min_size=0), n_workers=3,
-                                  zip=True)
+    hooks = pipeline.RunHooks(
+        on_workspace=lambda ws: seen.append(f"workspace {ws.root.name}"),
+        on_scan=lambda summary: seen.append(f"scan {summary.queued}"),
+        drain=stopped,
+        export=never,
+    )
+    request = pipeline.RunRequest(tmp_path / "in", tmp_path / "out", SliceOptions(min_size=0), n_workers=3, zip=True)
     outcome = pipeline.run(request, hooks)
     assert seen == ["workspace out", "scan 2", "drain 3 out"]
     assert outcome.stopped_by == "signal" and outcome.zip is None
@@ -114,8 +136,17 @@ def test_the_global_workspace_option_reaches_the_command_before_or_after_it(tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSQ_")}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    tessq_cmd("scan", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--min-size", "0", env=env,
-              cwd=tmp_path, check=True)
+    tessq_cmd(
+        "scan",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--min-size",
+        "0",
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    )
     for args in (["-w", str(tmp_path / "out"), "status", "--json"], ["status", "--json", "-w", str(tmp_path / "out")]):
         proc = tessq_cmd(*args, env=env, cwd=elsewhere)
         assert proc.returncode == 0, proc.stderr

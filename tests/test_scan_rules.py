@@ -73,7 +73,9 @@ def test_hashed_name_appends_eight_hex_of_the_original_and_stays_bounded() -> No
 
 def test_a_stem_that_names_a_sibling_output_folder_uses_the_whole_file_name() -> None:
     assert scan.output_folder_names(["site.tif", "other.tif"], taken=["Site"]) == {
-        "site.tif": "site.tif", "other.tif": "other"}
+        "site.tif": "site.tif",
+        "other.tif": "other",
+    }
 
 
 def test_names_that_sanitising_made_equal_get_a_hash_and_the_unchanged_one_keeps_its_name() -> None:
@@ -137,12 +139,14 @@ def test_a_file_ref_stats_its_path_with_or_without_following_links(tmp_path: Pat
 # --- tessq output folders -----------------------------------------------------------------------------------
 
 
-def image_folder(root: Path, slices: dict[str, bytes], *, schema: str = "tessq.metadata",
-                 listed: int | None = None) -> Path:
+def image_folder(
+    root: Path, slices: dict[str, bytes], *, schema: str = "tessq.metadata", listed: int | None = None
+) -> Path:
     """A real image folder: its slice files and a metadata.json recording their names, sizes and hashes."""
     root.mkdir(parents=True)
-    records = [{"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-               for name, data in slices.items()]
+    records = [
+        {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in slices.items()
+    ]
     for name, data in slices.items():
         (root / name).write_bytes(data)
     (root / scan.METADATA_NAME).write_text(json.dumps({"schema": schema, "slices": records[:listed]}))
@@ -211,8 +215,10 @@ def test_a_slice_that_is_a_folder_is_counted_missing(tmp_path: Path) -> None:
     folder = image_folder(tmp_path / "img", {"slice_0.png": b"abc"})
     (folder / "slice_0.png").unlink()
     (folder / "slice_0.png").mkdir()
-    assert scan.output_problem(folder, 1, 3) == "slice slice_0.png size differs (" \
+    assert (
+        scan.output_problem(folder, 1, 3) == "slice slice_0.png size differs ("
         f"{(folder / 'slice_0.png').stat().st_size} bytes, metadata.json says 3)"
+    )
 
 
 def test_unreadable_metadata_is_named(tmp_path: Path) -> None:
@@ -303,10 +309,13 @@ def test_colliding_outputs_fail_at_scan_with_the_path_they_would_share() -> None
     assert candidates[0]["status"] == "queued" and candidates[3]["status"] == "queued"
     assert candidates[1] == {"rel_path": "b.tif", "out_rel": "b", "status": "failed", "skip_reason": None}
     assert candidates[2] == {
-        "rel_path": "A/X.tiff", "out_rel": "A/X", "status": "failed", "skip_reason": None,
+        "rel_path": "A/X.tiff",
+        "out_rel": "A/X",
+        "status": "failed",
+        "skip_reason": None,
         "error_type": "output_collision",
         "error_message": "A/X.tiff: its output folder 'A/X' would collide with 'a/x', another image's; rename the"
-                         " file or its folder",
+        " file or its folder",
     }
 
 
@@ -325,8 +334,17 @@ def done_job(tmp_path: Path, images: dict[str, dict[str, bytes]]) -> tuple[int, 
         job = db.upsert_job(str(tmp_path / "in"), str(out), {}, "h")
         for rel, slices in images.items():
             image_folder(out / rel, slices)
-            row = db.Image.create(job=job.id, rel_path=f"{rel}.tif", folder="", out_rel=rel, src_size=1, src_mtime=1.0,
-                                  status=db.DONE, n_slices=len(slices), bytes_out=sum(map(len, slices.values())))
+            row = db.Image.create(
+                job=job.id,
+                rel_path=f"{rel}.tif",
+                folder="",
+                out_rel=rel,
+                src_size=1,
+                src_mtime=1.0,
+                status=db.DONE,
+                n_slices=len(slices),
+                bytes_out=sum(map(len, slices.values())),
+            )
             ids[rel] = row.id
     return job.id, out, ids
 
@@ -334,8 +352,15 @@ def done_job(tmp_path: Path, images: dict[str, dict[str, bytes]]) -> tuple[int, 
 def test_a_rescan_queues_again_the_done_images_whose_output_is_damaged_or_verified_different(tmp_path: Path) -> None:
     from tessq.jobs import db
 
-    job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"},
-                                           "c": {"slice_0.png": b"f"}, "d": {"slice_0.png": b"g"}})
+    job_id, out, ids = done_job(
+        tmp_path,
+        {
+            "a": {"slice_0.png": b"abc"},
+            "b": {"slice_0.png": b"de"},
+            "c": {"slice_0.png": b"f"},
+            "d": {"slice_0.png": b"g"},
+        },
+    )
     (out / "a" / "slice_0.png").write_bytes(b"ABC")  # same size: only the hash check sees it
     (out / "b" / "slice_0.png").unlink()
     with db.session():
@@ -343,12 +368,18 @@ def test_a_rescan_queues_again_the_done_images_whose_output_is_damaged_or_verifi
         db.record_verification(ids["d"], True)
     summary = scan.ScanSummary(input_dir="in", output_dir=str(out), already_done=5)
     assert scan.check_done_outputs(job_id, out, "stat", summary) == [ids["b"], ids["c"]]
-    assert summary.damaged == [{"file": "b.tif", "reason": "slice slice_0.png missing"},
-                               {"file": "c.tif", "reason": scan.VERIFIED_DIFFERENT}]
+    assert summary.damaged == [
+        {"file": "b.tif", "reason": "slice slice_0.png missing"},
+        {"file": "c.tif", "reason": scan.VERIFIED_DIFFERENT},
+    ]
     assert (summary.requeued_damaged, summary.already_done) == (2, 3)
     with db.session():
         assert {r.rel_path: r.status for r in db.Image.select()} == {
-            "a.tif": db.DONE, "b.tif": db.QUEUED, "c.tif": db.QUEUED, "d.tif": db.DONE}
+            "a.tif": db.DONE,
+            "b.tif": db.QUEUED,
+            "c.tif": db.QUEUED,
+            "d.tif": db.DONE,
+        }
     again = scan.ScanSummary(input_dir="in", output_dir=str(out), already_done=2)
     assert scan.check_done_outputs(job_id, out, "hash", again) == [ids["a"]]
     assert again.damaged == [{"file": "a.tif", "reason": "slice slice_0.png hash differs from metadata.json"}]
@@ -372,8 +403,9 @@ def test_no_check_mode_and_s3_outputs_only_requeue_what_verify_found_different(t
 def test_a_done_image_whose_source_and_output_are_gone_is_forgotten(tmp_path: Path) -> None:
     from tessq.jobs import db
 
-    job_id, out, ids = done_job(tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"},
-                                           "c": {"slice_0.png": b"f"}})
+    job_id, out, ids = done_job(
+        tmp_path, {"a": {"slice_0.png": b"abc"}, "b": {"slice_0.png": b"de"}, "c": {"slice_0.png": b"f"}}
+    )
     (out / "a" / "slice_0.png").unlink()
     (out / "b" / "slice_0.png").unlink()
     with db.session():
@@ -384,8 +416,11 @@ def test_a_done_image_whose_source_and_output_are_gone_is_forgotten(tmp_path: Pa
     assert summary.forgotten == [{"file": "b.tif", "reason": "slice slice_0.png missing; source gone"}]
     with db.session():
         status = {r.rel_path: (r.status, r.skip_reason) for r in db.Image.select()}
-    assert status == {"a.tif": (db.QUEUED, None), "b.tif": (db.CANCELLED, "source_removed"),
-                      "c.tif": (db.DONE, None)}  # verified different but no source to redo it from: kept
+    assert status == {
+        "a.tif": (db.QUEUED, None),
+        "b.tif": (db.CANCELLED, "source_removed"),
+        "c.tif": (db.DONE, None),
+    }  # verified different but no source to redo it from: kept
     db.database.close()
 
 
@@ -394,8 +429,9 @@ def test_an_unknown_check_mode_is_refused_with_the_choices(tmp_path: Path) -> No
         scan.check_done_outputs(1, tmp_path, "deep", scan.ScanSummary(input_dir="in", output_dir="out"))
 
 
-def test_many_done_images_are_checked_in_threads_with_the_same_result(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_done_images_are_checked_in_threads_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tessq.jobs import db
 
     job_id, out, ids = done_job(tmp_path, {f"i{n}": {"slice_0.png": b"x" * n} for n in range(1, 7)})

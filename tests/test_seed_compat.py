@@ -17,8 +17,14 @@ import pytest
 from tests.conftest import write_tiff
 
 SEED_SUMMARY_KEYS = [
-    "total_images_found", "successfully_processed", "skipped", "errors", "folders_skipped",
-    "total_processing_time", "average_time_per_image", "images_per_hour",
+    "total_images_found",
+    "successfully_processed",
+    "skipped",
+    "errors",
+    "folders_skipped",
+    "total_processing_time",
+    "average_time_per_image",
+    "images_per_hour",
 ]
 
 
@@ -27,8 +33,14 @@ def clean_env() -> dict[str, str]:
 
 
 def python(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -46,7 +58,8 @@ def dataset(tmp_path: Path) -> Path:
 
 def test_the_seed_custom_processing_script_runs_as_written(dataset: Path, tmp_path: Path) -> None:
     # The seed README's "Custom Processing Script", verbatim but for printing what it got.
-    proc = python('''
+    proc = python(
+        """
         from batch_tesselate import BatchTesselator, BatchJob
 
         # Configure job
@@ -64,12 +77,19 @@ def test_the_seed_custom_processing_script_runs_as_written(dataset: Path, tmp_pa
 
         import json
         print("REPORT=" + json.dumps(report))
-    ''', cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     report = json.loads(proc.stdout.split("REPORT=", 1)[1])
     summary = report["batch_summary"]
     assert list(summary) == SEED_SUMMARY_KEYS
-    assert (summary["total_images_found"], summary["successfully_processed"], summary["skipped"],
-            summary["errors"], summary["folders_skipped"]) == (2, 1, 1, 0, 1)
+    assert (
+        summary["total_images_found"],
+        summary["successfully_processed"],
+        summary["skipped"],
+        summary["errors"],
+        summary["folders_skipped"],
+    ) == (2, 1, 1, 0, 1)
     assert summary["images_per_hour"] > 0
     folder = tmp_path / "output_path/survey/big"
     assert len(list(folder.glob("slice_*.png"))) == 12
@@ -79,12 +99,16 @@ def test_the_seed_custom_processing_script_runs_as_written(dataset: Path, tmp_pa
 
 
 def test_the_seed_verification_snippets_run_as_written(dataset: Path, tmp_path: Path) -> None:
-    python('''
+    python(
+        """
         from batch_tesselate import BatchTesselator, BatchJob
         BatchTesselator(BatchJob(input_dir="your_dataset_path", output_dir="processed_output", max_workers=2,
                                  min_image_size=1024)).run_batch(progress=False)
-    ''', cwd=tmp_path)
-    proc = python('''
+    """,
+        cwd=tmp_path,
+    )
+    proc = python(
+        """
         import json
         from pathlib import Path
 
@@ -111,7 +135,9 @@ def test_the_seed_verification_snippets_run_as_written(dataset: Path, tmp_path: 
             return results
 
         print("RESULTS=" + json.dumps(verify_batch_quality("processed_output")))
-    ''', cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     results = json.loads(proc.stdout.split("RESULTS=", 1)[1])
     assert results == {str((dataset / "survey/big.tif").resolve()): [True, True]}  # small.tif: too small
     assert "Images identical: True" in proc.stdout
@@ -125,9 +151,26 @@ def test_the_seed_command_line_runs_as_written(tmp_path: Path) -> None:
     src = tmp_path / "input/dataset"
     write_tiff(src / "a.tif", 1024, 1100, samples=1, seed=3)
     proc = subprocess.run(
-        [sys.executable, "-m", "batch_tesselate", str(src), str(tmp_path / "output/directory"),
-         "--num-pieces", "8", "--max-workers", "4", "--min-size", "1024", "--resume"],
-        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "batch_tesselate",
+            str(src),
+            str(tmp_path / "output/directory"),
+            "--num-pieces",
+            "8",
+            "--max-workers",
+            "4",
+            "--min-size",
+            "1024",
+            "--resume",
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "output/directory/a").glob("slice_*.png"))) == 8
 
@@ -156,8 +199,9 @@ def test_the_notebook_stops_on_a_mistyped_input_dir(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("TESSQ_NB_SAMPLE_DIR", str(sample))
     monkeypatch.setenv("TESSQ_NB_OUTPUT_DIR", str(tmp_path / "out"))
     nb = nbformat.read(Path(__file__).resolve().parents[1] / "scripts" / "batch_processing.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     with pytest.raises(nbclient.exceptions.CellExecutionError) as failure:
         client.execute()
     assert "FileNotFoundError" in str(failure.value) and "my_datset" in str(failure.value)
@@ -174,15 +218,16 @@ def test_run_batch_shows_progress_in_a_notebook(tmp_path: Path, monkeypatch: pyt
         monkeypatch.delenv(key)
     write_tiff(tmp_path / "in/a.tif", 64, 96, seed=1)
     write_tiff(tmp_path / "in/b.tif", 64, 96, seed=2)
-    cell = textwrap.dedent(f'''
+    cell = textwrap.dedent(f"""
         from batch_tesselate import BatchTesselator, BatchJob
         report = BatchTesselator(BatchJob(input_dir={str(tmp_path / "in")!r}, output_dir={str(tmp_path / "out")!r},
                                           max_workers=1, min_image_size=32)).run_batch()
         report["batch_summary"]["successfully_processed"]
-    ''')
+    """)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = nb.cells[0].outputs
     shown = [o["data"]["text/plain"] for o in outputs if o.get("output_type") == "display_data"]
     assert shown and shown[-1].startswith("[" + "#" * 30 + "]") and "2/2 finished" in shown[-1], outputs

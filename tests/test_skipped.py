@@ -25,8 +25,9 @@ SEED_SKIPPED = [
 
 
 def scan_json(src: Path, out: Path, env: dict[str, str], cwd: Path, *extra: str) -> dict:
-    proc = tessq_cmd("scan", str(src), "--out", str(out), "--min-size=32", "--json", *extra, env=env, cwd=cwd,
-                     check=True)
+    proc = tessq_cmd(
+        "scan", str(src), "--out", str(out), "--min-size=32", "--json", *extra, env=env, cwd=cwd, check=True
+    )
     return json.loads(proc.stdout)
 
 
@@ -55,8 +56,17 @@ def test_tessq_output_folders_inside_the_input_are_skipped_not_scanned(
     src, out = tmp_path / "in", tmp_path / "out"
     write_tiff(src / "a.tif", 64, 96, seed=1)
     write_tiff(src / "sub/b.tif", 64, 96, seed=2)
-    tessq_cmd("run", str(src), str(out), "--min-size=32", "--workers=1", "--format=tiff", env=sqlite_env,
-              cwd=tmp_path, check=True)
+    tessq_cmd(
+        "run",
+        str(src),
+        str(out),
+        "--min-size=32",
+        "--workers=1",
+        "--format=tiff",
+        env=sqlite_env,
+        cwd=tmp_path,
+        check=True,
+    )
     shutil.copytree(out, src / "previous_run")  # someone left an output (TIFF slices!) inside the input tree
     summary = scan_json(src, out, sqlite_env, tmp_path, "--format=tiff")
     assert summary["found"] == 2 and summary["already_done"] == 2 and summary["queued"] == 0
@@ -116,7 +126,8 @@ def test_status_shows_an_eta_only_while_workers_are_alive(
         """img_0 running under `worker` (lease still valid), img_1 queued; then `tessq status --json`."""
         with db.session():
             db.Image.update(status=db.RUNNING, worker=worker, lease_until=db.server_time() + 600).where(
-                db.Image.rel_path == "img_0.tif").execute()
+                db.Image.rel_path == "img_0.tif"
+            ).execute()
             db.Image.update(status=db.QUEUED).where(db.Image.rel_path == "img_1.tif").execute()
         return json.loads(tessq_cmd("status", "--json", env=sqlite_env, cwd=tmp_path, check=True).stdout)
 
@@ -138,8 +149,9 @@ def test_an_image_too_small_for_its_grid_is_skipped_at_scan(tmp_path: Path, sqli
     src, out = tmp_path / "in", tmp_path / "out"
     write_tiff(src / "narrow.tif", 40, 3, seed=1)
     write_tiff(src / "wide.tif", 40, 64, seed=2)
-    proc = tessq_cmd("run", str(src), str(out), "--min-size=1", "--grid=2x4", "--workers=1", env=sqlite_env,
-                     cwd=tmp_path)
+    proc = tessq_cmd(
+        "run", str(src), str(out), "--min-size=1", "--grid=2x4", "--workers=1", env=sqlite_env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert "skipped file narrow.tif: too_small" in proc.stderr
     report = json.loads(tessq_cmd("report", "--json", env=sqlite_env, cwd=tmp_path, check=True).stdout)

@@ -24,8 +24,14 @@ from tessq.options import SliceOptions
 from tessq.samples import photo_like
 
 ENGINES = [("zlib-ng-huffman", 1), ("zlib-ng-rle", 1), ("isal", 0), ("isal", 1), ("isal", 3), ("auto", 1)]
-KINDS = [("uint8", 3, "rgb"), ("uint16", 3, "rgb"), ("uint8", 1, "minisblack"), ("uint16", 1, "minisblack"),
-         ("uint8", 4, "rgb"), ("uint16", 2, "minisblack")]
+KINDS = [
+    ("uint8", 3, "rgb"),
+    ("uint16", 3, "rgb"),
+    ("uint8", 1, "minisblack"),
+    ("uint16", 1, "minisblack"),
+    ("uint8", 4, "rgb"),
+    ("uint16", 2, "minisblack"),
+]
 
 
 def _image(dtype: str, samples: int, h: int = 203, w: int = 317, flat: bool = True) -> np.ndarray:
@@ -158,8 +164,7 @@ def test_parallel_tile_decode_and_stream_path_are_bit_exact(tmp_path: Path, monk
     img = _tiled_deflate(src)
     monkeypatch.setattr(core, "BAND_LIMIT_BYTES", 200_000)  # force the streaming path
     monkeypatch.setattr(core, "STREAM_CHUNK_BYTES", 100_000)
-    summary = core.tessellate_image(src, tmp_path / "out", SliceOptions(num_pieces=6, min_size=1,
-                                                                         self_check="full"))
+    summary = core.tessellate_image(src, tmp_path / "out", SliceOptions(num_pieces=6, min_size=1, self_check="full"))
     for rec in summary["slice_records"]:
         got = imagecodecs.png_decode((tmp_path / "out" / rec["file"]).read_bytes())
         assert np.array_equal(got, img[rec["y0"] : rec["y1"], rec["x0"] : rec["x1"]])
@@ -181,14 +186,23 @@ def test_verify_names_what_differs(tmp_path: Path) -> None:
     summary = core.tessellate_image(src, out, SliceOptions(num_pieces=6, min_size=1))
     files = [r["file"] for r in summary["slice_records"]]
     (out / files[0]).unlink()
-    changed = img[summary["slice_records"][1]["y0"] : summary["slice_records"][1]["y1"],
-                  summary["slice_records"][1]["x0"] : summary["slice_records"][1]["x1"]].copy()
+    changed = img[
+        summary["slice_records"][1]["y0"] : summary["slice_records"][1]["y1"],
+        summary["slice_records"][1]["x0"] : summary["slice_records"][1]["x1"],
+    ].copy()
     changed[3, 4] ^= 1
     kind = encode.slice_kind("uint8", 3, "rgb")
     (out / files[1]).write_bytes(encode.png_encode(changed, kind))
-    (out / files[2]).write_bytes(encode.png_encode(
-        img[summary["slice_records"][2]["y0"] : summary["slice_records"][2]["y1"],
-            summary["slice_records"][2]["x0"] : summary["slice_records"][2]["x1"]], kind, "paeth"))
+    (out / files[2]).write_bytes(
+        encode.png_encode(
+            img[
+                summary["slice_records"][2]["y0"] : summary["slice_records"][2]["y1"],
+                summary["slice_records"][2]["x0"] : summary["slice_records"][2]["x1"],
+            ],
+            kind,
+            "paeth",
+        )
+    )
     (out / files[3]).write_bytes(b"\x89PNG garbage")
     result = verify.verify_image(out)
     kinds = {(p["file"], p["kind"]) for p in result["problems"]}

@@ -47,14 +47,16 @@ def folders(tmp_path: Path, *names: str) -> list[Path]:
 
 
 def cut_times(out: Path) -> dict[str, float]:
-    return {str(p.parent.relative_to(out)): json.loads(p.read_text())["started_at"]
-            for p in out.rglob("batch_metadata.json")}
+    return {
+        str(p.parent.relative_to(out)): json.loads(p.read_text())["started_at"]
+        for p in out.rglob("batch_metadata.json")
+    }
 
 
 def run_json(*args: str, env: dict[str, str], cwd: Path, code: int = 0) -> dict:
     proc = tessq_cmd(*args, "--json", env=env, cwd=cwd)
     assert proc.returncode == code, proc.stdout + proc.stderr
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 def listing(root: Path) -> list[str]:
@@ -64,8 +66,9 @@ def listing(root: Path) -> list[str]:
 # ------------------------------------------------------------------ item 1: state lives with the output
 
 
-def test_run_resumes_from_another_folder_and_every_command_finds_the_job_from_out(tmp_path: Path,
-                                                                                 env: dict[str, str]) -> None:
+def test_run_resumes_from_another_folder_and_every_command_finds_the_job_from_out(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     src, out = tree(tmp_path / "in", 3), tmp_path / "out"
     here, elsewhere = folders(tmp_path, "terminal_1", "home/other")
     first = run_json("run", str(src), str(out), "--min-size=32", "--workers=2", env=env, cwd=here)
@@ -93,8 +96,9 @@ def test_run_resumes_from_another_folder_and_every_command_finds_the_job_from_ou
     assert workers.returncode == 0 and "drained" in workers.stdout, workers.stderr
 
 
-def test_the_python_api_resumes_from_another_folder_without_a_workspace(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_python_api_resumes_from_another_folder_without_a_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, out = tree(tmp_path / "in", 2), tmp_path / "out"
     a, b = folders(tmp_path, "nb_a", "nb_b")
     job = BatchJob(input_dir=src, output_dir=out, min_image_size=32, max_workers=1)
@@ -109,11 +113,17 @@ def test_the_python_api_resumes_from_another_folder_without_a_workspace(tmp_path
     assert not (a / ".tessq").exists() and not (b / ".tessq").exists()
 
 
-def test_no_job_here_stops_at_once_says_what_to_pass_and_creates_nothing(tmp_path: Path,
-                                                                          env: dict[str, str]) -> None:
+def test_no_job_here_stops_at_once_says_what_to_pass_and_creates_nothing(tmp_path: Path, env: dict[str, str]) -> None:
     (empty,) = folders(tmp_path, "nothing_here")
-    for command in (["status"], ["report"], ["verify"], ["retry"], ["export", "--zip"], ["workers", "--drain"],
-                    ["upload", "s3://bucket/x"]):
+    for command in (
+        ["status"],
+        ["report"],
+        ["verify"],
+        ["retry"],
+        ["export", "--zip"],
+        ["workers", "--drain"],
+        ["upload", "s3://bucket/x"],
+    ):
         started = time.monotonic()
         proc = tessq_cmd(*command, env=env, cwd=empty, timeout=60)
         assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
@@ -126,12 +136,14 @@ def test_no_job_here_stops_at_once_says_what_to_pass_and_creates_nothing(tmp_pat
     assert listing(tmp_path) == ["nothing_here"], "a refused command creates no workspace"
 
 
-def test_an_old_layout_workspace_in_the_current_folder_keeps_working_with_a_message(tmp_path: Path,
-                                                                                     env: dict[str, str]) -> None:
+def test_an_old_layout_workspace_in_the_current_folder_keeps_working_with_a_message(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     src, out = tree(tmp_path / "in", 2), tmp_path / "out"
     (old,) = folders(tmp_path, "project")
-    made_the_old_way = tessq_cmd("-w", str(old), "run", str(src), str(out), "--min-size=32", "--workers=1",
-                                 env=env, cwd=old)
+    made_the_old_way = tessq_cmd(
+        "-w", str(old), "run", str(src), str(out), "--min-size=32", "--workers=1", env=env, cwd=old
+    )
     assert made_the_old_way.returncode == 0 and (old / ".tessq/tessq.db").is_file()
     assert not (out / ".tessq").exists()
     before = cut_times(out)
@@ -150,8 +162,9 @@ def test_an_old_layout_workspace_in_the_current_folder_keeps_working_with_a_mess
 # ------------------------------------------------------------------ item 2: one job, one report
 
 
-def test_two_jobs_started_from_one_folder_keep_separate_state_reports_and_exports(tmp_path: Path,
-                                                                                  env: dict[str, str]) -> None:
+def test_two_jobs_started_from_one_folder_keep_separate_state_reports_and_exports(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     in1, in2 = tree(tmp_path / "in1", 3, seed=0), tree(tmp_path / "in2", 2, seed=10)
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
     (cwd,) = folders(tmp_path, "work")
@@ -176,8 +189,7 @@ def test_two_jobs_started_from_one_folder_keep_separate_state_reports_and_export
     assert not any(".tessq" in n for n in names), "the state folder is never shipped"
 
 
-def test_several_jobs_in_one_postgresql_are_told_apart(tmp_path: Path, env: dict[str, str],
-                                                       postgres_url: str) -> None:
+def test_several_jobs_in_one_postgresql_are_told_apart(tmp_path: Path, env: dict[str, str], postgres_url: str) -> None:
     env = dict(env, TESSQ_DB_URL=postgres_url)
     in1, in2 = tree(tmp_path / "in1", 3, seed=0), tree(tmp_path / "in2", 2, seed=10)
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
@@ -233,8 +245,9 @@ def test_busy_seconds_is_the_union_of_image_intervals() -> None:
 # ------------------------------------------------------------------ item 4: never throw finished work away silently
 
 
-def test_changed_cut_options_are_refused_with_the_count_then_accepted_with_the_flag(tmp_path: Path,
-                                                                                  env: dict[str, str]) -> None:
+def test_changed_cut_options_are_refused_with_the_count_then_accepted_with_the_flag(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     src, out = tree(tmp_path / "in", 3), tmp_path / "out"
     run_json("run", str(src), str(out), "--min-size=32", "--workers=1", "-n", "8", env=env, cwd=tmp_path)
     before = cut_times(out)
@@ -251,22 +264,23 @@ def test_changed_cut_options_are_refused_with_the_count_then_accepted_with_the_f
     same_options = tessq_cmd("run", str(src), str(out), "--min-size=32", "-n", "8", env=env, cwd=tmp_path)
     assert same_options.returncode == 0, "the job's own options (or only min-size changes) pass"
 
-    forced = run_json("run", str(src), str(out), "--min-size=32", "--workers=1", "-n", "4", "--force-options",
-                      env=env, cwd=tmp_path)
+    forced = run_json(
+        "run", str(src), str(out), "--min-size=32", "--workers=1", "-n", "4", "--force-options", env=env, cwd=tmp_path
+    )
     assert forced["batch_summary"]["successfully_processed"] == 3
     assert len(list((out / "sub_0/img_0").glob("slice_*"))) == 4
     assert all(cut_times(out)[k] > before[k] for k in before)
 
 
-def test_the_api_refuses_changed_options_unless_force_options(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_refuses_changed_options_unless_force_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src, out = tree(tmp_path / "in", 1), tmp_path / "out"
     monkeypatch.chdir(tmp_path)
     BatchTesselator(BatchJob(input_dir=src, output_dir=out, min_image_size=32, max_workers=1)).run_batch()
     with pytest.raises(ConfigError, match=r"1 finished image\(s\).*force_options=True"):
         BatchTesselator(BatchJob(input_dir=src, output_dir=out, min_image_size=32, num_pieces=2))
-    forced = BatchTesselator(BatchJob(input_dir=src, output_dir=out, min_image_size=32, num_pieces=2,
-                                      max_workers=1, force_options=True))
+    forced = BatchTesselator(
+        BatchJob(input_dir=src, output_dir=out, min_image_size=32, num_pieces=2, max_workers=1, force_options=True)
+    )
     assert forced.scan()["requeued"] == 1
 
 
@@ -298,14 +312,15 @@ def test_one_output_folder_belongs_to_one_input(tmp_path: Path, env: dict[str, s
 # ------------------------------------------------------------------ item 7: consistent options
 
 
-def test_global_options_work_after_the_command_and_workers_takes_runs_worker_flag(tmp_path: Path,
-                                                                                  env: dict[str, str]) -> None:
+def test_global_options_work_after_the_command_and_workers_takes_runs_worker_flag(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     src, out = tree(tmp_path / "in", 2), tmp_path / "out"
-    scanned = tessq_cmd("scan", str(src), "--out", str(out), "-n", "2", "--min-size=32", "--log-level", "WARNING",
-                        env=env, cwd=tmp_path)
+    scanned = tessq_cmd(
+        "scan", str(src), "--out", str(out), "-n", "2", "--min-size=32", "--log-level", "WARNING", env=env, cwd=tmp_path
+    )
     assert scanned.returncode == 0, scanned.stderr
-    drained = tessq_cmd("workers", "--max-workers", "1", "--drain", "-w", str(out), env=env, cwd=tmp_path,
-                        timeout=90)
+    drained = tessq_cmd("workers", "--max-workers", "1", "--drain", "-w", str(out), env=env, cwd=tmp_path, timeout=90)
     assert drained.returncode == 0 and "drained" in drained.stdout, drained.stderr
     status = tessq_cmd("status", "--json", "-w", str(out), env=env, cwd=tmp_path)
     assert status.returncode == 0 and json.loads(status.stdout)["counts"]["done"] == 2
@@ -345,8 +360,9 @@ def test_the_state_folder_is_never_scanned_as_input(tmp_path: Path, env: dict[st
 # ------------------------------------------------------------------ the lookup rule itself (settings.resolve_workspace)
 
 
-def test_the_lookup_order_explicit_then_out_then_upwards_then_an_error(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_lookup_order_explicit_then_out_then_upwards_then_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tessq.jobs.settings import resolve_workspace
 
     out = tmp_path / "out"

@@ -38,10 +38,12 @@ def test_the_damaged_message_names_the_file_the_fix_and_the_job_folder(tmp_path:
     path = tmp_path / "out" / ".tessq" / "tessq.db"
     message = db.damaged_message(path, "file is not a database")
     out = tmp_path / "out"
-    assert message == (f"{path} is damaged (not a SQLite database: file is not a database): move it aside (`mv {path}"
-                       f" {path}.damaged`) and run `tessq run IN {out}` again to rebuild it (images whose folders in "
-                       f"{out} are complete and match their source and the options are kept as done; the others "
-                       "are cut again)")
+    assert message == (
+        f"{path} is damaged (not a SQLite database: file is not a database): move it aside (`mv {path}"
+        f" {path}.damaged`) and run `tessq run IN {out}` again to rebuild it (images whose folders in "
+        f"{out} are complete and match their source and the options are kept as done; the others "
+        "are cut again)"
+    )
 
 
 def test_the_lost_message_names_the_job_folder_for_new_and_old_layouts(tmp_path: Path) -> None:
@@ -88,8 +90,12 @@ def test_a_truncated_held_table_is_lost_with_both_sizes(held: Path) -> None:
 
 
 def test_a_damaged_or_emptied_held_table_is_lost_and_other_errors_are_not(held: Path) -> None:
-    for text in ("file is not a database", "database disk image is malformed", "file is encrypted",
-                 "no such table: image"):
+    for text in (
+        "file is not a database",
+        "database disk image is malformed",
+        "file is encrypted",
+        "no such table: image",
+    ):
         problem = db.database_problem(peewee.DatabaseError(text))
         assert isinstance(problem, db.StateLostError) and f"became unreadable ({text})" in str(problem)
     assert db.database_problem(peewee.DatabaseError("disk is full")) is None
@@ -144,8 +150,12 @@ def test_a_known_header_matches_a_file_while_size_and_mtime_are_the_same(tmp_pat
 
 
 def test_the_outputs_a_scan_claims_are_its_cut_images_and_every_folder_above_them() -> None:
-    candidates = [{"out_rel": "A/B/c", "status": db.QUEUED}, {"out_rel": "d", "status": db.DONE},
-                  {"out_rel": "x/y", "status": db.FAILED}, {"out_rel": None, "status": db.QUEUED}]
+    candidates = [
+        {"out_rel": "A/B/c", "status": db.QUEUED},
+        {"out_rel": "d", "status": db.DONE},
+        {"out_rel": "x/y", "status": db.FAILED},
+        {"out_rel": None, "status": db.QUEUED},
+    ]
     assert db._claimed_outputs(candidates) == ({"a/b/c", "d"}, {"a", "a/b"})
 
 
@@ -160,9 +170,20 @@ def test_a_stored_output_is_displaced_when_another_image_or_its_folders_now_use_
 
 def test_a_rescanned_row_is_reset_to_what_the_scan_found() -> None:
     fresh = db._fresh({"job": 1, "rel_path": "a.tif", "status": db.QUEUED, "width": 5, "attempts": 2})
-    assert fresh == {"attempts": 2, "worker": None, "lease_until": None, "error_type": None, "error_message": None,
-                     "started_at": None, "finished_at": None, "duration_s": None, "verified": None,
-                     "verified_at": None, "status": db.QUEUED, "width": 5}
+    assert fresh == {
+        "attempts": 2,
+        "worker": None,
+        "lease_until": None,
+        "error_type": None,
+        "error_message": None,
+        "started_at": None,
+        "finished_at": None,
+        "duration_s": None,
+        "verified": None,
+        "verified_at": None,
+        "status": db.QUEUED,
+        "width": 5,
+    }
     assert db._fresh({"status": db.QUEUED})["attempts"] == 0
 
 
@@ -180,8 +201,9 @@ def test_the_server_schema_uses_serial_keys_and_drops_comments() -> None:
     assert len(sqlite) == len(pg) > 3
     assert all(not s.startswith("--") and s == s.strip() and s for s in sqlite)
     assert any("INTEGER NOT NULL PRIMARY KEY" in s for s in sqlite)
-    assert not any("INTEGER NOT NULL PRIMARY KEY" in s for s in pg) and any("SERIAL NOT NULL PRIMARY KEY" in s
-                                                                            for s in pg)
+    assert not any("INTEGER NOT NULL PRIMARY KEY" in s for s in pg) and any(
+        "SERIAL NOT NULL PRIMARY KEY" in s for s in pg
+    )
     assert [s.replace("SERIAL", "INTEGER") for s in pg] == sqlite
 
 
@@ -204,8 +226,11 @@ def test_another_programs_database_is_refused(tmp_path: Path) -> None:
         other.execute("PRAGMA application_id = 1234")
         other.execute("CREATE TABLE t (x)")
     db.open_database(f"sqlite:///{path}")
-    with pytest.raises(ConfigError, match=rf"is not a tessq status table \(application_id 0x4d2\): move it aside "
-                                          rf"and run `tessq run IN {tmp_path}/out` again"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"is not a tessq status table \(application_id 0x4d2\): move it aside "
+        rf"and run `tessq run IN {tmp_path}/out` again",
+    ):
         db.create_schema()
     db.database.close()
 
@@ -225,8 +250,10 @@ def test_a_new_table_is_marked_as_tessqs(tmp_path: Path) -> None:
 def test_an_unwritable_workspace_says_what_to_make_writable() -> None:
     problem = db.storage_problem(OSError(errno.EROFS, "Read-only file system"), where="/ws")
     assert isinstance(problem, ConfigError)
-    assert str(problem).startswith("the workspace /ws cannot be written ([Errno 30] Read-only file system): tessq "
-                                   "keeps its status table and queue there;")
+    assert str(problem).startswith(
+        "the workspace /ws cannot be written ([Errno 30] Read-only file system): tessq "
+        "keeps its status table and queue there;"
+    )
     assert "point --workspace / TESSQ_WORKSPACE at a writable folder" in str(problem)
     assert str(db.storage_problem(PermissionError(errno.EACCES, "denied"))).startswith("the tessq workspace cannot")
     locked = db.storage_problem(peewee.OperationalError("attempt to write a readonly database"))
@@ -235,12 +262,13 @@ def test_an_unwritable_workspace_says_what_to_make_writable() -> None:
 
 def test_an_unreachable_status_server_names_the_redacted_url() -> None:
     url = "postgresql://u:secret@db.example:5432/t"
-    problem = db.storage_problem(peewee.OperationalError("could not connect to server: Connection refused\nmore"),
-                                 url)
+    problem = db.storage_problem(peewee.OperationalError("could not connect to server: Connection refused\nmore"), url)
     assert isinstance(problem, ConfigError) and "secret" not in str(problem)
     assert str(problem).startswith("cannot reach the status database postgresql://u:")
-    assert str(problem).endswith(": could not connect to server: Connection refused; check that PostgreSQL runs and"
-                                 " accepts connections there, or fix TESSQ_DB_URL")
+    assert str(problem).endswith(
+        ": could not connect to server: Connection refused; check that PostgreSQL runs and"
+        " accepts connections there, or fix TESSQ_DB_URL"
+    )
 
 
 def test_other_failures_are_not_storage_problems() -> None:

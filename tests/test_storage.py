@@ -25,8 +25,14 @@ OTHER_URLS = {"backends.py", "upload.py"}
 
 
 def small_tree(root: Path) -> Path:
-    for rel, data in {"a.tif": b"A" * 10, "notes.txt": b"n", "sub/b.tiff": b"B" * 20, "sub/c.jpg": b"c",
-                      "sub/deeper/d.TIF": b"D" * 30, "jpgonly/x.jpg": b"x"}.items():
+    for rel, data in {
+        "a.tif": b"A" * 10,
+        "notes.txt": b"n",
+        "sub/b.tiff": b"B" * 20,
+        "sub/c.jpg": b"c",
+        "sub/deeper/d.TIF": b"D" * 30,
+        "jpgonly/x.jpg": b"x",
+    }.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -34,8 +40,7 @@ def small_tree(root: Path) -> Path:
 
 
 def entries(store: storage.Storage) -> list[tuple[str, list[tuple[str, int]], int, str | None]]:
-    return [(f.rel, [(e.name, e.stat().st_size) for e in f.tiffs], f.other_images, f.skip_reason)
-            for f in store.walk()]
+    return [(f.rel, [(e.name, e.stat().st_size) for e in f.tiffs], f.other_images, f.skip_reason) for f in store.walk()]
 
 
 def test_the_chooser_picks_the_backend_from_the_location(tmp_path: Path) -> None:
@@ -60,7 +65,8 @@ def test_the_chooser_picks_the_backend_from_the_location(tmp_path: Path) -> None
 
 
 def test_local_s3_and_archive_walk_the_same_tree_into_the_same_entries(
-        tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key, value in DUMMY_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("TESSQ_S3_ENDPOINT_URL", s3_endpoint)
@@ -75,8 +81,12 @@ def test_local_s3_and_archive_walk_the_same_tree_into_the_same_entries(
                 if path.is_file():
                     zf.write(path, path.relative_to(root).as_posix())
         local = entries(storage.at(root))
-        assert local == [("", [("a.tif", 10)], 0, None), ("jpgonly", [], 1, None),
-                         ("sub", [("b.tiff", 20)], 1, None), ("sub/deeper", [("d.TIF", 30)], 0, None)]
+        assert local == [
+            ("", [("a.tif", 10)], 0, None),
+            ("jpgonly", [], 1, None),
+            ("sub", [("b.tiff", 20)], 1, None),
+            ("sub/deeper", [("d.TIF", 30)], 0, None),
+        ]
         assert entries(storage.at(f"s3://{bucket}/raw")) == local
         assert entries(storage.at(packed)) == local
         remote = storage.at(f"s3://{bucket}/raw")
@@ -111,6 +121,8 @@ def test_no_module_outside_the_storage_package_asks_whether_a_location_is_s3() -
 
 def test_the_detector_finds_the_questions_it_is_meant_to_find(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text('a = remote.is_remote(x)\nb = x.startswith("s3://")\nc = "://" in x\nd = f"s3://{b}/{k}"\n'
-                     'e = "help text about s3://BUCKET/PREFIX"\n')
+    probe.write_text(
+        'a = remote.is_remote(x)\nb = x.startswith("s3://")\nc = "://" in x\nd = f"s3://{b}/{k}"\n'
+        'e = "help text about s3://BUCKET/PREFIX"\n'
+    )
     assert [q.split(":")[1] for q in is_s3_questions(probe)] == ["1", "2", "3", "4"]

@@ -32,8 +32,15 @@ def test_a_tiff_slice_is_deflate_compressed_with_modest_strips_and_no_tifffile_m
     assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
     assert page.description == ""  # metadata=None: no tifffile JSON in ImageDescription
     expected = io.BytesIO()  # the same settings by hand: level 6 exactly
-    tifffile.imwrite(expected, array, photometric="minisblack", compression="zlib", compressionargs={"level": 6},
-                     rowsperstrip=page.rowsperstrip, metadata=None)
+    tifffile.imwrite(
+        expected,
+        array,
+        photometric="minisblack",
+        compression="zlib",
+        compressionargs={"level": 6},
+        rowsperstrip=page.rowsperstrip,
+        metadata=None,
+    )
     assert expected.getvalue() == data
 
 
@@ -96,8 +103,9 @@ def test_tiles_from_an_iterator_shape_and_extra_tags() -> None:
     kind = encode.slice_kind("uint16", 1, "minisblack", slice_format="tiff")
     tiles = [np.full((16, 16), v, np.uint16) for v in range(4)]
     buf = io.BytesIO()
-    encode.write_tiff(buf, iter(tiles), kind, shape=(32, 32), tile=(16, 16),
-                      extratags=[(65000, "s", 0, "tessq-test", True)])
+    encode.write_tiff(
+        buf, iter(tiles), kind, shape=(32, 32), tile=(16, 16), extratags=[(65000, "s", 0, "tessq-test", True)]
+    )
     page, got = read(buf.getvalue())
     assert page.is_tiled and (page.tilelength, page.tilewidth) == (16, 16) and got.dtype == np.uint16
     assert np.array_equal(got[:16, 16:], tiles[1]) and np.array_equal(got[16:, :16], tiles[2])

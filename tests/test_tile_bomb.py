@@ -25,8 +25,18 @@ def test_the_issues_bomb_is_refused_by_the_cli_within_the_bound(tmp_path: Path, 
     src.mkdir()
     tiled_bomb(src / "bomb.tif")
     write_tiff(src / "good.tif", seed=1)
-    proc = tessq_cmd("run", str(src), str(out), "--min-size=32", "--workers", "1", "--json", env=sqlite_env,
-                     cwd=tmp_path, timeout=120)
+    proc = tessq_cmd(
+        "run",
+        str(src),
+        str(out),
+        "--min-size=32",
+        "--workers",
+        "1",
+        "--json",
+        env=sqlite_env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr  # one image failed: the batch went on
     (db_file,) = (tmp_path / "ws").rglob("tessq.db")
     con = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)
@@ -42,10 +52,12 @@ def test_the_issues_bomb_is_refused_by_the_cli_within_the_bound(tmp_path: Path, 
 def test_probe_of_the_bomb_stays_small_and_fast(tmp_path: Path) -> None:
     path = tiled_bomb(tmp_path / "bomb.tif")
     # VmHWM is this process image's own peak (ru_maxrss would carry over the forking pytest's size across exec)
-    code = ("import re, time, sys\nfrom tessq import tiff\nt = time.monotonic()\n"
-            "try:\n    tiff.RegionReader(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__)\n"
-            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-            "print(time.monotonic() - t, hwm)")
+    code = (
+        "import re, time, sys\nfrom tessq import tiff\nt = time.monotonic()\n"
+        "try:\n    tiff.RegionReader(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__)\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print(time.monotonic() - t, hwm)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     kind, figures = proc.stdout.splitlines()
     seconds, max_rss_kib = figures.split()

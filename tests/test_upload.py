@@ -86,8 +86,14 @@ def test_upload_sends_every_file_and_the_bucket_matches_the_tree(
 ) -> None:
     files = make_tree(tmp_path / "out", big=small_multipart)
     seen: list[tuple[int, int]] = []
-    result = upload_outputs(files, f"s3://{bucket}/run1/", ledger=ledger, endpoint_url=s3_endpoint,
-                            concurrency=4, progress=lambda d, t: seen.append((d, t)))
+    result = upload_outputs(
+        files,
+        f"s3://{bucket}/run1/",
+        ledger=ledger,
+        endpoint_url=s3_endpoint,
+        concurrency=4,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert result["uploaded"] == len(files) and result["skipped"] == 0 and result["failed"] == []
     assert result["bytes_uploaded"] == sum(p.stat().st_size for p, _ in files)
     remote = bucket_objects(s3, bucket)
@@ -153,8 +159,11 @@ def test_kill_9_mid_upload_resumes_without_resending_completed_files(
     script = tmp_path / "killable.py"
     script.write_text(KILLABLE)
     env = {**os.environ, **DUMMY_ENV, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(script), f"sqlite:///{tmp_path}/tessq.db", str(out), url,
-                             s3_endpoint], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), f"sqlite:///{tmp_path}/tessq.db", str(out), url, s3_endpoint],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 30
     while ledger.summary()["objects"] < 30:
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
@@ -179,7 +188,11 @@ def test_kill_9_mid_upload_resumes_without_resending_completed_files(
 
 
 def test_a_transfer_that_does_not_match_the_local_checksum_fails_and_is_not_recorded(
-    tmp_path: Path, bucket: str, ledger: db.UploadLedger, s3_endpoint: str, small_multipart: int,
+    tmp_path: Path,
+    bucket: str,
+    ledger: db.UploadLedger,
+    s3_endpoint: str,
+    small_multipart: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """S3 computes the full-object CRC32 over the parts it received; a mismatch with the local CRC32

@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("CI", "").lower() == "true",
-                    reason="under CI, .ci/run runs scripts/check_wheel.sh (the same check) after the suite")
+@pytest.mark.skipif(
+    os.environ.get("CI", "").lower() == "true",
+    reason="under CI, .ci/run runs scripts/check_wheel.sh (the same check) after the suite",
+)
 @pytest.mark.timeout(240)
 def test_the_wheel_installed_in_a_fresh_venv_runs_help_and_the_demo(tmp_path: Path) -> None:
     src = tmp_path / "src"  # a copy: the build leaves build/ and *.egg-info behind, never in the worktree
@@ -32,28 +34,56 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_help_and_the_demo(tmp_path: Pa
     shutil.copytree(ROOT / "tessq", src / "tessq", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TESSQ_", "PYTHON", "VIRTUAL_ENV"))}
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
-                   check=True, env=env, timeout=120, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
+        check=True,
+        env=env,
+        timeout=120,
+        capture_output=True,
+    )
     (wheel,) = dist.glob("tessq-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
-    pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", str(wheel)], env=env,
-                         capture_output=True, text=True, timeout=180)
+    pip = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", str(wheel)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert pip.returncode == 0, pip.stderr[-3000:]
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    where = subprocess.run([str(venv / "bin/python"), "-c", "import tessq; print(tessq.__file__)"], cwd=cwd,
-                           env=env, capture_output=True, text=True, timeout=60)
+    where = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import tessq; print(tessq.__file__)"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert str(venv) in where.stdout, f"not the installed wheel: {where.stdout}{where.stderr}"
-    helped = subprocess.run([str(venv / "bin/tessq"), "--help"], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=60)
+    helped = subprocess.run(
+        [str(venv / "bin/tessq"), "--help"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
     assert helped.returncode == 0 and "Usage" in helped.stdout, helped.stderr
-    demo = subprocess.run([str(venv / "bin/tessq"), "demo", "d"], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    demo = subprocess.run(
+        [str(venv / "bin/tessq"), "demo", "d"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "verify: 4/4 images reassemble bit for bit" in demo.stdout
     assert "Traceback" not in demo.stderr
-    seed = subprocess.run([str(venv / "bin/python"), "-c", "from batch_tesselate import BatchTesselator, BatchJob; "
-                           "from enhanced_tesselate import verify_images_identical"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    seed = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "from batch_tesselate import BatchTesselator, BatchJob; "
+            "from enhanced_tesselate import verify_images_identical",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert seed.returncode == 0, seed.stderr

@@ -116,9 +116,7 @@ VARIANTS: dict[str, Writer] = {
     "rgb8_packbits": _variant(lambda: smooth(), photometric="rgb", compression="packbits"),
     "rgb8_zstd_tiled": _variant(lambda: smooth(), photometric="rgb", compression="zstd", tile=(16, 16)),
     "rgb8_bigtiff": _variant(lambda: smooth(), photometric="rgb", bigtiff=True, rowsperstrip=9),
-    "rgb16_bigendian": _variant(
-        lambda: smooth(dtype=np.uint16), photometric="rgb", byteorder=">", rowsperstrip=5
-    ),
+    "rgb16_bigendian": _variant(lambda: smooth(dtype=np.uint16), photometric="rgb", byteorder=">", rowsperstrip=5),
     "rgb16_tiled_deflate": _variant(
         lambda: smooth(dtype=np.uint16), photometric="rgb", compression="zlib", tile=(32, 32)
     ),
@@ -130,17 +128,11 @@ VARIANTS: dict[str, Writer] = {
         compression="lzw",
         predictor=True,
     ),
-    "graya16": _variant(
-        lambda: smooth(samples=2, dtype=np.uint16), photometric="minisblack", extrasamples=[2]
-    ),
+    "graya16": _variant(lambda: smooth(samples=2, dtype=np.uint16), photometric="minisblack", extrasamples=[2]),
     "miniswhite8": _variant(lambda: smooth(samples=1), photometric="miniswhite"),
     "bilevel": _variant(lambda: smooth(samples=1, dtype=bool), photometric="miniswhite"),
-    "bilevel_black": _variant(
-        lambda: smooth(samples=1, dtype=bool), photometric="minisblack", rowsperstrip=8
-    ),
-    "float32": _variant(
-        lambda: smooth(samples=1, dtype=np.float32), photometric="minisblack", compression="zlib"
-    ),
+    "bilevel_black": _variant(lambda: smooth(samples=1, dtype=bool), photometric="minisblack", rowsperstrip=8),
+    "float32": _variant(lambda: smooth(samples=1, dtype=np.float32), photometric="minisblack", compression="zlib"),
     "int16": _variant(lambda: smooth(samples=1, dtype=np.int16), photometric="minisblack"),
     "uint32": _variant(lambda: smooth(samples=1, dtype=np.uint32), photometric="minisblack"),
     "five_samples": _variant(lambda: smooth(samples=5), photometric="minisblack", planarconfig="contig"),

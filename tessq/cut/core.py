@@ -197,9 +197,7 @@ class PreparedImage:
     The job system commits on another thread while the worker cuts the next image, so the fsync waits and the
     rename of one image overlap the encoding of the next."""
 
-    def __init__(
-        self, folder: AtomicFolder, result: CutResult, source: Source, before: SourceStat
-    ) -> None:
+    def __init__(self, folder: AtomicFolder, result: CutResult, source: Source, before: SourceStat) -> None:
         self.folder, self.result, self.source, self.before = folder, result, source, before
 
     def commit(self, before_commit: Callable[[], None] | None = None) -> CutResult:
@@ -624,10 +622,35 @@ SOURCE_VALUES: dict[str, Callable[[Any], Any]] = {
 }
 # The schema's key order (existing files keep theirs); keys not listed (new fields) follow in field order.
 SOURCE_ORDER = (
-    "width", "height", "dtype", "samples", "bits_per_sample", "sample_format", "photometric",
-    "decoded_photometric", "extra_samples", "compression", "predictor", "layout", "tile_shape", "rows_per_strip",
-    "planar", "byteorder", "bigtiff", "orientation", "series", "level", "series_count", "series_kind",
-    "series_shape", "levels", "page_index", "page_count", "colormap", "decoder", "tifffile_warnings",
+    "width",
+    "height",
+    "dtype",
+    "samples",
+    "bits_per_sample",
+    "sample_format",
+    "photometric",
+    "decoded_photometric",
+    "extra_samples",
+    "compression",
+    "predictor",
+    "layout",
+    "tile_shape",
+    "rows_per_strip",
+    "planar",
+    "byteorder",
+    "bigtiff",
+    "orientation",
+    "series",
+    "level",
+    "series_count",
+    "series_kind",
+    "series_shape",
+    "levels",
+    "page_index",
+    "page_count",
+    "colormap",
+    "decoder",
+    "tifffile_warnings",
 )
 
 

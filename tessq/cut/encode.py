@@ -492,9 +492,7 @@ def _zlib_stream(engine: str, level: int) -> Any:
     return zlib_ng.compressobj(min(max(level, 0), 9))
 
 
-def png_encode(
-    array: np.ndarray, kind: SliceKind, method: str = "avg", engine: str = "auto", level: int = 1
-) -> bytes:
+def png_encode(array: np.ndarray, kind: SliceKind, method: str = "avg", engine: str = "auto", level: int = 1) -> bytes:
     """Whole-array PNG: numpy filters, then segments compressed by the thread pool, libdeflate in one go, or
     the zlib-ng stream compressor block by block."""
     height, width = array.shape[:2]
@@ -541,9 +539,7 @@ class PngStreamWriter:
     boundaries. libdeflate (the `small` preset, one-shot only) streams with zlib-ng at level <= 9 instead,
     so a streamed `small` slice differs in bytes (not in pixels) from a one-shot one."""
 
-    def __init__(
-        self, fh: IO[bytes], width: int, height: int, kind: SliceKind, method: str, engine: str, level: int
-    ):
+    def __init__(self, fh: IO[bytes], width: int, height: int, kind: SliceKind, method: str, engine: str, level: int):
         self.fh, self.kind, self.height = fh, kind, height
         self.method = "none" if (kind.bit_depth or 8) < 8 else method
         self.engine, self.level = resolve_engine(engine, kind), level

@@ -31,8 +31,16 @@ _proven: set[tuple[Any, ...]] = set()
 
 def kind_key(kind: SliceKind, options: SliceOptions, png: PngSettings | None = None) -> tuple[Any, ...]:
     settings = (png or png_settings(options)) if kind.format == "png" else None
-    return (kind.format, kind.dtype, kind.samples, kind.color_type, kind.bit_depth, kind.tiff_planar,
-            kind.tiff_photometric, settings)
+    return (
+        kind.format,
+        kind.dtype,
+        kind.samples,
+        kind.color_type,
+        kind.bit_depth,
+        kind.tiff_planar,
+        kind.tiff_photometric,
+        settings,
+    )
 
 
 def always_full(kind: SliceKind) -> bool:

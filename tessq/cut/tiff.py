@@ -175,9 +175,7 @@ def _select_page(tif: tifffile.TiffFile, path: Path, series: int, level: int) ->
         page = pages[0]
         if not isinstance(page, tifffile.TiffPage):
             page = page.aspage()
-        ctx.update(
-            series_kind=str(s.kind).lower(), series_shape=tuple(int(v) for v in s.shape), n_levels=len(levels)
-        )
+        ctx.update(series_kind=str(s.kind).lower(), series_shape=tuple(int(v) for v in s.shape), n_levels=len(levels))
     else:
         if series or level:
             raise UnsupportedImageError(path, "tifffile finds no image series in this file")
@@ -189,9 +187,7 @@ def _select_page(tif: tifffile.TiffFile, path: Path, series: int, level: int) ->
     return page, ctx
 
 
-def _page_info(
-    tif: tifffile.TiffFile, page: Any, path: Path, ctx: dict[str, Any], warns: list[str]
-) -> TiffInfo:
+def _page_info(tif: tifffile.TiffFile, page: Any, path: Path, ctx: dict[str, Any], warns: list[str]) -> TiffInfo:
     """Build TiffInfo and refuse what cannot be sliced, from tags only."""
     if page.dtype is None:
         raise UnsupportedImageError(
@@ -208,12 +204,7 @@ def _page_info(
     photometric = int(page.photometric)
     compression = int(page.compression)
     decoded_photometric = photometric
-    if (
-        photometric == 6
-        and compression in JPEG_COMPRESSIONS
-        and not page.extrasamples
-        and not planar_separate
-    ):
+    if photometric == 6 and compression in JPEG_COMPRESSIONS and not page.extrasamples and not planar_separate:
         decoded_photometric = 2  # tifffile's JPEG decoder converts YCbCr to RGB
     try:
         n_pages = len(tif.pages)
@@ -305,9 +296,7 @@ def _check_layout(page: Any, info: TiffInfo, path: Path, memory_budget: int) -> 
         per_row = math.ceil(info.width * (info.samples // planes) * info.bits_per_sample / 8)
         need = planes * info.height * per_row
         if stored < need:
-            raise CorruptImageError(
-                path, f"uncompressed image needs {need:,} bytes, its strips hold {stored:,}"
-            )
+            raise CorruptImageError(path, f"uncompressed image needs {need:,} bytes, its strips hold {stored:,}")
     elif compression != 1 and page.dtype is not None:
         # a compressed strip/tile is decoded whole: refuse one whose decoded size alone breaks the budget
         chunk = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
@@ -395,7 +384,8 @@ def _tifffile_refusal(page: Any, info: TiffInfo, path: Path) -> ImageError | Non
         )
     if page.is_subsampled and page.photometric == 6 and info.planar == "separate":
         return UnsupportedImageError(
-            path, f"planar-separate chroma-subsampled YCbCr ({_subsampling(page)}) {info.compression} is not"
+            path,
+            f"planar-separate chroma-subsampled YCbCr ({_subsampling(page)}) {info.compression} is not"
             " supported by tifffile",
         )
     try:
@@ -618,8 +608,9 @@ class RegionReader:
     the values Pillow/libtiff (whole image, decoded on first read) or GDAL (by region) give.
     """
 
-    def __init__(self, path: str | Path | storage.Source, series: int = 0, level: int = 0,
-                 memory_budget: int | None = None):
+    def __init__(
+        self, path: str | Path | storage.Source, series: int = 0, level: int = 0, memory_budget: int | None = None
+    ):
         self.path = _as_path(path)
         self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
         self._fallback: tiffcodec.PillowReader | tiffcodec.GdalReader | None = None
@@ -826,9 +817,7 @@ class RegionReader:
         self.segments_decoded += 1
         return _Segment(s.index, s.plane, ya, s.x, yb - ya, s.w), arr
 
-    def _paste(
-        self, out: np.ndarray, s: _Segment, seg: np.ndarray | None, y0: int, y1: int, x0: int, x1: int
-    ) -> None:
+    def _paste(self, out: np.ndarray, s: _Segment, seg: np.ndarray | None, y0: int, y1: int, x0: int, x1: int) -> None:
         info = self.info
         ya, yb = max(y0, s.y), min(y1, s.y + s.h)
         xa, xb = max(x0, s.x), min(x1, s.x + s.w)

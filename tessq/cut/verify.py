@@ -161,8 +161,9 @@ def verify_image(image_dir: str | Path, source: str | Path | storage.Source | No
     return result
 
 
-def _problem(result: dict[str, Any], file: str | None, kind: str, detail: str, error: bool = True,
-             **extra: Any) -> None:
+def _problem(
+    result: dict[str, Any], file: str | None, kind: str, detail: str, error: bool = True, **extra: Any
+) -> None:
     """Record one finding: structured in `problems`, and as text in `errors` when it is an error."""
     result["problems"].append({"file": file, "kind": kind, "detail": detail, **extra})
     if error:
@@ -213,9 +214,7 @@ def _check_slice(
         return
     del data
     src = meta["source"]
-    expected_shape = (rec["y1"] - rec["y0"], rec["x1"] - rec["x0"]) + (
-        (src["samples"],) if src["samples"] > 1 else ()
-    )
+    expected_shape = (rec["y1"] - rec["y0"], rec["x1"] - rec["x0"]) + ((src["samples"],) if src["samples"] > 1 else ())
     findings = 0
     if got.shape != expected_shape:
         result["shape_match"] = False
@@ -241,8 +240,15 @@ def _check_slice(
         result["pixels_different"] += different
         result["max_abs_diff"] = max(result["max_abs_diff"], max_diff)
         if different and got.shape == want.shape:
-            _problem(result, name, "pixels", f"{different} pixel(s) differ (max abs difference {max_diff:g})",
-                     error=False, pixels_different=different, max_abs_diff=max_diff)
+            _problem(
+                result,
+                name,
+                "pixels",
+                f"{different} pixel(s) differ (max abs difference {max_diff:g})",
+                error=False,
+                pixels_different=different,
+                max_abs_diff=max_diff,
+            )
             findings += 1
     if not hash_ok and not findings:
         detail = "file bytes differ from the recorded sha256" + (" (same pixels)" if reader is not None else "")

@@ -37,8 +37,13 @@ def default_workers() -> int:
 
 def verify_one(job: VerifyJob) -> dict[str, Any]:
     """One image folder against its source: {'image_id', 'file', 'identical', 'problems', 'error', ...}."""
-    out: dict[str, Any] = {"image_id": job.image_id, "file": job.rel_path, "identical": False, "problems": [],
-                           "error": None}
+    out: dict[str, Any] = {
+        "image_id": job.image_id,
+        "file": job.rel_path,
+        "identical": False,
+        "problems": [],
+        "error": None,
+    }
     try:
         with storage.verifiable(job.input_dir, job.output_dir, job.rel_path, job.out_rel) as found:
             outcome = verify.verify_image(*found)
@@ -100,8 +105,12 @@ def run(jobs: Iterable[VerifyJob], workers: int | None = None) -> Iterator[dict[
             os.environ["TESSQ_THREADS"] = old
 
 
-def summarize(results: Iterable[dict[str, Any]], record: Callable[[int, bool], None],
-              progress: Callable[[int, int, str], None] | None, total: int) -> dict[str, Any]:
+def summarize(
+    results: Iterable[dict[str, Any]],
+    record: Callable[[int, bool], None],
+    progress: Callable[[int, int, str], None] | None,
+    total: int,
+) -> dict[str, Any]:
     """Record every verdict (parent side) and build verify_done's result."""
     out: dict[str, Any] = {"checked": 0, "identical": 0, "different": [], "errors": [], "details": []}
     for i, res in enumerate(results, 1):
@@ -111,8 +120,13 @@ def summarize(results: Iterable[dict[str, Any]], record: Callable[[int, bool], N
             out["identical"] += 1
         else:
             out["different"].append(res["file"])
-            out["details"].append({"file": res["file"], "problems": res["problems"],
-                                   "problems_total": res.get("problems_total", len(res["problems"]))})
+            out["details"].append(
+                {
+                    "file": res["file"],
+                    "problems": res["problems"],
+                    "problems_total": res.get("problems_total", len(res["problems"])),
+                }
+            )
         if res["error"]:
             out["errors"].append({"file": res["file"], "message": res["error"]})
         if progress:

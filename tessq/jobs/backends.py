@@ -159,8 +159,12 @@ class _SqliteStorage(SqliteStorage):
                     with contextlib.suppress(FileNotFoundError):
                         os.replace(self.filename + suffix, aside + suffix)
                 self.recreated = True
-                log.warning("the queue file %s is not a SQLite database: moved aside to %s and created anew "
-                            "(the queue is rebuilt from the status table)", self.filename, aside)
+                log.warning(
+                    "the queue file %s is not a SQLite database: moved aside to %s and created anew "
+                    "(the queue is rebuilt from the status table)",
+                    self.filename,
+                    aside,
+                )
             created = file_identity(self.filename) is None
             if created:
                 remove_stale_journal(self.filename)
@@ -175,8 +179,10 @@ class _SqliteStorage(SqliteStorage):
 
     def enqueue_many(self, messages: list[tuple[bytes, int]]) -> None:
         with self.db(commit=True) as curs:
-            curs.executemany("insert into task (queue, data, priority) values (?, ?, ?)",
-                             [(self.name, self.to_blob(data), priority) for data, priority in messages])
+            curs.executemany(
+                "insert into task (queue, data, priority) values (?, ?, ?)",
+                [(self.name, self.to_blob(data), priority) for data, priority in messages],
+            )
 
 
 class _PostgresStorage(PostgresStorage):
@@ -190,8 +196,10 @@ class _PostgresStorage(PostgresStorage):
 
     def enqueue_many(self, messages: list[tuple[bytes, int]]) -> None:
         with self.db(commit=True) as curs:
-            curs.executemany(f"insert into {self.table_task} (queue, data, priority) values (%s, %s, %s)",
-                             [(self.name, data, priority) for data, priority in messages])
+            curs.executemany(
+                f"insert into {self.table_task} (queue, data, priority) values (%s, %s, %s)",
+                [(self.name, data, priority) for data, priority in messages],
+            )
             curs.execute("select pg_notify(%s, %s)", (self.channel, ""))
 
 
@@ -243,7 +251,9 @@ def make_queue(url: str, name: str = "tessq") -> Huey:
     if is_postgres(parsed.geturl()):
         dsn = "postgresql://" + url.split("://", 1)[1]
         return _PostgresQueue(name, dsn=dsn, results=False)
-    raise ConfigError(f"unsupported queue URL {redact_url(url)!r}: use sqlite:///PATH, redis://HOST:6379/N or postgresql://...")
+    raise ConfigError(
+        f"unsupported queue URL {redact_url(url)!r}: use sqlite:///PATH, redis://HOST:6379/N or postgresql://..."
+    )
 
 
 def server_now(database: peewee.Database) -> peewee.Node:
@@ -251,4 +261,3 @@ def server_now(database: peewee.Database) -> peewee.Node:
     if isinstance(database, peewee.PostgresqlDatabase) or "postgres" in type(database).__name__.lower():
         return peewee.SQL("extract(epoch from clock_timestamp())::double precision")
     return peewee.SQL("((julianday('now') - 2440587.5) * 86400.0)")
-

@@ -131,8 +131,15 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     db.hold_database()  # from here on a deleted or replaced status table stops the run (never a new empty one)
     storage.sweep_temp(process_alive)  # S3 spools and upload dirs left by SIGKILLed workers of this machine
     consumer = TessqConsumer(
-        tq.huey(), workers=n, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.5,
-        max_delay=1.0, check_worker_health=True, health_check_interval=poll_interval,
+        tq.huey(),
+        workers=n,
+        worker_type="process",
+        periodic=False,
+        initial_delay=0.05,
+        backoff=1.5,
+        max_delay=1.0,
+        check_worker_health=True,
+        health_check_interval=poll_interval,
         max_tasks=defaults.WORKER_MAX_TASKS,
     )
     consumer.start()

@@ -52,6 +52,7 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
 
 class BaseModel(Model):
     id = peewee.AutoField()  # peewee adds it anyway; declared so type checkers see Job.id, Image.id...
+
     class Meta:
         database = database
         legacy_table_names = False
@@ -188,16 +189,20 @@ def _job_folder(path: Path) -> Path:
 
 def damaged_message(path: Path, detail: str) -> str:
     out = _job_folder(path)
-    return (f"{path} is damaged (not a SQLite database: {detail}): move it aside (`mv {path} {path}.damaged`) and "
-            f"run `tessq run IN {out}` again to rebuild it (images whose folders in {out} are complete and match "
-            f"their source and the options are kept as done; the others are cut again)")
+    return (
+        f"{path} is damaged (not a SQLite database: {detail}): move it aside (`mv {path} {path}.damaged`) and "
+        f"run `tessq run IN {out}` again to rebuild it (images whose folders in {out} are complete and match "
+        f"their source and the options are kept as done; the others are cut again)"
+    )
 
 
 def lost_message(path: Path, what: str) -> str:
     out = _job_folder(path)
-    return (f"the status table {path} {what} while workers ran: stopping (nothing more can be recorded). "
-            f"Restore it, or start again with `tessq run IN {out}`: finished image folders in {out} that match "
-            f"their source and the options are kept as done, the others are cut again")
+    return (
+        f"the status table {path} {what} while workers ran: stopping (nothing more can be recorded). "
+        f"Restore it, or start again with `tessq run IN {out}`: finished image folders in {out} that match "
+        f"their source and the options are kept as done, the others are cut again"
+    )
 
 
 def _is_damage(exc: BaseException) -> bool:
@@ -297,8 +302,10 @@ def create_schema() -> None:
         with database.connection_context():
             app_id = database.execute_sql("PRAGMA application_id").fetchone()[0]
             if app_id not in (0, APPLICATION_ID):
-                raise ConfigError(f"{path} is not a tessq status table (application_id {app_id:#x}): move it aside "
-                                  f"and run `tessq run IN {_job_folder(path)}` again")
+                raise ConfigError(
+                    f"{path} is not a tessq status table (application_id {app_id:#x}): move it aside "
+                    f"and run `tessq run IN {_job_folder(path)}` again"
+                )
             with database.atomic():
                 for statement in schema_statements("sqlite"):
                     database.execute_sql(statement)
@@ -312,12 +319,20 @@ def create_schema() -> None:
         raise
 
 
-_UNWRITABLE = ("readonly database", "read-only file system", "unable to open database file", "permission denied",
-               "disk i/o error")
+_UNWRITABLE = (
+    "readonly database",
+    "read-only file system",
+    "unable to open database file",
+    "permission denied",
+    "disk i/o error",
+)
 
 
-def storage_problem(exc: BaseException, db_url: str | None = None, where: str | os.PathLike[str] | None = None,
-                    ) -> Exception | None:
+def storage_problem(
+    exc: BaseException,
+    db_url: str | None = None,
+    where: str | os.PathLike[str] | None = None,
+) -> Exception | None:
     """A one-line ConfigError saying what to fix, for a failure to open or write the status database or the
     queue (a read-only or unwritable workspace, an unreachable PostgreSQL or Redis); None for anything else.
     `db_url` and `where` (the workspace) name what was being opened."""
@@ -331,18 +346,23 @@ def storage_problem(exc: BaseException, db_url: str | None = None, where: str | 
     first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     remote_db = db_url is not None and backends.is_postgres(db_url)
     connection = any(k.endswith(("OperationalError", "InterfaceError")) for k in kinds) or any(
-        k.startswith(("redis.", "psycopg")) and "Connection" in k for k in kinds)
+        k.startswith(("redis.", "psycopg")) and "Connection" in k for k in kinds
+    )
     if remote_db and connection and ("connect" in text or "server" in text or "timeout" in text):
-        return ConfigError(f"cannot reach the status database {redact_url(db_url or '')}: {first}; check that"
-                           " PostgreSQL runs and accepts connections there, or fix TESSQ_DB_URL")
+        return ConfigError(
+            f"cannot reach the status database {redact_url(db_url or '')}: {first}; check that"
+            " PostgreSQL runs and accepts connections there, or fix TESSQ_DB_URL"
+        )
     if any(k.startswith("redis.") for k in kinds):
         return ConfigError(f"cannot reach the queue (TESSQ_QUEUE_URL): {first}; check that Redis runs there")
     errno_rofs = any(isinstance(e, OSError) and e.errno in (13, 30, 1) for e in chain)  # EACCES, EROFS, EPERM
     if errno_rofs or (connection and any(m in text for m in _UNWRITABLE)):
         place = f"the workspace {where}" if where else "the tessq workspace"
-        return ConfigError(f"{place} cannot be written ({first}): tessq keeps its status table and queue there;"
-                           " make it writable (a read-only mount, a full disk, permissions), or point --workspace"
-                           " / TESSQ_WORKSPACE at a writable folder")
+        return ConfigError(
+            f"{place} cannot be written ({first}): tessq keeps its status table and queue there;"
+            " make it writable (a read-only mount, a full disk, permissions), or point --workspace"
+            " / TESSQ_WORKSPACE at a writable folder"
+        )
     return None
 
 
@@ -411,13 +431,15 @@ def upsert_job(input_dir: str, output_dir: str, options: dict[str, Any], options
     would overwrite each other's folders."""
     now = time.time()
     with database.atomic():
-        for other_input, other_output in _tuples(Job.select(Job.input_dir, Job.output_dir)
-                                                 .where(Job.input_dir != input_dir)):
+        for other_input, other_output in _tuples(
+            Job.select(Job.input_dir, Job.output_dir).where(Job.input_dir != input_dir)
+        ):
             if same_output(output_dir, other_output):
                 raise ConfigError(
                     f"output folder {output_dir} is already written by the job of {other_input}"
                     f" (its output is {other_output}): two jobs in one output folder would overwrite each"
-                    f" other's images; choose another --out")
+                    f" other's images; choose another --out"
+                )
         job = Job.get_or_none(Job.input_dir == input_dir)
         if job is None:
             return Job.create(
@@ -459,8 +481,9 @@ def same_source(size: int, mtime: float, other_size: int, other_mtime: float) ->
     return size == other_size and abs(mtime - other_mtime) <= 1e-6
 
 
-def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_hash: str,
-                      adopt: OutputCheck | None = None) -> ScanOutcome:
+def record_candidates(
+    job_id: int, candidates: list[dict[str, Any]], options_hash: str, adopt: OutputCheck | None = None
+) -> ScanOutcome:
     """Insert or update one row per candidate TIFF; return the ids that now need a queue message.
 
     A done image is redone only if its source size/mtime or the job settings changed; a queued or
@@ -476,7 +499,12 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
         existing = {
             row.rel_path: row
             for row in Image.select(
-                Image.id, Image.rel_path, Image.out_rel, Image.status, Image.src_size, Image.src_mtime,
+                Image.id,
+                Image.rel_path,
+                Image.out_rel,
+                Image.status,
+                Image.src_size,
+                Image.src_mtime,
                 Image.options_hash,
             ).where(Image.job == job_id)
         }
@@ -518,10 +546,12 @@ def record_candidates(job_id: int, candidates: list[dict[str, Any]], options_has
             before = Image.select(peewee.fn.MAX(Image.id)).scalar() or 0
             _insert_images(to_insert)
             outcome.new_queued.extend(
-                image_id for (image_id,) in _tuples(
+                image_id
+                for (image_id,) in _tuples(
                     Image.select(Image.id)
                     .where((Image.job == job_id) & (Image.id > before) & (Image.status == QUEUED))
-                    .order_by(Image.id))
+                    .order_by(Image.id)
+                )
             )
     return outcome
 
@@ -548,6 +578,8 @@ def _displaced(stored: str, wanted: str | None, claimed: tuple[set[str], set[str
     images, folders = claimed
     path = PurePosixPath(stored.lower())
     return str(path) in images or str(path) in folders or any(str(p) in images for p in path.parents)
+
+
 @dataclass(frozen=True)
 class OutputCheck:
     """How a scan recognises an image folder already made in OUT from a row's source with the job's options:
@@ -577,22 +609,29 @@ def _adopt_done(job_id: int, rows: list[dict[str, Any]], options_hash: str, chec
             row.update(done)
             adopted += 1
     if adopted:
-        log.warning("kept %d image folder(s) already complete in %s as done (their metadata matches the source "
-                    "and the options)", adopted, out)
+        log.warning(
+            "kept %d image folder(s) already complete in %s as done (their metadata matches the source "
+            "and the options)",
+            adopted,
+            out,
+        )
     return adopted
 
 
-def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: str,
-                     check: OutputCheck) -> dict[str, Any] | None:
+def _complete_folder(
+    job: Job, folder: Path, row: dict[str, Any], options_hash: str, check: OutputCheck
+) -> dict[str, Any] | None:
     """The done-row fields of an output folder made from this very source with these options, else None."""
     try:
         batch = json.loads((folder / "batch_metadata.json").read_bytes())
         meta = json.loads((folder / "metadata.json").read_bytes())
         made_by = batch["job"]
         totals = meta["totals"]
-        same = (made_by["input_dir"] == job.input_dir and meta["source"]["relative_path"] == row["rel_path"]
-                and same_source(int(batch["source_size"]), float(batch["source_mtime"]),
-                                row["src_size"], row["src_mtime"]))
+        same = (
+            made_by["input_dir"] == job.input_dir
+            and meta["source"]["relative_path"] == row["rel_path"]
+            and same_source(int(batch["source_size"]), float(batch["source_mtime"]), row["src_size"], row["src_mtime"])
+        )
         if not same:
             return None
         if check.fingerprint(SliceOptions.from_dict(made_by["options"])) != options_hash:
@@ -608,10 +647,18 @@ def _complete_folder(job: Job, folder: Path, row: dict[str, Any], options_hash: 
     source = meta.get("source") or {}
     timings = batch.get("timings") or {}
     fields = {
-        "status": DONE, "n_slices": n_slices, "bytes_out": bytes_out, "options_hash": options_hash,
-        "pixel_bytes": totals.get("pixel_bytes"), "width": source.get("width"), "height": source.get("height"),
-        "worker": batch.get("worker"), "attempts": int(batch.get("attempt") or 1),
-        "started_at": batch.get("started_at"), "finished_at": finished, "duration_s": timings.get("total_s"),
+        "status": DONE,
+        "n_slices": n_slices,
+        "bytes_out": bytes_out,
+        "options_hash": options_hash,
+        "pixel_bytes": totals.get("pixel_bytes"),
+        "width": source.get("width"),
+        "height": source.get("height"),
+        "worker": batch.get("worker"),
+        "attempts": int(batch.get("attempt") or 1),
+        "started_at": batch.get("started_at"),
+        "finished_at": finished,
+        "duration_s": timings.get("total_s"),
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -651,8 +698,12 @@ def known_headers(input_dir: str) -> dict[str, KnownHeader]:
     query = (
         Image.select(Image.rel_path, Image.src_size, Image.src_mtime, Image.width, Image.height, Image.pixel_bytes)
         .join(Job)
-        .where((Job.input_dir == input_dir) & Image.width.is_null(False) & Image.height.is_null(False)
-               & Image.pixel_bytes.is_null(False))
+        .where(
+            (Job.input_dir == input_dir)
+            & Image.width.is_null(False)
+            & Image.height.is_null(False)
+            & Image.pixel_bytes.is_null(False)
+        )
     )
     return {rel_path: KnownHeader(*fields) for rel_path, *fields in _tuples(query)}
 
@@ -774,35 +825,67 @@ def _fenced() -> peewee.Expression:
     )
 
 
-_CLAIM = Statement(lambda: (
-    Image.update(status=RUNNING, attempts=Image.attempts + 1, worker=slot("worker"),
-                 lease_until=_lease_from_now(), started_at=now_expr())
-    .where((Image.id == slot("image_id"))
-           & ((Image.status == QUEUED) | ((Image.status == RUNNING) & (Image.lease_until < now_expr()))))
-    .returning(Image.id, Image.attempts)
-))
+_CLAIM = Statement(
+    lambda: (
+        Image.update(
+            status=RUNNING,
+            attempts=Image.attempts + 1,
+            worker=slot("worker"),
+            lease_until=_lease_from_now(),
+            started_at=now_expr(),
+        )
+        .where(
+            (Image.id == slot("image_id"))
+            & ((Image.status == QUEUED) | ((Image.status == RUNNING) & (Image.lease_until < now_expr())))
+        )
+        .returning(Image.id, Image.attempts)
+    )
+)
 _RENEW = Statement(lambda: Image.update(lease_until=_lease_from_now()).where(_fenced()))
-_LEASE_LEFT = Statement(lambda: Image.select(
-    peewee.NodeList((Image.lease_until, peewee.SQL("-"), now_expr()))).where(_fenced()))
-_FINISH_DONE = Statement(lambda: Image.update(
-    status=DONE, lease_until=None, finished_at=now_expr(), n_slices=slot("n_slices"), bytes_out=slot("bytes_out"),
-    duration_s=slot("duration_s"), options_hash=slot("options_hash"), pixel_bytes=slot("pixel_bytes"),
-    error_type=None, error_message=None,
-    # the (size, mtime) the output was made from, when known; else what the scan saw stays
-    src_size=peewee.fn.COALESCE(slot("src_size"), Image.src_size),
-    src_mtime=peewee.fn.COALESCE(slot("src_mtime"), Image.src_mtime),
-    width=peewee.fn.COALESCE(slot("width"), Image.width),
-    height=peewee.fn.COALESCE(slot("height"), Image.height),
-    # ... and only while the job's settings are still those the image was cut with (a scan may change them)
-).where(_fenced() & Image.job.in_(Job.select(Job.id).where(Job.options_hash == slot("options_hash")))))
-_FINISH_FAILED = Statement(lambda: Image.update(
-    status=FAILED, lease_until=None, finished_at=now_expr(), error_type=slot("error_type"),
-    error_message=slot("message"), duration_s=slot("duration_s"),
-).where(_fenced()))
-_RELEASE = Statement(lambda: Image.update(
-    status=QUEUED, lease_until=None, worker=None, error_type=slot("error_type"), error_message=slot("message"),
-    queued_at=now_expr(), attempts=Image.attempts - slot("refund"),
-).where(_fenced()))
+_LEASE_LEFT = Statement(
+    lambda: Image.select(peewee.NodeList((Image.lease_until, peewee.SQL("-"), now_expr()))).where(_fenced())
+)
+_FINISH_DONE = Statement(
+    lambda: Image.update(
+        status=DONE,
+        lease_until=None,
+        finished_at=now_expr(),
+        n_slices=slot("n_slices"),
+        bytes_out=slot("bytes_out"),
+        duration_s=slot("duration_s"),
+        options_hash=slot("options_hash"),
+        pixel_bytes=slot("pixel_bytes"),
+        error_type=None,
+        error_message=None,
+        # the (size, mtime) the output was made from, when known; else what the scan saw stays
+        src_size=peewee.fn.COALESCE(slot("src_size"), Image.src_size),
+        src_mtime=peewee.fn.COALESCE(slot("src_mtime"), Image.src_mtime),
+        width=peewee.fn.COALESCE(slot("width"), Image.width),
+        height=peewee.fn.COALESCE(slot("height"), Image.height),
+        # ... and only while the job's settings are still those the image was cut with (a scan may change them)
+    ).where(_fenced() & Image.job.in_(Job.select(Job.id).where(Job.options_hash == slot("options_hash"))))
+)
+_FINISH_FAILED = Statement(
+    lambda: Image.update(
+        status=FAILED,
+        lease_until=None,
+        finished_at=now_expr(),
+        error_type=slot("error_type"),
+        error_message=slot("message"),
+        duration_s=slot("duration_s"),
+    ).where(_fenced())
+)
+_RELEASE = Statement(
+    lambda: Image.update(
+        status=QUEUED,
+        lease_until=None,
+        worker=None,
+        error_type=slot("error_type"),
+        error_message=slot("message"),
+        queued_at=now_expr(),
+        attempts=Image.attempts - slot("refund"),
+    ).where(_fenced())
+)
 _IMAGE_WITH_JOB = Statement(lambda: Image.select(Image, Job).join(Job).where(Image.id == slot("image_id")))
 _OUTSTANDING = Statement(lambda: Image.select(peewee.fn.COUNT(Image.id)).where(Image.status.in_([QUEUED, RUNNING])))
 
@@ -826,9 +909,17 @@ def lease_left(c: Claim) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, options_hash: str,
-                pixel_bytes: int | None, source_state: tuple[int, float] | None = None,
-                dimensions: tuple[int, int] | None = None) -> bool:
+def finish_done(
+    c: Claim,
+    *,
+    n_slices: int,
+    bytes_out: int,
+    duration_s: float,
+    options_hash: str,
+    pixel_bytes: int | None,
+    source_state: tuple[int, float] | None = None,
+    dimensions: tuple[int, int] | None = None,
+) -> bool:
     """Mark done (fenced on the claim, and on `options_hash` still being the job's). source_state = the
     (size, mtime) the output was made from and dimensions its
     (width, height), so the next scan compares against what was actually cut, and may trust the row's
@@ -836,8 +927,16 @@ def finish_done(c: Claim, *, n_slices: int, bytes_out: int, duration_s: float, o
     src_size, src_mtime = source_state if source_state is not None else (None, None)
     width, height = dimensions if dimensions is not None else (None, None)
     cursor = _FINISH_DONE.execute(
-        **c.slots(), n_slices=n_slices, bytes_out=bytes_out, duration_s=duration_s, options_hash=options_hash,
-        pixel_bytes=pixel_bytes, src_size=src_size, src_mtime=src_mtime, width=width, height=height,
+        **c.slots(),
+        n_slices=n_slices,
+        bytes_out=bytes_out,
+        duration_s=duration_s,
+        options_hash=options_hash,
+        pixel_bytes=pixel_bytes,
+        src_size=src_size,
+        src_mtime=src_mtime,
+        width=width,
+        height=height,
     )
     return cursor.rowcount == 1
 
@@ -893,8 +992,11 @@ def reap_expired(
     a run again and again never fails the image it happened to be cutting."""
     now = now_expr()
     stopped = list(interrupted)
-    refunded = _requeue((Image.status == RUNNING) & Image.worker.in_(stopped) & (Image.attempts > 0),
-                        refund=True) if stopped else []
+    refunded = (
+        _requeue((Image.status == RUNNING) & Image.worker.in_(stopped) & (Image.attempts > 0), refund=True)
+        if stopped
+        else []
+    )
     dead = list(dead_workers) + stopped  # a row the refund did not take is reaped as usual
     lost = (Image.status == RUNNING) & (
         (Image.lease_until < now) | (Image.worker.in_(dead) if dead else peewee.SQL("0=1"))
@@ -919,7 +1021,11 @@ def reap_expired(
 def _requeue(rows: peewee.Expression, *, refund: bool) -> list[int]:
     """Running rows back to queued, without a holder; with `refund` their last attempt does not count."""
     values: dict[peewee.Field, Any] = {
-        Image.status: QUEUED, Image.lease_until: None, Image.worker: None, Image.queued_at: now_expr()}
+        Image.status: QUEUED,
+        Image.lease_until: None,
+        Image.worker: None,
+        Image.queued_at: now_expr(),
+    }
     if refund:
         values[Image.attempts] = Image.attempts - 1
     return [r.id for r in Image.update(values).where(rows).returning(Image.id).execute()]
@@ -927,8 +1033,9 @@ def _requeue(rows: peewee.Expression, *, refund: bool) -> list[int]:
 
 def running_workers() -> list[str]:
     """The lease holders of the running images."""
-    return [r.worker for r in Image.select(Image.worker).where(Image.status == RUNNING).distinct()
-            if r.worker is not None]
+    return [
+        r.worker for r in Image.select(Image.worker).where(Image.status == RUNNING).distinct() if r.worker is not None
+    ]
 
 
 def queued_ids_with_size() -> dict[int, int | None]:
@@ -955,11 +1062,13 @@ def requeue_failed(error_types: Iterable[str] | None = None, job_id: int | None 
 
 def done_outputs(job_id: int) -> list[tuple[int, str, str, int | None, int | None, int | None]]:
     """(id, rel_path, out_rel, n_slices, bytes_out, verified) of the job's done images (the scan checks them)."""
-    return list(_tuples(
-        Image.select(Image.id, Image.rel_path, Image.out_rel, Image.n_slices, Image.bytes_out, Image.verified)
-        .where((Image.job == job_id) & (Image.status == DONE))
-        .order_by(Image.id)
-    ))
+    return list(
+        _tuples(
+            Image.select(Image.id, Image.rel_path, Image.out_rel, Image.n_slices, Image.bytes_out, Image.verified)
+            .where((Image.job == job_id) & (Image.status == DONE))
+            .order_by(Image.id)
+        )
+    )
 
 
 def requeue_done(image_ids: Iterable[int]) -> list[int]:
@@ -970,8 +1079,17 @@ def requeue_done(image_ids: Iterable[int]) -> list[int]:
     for batch in peewee.chunked(ids, 500):
         requeued.extend(
             r.id
-            for r in Image.update(status=QUEUED, attempts=0, worker=None, lease_until=None, queued_at=now_expr(),
-                                  verified=None, verified_at=None, error_type=None, error_message=None)
+            for r in Image.update(
+                status=QUEUED,
+                attempts=0,
+                worker=None,
+                lease_until=None,
+                queued_at=now_expr(),
+                verified=None,
+                verified_at=None,
+                error_type=None,
+                error_message=None,
+            )
             .where(Image.id.in_(batch) & (Image.status == DONE))
             .returning(Image.id)
             .execute()
@@ -1037,12 +1155,23 @@ class UploadLedger:
     def record(self, key: str, local_path: str, size: int, mtime: float, checksum: str, etag: str | None) -> None:
         with session():
             Upload.insert(
-                key=key, local_path=local_path, size=size, mtime=mtime, checksum=checksum, etag=etag,
+                key=key,
+                local_path=local_path,
+                size=size,
+                mtime=mtime,
+                checksum=checksum,
+                etag=etag,
                 uploaded_at=time.time(),
             ).on_conflict(
                 conflict_target=[Upload.key],
-                update={Upload.local_path: local_path, Upload.size: size, Upload.mtime: mtime,
-                        Upload.checksum: checksum, Upload.etag: etag, Upload.uploaded_at: time.time()},
+                update={
+                    Upload.local_path: local_path,
+                    Upload.size: size,
+                    Upload.mtime: mtime,
+                    Upload.checksum: checksum,
+                    Upload.etag: etag,
+                    Upload.uploaded_at: time.time(),
+                },
             ).execute()
 
     def summary(self, local_prefix: str | None = None) -> UploadTotals:
@@ -1083,14 +1212,18 @@ def state_counts(job_id: int | None = None) -> dict[str, int]:
 def folder_skip_counts(job_id: int | None, reasons: Iterable[str]) -> dict[str, int]:
     """Folders skipped for one of `reasons`, per reason."""
     cond = _of_job(Folder.skip_reason.in_(list(reasons)), Folder, job_id)
-    return _counts(Folder.select(Folder.skip_reason, peewee.fn.COUNT(Folder.id)).where(cond)
-                   .group_by(Folder.skip_reason))
+    return _counts(
+        Folder.select(Folder.skip_reason, peewee.fn.COUNT(Folder.id)).where(cond).group_by(Folder.skip_reason)
+    )
 
 
 def image_skip_counts(job_id: int | None) -> dict[str, int]:
     """Skipped images per reason."""
-    return _counts(Image.select(Image.skip_reason, peewee.fn.COUNT(Image.id))
-                   .where(_of_job(Image.status == SKIPPED, Image, job_id)).group_by(Image.skip_reason))
+    return _counts(
+        Image.select(Image.skip_reason, peewee.fn.COUNT(Image.id))
+        .where(_of_job(Image.status == SKIPPED, Image, job_id))
+        .group_by(Image.skip_reason)
+    )
 
 
 class DoneTotals(NamedTuple):
@@ -1107,27 +1240,38 @@ class DoneTotals(NamedTuple):
 
 
 def done_totals(job_id: int | None) -> DoneTotals:
-    first_start, last_finish, busy, n_timed, bytes_in, bytes_out, pixels = next(_tuples(
-        Image.select(
-            peewee.fn.MIN(Image.started_at),
-            peewee.fn.MAX(Image.finished_at),
-            peewee.fn.COALESCE(peewee.fn.SUM(Image.duration_s), 0),
-            peewee.fn.COUNT(Image.duration_s),
-            peewee.fn.COALESCE(peewee.fn.SUM(Image.src_size), 0),
-            peewee.fn.COALESCE(peewee.fn.SUM(Image.bytes_out), 0),
-            peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0),
-        ).where(_of_job(Image.status == DONE, Image, job_id))
-    ))
+    first_start, last_finish, busy, n_timed, bytes_in, bytes_out, pixels = next(
+        _tuples(
+            Image.select(
+                peewee.fn.MIN(Image.started_at),
+                peewee.fn.MAX(Image.finished_at),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.duration_s), 0),
+                peewee.fn.COUNT(Image.duration_s),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.src_size), 0),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.bytes_out), 0),
+                peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0),
+            ).where(_of_job(Image.status == DONE, Image, job_id))
+        )
+    )
     # PostgreSQL sums BIGINT columns as NUMERIC (Decimal): plain numbers from here on
-    return DoneTotals(_float_or_none(first_start), _float_or_none(last_finish), float(busy), int(n_timed),
-                      int(bytes_in), int(bytes_out), int(pixels))
+    return DoneTotals(
+        _float_or_none(first_start),
+        _float_or_none(last_finish),
+        float(busy),
+        int(n_timed),
+        int(bytes_in),
+        int(bytes_out),
+        int(pixels),
+    )
 
 
 def finished_intervals(job_id: int | None) -> list[tuple[float, float]]:
     """(started_at, finished_at) of the done and failed images that have both."""
     cond = Image.status.in_([DONE, FAILED]) & Image.started_at.is_null(False) & Image.finished_at.is_null(False)
-    return [(float(a), float(b)) for a, b in _tuples(
-        Image.select(Image.started_at, Image.finished_at).where(_of_job(cond, Image, job_id)))]
+    return [
+        (float(a), float(b))
+        for a, b in _tuples(Image.select(Image.started_at, Image.finished_at).where(_of_job(cond, Image, job_id)))
+    ]
 
 
 class FolderStateCount(NamedTuple):
@@ -1157,7 +1301,8 @@ def failed_rows(job_id: int | None) -> list[ErrorRow]:
     """The failed images, by path."""
     return _rows(
         Image.select(Image.rel_path, Image.error_type, Image.error_message, Image.attempts)
-        .where(_of_job(Image.status == FAILED, Image, job_id)).order_by(Image.rel_path),
+        .where(_of_job(Image.status == FAILED, Image, job_id))
+        .order_by(Image.rel_path),
         ErrorRow,
     )
 
@@ -1166,7 +1311,9 @@ def latest_failed_rows(job_id: int | None, limit: int) -> list[ErrorRow]:
     """The `limit` images that failed last, the latest first."""
     return _rows(
         Image.select(Image.rel_path, Image.error_type, Image.error_message, Image.attempts)
-        .where(_of_job(Image.status == FAILED, Image, job_id)).order_by(Image.finished_at.desc()).limit(limit),
+        .where(_of_job(Image.status == FAILED, Image, job_id))
+        .order_by(Image.finished_at.desc())
+        .limit(limit),
         ErrorRow,
     )
 
@@ -1174,8 +1321,11 @@ def latest_failed_rows(job_id: int | None, limit: int) -> list[ErrorRow]:
 def verification_counts(job_id: int | None) -> dict[int, int]:
     """Done images `tessq verify` checked, per verdict (1 identical, 0 different)."""
     cond = (Image.status == DONE) & Image.verified.is_null(False)
-    return _counts(Image.select(Image.verified, peewee.fn.COUNT(Image.id)).where(_of_job(cond, Image, job_id))
-                   .group_by(Image.verified))
+    return _counts(
+        Image.select(Image.verified, peewee.fn.COUNT(Image.id))
+        .where(_of_job(cond, Image, job_id))
+        .group_by(Image.verified)
+    )
 
 
 class SkipRow(NamedTuple):
@@ -1185,14 +1335,22 @@ class SkipRow(NamedTuple):
 
 def skipped_image_rows(job_id: int | None) -> list[SkipRow]:
     """The TIFFs the last scans did not cut on purpose, by path."""
-    return _rows(Image.select(Image.rel_path, Image.skip_reason)
-                 .where(_of_job(Image.status == SKIPPED, Image, job_id)).order_by(Image.rel_path), SkipRow)
+    return _rows(
+        Image.select(Image.rel_path, Image.skip_reason)
+        .where(_of_job(Image.status == SKIPPED, Image, job_id))
+        .order_by(Image.rel_path),
+        SkipRow,
+    )
 
 
 def skipped_folder_rows(job_id: int | None) -> list[SkipRow]:
     """The folders the last scans did not cut on purpose, by path."""
-    return _rows(Folder.select(Folder.path, Folder.skip_reason)
-                 .where(_of_job(Folder.skip_reason.is_null(False), Folder, job_id)).order_by(Folder.path), SkipRow)
+    return _rows(
+        Folder.select(Folder.path, Folder.skip_reason)
+        .where(_of_job(Folder.skip_reason.is_null(False), Folder, job_id))
+        .order_by(Folder.path),
+        SkipRow,
+    )
 
 
 class UnfinishedRow(NamedTuple):
@@ -1206,7 +1364,8 @@ def unfinished_rows(job_id: int | None, limit: int) -> list[UnfinishedRow]:
     return _rows(
         Image.select(Image.rel_path, Image.status, Image.worker)
         .where(_of_job(Image.status.in_([RUNNING, QUEUED]), Image, job_id))
-        .order_by(Image.status.desc(), Image.rel_path).limit(limit),
+        .order_by(Image.status.desc(), Image.rel_path)
+        .limit(limit),
         UnfinishedRow,
     )
 
@@ -1236,16 +1395,21 @@ def output_dirs() -> list[str]:
 def recent_done_intervals(job_id: int | None, since: float) -> list[tuple[float, float]]:
     """(started_at, finished_at) of the done images finished at or after `since` (server clock) that have a start."""
     cond = (Image.status == DONE) & (Image.finished_at >= since) & Image.started_at.is_null(False)
-    return [(float(a), float(b)) for a, b in _tuples(
-        Image.select(Image.started_at, Image.finished_at).where(_of_job(cond, Image, job_id)))]
+    return [
+        (float(a), float(b))
+        for a, b in _tuples(Image.select(Image.started_at, Image.finished_at).where(_of_job(cond, Image, job_id)))
+    ]
 
 
 def recent_done_totals(job_id: int | None, since: float) -> tuple[int, int]:
     """(images, decoded pixel bytes) done at or after `since` (server clock)."""
-    n, pixels = next(_tuples(
-        Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0))
-        .where(_of_job((Image.status == DONE) & (Image.finished_at >= since), Image, job_id))
-    ))
+    n, pixels = next(
+        _tuples(
+            Image.select(peewee.fn.COUNT(Image.id), peewee.fn.COALESCE(peewee.fn.SUM(Image.pixel_bytes), 0)).where(
+                _of_job((Image.status == DONE) & (Image.finished_at >= since), Image, job_id)
+            )
+        )
+    )
     return int(n), int(pixels)
 
 
@@ -1261,7 +1425,8 @@ def running_rows(job_id: int | None) -> list[RunningRow]:
     """The running images, by worker."""
     return _rows(
         Image.select(Image.worker, Image.rel_path, Image.started_at, Image.attempts, Image.lease_until)
-        .where(_of_job(Image.status == RUNNING, Image, job_id)).order_by(Image.worker),
+        .where(_of_job(Image.status == RUNNING, Image, job_id))
+        .order_by(Image.worker),
         RunningRow,
     )
 
@@ -1288,9 +1453,20 @@ def finished_rows(statuses: Iterable[str], input_dir: str | None = None) -> list
     they finished (then by id)."""
     query = (
         Image.select(
-            Image.id, Image.rel_path, Image.status, Image.worker, Image.attempts, Image.started_at,
-            Image.finished_at, Image.duration_s, Image.n_slices, Image.bytes_out, Image.pixel_bytes, Image.out_rel,
-            Job.input_dir, Job.output_dir,
+            Image.id,
+            Image.rel_path,
+            Image.status,
+            Image.worker,
+            Image.attempts,
+            Image.started_at,
+            Image.finished_at,
+            Image.duration_s,
+            Image.n_slices,
+            Image.bytes_out,
+            Image.pixel_bytes,
+            Image.out_rel,
+            Job.input_dir,
+            Job.output_dir,
         )
         .join(Job)
         .where(Image.status.in_(list(statuses)) & Image.finished_at.is_null(False))

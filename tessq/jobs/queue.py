@@ -46,6 +46,7 @@ def _on_shutdown() -> None:
     if "on_shutdown" in _BODY:
         _BODY["on_shutdown"]()
 
+
 @dataclass
 class Binding:
     """One workspace bound in this process: its queue, the task on it, and the queue file last seen."""
@@ -112,8 +113,9 @@ def time_limit(pixel_bytes: int | None) -> float:
     return max(0.1, round(defaults.TIME_LIMIT_BASE_S + (pixel_bytes or 0) / defaults.TIME_LIMIT_MIN_RATE, 1))
 
 
-def enqueue(image_ids: Iterable[int], pixel_bytes: dict[int, int | None] | None = None,
-            delay: float | None = None) -> int:
+def enqueue(
+    image_ids: Iterable[int], pixel_bytes: dict[int, int | None] | None = None, delay: float | None = None
+) -> int:
     """One message per image id, each with its time limit; `delay` schedules them (retries with backoff)."""
     sizes = pixel_bytes or {}
     task = _binding().task
@@ -143,8 +145,11 @@ def repair_unqueued() -> int:
     missing = [i for i in queued if i not in delivered]
     storage = huey().storage
     if missing and getattr(storage, "recreated", False):
-        log.warning("rebuilt the queue from the status table: %d image(s) (the queue file %s was missing or "
-                    "damaged)", len(missing), queue_file())
+        log.warning(
+            "rebuilt the queue from the status table: %d image(s) (the queue file %s was missing or damaged)",
+            len(missing),
+            queue_file(),
+        )
     elif missing:
         log.info("re-enqueueing %d queued image(s) that had no queue message", len(missing))
     if missing:
@@ -185,7 +190,6 @@ def rebuild_if_changed() -> int | None:
 def close_connection() -> None:
     """Drop this process's queue connection (the worker daemon does so before it may fork again)."""
     huey().storage.close()
-
 
 
 def _init_worker_process() -> None:

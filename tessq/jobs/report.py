@@ -115,9 +115,15 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def batch_summary(counts: Mapping[str, int], folders_skipped: int, first_start: float | None,
-                  last_finish: float | None, busy_s: float, n_timed: int,
-                  active_s: float | None = None) -> BatchSummary:
+def batch_summary(
+    counts: Mapping[str, int],
+    folders_skipped: int,
+    first_start: float | None,
+    last_finish: float | None,
+    busy_s: float,
+    n_timed: int,
+    active_s: float | None = None,
+) -> BatchSummary:
     """The seed's batch_summary keys (defined in the README, "Report fields").
 
     `active_s` (the union of image intervals, `busy_seconds`) is the processing time; without it, the
@@ -204,8 +210,15 @@ def summarize(rows: ReportRows, uploads: db.UploadTotals, generated_at: float) -
     """The report of `rows` (pure: no database, no clock)."""
     done = rows.done
     active = busy_seconds(rows.intervals)
-    summary = batch_summary(rows.counts, sum(rows.folder_skips.values()), done.first_start, done.last_finish,
-                            done.busy_s, done.n_timed, active)
+    summary = batch_summary(
+        rows.counts,
+        sum(rows.folder_skips.values()),
+        done.first_start,
+        done.last_finish,
+        done.busy_s,
+        done.n_timed,
+        active,
+    )
     jobs = [job_entry(j) for j in rows.jobs]
     job = jobs[0] if rows.job_id is not None and jobs else None
     return {
@@ -215,8 +228,10 @@ def summarize(rows: ReportRows, uploads: db.UploadTotals, generated_at: float) -
         "skip_reasons": rows.skip_reasons,
         "folders_skipped_by_reason": rows.folder_skips,
         "per_folder": per_folder(rows.per_folder),
-        "errors": [{"file": e.rel_path, "type": e.error_type, "message": e.error_message, "attempts": e.attempts}
-                   for e in rows.errors],
+        "errors": [
+            {"file": e.rel_path, "type": e.error_type, "message": e.error_message, "attempts": e.attempts}
+            for e in rows.errors
+        ],
         "skipped": skipped_entries(rows.skipped_images, rows.skipped_folders),
         "unfinished": [{"file": u.rel_path, "status": u.status, "worker": u.worker} for u in rows.unfinished],
         "verification": {"identical": rows.verified.get(1, 0), "different": rows.verified.get(0, 0)},
@@ -263,8 +278,7 @@ def skipped_entries(images: list[db.SkipRow], folders: list[db.SkipRow]) -> list
 
 
 def job_entry(row: db.JobRow) -> JobEntry:
-    return {"id": row.id, "input_dir": row.input_dir, "output_dir": row.output_dir,
-            "options": json.loads(row.options)}
+    return {"id": row.id, "input_dir": row.input_dir, "output_dir": row.output_dir, "options": json.loads(row.options)}
 
 
 def report_bytes(report: Mapping[str, Any]) -> bytes:

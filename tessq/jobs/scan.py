@@ -131,8 +131,9 @@ def output_folder_names(file_names: list[str], taken: Iterable[str] = ()) -> dic
         groups: dict[str, list[str]] = {}
         for name, out in names.items():
             groups.setdefault(out.lower(), []).append(name)
-        clashing = [name for key, members in groups.items() if len(members) > 1 or key in taken_keys
-                    for name in members]
+        clashing = [
+            name for key, members in groups.items() if len(members) > 1 or key in taken_keys for name in members
+        ]
         if not clashing:
             break
         changed = [n for n in clashing if names[n] != first_choice(n)]
@@ -197,8 +198,9 @@ def relative_path(rel_folder: str, name: str) -> str:
     return str(PurePosixPath(rel_folder) / name) if rel_folder else name
 
 
-def candidate_row(entry: os.DirEntry[str], rel_folder: str, out_name: str, options: SliceOptions,
-                  known: db.KnownHeader | None = None) -> dict[str, Any]:
+def candidate_row(
+    entry: os.DirEntry[str], rel_folder: str, out_name: str, options: SliceOptions, known: db.KnownHeader | None = None
+) -> dict[str, Any]:
     """One image row from the file's stat and TIFF header (no pixels decoded); `known` is what an earlier
     scan read from this file's header, used instead of reading it again while size and mtime still match."""
     st = entry.stat(follow_symlinks=True)
@@ -256,25 +258,35 @@ class FileRef:
         return os.stat(self.path, follow_symlinks=follow_symlinks)
 
 
-def probe_all(files: list[tuple[Any, str, str]], options: SliceOptions, *, parallel: bool,
-              known: dict[str, db.KnownHeader] | None = None) -> list[dict[str, Any]]:
+def probe_all(
+    files: list[tuple[Any, str, str]],
+    options: SliceOptions,
+    *,
+    parallel: bool,
+    known: dict[str, db.KnownHeader] | None = None,
+) -> list[dict[str, Any]]:
     """candidate_row for every (entry, folder, output name), in order. Headers an earlier scan read are not
     read again while the file's size and mtime match (a rescan of an unchanged tree only stats it). When
     PROBE_PARALLEL_MIN or more local files need their header read, one process per CPU reads them (header
     parsing is CPU-bound Python: 2x on 2 cores)."""
     known = known or {}
-    jobs = [(entry, rel, out_name, options, known.get(printable(relative_path(rel, entry.name))))
-            for entry, rel, out_name in files]
+    jobs = [
+        (entry, rel, out_name, options, known.get(printable(relative_path(rel, entry.name))))
+        for entry, rel, out_name in files
+    ]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     to_read = sum(1 for job in jobs if job[4] is None)
     if not parallel or cpus < 2 or to_read < PROBE_PARALLEL_MIN:
         rows = [_probe_one(job) for job in jobs]
     else:
-        jobs = [(FileRef(entry.path, entry.name) if isinstance(entry, os.DirEntry) else entry, rel, name, opts, hint)
-                for entry, rel, name, opts, hint in jobs]
+        jobs = [
+            (FileRef(entry.path, entry.name) if isinstance(entry, os.DirEntry) else entry, rel, name, opts, hint)
+            for entry, rel, name, opts, hint in jobs
+        ]
         context = multiprocessing.get_context("fork")  # the pool inherits the imported modules: no start-up
-        with ProcessPoolExecutor(max_workers=cpus, mp_context=context, initializer=_init_probe_process,
-                                 initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=cpus, mp_context=context, initializer=_init_probe_process, initargs=(os.getpid(),)
+        ) as pool:
             rows = list(pool.map(_probe_one, jobs, chunksize=256))
     candidates = []
     for row in rows:
@@ -312,9 +324,13 @@ def refuse_colliding(candidates: list[dict[str, Any]]) -> None:
     clashes = colliding_outputs([c["out_rel"] for c in cut])
     for i, other in clashes.items():
         c = cut[i]
-        c.update(status=db.FAILED, skip_reason=None, error_type="output_collision",
-                 error_message=f"{c['rel_path']}: its output folder {c['out_rel']!r} would collide with"
-                               f" {other!r}, another image's; rename the file or its folder")
+        c.update(
+            status=db.FAILED,
+            skip_reason=None,
+            error_type="output_collision",
+            error_message=f"{c['rel_path']}: its output folder {c['out_rel']!r} would collide with"
+            f" {other!r}, another image's; rename the file or its folder",
+        )
 
 
 def pixel_bytes(info: Any) -> int:
@@ -348,8 +364,11 @@ def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None,
         return "metadata.json missing"
     if mode == "stat" and n_slices is not None and bytes_out is not None:
         try:
-            sizes = [e.stat().st_size for name, e in entries.items()
-                     if name.startswith("slice_") and name.lower().endswith(SLICE_SUFFIXES) and e.is_file()]
+            sizes = [
+                e.stat().st_size
+                for name, e in entries.items()
+                if name.startswith("slice_") and name.lower().endswith(SLICE_SUFFIXES) and e.is_file()
+            ]
         except OSError:
             sizes = []
         if len(sizes) == n_slices and sum(sizes) == bytes_out:
@@ -381,8 +400,13 @@ def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None,
     return problems[0] + more
 
 
-def check_done_outputs(job_id: int, output_dir: Path | str | storage.Storage, mode: str, summary: ScanSummary,
-                       present: set[str] | None = None) -> list[int]:
+def check_done_outputs(
+    job_id: int,
+    output_dir: Path | str | storage.Storage,
+    mode: str,
+    summary: ScanSummary,
+    present: set[str] | None = None,
+) -> list[int]:
     """Done images that must be cut again: their output folder is missing or damaged (output_problem), or
     `tessq verify` recorded them as different. They are queued again; returns their ids.
 
@@ -470,12 +494,15 @@ def scan_tree(
     for folder in tree:
         for name, why in folder.skipped_files:
             summary.skipped_entries.append(
-                {"path": printable(relative_path(folder.rel, name)), "kind": "file", "reason": why})
+                {"path": printable(relative_path(folder.rel, name)), "kind": "file", "reason": why}
+            )
         if folder.skip_reason:
-            summary.skipped_entries.append({"path": printable(folder.rel), "kind": "folder",
-                                            "reason": folder.skip_reason})
-            folders.append({"path": printable(folder.rel), "n_tiffs": 0, "n_other_images": 0,
-                            "skip_reason": folder.skip_reason})
+            summary.skipped_entries.append(
+                {"path": printable(folder.rel), "kind": "folder", "reason": folder.skip_reason}
+            )
+            folders.append(
+                {"path": printable(folder.rel), "n_tiffs": 0, "n_other_images": 0, "skip_reason": folder.skip_reason}
+            )
             continue
         reason = classify_folder(len(folder.tiffs), folder.other_images)
         if reason:
@@ -505,8 +532,9 @@ def scan_tree(
     with db.session(), db.scan_transaction():  # one write transaction: concurrent scans of a tree queue each once
         job = db.upsert_job(str(input_dir), str(output_dir), options.to_dict(), options_hash)
         db.replace_folders(job.id, folders)
-        outcome = db.record_candidates(job.id, candidates, options_hash,
-                                       db.OutputCheck(options_fingerprint, output_problem))
+        outcome = db.record_candidates(
+            job.id, candidates, options_hash, db.OutputCheck(options_fingerprint, output_problem)
+        )
         db.forget_missing(job.id, {c["rel_path"] for c in candidates})
     summary.found = len(candidates)
     summary.queued, summary.requeued = len(outcome.new_queued), len(outcome.requeued)

@@ -124,9 +124,13 @@ def _urls(root: Path) -> tuple[str, str]:
     return db_url, queue_url
 
 
-def resolve_workspace(workspace: str | os.PathLike[str] | None = None, *,
-                      output_dir: str | os.PathLike[str] | None = None, search: bool = True,
-                      command: str = "status") -> Workspace:
+def resolve_workspace(
+    workspace: str | os.PathLike[str] | None = None,
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    search: bool = True,
+    command: str = "status",
+) -> Workspace:
     """The workspace of a command, by the rule in this module's docstring.
 
     `output_dir`: the job's output folder when the command knows it. `search`: look for `.tessq/` in
@@ -170,8 +174,10 @@ def legacy_message(ws: Workspace, output_dir: str | os.PathLike[str]) -> str:
     if len(jobs) <= 1:
         how = f"to keep it with the output (and resume from any folder), stop its workers and run: {move}"
     else:
-        how = (f"it holds {len(jobs)} jobs; new jobs keep their state in OUT/.tessq, this one stays here "
-               f"(run its commands from {ws.root} or with -w {ws.root})")
+        how = (
+            f"it holds {len(jobs)} jobs; new jobs keep their state in OUT/.tessq, this one stays here "
+            f"(run its commands from {ws.root} or with -w {ws.root})"
+        )
     return f"using the old-layout workspace {ws.state_dir}, which holds the job writing to {out}; {how}"
 
 

@@ -180,8 +180,9 @@ def summarize(rows: StatusRows, dead: set[str], uploads: db.UploadTotals) -> Sna
         "workers": workers,
         "stalled": stalled,
         "hosts": busy_hosts(workers),
-        "latest_errors": [{"file": e.rel_path, "type": e.error_type, "message": e.error_message}
-                          for e in rows.latest_errors],
+        "latest_errors": [
+            {"file": e.rel_path, "type": e.error_type, "message": e.error_message} for e in rows.latest_errors
+        ],
         "uploads": uploads,
         "job_id": rows.job_id,
         "at": now,
@@ -217,8 +218,13 @@ def render(snap: dict[str, Any]) -> Panel:
             table.add_row(w["worker"], w["image"], f"{w['seconds']:.0f}", str(w["attempt"]))
         parts.append(table)
     if snap.get("stalled"):
-        parts.append(Text(f"{len(snap['stalled'])} image(s) held by workers that are gone (dead process or expired "
-                          "lease): they go back to the queue when workers start", style="yellow"))
+        parts.append(
+            Text(
+                f"{len(snap['stalled'])} image(s) held by workers that are gone (dead process or expired "
+                "lease): they go back to the queue when workers start",
+                style="yellow",
+            )
+        )
     if snap["latest_errors"]:
         errs = Table(title="latest errors", expand=False)
         errs.add_column("file")

@@ -151,10 +151,16 @@ def classify(exc: BaseException, rel_path: str, limit: float) -> tuple[str, str,
 
 def _finish(claim: db.Claim, row: db.Image, result: core.CutResult, duration: float) -> None:
     with db.session():
-        fenced = db.finish_done(claim, n_slices=result.n_slices, bytes_out=result.bytes_out,
-                                duration_s=duration, options_hash=row.job.options_hash,
-                                pixel_bytes=result.pixel_bytes, source_state=result.source_state,
-                                dimensions=result.dimensions)
+        fenced = db.finish_done(
+            claim,
+            n_slices=result.n_slices,
+            bytes_out=result.bytes_out,
+            duration_s=duration,
+            options_hash=row.job.options_hash,
+            pixel_bytes=result.pixel_bytes,
+            source_state=result.source_state,
+            dimensions=result.dimensions,
+        )
     if fenced:
         log.info("done %s (%d slices, %.2f s)", row.rel_path, result.n_slices, duration)
     elif options_changed(row):
@@ -189,8 +195,13 @@ def _prepare(row: db.Image, claim: db.Claim, source: storage.Source, image_dir: 
     from tessq.cut import core  # heavy imports (tifffile, imagecodecs): not needed by the other commands
 
     options = SliceOptions.from_dict(json.loads(row.job.options))
-    job = core.JobImage(input_dir=row.job.input_dir, output_dir=row.job.output_dir, image_id=claim.image_id,
-                        worker=claim.worker, attempt=claim.attempt)
+    job = core.JobImage(
+        input_dir=row.job.input_dir,
+        output_dir=row.job.output_dir,
+        image_id=claim.image_id,
+        worker=claim.worker,
+        attempt=claim.attempt,
+    )
     return core.prepare_image(source, image_dir, options, relative_path=row.rel_path, job=job)
 
 

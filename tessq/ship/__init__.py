@@ -1,2 +1,1 @@
-"""Shipping finished output: a ZIP of OUT and an upload to S3, both checked after the fact.
-"""
+"""Shipping finished output: a ZIP of OUT and an upload to S3, both checked after the fact."""

@@ -83,8 +83,7 @@ def _kind(mode: int) -> str:
     return "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
 
 
-def _walk_files(root: str, rel_root: str, not_shipped: list[dict[str, str]] | None = None
-                ) -> Iterable[tuple[str, str]]:
+def _walk_files(root: str, rel_root: str, not_shipped: list[dict[str, str]] | None = None) -> Iterable[tuple[str, str]]:
     """Regular files below `root` as (path, relative name), never following a symbolic link (a link is
     left out and listed in `not_shipped`, as are sockets, FIFOs and devices) and skipping
     work-in-progress items. Plain strings: this runs once per slice, 100,000s of times."""
@@ -391,8 +390,9 @@ def export_zip(
         where = f" under folder {folder!r}" if folder else ""
         raise ExportError(f"nothing to export: no done images{where} in {out_dir}")
     not_shipped: list[dict[str, str]] = []
-    files = shipped_files(out_dir, image_dirs, folder=folder, extra_files=extra_files, exclude=(dest, tmp),
-                          not_shipped=not_shipped)
+    files = shipped_files(
+        out_dir, image_dirs, folder=folder, extra_files=extra_files, exclude=(dest, tmp), not_shipped=not_shipped
+    )
     files = archive_entries(files)
     # Sizes are taken once: the header, the progress total and the verification all agree on them.
     sizes = [os.lstat(path).st_size for path, _ in files]

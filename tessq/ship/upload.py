@@ -51,8 +51,7 @@ class Ledger(Protocol):
 
     def get(self, key: str) -> Any: ...
 
-    def record(self, key: str, local_path: str, size: int, mtime: float, checksum: str,
-               etag: str | None) -> None: ...
+    def record(self, key: str, local_path: str, size: int, mtime: float, checksum: str, etag: str | None) -> None: ...
 
 
 def endpoint_id(endpoint_url: str | None) -> str:
@@ -82,7 +81,10 @@ def parse_s3_url(url: str) -> S3Target:
 
 
 def files_to_ship(
-    out_dir: Path, image_dirs: Sequence[str], *, folder: str | None = None,
+    out_dir: Path,
+    image_dirs: Sequence[str],
+    *,
+    folder: str | None = None,
     not_shipped: list[dict[str, str]] | None = None,
 ) -> list[tuple[Path, str]]:
     """Every file of the done image folders plus the reports: the same listing the ZIP export ships
@@ -143,9 +145,17 @@ def _send(run: _Run, path: Path, key: str, size: int, crc: str) -> str | None:
     else:
         progress = [0]
         try:
-            sent = send_file(run.client, path, run.target.bucket, key, size, crc32=crc,
-                             threshold=MULTIPART_THRESHOLD, manager=run.manager,
-                             subscribers=[_subscriber(run, progress)])
+            sent = send_file(
+                run.client,
+                path,
+                run.target.bucket,
+                key,
+                size,
+                crc32=crc,
+                threshold=MULTIPART_THRESHOLD,
+                manager=run.manager,
+                subscribers=[_subscriber(run, progress)],
+            )
         except BaseException:
             run.advance(-progress[0])  # the bar should not keep bytes of a transfer that failed
             raise
@@ -181,8 +191,12 @@ def _ship_one(run: _Run, path: Path, rel: str) -> tuple[str, int]:
         prior = run.ledger.get(lkey)
         checksum = CHECKSUM_PREFIX + file_crc32(path)
         # The ledger vouches for the object only if it recorded this very object (its ETag) for these bytes.
-        recorded = (prior is not None and prior.size == size and prior.checksum == checksum
-                    and (prior.etag is None or remote[1] is None or prior.etag == remote[1]))
+        recorded = (
+            prior is not None
+            and prior.size == size
+            and prior.checksum == checksum
+            and (prior.etag is None or remote[1] is None or prior.etag == remote[1])
+        )
         if recorded or _remote_crc32(run, key) == checksum.removeprefix(CHECKSUM_PREFIX):
             if not recorded:  # there already (an older ledger, another machine's upload): record it
                 run.ledger.record(lkey, str(path), size, mtime, checksum, remote[1])
@@ -204,8 +218,9 @@ def list_target(client: Any, target: S3Target) -> dict[str, tuple[int, str | Non
     return objects
 
 
-def _verify_target(client: Any, target: S3Target, shipped: dict[str, tuple[Path, int]]
-                   ) -> tuple[int, list[dict[str, str]]]:
+def _verify_target(
+    client: Any, target: S3Target, shipped: dict[str, tuple[Path, int]]
+) -> tuple[int, list[dict[str, str]]]:
     """A fresh listing: every file sent or skipped (key -> (path, size it had then)) must be in the target at
     that size. The size taken when shipping, not now: a log still being appended to is not a failure."""
     listing = list_target(client, target)
@@ -216,8 +231,13 @@ def _verify_target(client: Any, target: S3Target, shipped: dict[str, tuple[Path,
             verified += 1
             continue
         what = "is missing" if found is None else f"holds {found[0]} bytes, the local file {size}"
-        missing.append({"path": str(path), "key": key,
-                        "error": f"{target.url_for(key)} {what} after the upload; run the upload again"})
+        missing.append(
+            {
+                "path": str(path),
+                "key": key,
+                "error": f"{target.url_for(key)} {what} after the upload; run the upload again",
+            }
+        )
     return verified, missing
 
 
@@ -262,13 +282,16 @@ def upload_outputs(
         fatal = fatal_error(exc, target, endpoint)
         raise (fatal or UploadError(f"cannot list {target.url_for(target.prefix)}: {exc}")) from exc
     config = TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNKSIZE,
-        max_concurrency=concurrency, use_threads=True,
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=concurrency,
+        use_threads=True,
     )
     manager = create_transfer_manager(client, config)
     total = sum(_size_or_zero(path) for path, _ in files)
-    run = _Run(client, manager, target, ledger, total=total, progress=progress, endpoint=endpoint_id(endpoint),
-               remote=remote)
+    run = _Run(
+        client, manager, target, ledger, total=total, progress=progress, endpoint=endpoint_id(endpoint), remote=remote
+    )
     counts = {"uploaded": 0, "skipped": 0}
     shipped: dict[str, tuple[Path, int]] = {}
     bytes_uploaded = 0

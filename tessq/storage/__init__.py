@@ -106,8 +106,9 @@ def is_member(source: object) -> bool:
 
 
 @contextlib.contextmanager
-def verifiable(input_dir: Location, output_dir: Location, rel_path: str,
-               out_rel: str) -> Iterator[tuple[Path, Source | None]]:
+def verifiable(
+    input_dir: Location, output_dir: Location, rel_path: str, out_rel: str
+) -> Iterator[tuple[Path, Source | None]]:
     """(local image folder, source or None) for verify.verify_image; an S3 folder is downloaded to a temp dir."""
     source = at(input_dir).existing_source(rel_path)
     with at(output_dir).local_copy(out_rel) as folder:

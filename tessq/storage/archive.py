@@ -68,8 +68,15 @@ HEAD_CACHE = 1024 * 1024  # the first bytes of a streamed member are kept: heade
 ONE_SHOT_MAX = 256 * 1024 * 1024  # a deflated member whose packed + inflated bytes fit is inflated in one call
 HEAD_STEP = 256 * 1024  # ... and read ahead in steps of this size (tifffile's header reads are many and small)
 DEFLATE_MAX_RATIO = 1032  # deflate cannot expand more than this: a larger declared size is a lie (a zip bomb)
-ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated", zipfile.ZIP_BZIP2: "bzip2",
-               zipfile.ZIP_LZMA: "lzma", 9: "deflate64", 93: "zstd", 99: "aes"}
+ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflated",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+    9: "deflate64",
+    93: "zstd",
+    99: "aes",
+}
 
 
 def archive_kind(location: object) -> str | None:
@@ -222,8 +229,10 @@ class Archive:
             try:
                 zf = zipfile.ZipFile(fh)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as exc:
-                raise ConfigError(f"input {self.location} is not a readable ZIP archive ({exc}): truncated, damaged "
-                                  f"or not a ZIP at all") from exc
+                raise ConfigError(
+                    f"input {self.location} is not a readable ZIP archive ({exc}): truncated, damaged "
+                    f"or not a ZIP at all"
+                ) from exc
             with zf:
                 infos = zf.infolist()
         size = self.st.st_size
@@ -246,14 +255,28 @@ class Archive:
             elif method == "stored" and zi.compress_size != zi.file_size:
                 problem = f"stored member with {zi.compress_size} bytes of data but a declared size of {zi.file_size}"
             elif method == "deflated" and zi.file_size > max(zi.compress_size, 1) * DEFLATE_MAX_RATIO + 1024:
-                problem = (f"declares {zi.file_size} bytes from {zi.compress_size} deflated bytes, more than deflate "
-                           f"can expand (a zip bomb?)")
+                problem = (
+                    f"declares {zi.file_size} bytes from {zi.compress_size} deflated bytes, more than deflate "
+                    f"can expand (a zip bomb?)"
+                )
             try:
                 when = calendar.timegm((*zi.date_time, 0, 0, 0))
             except (ValueError, OverflowError, TypeError):
                 when = 0
-            self._add(MemberInfo(zi.filename, rel, zi.file_size, float(when) + zi.CRC / 2**32, mode, method,
-                                 zi.header_offset, zi.compress_size, zi.CRC, problem))
+            self._add(
+                MemberInfo(
+                    zi.filename,
+                    rel,
+                    zi.file_size,
+                    float(when) + zi.CRC / 2**32,
+                    mode,
+                    method,
+                    zi.header_offset,
+                    zi.compress_size,
+                    zi.CRC,
+                    problem,
+                )
+            )
 
     def _load_tar(self) -> None:
         raw = self.raw()
@@ -262,17 +285,21 @@ class Archive:
             try:
                 tf = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115
             except Exception as exc:  # tarfile, gzip, zlib and indexed_gzip errors alike: not a readable archive
-                raise ConfigError(f"input {self.location} is not a readable "
-                                  f"{'gzip-compressed TAR' if self.kind == 'tgz' else 'TAR'} archive ({exc}): "
-                                  f"truncated, damaged or not an archive at all") from exc
+                raise ConfigError(
+                    f"input {self.location} is not a readable "
+                    f"{'gzip-compressed TAR' if self.kind == 'tgz' else 'TAR'} archive ({exc}): "
+                    f"truncated, damaged or not an archive at all"
+                ) from exc
             data_end = self.st.st_size if self.kind == "tar" else None
             links: list[tarfile.TarInfo] = []
             while True:
                 try:
                     ti = tf.next()
                 except Exception as exc:
-                    self.warnings.append(f"{self.location}: archive is truncated or damaged after "
-                                         f"{len(self.members)} members ({exc}); the members before are used")
+                    self.warnings.append(
+                        f"{self.location}: archive is truncated or damaged after "
+                        f"{len(self.members)} members ({exc}); the members before are used"
+                    )
                     break
                 if ti is None:
                     break
@@ -296,11 +323,35 @@ class Archive:
                 if rel is None:
                     continue
                 if target is None or target.problem or not stat_mod.S_ISREG(target.mode):
-                    self._add(MemberInfo(ti.name, rel, 0, float(ti.mtime), stat_mod.S_IFLNK, "tar", 0, 0, None,
-                                         f"hard link to {ti.linkname!r}, which is no regular member"))
+                    self._add(
+                        MemberInfo(
+                            ti.name,
+                            rel,
+                            0,
+                            float(ti.mtime),
+                            stat_mod.S_IFLNK,
+                            "tar",
+                            0,
+                            0,
+                            None,
+                            f"hard link to {ti.linkname!r}, which is no regular member",
+                        )
+                    )
                 else:
-                    self._add(MemberInfo(ti.name, rel, target.size, target.mtime, target.mode, target.method,
-                                         target.offset, target.csize, None, None))
+                    self._add(
+                        MemberInfo(
+                            ti.name,
+                            rel,
+                            target.size,
+                            target.mtime,
+                            target.mode,
+                            target.method,
+                            target.offset,
+                            target.csize,
+                            None,
+                            None,
+                        )
+                    )
         finally:
             if raw is not None:
                 raw.close()
@@ -311,8 +362,9 @@ class Archive:
             return
         for rel, info in list(self.members.items()):
             if info.problem is None and info.offset + info.size > end:
-                self.members[rel] = dataclasses.replace(info, problem="truncated: the archive ends inside this "
-                                                                       f"member (it declares {info.size} bytes)")
+                self.members[rel] = dataclasses.replace(
+                    info, problem=f"truncated: the archive ends inside this member (it declares {info.size} bytes)"
+                )
 
     def gz_handle(self) -> tuple[Any, threading.Lock]:
         """This process's one reader of the decompressed .tar.gz stream, shared by its members (with a lock):
@@ -343,8 +395,9 @@ class Archive:
             problem = "a GNU sparse member (not supported)"
         elif data_end is not None and ti.offset_data + ti.size > data_end:
             problem = "truncated: the archive ends inside this member"
-        self._add(MemberInfo(ti.name, rel, ti.size, float(ti.mtime), mode, self.kind, ti.offset_data, ti.size,
-                             None, problem))
+        self._add(
+            MemberInfo(ti.name, rel, ti.size, float(ti.mtime), mode, self.kind, ti.offset_data, ti.size, None, problem)
+        )
 
 
 def _zip_name(zi: zipfile.ZipInfo) -> str:
@@ -357,7 +410,7 @@ def _zip_name(zi: zipfile.ZipInfo) -> str:
         field, length = struct.unpack_from("<HH", extra, i)
         if field == 0x7075 and length >= 5:
             with contextlib.suppress(UnicodeDecodeError):
-                return extra[i + 9:i + 4 + length].decode("utf-8")
+                return extra[i + 9 : i + 4 + length].decode("utf-8")
         i += 4 + length
     try:
         return zi.filename.encode("cp437").decode("utf-8")
@@ -382,8 +435,11 @@ def get_archive(location: str | os.PathLike[str], *, fresh: bool = True) -> Arch
     if cached is not None and not fresh:
         return cached
     st = _stat_location(location)
-    if cached is not None and (cached.st.st_size, cached.st.st_mtime, cached.st.etag) == (st.st_size, st.st_mtime,
-                                                                                          st.etag):
+    if cached is not None and (cached.st.st_size, cached.st.st_mtime, cached.st.etag) == (
+        st.st_size,
+        st.st_mtime,
+        st.etag,
+    ):
         return cached
     archive = _load_saved(location, kind, st)
     if archive is None:
@@ -443,10 +499,17 @@ def _save(archive: Archive) -> None:
     paths = _saved_paths(archive.location, archive.st)
     if paths is None or paths[0].exists():
         return
-    members = [[m.name, m.rel, m.size, m.mtime, m.mode, m.method, m.offset, m.csize, m.crc, m.problem]
-               for m in archive.members.values()]
-    body = {"format": SAVED_FORMAT, "location": archive.location, "members": members,
-            "warnings": archive.warnings, "gz_index": archive.gz_index is not None}
+    members = [
+        [m.name, m.rel, m.size, m.mtime, m.mode, m.method, m.offset, m.csize, m.crc, m.problem]
+        for m in archive.members.values()
+    ]
+    body = {
+        "format": SAVED_FORMAT,
+        "location": archive.location,
+        "members": members,
+        "warnings": archive.warnings,
+        "gz_index": archive.gz_index is not None,
+    }
     try:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         if archive.gz_index is not None:  # the index first: a listing file names an index that is complete
@@ -501,8 +564,11 @@ def _gzip_reader(raw: Any, archive: Archive) -> Any:
         return fh
     if not _warned_plain_gzip:
         _warned_plain_gzip = True
-        log.warning("reading %s without indexed_gzip: each member is decompressed from the start of the "
-                    "archive (pip install 'tessq[archive]' gives random access)", archive.location)
+        log.warning(
+            "reading %s without indexed_gzip: each member is decompressed from the start of the "
+            "archive (pip install 'tessq[archive]' gives random access)",
+            archive.location,
+        )
     import gzip
 
     return gzip.GzipFile(fileobj=raw, mode="rb")
@@ -602,8 +668,10 @@ class _Inflater:
         self._crc = zlib.crc32(data, self._crc)
         self._left_out -= len(data)
         if len(data) < n:
-            raise CorruptImageError(str(self.member), f"deflate data ends {self._left_out} bytes before the member's "
-                                                 f"declared size (truncated or damaged)")
+            raise CorruptImageError(
+                str(self.member),
+                f"deflate data ends {self._left_out} bytes before the member's declared size (truncated or damaged)",
+            )
         if self._left_out == 0 and self.member.info.crc is not None and self._crc != self.member.info.crc:
             raise CorruptImageError(str(self.member), "CRC-32 of the inflated member differs from the archive's")
         return data
@@ -688,7 +756,7 @@ class StreamView(remote.SeekableFile):
         if end <= HEAD_CACHE:  # headers: read ahead into the head cache, in HEAD_STEP steps
             self._fill_head(min(self.size, HEAD_CACHE, max(end, len(self._head) + HEAD_STEP)))
         if end <= len(self._head):
-            data = bytes(self._head[self._pos:end])
+            data = bytes(self._head[self._pos : end])
             self._pos = end
             return data
         if self._stream is None or self._pos < self._spos:
@@ -767,8 +835,11 @@ class ArchiveMember:
         """Raise the ImageError that makes this member unreadable, found from the listing alone."""
         info = self.info
         if info.problem:
-            raise (UnsupportedImageError if info.problem.startswith(("encrypted", "compressed", "a GNU", "hard"))
-                   else CorruptImageError)(str(self), info.problem)
+            raise (
+                UnsupportedImageError
+                if info.problem.startswith(("encrypted", "compressed", "a GNU", "hard"))
+                else CorruptImageError
+            )(str(self), info.problem)
         if not stat_mod.S_ISREG(info.mode):
             raise UnsupportedImageError(str(self), "archive member is not a regular file (a link or a device)")
 
@@ -870,12 +941,16 @@ class ArchiveMember:
         try:
             data = imagecodecs.deflate_decode(packed, raw=True, out=info.size) if info.size else b""
         except Exception as exc:  # imagecodecs.DeflateError: damaged, or longer than declared
-            raise CorruptImageError(str(self),
-                                    f"deflate data is damaged or longer than its declared size ({exc})") from exc
+            raise CorruptImageError(
+                str(self), f"deflate data is damaged or longer than its declared size ({exc})"
+            ) from exc
         del packed
         if len(data) != info.size:
-            raise CorruptImageError(str(self), f"deflate data ends {info.size - len(data)} bytes before the member's "
-                                          f"declared size (truncated or damaged)")
+            raise CorruptImageError(
+                str(self),
+                f"deflate data ends {info.size - len(data)} bytes before the member's "
+                f"declared size (truncated or damaged)",
+            )
         if info.crc is not None and zlib.crc32(data) != info.crc:
             raise CorruptImageError(str(self), "CRC-32 of the inflated member differs from the archive's")
         sha.update(data)
@@ -912,14 +987,16 @@ def member(location: str | os.PathLike[str], rel_path: str) -> ArchiveMember:
     archive = get_archive(location)
     info = archive.members.get(rel_path)
     if info is None:
-        raise SourceChangedError(f"{archive.location}/{rel_path}",
-                                 "no longer in the archive (removed or renamed since the scan)")
+        raise SourceChangedError(
+            f"{archive.location}/{rel_path}", "no longer in the archive (removed or renamed since the scan)"
+        )
     return ArchiveMember(archive.location, info, archive)
 
 
 @contextlib.contextmanager
-def opened_member(location: str | os.PathLike[str], rel_path: str,
-                  tmp_dir: str | None = None) -> Iterator[ArchiveMember]:
+def opened_member(
+    location: str | os.PathLike[str], rel_path: str, tmp_dir: str | None = None
+) -> Iterator[ArchiveMember]:
     """A worker's view of one member for one image: in place when it is a byte range of the archive, else
     spooled (within the budget) to a temp file that is deleted after."""
     try:
@@ -1043,8 +1120,9 @@ class ArchiveStorage(Storage):
 
     def __init__(self, location: str | os.PathLike[str]) -> None:
         self.location = _location(location)
-        self.holder: Storage = (remote.S3Storage(self.location) if remote.is_remote(self.location)
-                                else LocalStorage(location))
+        self.holder: Storage = (
+            remote.S3Storage(self.location) if remote.is_remote(self.location) else LocalStorage(location)
+        )
         self.probe_in_processes = self.holder.probe_in_processes
 
     @property
@@ -1084,13 +1162,13 @@ class ArchiveStorage(Storage):
             return None
 
     @contextlib.contextmanager
-    def opened_source(self, relative: str, tmp_dir: str | os.PathLike[str] | None = None
-                      ) -> Iterator[ArchiveMember]:
+    def opened_source(self, relative: str, tmp_dir: str | os.PathLike[str] | None = None) -> Iterator[ArchiveMember]:
         with opened_member(self.location, relative, os.fspath(tmp_dir) if tmp_dir else None) as source:
             yield source
 
-    def output_folder(self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None
-                      ) -> contextlib.AbstractContextManager[OutputFolder]:
+    def output_folder(
+        self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None
+    ) -> contextlib.AbstractContextManager[OutputFolder]:
         raise ConfigError(f"{self.location} is an archive: it can be read as IN, not written as OUT")
 
     def put_bytes(self, relative: str, data: bytes) -> None:

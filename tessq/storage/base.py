@@ -97,8 +97,9 @@ class Storage(ABC):
         yield self.source(relative)
 
     @abstractmethod
-    def output_folder(self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None
-                      ) -> contextlib.AbstractContextManager[OutputFolder]:
+    def output_folder(
+        self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None
+    ) -> contextlib.AbstractContextManager[OutputFolder]:
         """Where one image folder is written, and how it is committed at this location."""
 
     def cleanup_stale(self, out_rel: str) -> None:

@@ -169,7 +169,7 @@ class AtomicFolder:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         return self.path_for(name)

@@ -159,8 +159,7 @@ class LocalStorage(Storage):
         return found if found.exists() else None
 
     @contextlib.contextmanager
-    def output_folder(self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None
-                      ) -> Iterator[LocalOutputFolder]:
+    def output_folder(self, out_rel: str, tmp_dir: str | os.PathLike[str] | None = None) -> Iterator[LocalOutputFolder]:
         yield LocalOutputFolder(contained(self.given, out_rel))
 
     def cleanup_stale(self, out_rel: str) -> None:

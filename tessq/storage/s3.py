@@ -98,9 +98,9 @@ def parse(location: str | os.PathLike[str], *, what: str = "", folded: bool = Tr
     text = os.fspath(location)
     named = f"{what} {text!r}" if what else repr(text)
     if text.startswith(SCHEME):
-        rest = text[len(SCHEME):]
+        rest = text[len(SCHEME) :]
     elif folded and text.startswith("s3:/"):
-        rest = text[len("s3:/"):]
+        rest = text[len("s3:/") :]
     else:
         raise ConfigError(f"{named} is not an S3 URL: use s3://BUCKET/PREFIX")
     bucket, _, prefix = rest.partition("/")
@@ -139,8 +139,16 @@ def default_output(input_url: str | os.PathLike[str]) -> str:
 
 MAX_ATTEMPTS = 8  # botocore "standard" retry mode: exponential backoff with jitter, capped at 20 s
 AUTH_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-     "InvalidClientTokenId", "AllAccessDisabled", "403"}
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "InvalidClientTokenId",
+        "AllAccessDisabled",
+        "403",
+    }
 )
 
 
@@ -335,8 +343,15 @@ class RangedReader(SeekableFile):
     GETs (read-ahead doubles while access is sequential), large reads are one GET of exactly that range.
     Every GET carries If-Match with the ETag seen at open, so a replaced object fails instead of mixing."""
 
-    def __init__(self, url: str, size: int, etag: str | None, *, block: int = defaults.S3_BLOCK_BYTES,
-                 blocks: int = defaults.S3_CACHE_BLOCKS) -> None:
+    def __init__(
+        self,
+        url: str,
+        size: int,
+        etag: str | None,
+        *,
+        block: int = defaults.S3_BLOCK_BYTES,
+        blocks: int = defaults.S3_CACHE_BLOCKS,
+    ) -> None:
         self.name = url
         self.bucket, self.key = split(url)
         self.size, self.etag = size, etag
@@ -385,7 +400,7 @@ class RangedReader(SeekableFile):
             z = min((missing[0] + n_blocks) * self.block, self.size)
             data = self._get(a, z)
             for i in range(0, len(data), self.block):
-                self._cache[missing[0] + i // self.block] = data[i:i + self.block]
+                self._cache[missing[0] + i // self.block] = data[i : i + self.block]
             self._next_block = missing[0] + n_blocks
         parts = []
         for b in range(first, last + 1):
@@ -395,7 +410,7 @@ class RangedReader(SeekableFile):
             self._cache.popitem(last=False)
         joined = b"".join(parts)
         offset = start - first * self.block
-        return joined[offset:offset + end - start]
+        return joined[offset : offset + end - start]
 
     def close(self) -> None:
         self._cache.clear()
@@ -625,7 +640,7 @@ def walk(root: str, *, exclude: Sequence[str | os.PathLike[str]] = ()) -> Iterat
     folders: dict[str, FolderEntries] = {}
     for obj in list_objects(root):
         key: str = obj["Key"]
-        rel = key[len(base):]
+        rel = key[len(base) :]
         if not rel or rel.endswith("/"):
             continue
         if any(key.startswith(f"{s}/") for s in skip if s):
@@ -680,9 +695,18 @@ class Sent:
     etag: str | None
 
 
-def send_file(s3: Any, path: Path, bucket: str, key: str, size: int, *, crc32: str | None = None,
-              threshold: int = defaults.S3_SINGLE_PUT_BYTES, manager: Any = None,
-              subscribers: Sequence[Any] = ()) -> Sent:
+def send_file(
+    s3: Any,
+    path: Path,
+    bucket: str,
+    key: str,
+    size: int,
+    *,
+    crc32: str | None = None,
+    threshold: int = defaults.S3_SINGLE_PUT_BYTES,
+    manager: Any = None,
+    subscribers: Sequence[Any] = (),
+) -> Sent:
     """The one put path: one PutObject below `threshold`, else concurrent multipart parts (s3transfer: the
     given manager, or one for this file). S3 checks a CRC32 on what it received: `crc32` when given (then
     S3's own full-object CRC32 comes back to compare), else one the SDK computes. The file is opened
@@ -728,7 +752,7 @@ def put_bytes(data: bytes, url: str) -> None:
 
 def delete_keys(bucket: str, keys: list[str]) -> None:
     for i in range(0, len(keys), 1000):
-        batch = [{"Key": k} for k in keys[i:i + 1000]]
+        batch = [{"Key": k} for k in keys[i : i + 1000]]
         try:
             client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
         except Exception as exc:
@@ -798,7 +822,7 @@ def download_prefix(url: str, dest: str | Path) -> list[Path]:
     dest = Path(dest)
     out = []
     for obj in list_objects(url):
-        rel = obj["Key"][len(prefix) + 1:] if prefix else obj["Key"]
+        rel = obj["Key"][len(prefix) + 1 :] if prefix else obj["Key"]
         target = dest.joinpath(*rel.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -850,8 +874,7 @@ class S3Storage(Storage):
         return found if found.exists() else None
 
     @contextlib.contextmanager
-    def opened_source(self, relative: str, tmp_dir: str | os.PathLike[str] | None = None
-                      ) -> Iterator[RemoteSource]:
+    def opened_source(self, relative: str, tmp_dir: str | os.PathLike[str] | None = None) -> Iterator[RemoteSource]:
         with opened_source(self.join(relative), os.fspath(tmp_dir) if tmp_dir else None) as source:
             yield source
 
