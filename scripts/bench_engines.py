@@ -2,7 +2,7 @@
 
 MB/s of raw pixels through filter + compress in ONE thread (TESSQ_THREADS=1 is forced; CPU seconds, best of
 --repeat), bytes relative to Pillow's default level (libpng level 6 for RGB16, which Pillow cannot write).
-The table in tessq/encode.py's docstring and the presets come from this script.
+The table in tessq/cut/encode.py's docstring and the presets come from this script.
 
 Usage: python scripts/bench_engines.py [--repeat 3] [--kinds rgb8,rgb16,gray8,flat]
 """

@@ -1,7 +1,7 @@
 """Measure PNG encoder choices (filter x libdeflate level, Pillow, imagecodecs) on photo-like slices.
 
 Prints MB/s of raw pixels (one thread) and output size relative to Pillow's default level; the table in
-tessq/encode.py's docstring and the preset choice come from this script.
+tessq/cut/encode.py's docstring and the preset choice come from this script.
 """
 
 from __future__ import annotations
