@@ -130,6 +130,12 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "set -euo pipefail" in commands or "set -e" in commands
     assert readme_test in commands, ".ci/run must run the README's test command verbatim"
     after = commands[commands.index(readme_test) + 1 :]
-    assert after == ["scripts/check_wheel.sh"], "then only the wheel check (issue #15 item 8)"
+    checks = [
+        "python -m ruff check tessq tests scripts",
+        "python -m ruff format --check tessq tests scripts",
+        "python -m mypy",
+    ]
+    # then only the code's own checks (issue #17 item 6) and the wheel check (issue #15 item 8)
+    assert after == [*checks, "scripts/check_wheel.sh"]
     check = (ROOT / "scripts/check_wheel.sh").read_text()
     assert "pip wheel" in check and "-m venv" in check and '/bin/tessq" demo' in check and "--help" in check

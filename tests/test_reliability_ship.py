@@ -316,7 +316,7 @@ def test_a_temporary_archive_left_by_kill_9_is_removed_by_the_next_export(
 ) -> None:
     out, _, env = finished
     script = (
-        "import os, sys, time\nfrom tessq import export\n"
+        "import os, sys, time\nfrom tessq.ship import export\n"
         "real = export._write_archive\n"
         "def slow(tmp, files, sizes, progress):\n"
         "    return real(tmp, files, sizes, lambda d, t: time.sleep(60))\n"

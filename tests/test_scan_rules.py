@@ -14,7 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from tessq.cut import grid
 from tessq.jobs import scan
+from tessq.options import SliceOptions
 
 
 def test_hidden_and_system_folders_are_not_entered_and_others_are() -> None:
@@ -30,8 +32,9 @@ def test_tiff_and_image_names_are_matched_case_insensitively_by_extension() -> N
 
 
 def test_an_image_of_exactly_the_minimum_size_is_cut() -> None:
-    assert scan.eligibility(32, 32, 32) is None
-    assert scan.eligibility(31, 32, 32) == "too_small" and scan.eligibility(32, 31, 32) == "too_small"
+    options = SliceOptions(min_size=32, num_pieces=1)
+    assert grid.refusal(32, 32, options) is None
+    assert [getattr(grid.refusal(w, h, options), "kind", None) for w, h in [(31, 32), (32, 31)]] == ["too_small"] * 2
 
 
 def test_a_folder_is_skipped_as_no_tiff_only_when_it_has_other_images_and_no_tiff() -> None:

@@ -53,7 +53,7 @@ def test_probe_of_the_bomb_stays_small_and_fast(tmp_path: Path) -> None:
     path = tiled_bomb(tmp_path / "bomb.tif")
     # VmHWM is this process image's own peak (ru_maxrss would carry over the forking pytest's size across exec)
     code = (
-        "import re, time, sys\nfrom tessq import tiff\nt = time.monotonic()\n"
+        "import re, time, sys\nfrom tessq.cut import tiff\nt = time.monotonic()\n"
         "try:\n    tiff.RegionReader(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__)\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
         "print(time.monotonic() - t, hwm)"

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tessq import defaults
+from tessq import defaults, hashing
 from tessq.errors import (
     ConfigError,
     CorruptImageError,
@@ -900,7 +900,7 @@ class ArchiveMember:
         self.check()
         suffix = PurePosixPath(self.info.rel).suffix
         fd, name = tempfile.mkstemp(prefix=f"tessq-src-{os.getpid()}-", suffix=suffix, dir=directory)
-        sha = hashlib.sha256()
+        sha = hashing.new_hash()
         try:
             with os.fdopen(fd, "wb") as out:
                 if self._inflate_at_once(out, sha):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import mimetypes
 import os
@@ -24,7 +23,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tessq import defaults
+from tessq import defaults, hashing
 from tessq.errors import (
     BucketNotFoundError,
     ConfigError,
@@ -509,7 +508,7 @@ class RemoteSource:
         """Stream the object into a temp file (sha256 computed on the way); removed by close()."""
         suffix = PurePosixPath(self.key).suffix
         fd, name = tempfile.mkstemp(prefix=f"tessq-src-{os.getpid()}-", suffix=suffix, dir=directory)
-        sha = hashlib.sha256()
+        sha = hashing.new_hash()
         try:
             with os.fdopen(fd, "wb") as out, _Stream(self.url, self.head.etag) as body:
                 while chunk := body.read(STREAM_CHUNK):
