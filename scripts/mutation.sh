@@ -11,10 +11,10 @@ repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 
 # The fast, in-process tests that exercise each module (SQLite only: backends are parametrised by id).
 case "$module" in
-  grid)   tests='"tests/test_grid.py", "tests/test_grid_rules.py"' ; select='' ;;
-  encode) tests='"tests/test_encode.py", "tests/test_png_filters.py", "tests/test_slice_kinds.py", "tests/test_png_stream.py", "tests/test_tiff_slices.py"' ; select='' ;;
-  scan)   tests='"tests/test_scan.py", "tests/test_scan_rules.py"' ; select='' ;;
-  db)     tests='"tests/test_claim.py", "tests/test_schema.py", "tests/test_history.py", "tests/test_queue.py", "tests/test_scan.py", "tests/test_status_table.py"'
+  grid)   path=tessq/cut/grid.py ; tests='"tests/test_grid.py", "tests/test_grid_rules.py"' ; select='' ;;
+  encode) path=tessq/cut/encode.py ; tests='"tests/test_encode.py", "tests/test_png_filters.py", "tests/test_slice_kinds.py", "tests/test_png_stream.py", "tests/test_tiff_slices.py"' ; select='' ;;
+  scan)   path=tessq/jobs/scan.py ; tests='"tests/test_scan.py", "tests/test_scan_rules.py"' ; select='' ;;
+  db)     path=tessq/jobs/db.py ; tests='"tests/test_claim.py", "tests/test_schema.py", "tests/test_history.py", "tests/test_queue.py", "tests/test_scan.py", "tests/test_status_table.py"'
           select='"-k", "not postgres and not redis",' ;;
   *) echo "unknown module: $module (grid | encode | db | scan)" >&2; exit 2 ;;
 esac
@@ -23,6 +23,7 @@ esac
 copy="$workdir/$module"
 rm -rf "$copy" && mkdir -p "$copy"
 git -C "$repo" archive "${MUTATION_REV:-HEAD}" | tar -x -C "$copy"  # MUTATION_REV=<commit>: an earlier test suite
+[ -f "$copy/$path" ] || path="tessq/$module.py"  # an older commit (MUTATION_REV) of the flat layout
 present=()  # the rule-test files are new: keep only those this commit has
 for t in $(echo "$tests" | tr -d '",'); do [ -f "$copy/$t" ] && present+=("\"$t\""); done
 tests=$(IFS=,; echo "${present[*]}")
@@ -30,8 +31,8 @@ cat >> "$copy/pyproject.toml" <<TOML
 
 [tool.mutmut]
 source_paths = ["tessq"]
-only_mutate = ["tessq/$module.py"]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "--timeout=120", "-q", $select "-x"]
+only_mutate = ["$path"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-n", "0", "--timeout=120", "-q", $select "-x"]
 pytest_add_cli_args_test_selection = [$tests]
 use_git_change_detection = false
 # A mutant that loops forever is caught after 2x its tests' normal time (+5 s on a loaded machine), not 15x.

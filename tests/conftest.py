@@ -134,7 +134,9 @@ def redis_url() -> Iterator[str]:
         client.ping()
     except Exception as exc:
         _server_unavailable("Redis", exc)
-    index = 1 + (uuid.uuid4().int % 14)
+    # one database per pytest-xdist worker (gw0 -> 1, gw1 -> 2...): two tests running at once never share one
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = 1 + (int(worker) if worker.isdigit() else 0) % 15
     url = f"{REDIS_URL}/{index}"
     redis.Redis.from_url(url).flushdb()
     try:
