@@ -189,6 +189,15 @@ def test_a_missing_or_unusable_output_folder_is_named(tmp_path: Path) -> None:
     assert scan.output_problem(tmp_path / "empty", 1, 1) == "metadata.json missing"
 
 
+@pytest.mark.parametrize("slices", ["3", '["slice_0.png"]', "null"])
+def test_a_metadata_json_whose_slices_are_not_records_is_unreadable_not_a_crash(tmp_path: Path, slices: str) -> None:
+    folder = image_folder(tmp_path / "img", {"slice_0.png": b"abc"})
+    (folder / scan.METADATA_NAME).write_text(f'{{"schema": "tessq.metadata", "slices": {slices}}}')
+    # a count that does not match forces the read of metadata.json, in both modes
+    assert scan.output_problem(folder, 2, 3) == "metadata.json unreadable"
+    assert scan.output_problem(folder, 1, 3, "hash") == "metadata.json unreadable"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
 def test_an_unreadable_output_folder_says_so(tmp_path: Path) -> None:
     folder = image_folder(tmp_path / "img", {"slice_0.png": b"abc"})

@@ -378,6 +378,8 @@ def output_problem(image_dir: Path, n_slices: int | None, bytes_out: int | None,
         records = meta["slices"]
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
         return "metadata.json unreadable"
+    if not isinstance(records, list) or not all(isinstance(rec, dict) for rec in records):
+        return "metadata.json unreadable"  # hand-edited or written by something else: its slices are not a list
     problems: list[str] = []
     for rec in records:
         name = rec.get("file", "?")
