@@ -621,12 +621,6 @@ class RangeView(remote.SeekableFile):
             self.closed = True
             self._fh.close()
 
-    def __enter__(self) -> RangeView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class _Inflater:
     """A forward-only stream of one deflated ZIP member: raw deflate from its data offset, never more than
@@ -773,12 +767,6 @@ class StreamView(remote.SeekableFile):
             self._stream.close()
             self._stream = None
         self.closed = True
-
-    def __enter__(self) -> StreamView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- a member as a source

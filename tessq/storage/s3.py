@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from tessq import defaults, hashing
 from tessq.errors import (
@@ -305,6 +305,9 @@ def stat_object(url: str) -> ObjectStat:
     return ObjectStat(int(head["ContentLength"]), _mtime(head["LastModified"]), head.get("ETag"))
 
 
+_View = TypeVar("_View", bound="SeekableFile")
+
+
 class SeekableFile:
     """The file-object surface tifffile and shutil need, for read-only views that define `read`, `close`,
     `size` and keep their position in `_pos` (an S3 object, an archive member's byte range or stream)."""
@@ -335,6 +338,15 @@ class SeekableFile:
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _View) -> _View:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RangedReader(SeekableFile):
@@ -414,12 +426,6 @@ class RangedReader(SeekableFile):
     def close(self) -> None:
         self._cache.clear()
         self.closed = True
-
-    def __enter__(self) -> RangedReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _Stream:
