@@ -470,6 +470,36 @@ def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_o
     assert (again["queued"], again["requeued"], again["already_done"]) == (0, 0, len(SEED_DONE))
 
 
+@pytest.mark.parametrize("name", ["zipfile-stored.zip", "tarfile.tar"])
+def test_an_archive_on_s3_cut_to_an_s3_output_gives_the_folder_slices_and_a_rerun_redoes_nothing(
+    name: str, reference: dict, tmp_path: Path, s3_endpoint: str
+) -> None:
+    from tests.s3server import DUMMY_ENV
+    from tests.s3tools import download, new_bucket, s3_client
+
+    archive = tmp_path / name
+    BUILDERS[name](reference["root"], archive)
+    bucket = new_bucket(s3_endpoint)
+    s3_client(s3_endpoint).upload_file(str(archive), bucket, f"uploads/{name}")
+    env = {
+        **clean_env(tmp_path),
+        **DUMMY_ENV,
+        "TESSQ_S3_ENDPOINT_URL": s3_endpoint,
+        "TESSQ_WORKSPACE": str(tmp_path / "ws"),  # an S3 OUT holds no state: the workspace is local
+    }
+    url, out = f"s3://{bucket}/uploads/{name}", f"s3://{bucket}/cut"
+    proc = run(env, tmp_path, url, out, "--workers", "2")
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # the seed tree's corrupt TIFF
+    local = download(s3_endpoint, bucket, "cut", tmp_path / "dl")
+    assert slice_hashes(local) == reference["slices"]
+    assert summary_of(local) == reference["summary"]
+    assert not list((tmp_path / "tmp").iterdir())  # member spools and upload dirs are removed
+    first = s3_client(s3_endpoint).head_object(Bucket=bucket, Key="cut/dup/a.tif/metadata.json")["ETag"]
+    again = json.loads(tessq_cmd("scan", url, "--out", out, MIN, "--json", env=env, cwd=tmp_path, check=True).stdout)
+    assert (again["queued"], again["requeued"], again["already_done"]) == (0, 0, len(SEED_DONE))
+    assert s3_client(s3_endpoint).head_object(Bucket=bucket, Key="cut/dup/a.tif/metadata.json")["ETag"] == first
+
+
 # ---------------------------------------------------------------- in process: members as sources
 
 
