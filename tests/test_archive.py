@@ -442,10 +442,8 @@ def test_an_archive_with_100k_members_is_listed_and_scanned(tmp_path: Path) -> N
 # ---------------------------------------------------------------- from S3 (moto server)
 
 
-@pytest.mark.parametrize("name", ["zipfile-stored.zip", "zipfile-deflated.zip", "tarfile.tar", "tarfile.tar.gz"])
-def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_output(
-    name: str, reference: dict, tmp_path: Path, s3_endpoint: str
-) -> None:
+def archive_on_s3(name: str, reference: dict, tmp_path: Path, s3_endpoint: str) -> tuple[str, str, dict[str, str]]:
+    """The seed tree packed as `name` and uploaded to a new bucket: (bucket, the archive's URL, the CLI's env)."""
     from tests.s3server import DUMMY_ENV
     from tests.s3tools import new_bucket, s3_client
 
@@ -454,8 +452,15 @@ def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_o
     bucket = new_bucket(s3_endpoint)
     s3_client(s3_endpoint).upload_file(str(archive), bucket, f"uploads/{name}")
     env = {**clean_env(tmp_path), **DUMMY_ENV, "TESSQ_S3_ENDPOINT_URL": s3_endpoint}
+    return bucket, f"s3://{bucket}/uploads/{name}", env
+
+
+@pytest.mark.parametrize("name", ["zipfile-stored.zip", "zipfile-deflated.zip", "tarfile.tar", "tarfile.tar.gz"])
+def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_output(
+    name: str, reference: dict, tmp_path: Path, s3_endpoint: str
+) -> None:
+    _, url, env = archive_on_s3(name, reference, tmp_path, s3_endpoint)
     out = tmp_path / "out"
-    url = f"s3://{bucket}/uploads/{name}"
     proc = run(env, tmp_path, url, out, "--workers", "2")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert slice_hashes(out) == reference["slices"]
@@ -474,20 +479,11 @@ def test_an_archive_on_s3_is_read_in_place_by_ranged_gets_and_gives_the_folder_o
 def test_an_archive_on_s3_cut_to_an_s3_output_gives_the_folder_slices_and_a_rerun_redoes_nothing(
     name: str, reference: dict, tmp_path: Path, s3_endpoint: str
 ) -> None:
-    from tests.s3server import DUMMY_ENV
-    from tests.s3tools import download, new_bucket, s3_client
+    from tests.s3tools import download, s3_client
 
-    archive = tmp_path / name
-    BUILDERS[name](reference["root"], archive)
-    bucket = new_bucket(s3_endpoint)
-    s3_client(s3_endpoint).upload_file(str(archive), bucket, f"uploads/{name}")
-    env = {
-        **clean_env(tmp_path),
-        **DUMMY_ENV,
-        "TESSQ_S3_ENDPOINT_URL": s3_endpoint,
-        "TESSQ_WORKSPACE": str(tmp_path / "ws"),  # an S3 OUT holds no state: the workspace is local
-    }
-    url, out = f"s3://{bucket}/uploads/{name}", f"s3://{bucket}/cut"
+    bucket, url, env = archive_on_s3(name, reference, tmp_path, s3_endpoint)
+    env["TESSQ_WORKSPACE"] = str(tmp_path / "ws")  # an S3 OUT holds no state: the workspace is local
+    out = f"s3://{bucket}/cut"
     proc = run(env, tmp_path, url, out, "--workers", "2")
     assert proc.returncode == 3, proc.stdout + proc.stderr  # the seed tree's corrupt TIFF
     local = download(s3_endpoint, bucket, "cut", tmp_path / "dl")
