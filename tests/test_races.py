@@ -198,6 +198,9 @@ def test_settings_changed_while_an_image_is_cut_are_not_reported_done_stale(tmp_
         if workers.poll() is None:
             workers.kill()
     assert workers.returncode == 0, stdout + stderr
+    if query(ws, "SELECT status FROM image")[0][0] == "queued":
+        # on a loaded host the drained daemon had exited before the rescan queued the image again: cut it
+        tessq_cmd("workers", "--workers", "1", "--drain", env=sqlite_env, cwd=tmp_path, check=True)
     ((status, n_slices, row_hash, job_hash),) = query(
         ws, "SELECT i.status, i.n_slices, i.options_hash, j.options_hash FROM image i JOIN job j ON j.id = i.job_id"
     )

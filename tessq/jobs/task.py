@@ -121,8 +121,12 @@ def wait_for_commit() -> None:
     """Wait for this process's committer, if it has one (huey's on_shutdown hook: a stopping worker first
     commits the image it has cut)."""
     committer = _COMMITTER.made()
-    if committer is not None:
+    if committer is None:
+        return
+    try:
         committer.wait()
+    except Exception as exc:  # a stopping worker cannot settle it better; the reaper or a rescan will
+        log.warning("worker stopping: the last commit could not be recorded (%s: %s)", type(exc).__name__, exc)
 
 
 def _timed_out(exc: BaseException) -> bool:
