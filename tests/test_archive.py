@@ -579,15 +579,20 @@ def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
 
 
-def test_a_tar_gz_scan_saves_its_listing_so_workers_started_apart_need_not_decompress_it_again(
-    reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("name", "mode", "files"), [("data.tgz", "w:gz", [".gzidx", ".json"]), ("data.tar", "w", [".json"])]
+)
+def test_a_tar_scan_saves_its_listing_so_workers_started_apart_need_not_read_every_header_again(
+    reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, mode: str, files: list[str]
 ) -> None:
-    archive = tmp_path / "data.tgz"
-    tar_with("w:gz")(reference["root"], archive)
+    """A TAR has no central directory (listing one on S3 costs a GET per member) and a .tar.gz must be
+    decompressed whole to be listed: the scan's listing is saved for the workers."""
+    archive = tmp_path / name
+    tar_with(mode)(reference["root"], archive)
     env, out = clean_env(tmp_path), tmp_path / "out"
     tessq_cmd("scan", str(archive), "--out", str(out), MIN, env=env, cwd=tmp_path, check=True)
     saved = sorted(p.suffix for p in (out / ".tessq" / "archives").iterdir())
-    assert saved == [".gzidx", ".json"]
+    assert saved == files
     # a worker process loads the saved listing: it never lists the archive itself
     from tessq.storage import archive as arc
 

@@ -256,3 +256,38 @@ def test_verify_fast_decoder_rejects_damage() -> None:
         pngdecode.fast_png_decode(bytes(bad))
     with pytest.raises(ValueError):
         pngdecode.fast_png_decode(bytes(data[:-30]))
+
+
+@pytest.mark.parametrize(
+    ("waiting", "running_here", "workers_here", "busy"),
+    [
+        (10, 1, 2, True),  # a batch on 2 workers: the other worker takes the next image, both cores busy
+        (10, 1, 1, False),  # one worker on 2 cores: the second core would idle, the image takes it
+        (0, 2, 2, True),  # the last two images, one per core
+        (0, 1, 2, False),  # one big image (or the batch's last): the pool takes the idle core
+        (0, 3, 6, True),  # more images running than cores
+    ],
+)
+def test_an_image_takes_idle_cores_only_when_no_other_image_has_them(waiting, running_here, workers_here, busy) -> None:
+    assert encode.cores_busy(waiting, running_here, workers_here, cores=2) is busy
+
+
+def test_a_process_whose_cores_are_taken_encodes_inline_and_gets_its_pool_back(monkeypatch) -> None:
+    monkeypatch.delenv("TESSQ_THREADS", raising=False)
+    monkeypatch.setattr(encode, "_cores", lambda: 2)
+    encode._POOL.reset()
+    try:
+        encode.cores_taken(True)
+        assert encode.thread_pool() is None
+        img = _image("uint8", 3, 300, 400)
+        kind = encode.slice_kind("uint8", 3, "rgb")
+        inline = encode.png_encode(img, kind, "up", "zlib-ng-huffman", 1)
+        encode.cores_taken(False)
+        assert encode.thread_pool() is not None
+        assert encode.png_encode(img, kind, "up", "zlib-ng-huffman", 1) == inline
+        monkeypatch.setenv("TESSQ_THREADS", "2")  # an explicit thread count keeps its pool either way
+        encode.cores_taken(True)
+        assert encode.thread_pool() is not None
+    finally:
+        encode.cores_taken(False)
+        encode._POOL.reset()

@@ -15,7 +15,7 @@ from huey.consumer import Consumer, ConsumerStopped, ProcessEnvironment, Schedul
 
 from tessq import defaults, storage
 from tessq.errors import TessqError
-from tessq.jobs import db, task  # noqa: F401 - the task body the forked workers run (registered on import)
+from tessq.jobs import db, task  # task: also the body the forked workers run (registered on import)
 from tessq.jobs import queue as tq
 
 log = logging.getLogger("tessq.worker")  # the name logs, filters and the report's log readers have always seen
@@ -127,6 +127,7 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
     """
     from tessq.cut import core  # noqa: F401 - the workers' heavy imports, done once here and inherited by every fork
 
+    task.set_workers_here(n)  # inherited by the forks: whether an image may take idle cores (task._share_cores)
     reaped, repaired = recover(starting=True)
     db.hold_database()  # from here on a deleted or replaced status table stops the run (never a new empty one)
     storage.sweep_temp(process_alive)  # S3 spools and upload dirs left by SIGKILLed workers of this machine

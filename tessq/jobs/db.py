@@ -888,6 +888,7 @@ _RELEASE = Statement(
 )
 _IMAGE_WITH_JOB = Statement(lambda: Image.select(Image, Job).join(Job).where(Image.id == slot("image_id")))
 _OUTSTANDING = Statement(lambda: Image.select(peewee.fn.COUNT(Image.id)).where(Image.status.in_([QUEUED, RUNNING])))
+_WAITING = Statement(lambda: Image.select(peewee.fn.COUNT(Image.id)).where(Image.status == QUEUED))
 
 
 def claim(image_id: int, worker: str, lease_s: float) -> Claim | None:
@@ -1124,6 +1125,17 @@ def different_ids(job_id: int | None = None) -> list[int]:
 def outstanding() -> int:
     """Images not yet finished: queued or running."""
     return int(_OUTSTANDING.execute().fetchone()[0])
+
+
+def waiting() -> int:
+    """Images queued and not yet claimed by any worker."""
+    return int(_WAITING.execute().fetchone()[0])
+
+
+def running_here() -> int:
+    """Images being cut by workers of this host."""
+    host = hostname()
+    return sum(1 for w in running_workers() if w.rpartition(":")[0] == host)
 
 
 # ---------------------------------------------------------------- verification and uploads

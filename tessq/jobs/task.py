@@ -38,9 +38,11 @@ def process_image(image_id: int) -> None:
     with db.session():
         claim = db.claim(image_id, worker, defaults.LEASE_S)
         row = db.image(image_id) if claim else None
+        busy = (db.waiting(), db.running_here()) if claim else (0, 0)
     if claim is None or row is None:
         log.debug("image %s not claimable (done, taken or cancelled): message dropped", image_id)
         return
+    _share_cores(*busy)
     heartbeat = _HEARTBEAT.get()
     heartbeat.watch(claim)
     started = time.monotonic()
@@ -327,10 +329,27 @@ class Heartbeat:
                     if not db.renew_lease(claim, defaults.LEASE_S):
                         log.warning("image %s: lease lost", claim.image_id)
                         self.release(claim)
+                    _share_cores(db.waiting(), db.running_here())  # a long image gets the cores others left
             except Exception:  # a missed beat is not fatal; the lease has slack for two more
                 log.exception("heartbeat failed for image %s", claim.image_id)
 
 
 _HEARTBEAT = PerProcess(Heartbeat)
+
+
+_WORKERS_HERE = [0]  # worker processes of this host's daemon (set before it forks them; 0: unknown)
+
+
+def set_workers_here(n: int) -> None:
+    _WORKERS_HERE[0] = n
+
+
+def _share_cores(waiting: int, running_here: int) -> None:
+    """Cut inline while the other images keep every core busy; with the codec pool once cores would idle."""
+    from tessq.cut import encode
+
+    workers = _WORKERS_HERE[0] or encode.thread_count()
+    encode.cores_taken(encode.cores_busy(waiting, running_here, workers))
+
 
 tq.register_body(process_image, wait_for_commit)

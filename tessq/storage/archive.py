@@ -450,9 +450,12 @@ def get_archive(location: str | os.PathLike[str], *, fresh: bool = True) -> Arch
     return archive
 
 
-# A .tar.gz is listed by decompressing all of it: the scan saves its listing and gzip index in the job's state
-# dir (OUT/.tessq/archives/), so each worker process loads them instead of decompressing the archive again.
+# A TAR has no central directory: listing one reads every member's header (a ranged GET per member over 64 KiB
+# on S3), and a .tar.gz is listed by decompressing all of it. The scan saves such a listing (and the gzip
+# index) in the job's state dir (OUT/.tessq/archives/), so each worker process loads it instead of listing the
+# archive again. A ZIP's central directory is one read: it is not saved.
 SAVED_FORMAT = 1
+SAVED_KINDS = ("tar", "tgz")
 
 
 _STATE: dict[str, Path | None] = {"dir": None}
@@ -473,7 +476,7 @@ def _saved_paths(location: str, st: ArchiveStat) -> tuple[Any, Any] | None:
 
 
 def _load_saved(location: str, kind: str, st: ArchiveStat) -> Archive | None:
-    if kind != "tgz":
+    if kind not in SAVED_KINDS:
         return None
     paths = _saved_paths(location, st)
     if paths is None:
@@ -494,7 +497,7 @@ def _load_saved(location: str, kind: str, st: ArchiveStat) -> Archive | None:
 
 
 def _save(archive: Archive) -> None:
-    if archive.kind != "tgz":
+    if archive.kind not in SAVED_KINDS:
         return
     paths = _saved_paths(archive.location, archive.st)
     if paths is None or paths[0].exists():
