@@ -70,13 +70,7 @@ class WorkerRun:
 
 def dead_local_workers(workers: list[str]) -> list[str]:
     """Lease holders on this host whose process is gone (or a zombie): reclaim their images now."""
-    host = db.hostname()
-    dead = []
-    for w in workers:
-        h, _, pid = w.rpartition(":")
-        if h == host and pid.isdigit() and not process_alive(int(pid)):
-            dead.append(w)
-    return dead
+    return [w for w, pid in db.local_workers(workers).items() if not process_alive(pid)]
 
 
 def process_alive(pid: int) -> bool:

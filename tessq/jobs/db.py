@@ -402,6 +402,17 @@ def worker_identity() -> str:
     return f"{hostname()}:{os.getpid()}"
 
 
+def local_workers(workers: list[str]) -> dict[str, int]:
+    """The worker ids of `workers` that are processes of this host, with their pids."""
+    host = hostname()
+    local = {}
+    for w in workers:
+        h, _, pid = w.rpartition(":")
+        if h == host and pid.isdigit():
+            local[w] = int(pid)
+    return local
+
+
 # ---------------------------------------------------------------- jobs, folders, scan records
 
 
@@ -1133,9 +1144,8 @@ def waiting() -> int:
 
 
 def running_here() -> int:
-    """Images being cut by workers of this host."""
-    host = hostname()
-    return sum(1 for w in running_workers() if w.rpartition(":")[0] == host)
+    """Workers of this host holding an image (one holding a cut image and its commit counts once)."""
+    return len(local_workers(running_workers()))
 
 
 # ---------------------------------------------------------------- verification and uploads
