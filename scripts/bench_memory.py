@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -86,15 +87,13 @@ def make_sources(workdir: Path, width: int, height: int) -> dict[str, Path]:
     return paths
 
 
-def run_child(code: str, *args: str) -> dict:
-    env_path = str(HERE.parent)
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
-    )
+def run_child(code: str, *args: str, threads: int | None = None) -> dict:
+    """One measured child; `threads` sets TESSQ_THREADS (None: tessq's default, the codec pool on every core,
+    the path one big image takes when no other image has the cores)."""
+    env = {"PYTHONPATH": str(HERE.parent), "PATH": "/usr/bin:/bin"}
+    if threads is not None:
+        env["TESSQ_THREADS"] = str(threads)
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, env=env)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["children_maxrss_kb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return result
@@ -146,19 +145,21 @@ def main() -> None:
         f"grid {rows}x{cols}; one slice raw {slice_raw / MB:.0f} MiB; bound 2 x slice + 200 MiB = {bound / MB:.0f} MiB"
     )
     results = {}
-    for layout in ("tiled", "striped"):
+    cores = len(os.sched_getaffinity(0))
+    for layout, threads in (("tiled", None), ("striped", None), ("tiled", 1), ("striped", 1)):
         out = workdir / f"out_{layout}"
-        results[layout] = run_child(CHILD_SLICE, str(paths[layout]), str(out), str(args.pieces))
+        name = f"{layout}, {cores if threads is None else threads} thread(s)"
+        results[name] = run_child(CHILD_SLICE, str(paths[layout]), str(out), str(args.pieces), threads=threads)
         shutil.rmtree(out, ignore_errors=True)
     results["imread"] = run_child(CHILD_IMREAD, str(paths["tiled"]))
     base = results["imread"]["vmhwm_kb"] * 1024
-    print(f"{'run':26s} {'peak RSS':>10s} {'vs bound':>9s} {'vs imread':>10s} {'wall':>7s}  (VmHWM; ru_maxrss)")
+    print(f"{'run':36s} {'peak RSS':>10s} {'vs bound':>9s} {'vs imread':>10s} {'wall':>7s}  (VmHWM; ru_maxrss)")
     for name, res in results.items():
         rss = res["vmhwm_kb"] * 1024
         label = f"tessq slicing, {name}" if name != "imread" else "tifffile.imread (baseline)"
         ok = "" if name == "imread" else ("  OK" if rss <= bound else "  OVER")
         print(
-            f"{label:26s} {rss / MB:8.0f} MiB {rss / bound:8.2f}x {rss / base:9.2f}x {res['wall_s']:6.1f}s{ok}"
+            f"{label:36s} {rss / MB:8.0f} MiB {rss / bound:8.2f}x {rss / base:9.2f}x {res['wall_s']:6.1f}s{ok}"
             f"  ru_maxrss {res['maxrss_kb'] / 1024:.0f} MiB"
         )
     print(

@@ -45,6 +45,6 @@ cd "$copy"
 # Subprocesses (python -m tessq) must import the mutated tree, not the editable install.
 mkdir -p "$copy/mutants"  # on sys.path before it exists, Python would cache it as absent
 export PYTHONPATH="$copy/mutants"
-python -m mutmut run --max-children 1 "${@:3}"
+python -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "${@:3}"  # MUTMUT_CHILDREN: parallel mutants
 python -m mutmut results --all true > "$workdir/$module.results.txt" || python -m mutmut results > "$workdir/$module.results.txt"
 echo "results: $workdir/$module.results.txt"
