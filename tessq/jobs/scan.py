@@ -460,8 +460,9 @@ def check_done_outputs(
 def _log_skipped(entries: list[dict[str, str]]) -> None:
     if not entries:
         return
-    each = log.info if len(entries) <= SKIP_LOG_EACH_MAX else log.debug
-    if each is log.debug:
+    one_by_one = len(entries) <= SKIP_LOG_EACH_MAX
+    each = log.info if one_by_one else log.debug
+    if not one_by_one:  # (`each is log.debug` never held: every attribute access makes a new bound method)
         log.info("skipped %d files and folders (each listed at DEBUG, and in `tessq report --json`)", len(entries))
     for e in entries:
         each("skipped %s %s: %s", e["kind"], e["path"], e["reason"])
