@@ -91,7 +91,11 @@ def test_the_status_table_gets_each_folder_with_its_counts_and_the_job_its_setti
     assert json.loads(job.options) == json.loads(json.dumps(OPTIONS.to_dict(), sort_keys=True))
     queued = sorted(r.id for r in rows().values() if r.status == db.QUEUED)
     assert sorted(summary.enqueue_ids) == queued and len(queued) == 5
-    assert {r.out_rel for r in rows().values()} >= {"dup/a.tif", "dup/a.TIFF", "project_alpha/survey_001/aerial_photo_001"}
+    assert {r.out_rel for r in rows().values()} >= {
+        "dup/a.tif",
+        "dup/a.TIFF",
+        "project_alpha/survey_001/aerial_photo_001",
+    }
     assert all(r.attempts == 0 for r in rows().values())
 
 
