@@ -75,7 +75,7 @@ def test_scan_records_rows_from_headers_and_is_idempotent(tmp_path: Path) -> Non
 
 
 def test_probing_in_a_process_pool_gives_the_same_rows_in_the_same_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     for i in range(12):
         write_tiff(tmp_path / f"img_{i:02d}.tif", 40, 50, seed=i)
@@ -87,6 +87,8 @@ def test_probing_in_a_process_pool_gives_the_same_rows_in_the_same_order(
     pooled = scan.probe_all(files, SliceOptions(min_size=32), parallel=True)
     assert pooled == sequential
     assert len(pooled) == 12 and [r["status"] for r in pooled].count(db.FAILED) == 1
+    vanished = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(vanished) == 2 and all(m.startswith(f"cannot stat {tmp_path}/img_03.tif: ") for m in vanished)
 
 
 def test_a_rescan_trusts_known_headers_while_size_and_mtime_match_and_rereads_changed_files(

@@ -43,6 +43,12 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
     seed_tree(src)
     os.symlink(src / "dup" / "a.tif", src / "link.tif")
     os.symlink(src / "project_beta", src / "linkdir")
+    os.symlink(src / "dup" / "a.tif", src / "project_beta" / "link2.tif")
+    (src / "jpgs").mkdir()
+    (src / "jpgs" / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 jpeg")
+    write_tiff(src / "project_alpha" / "survey_002" / "tiny.tif", 8, 8)
+    write_tiff(src / "dup" / "sub.tif")  # beside dup/sub/, which holds a TIFF too: the two need distinct outputs
+    write_tiff(src / "dup" / "sub" / "c.tif")
     out.mkdir(parents=True)
     open_table(tmp_path)
     return src, out
@@ -53,16 +59,21 @@ def test_every_file_and_folder_not_cut_is_listed_by_path_kind_and_reason(tree: t
     summary = scan_once(src, out)
     assert summary.skipped_entries == [
         {"path": ".git", "kind": "folder", "reason": "hidden"},
+        {"path": "jpgs", "kind": "folder", "reason": "no_tiff"},
         {"path": "link.tif", "kind": "file", "reason": "symlink"},
         {"path": "linkdir", "kind": "folder", "reason": "symlink"},
         {"path": "out", "kind": "folder", "reason": "excluded"},
+        {"path": "project_alpha/survey_002/tiny.tif", "kind": "file", "reason": "too_small"},
         {"path": "project_beta/crops", "kind": "folder", "reason": "no_tiff"},
+        {"path": "project_beta/link2.tif", "kind": "file", "reason": "symlink"},
         {"path": "project_beta/small.tif", "kind": "file", "reason": "too_small"},
     ]
-    assert summary.skipped == {"too_small": 1} and summary.folders_skipped == {"no_tiff": 1}
+    assert summary.skipped == {"too_small": 2} and summary.folders_skipped == {"no_tiff": 2}
     assert (summary.input_dir, summary.output_dir, summary.check_output) == (str(src), str(out), "stat")
-    assert summary.folders_with_tiffs == 4  # survey_001, project_beta, the unicode folder, dup
-    assert summary.found == 7 and summary.queued == 5
+    assert summary.folders_with_tiffs == 6  # survey_001, survey_002, project_beta, the unicode folder, dup, dup/sub
+    assert summary.found == 10 and summary.queued == 7
+    outputs = {r.rel_path: r.out_rel for r in rows().values()}
+    assert outputs["dup/sub/c.tif"] == "dup/sub/c" and outputs["dup/sub.tif"] not in ("dup/sub", "dup/sub/c")
     [failed] = summary.failed_at_scan
     assert failed["file"] == "project_beta/corrupt.tif"
     assert failed["type"] == rows()["project_beta/corrupt.tif"].error_type and failed["type"]
@@ -79,10 +90,13 @@ def test_the_status_table_gets_each_folder_with_its_counts_and_the_job_its_setti
         [job] = list(db.Job.select())
     assert folders == {
         "project_alpha/survey_001": (2, 1, None),
+        "project_alpha/survey_002": (1, 0, None),
         "project_beta": (2, 0, None),
         "project_beta/crops": (0, 2, "no_tiff"),
+        "jpgs": (0, 1, "no_tiff"),
         "unicode ü dir": (1, 0, None),
-        "dup": (2, 0, None),
+        "dup": (3, 0, None),
+        "dup/sub": (1, 0, None),
         ".git": (0, 0, "hidden"),
         "linkdir": (0, 0, "symlink"),
         "out": (0, 0, "excluded"),
@@ -90,7 +104,7 @@ def test_the_status_table_gets_each_folder_with_its_counts_and_the_job_its_setti
     assert (job.input_dir, job.output_dir, job.options_hash) == (str(src), str(out), options_fingerprint(OPTIONS))
     assert json.loads(job.options) == json.loads(json.dumps(OPTIONS.to_dict(), sort_keys=True))
     queued = sorted(r.id for r in rows().values() if r.status == db.QUEUED)
-    assert sorted(summary.enqueue_ids) == queued and len(queued) == 5
+    assert sorted(summary.enqueue_ids) == queued and len(queued) == 7
     assert {r.out_rel for r in rows().values()} >= {
         "dup/a.tif",
         "dup/a.TIFF",
@@ -113,33 +127,40 @@ def test_skipped_entries_are_logged_one_by_one_up_to_the_limit_then_summarised(
 ) -> None:
     src, out = tree
     caplog.set_level(logging.DEBUG, logger="tessq.scan")
-    monkeypatch.setattr(scan, "SKIP_LOG_EACH_MAX", 6)  # exactly as many as there are: each one at INFO
+    monkeypatch.setattr(scan, "SKIP_LOG_EACH_MAX", 9)  # exactly as many as there are: each one at INFO
     scan_once(src, out)
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "skipped folder .git: hidden" in infos and "skipped file project_beta/small.tif: too_small" in infos
     assert any(m.startswith("unreadable project_beta/corrupt.tif: ") and "corrupt.tif" in m[30:] for m in infos)
     caplog.clear()
-    monkeypatch.setattr(scan, "SKIP_LOG_EACH_MAX", 5)
+    monkeypatch.setattr(scan, "SKIP_LOG_EACH_MAX", 8)
     scan_once(src, out)
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     debugs = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert "skipped 6 files and folders (each listed at DEBUG, and in `tessq report --json`)" in infos
+    assert "skipped 9 files and folders (each listed at DEBUG, and in `tessq report --json`)" in infos
     assert not any(m.startswith("skipped folder") for m in infos)
     assert "skipped folder .git: hidden" in debugs
 
 
 def test_a_file_moved_away_and_back_is_queued_again_with_its_header_from_the_table(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
-    write_tiff(src / "a.tif", 64, 48, seed=1)
+    write_tiff(src / "sub" / "a.tif", 64, 48, seed=1)
     open_table(tmp_path)
     scan_once(src, out)
-    before = rows()["a.tif"]
-    os.rename(src / "a.tif", tmp_path / "away.tif")  # rename keeps size and mtime: the known header applies
+    before = rows()["sub/a.tif"]
+    away = tmp_path / "away.tif"
+    os.rename(src / "sub" / "a.tif", away)  # rename keeps size and mtime: the known header applies
     scan_once(src, out)
-    assert rows()["a.tif"].status == db.CANCELLED
-    os.rename(tmp_path / "away.tif", src / "a.tif")
+    assert rows()["sub/a.tif"].status == db.CANCELLED
+    # Garbled while away but with its size and mtime kept: proof the header is taken from the table, not re-read.
+    st = away.stat()
+    data = bytearray(away.read_bytes())
+    data[4:8] = b"\xff\xff\xff\x7f"
+    away.write_bytes(bytes(data))
+    os.utime(away, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(away, src / "sub" / "a.tif")
     back = scan_once(src, out)
-    after = rows()["a.tif"]
+    after = rows()["sub/a.tif"]
     assert after.status == db.QUEUED and after.id in back.enqueue_ids
     assert (after.width, after.height, after.pixel_bytes) == (before.width, before.height, before.pixel_bytes)
     assert after.pixel_bytes == 64 * 48 * 3
@@ -236,3 +257,30 @@ def test_a_damaged_done_image_is_queued_again_and_one_whose_source_is_gone_is_fo
     assert again.forgotten == [{"file": "b.tif", "reason": "metadata.json missing; source gone"}]
     assert again.enqueue_ids == [rows()["a.tif"].id] and again.requeued_damaged == 1
     assert rows()["a.tif"].status == db.QUEUED and rows()["b.tif"].status == db.CANCELLED
+
+
+def test_a_check_output_mode_is_recorded_and_an_unknown_one_is_refused_by_name(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "a.tif")
+    open_table(tmp_path)
+    assert scan_once(src, out, check_output="hash").check_output == "hash"
+    with pytest.raises(ValueError, match=r"^check_output must be one of stat, hash, none, not 'bogus'$"):
+        scan_once(src, out, check_output="bogus")
+
+
+def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "a.tif", 64, 96, seed=1)
+    write_tiff(src / "b.tif", 64, 96, seed=2)
+    open_table(tmp_path)
+    for image_id in scan_once(src, out).enqueue_ids:
+        task.process_image(image_id)
+    task.wait_for_commit()
+    db.database.close()
+    (tmp_path / "ws" / "tessq.db").unlink()  # the status table is lost; the output folders are intact
+    open_table(tmp_path)
+    (out / "b" / "metadata.json").unlink()  # ... but for this one
+    again = scan_once(src, out)
+    assert again.already_done == 1 and again.queued == 1
+    assert rows()["a.tif"].status == db.DONE and rows()["b.tif"].status == db.QUEUED
+    assert again.enqueue_ids == [rows()["b.tif"].id]
