@@ -67,8 +67,18 @@ EXIT_SOME_FAILED = 3
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-# Worker processes when none are asked for (`tessq run`, `tessq workers`, `tessq demo`): one per core
-WORKERS = os.cpu_count() or 2
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask (a container's cpuset, taskset), which os.cpu_count
+    ignores; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+# Worker processes when none are asked for (`tessq run`, `tessq workers`, `tessq demo`): one per usable core
+WORKERS = usable_cores()
 # The Python API's BatchJob.max_workers: the seed documented 4 whatever the machine, and notebooks written
 # against it expect that, so the API keeps its own default
 API_WORKERS = 4

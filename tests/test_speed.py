@@ -19,6 +19,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from tessq import defaults
 from tessq.cut import core, encode, pngdecode, verify, verify_runner
 from tessq.options import SliceOptions
 from tessq.samples import photo_like
@@ -274,7 +275,7 @@ def test_an_image_takes_idle_cores_only_when_no_other_image_has_them(waiting, ru
 
 def test_a_process_whose_cores_are_taken_encodes_inline_and_gets_its_pool_back(monkeypatch) -> None:
     monkeypatch.delenv("TESSQ_THREADS", raising=False)
-    monkeypatch.setattr(encode, "_cores", lambda: 2)
+    monkeypatch.setattr(defaults, "usable_cores", lambda: 2)
     encode._POOL.reset()
     try:
         encode.cores_taken(True)

@@ -71,7 +71,7 @@ import tifffile
 from isal import isal_zlib
 from zlib_ng import zlib_ng
 
-from tessq import hashing
+from tessq import defaults, hashing
 from tessq.options import SliceOptions
 from tessq.perprocess import PerProcess
 
@@ -372,7 +372,7 @@ def _png_head(width: int, height: int, kind: SliceKind) -> bytes:
 def thread_count() -> int:
     """Threads per process for block encoding and tile decoding: the cores this process may use, or
     TESSQ_THREADS (1 = everything inline, no pool)."""
-    return _threads_asked() or _cores()
+    return _threads_asked() or defaults.usable_cores()
 
 
 def _threads_asked() -> int | None:
@@ -404,15 +404,8 @@ def cores_busy(waiting: int, running_here: int, workers_here: int, cores: int | 
     """Whether every core of this host already has an image: this host's running images (this one included)
     are at least its cores, or images wait and this host runs at least a worker per core (an idle one takes
     the next image at once)."""
-    cores = cores or _cores()
+    cores = cores or defaults.usable_cores()
     return running_here >= cores or (waiting > 0 and workers_here >= cores)
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def thread_pool() -> ThreadPoolExecutor | None:

@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from typing import Any
 
-from tessq import storage
+from tessq import defaults, storage
 from tessq.cut import verify
 
 MAX_PROBLEMS = 20  # per image in the summary (the full list stays in the worker's result)
@@ -26,13 +26,6 @@ class VerifyJob:
     output_dir: str
     rel_path: str
     out_rel: str
-
-
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def verify_one(job: VerifyJob) -> dict[str, Any]:
@@ -75,7 +68,7 @@ def run(jobs: Iterable[VerifyJob], workers: int | None = None) -> Iterator[dict[
 
     The caller must not hold an open database connection across this call's fork (pipeline closes it)."""
     jobs = list(jobs)
-    workers = max(1, min(workers or default_workers(), len(jobs) or 1))
+    workers = max(1, min(workers or defaults.usable_cores(), len(jobs) or 1))
     if workers == 1:
         for job in jobs:
             yield verify_one(job)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tessq import hashing, storage
+from tessq import defaults, hashing, storage
 from tessq.cut import tiff
 from tessq.cut.grid import refusal
 from tessq.errors import ImageError
@@ -274,7 +274,7 @@ def probe_all(
         (entry, rel, out_name, options, known.get(printable(relative_path(rel, entry.name))))
         for entry, rel, out_name in files
     ]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = defaults.usable_cores()
     to_read = sum(1 for job in jobs if job[4] is None)
     if not parallel or cpus < 2 or to_read < PROBE_PARALLEL_MIN:
         rows = [_probe_one(job) for job in jobs]
