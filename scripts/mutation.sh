@@ -14,7 +14,7 @@ case "$module" in
   grid)   path=tessq/cut/grid.py ; tests='"tests/test_grid.py", "tests/test_grid_rules.py"' ; select='' ;;
   encode) path=tessq/cut/encode.py ; tests='"tests/test_encode.py", "tests/test_png_filters.py", "tests/test_slice_kinds.py", "tests/test_png_stream.py", "tests/test_tiff_slices.py"' ; select='' ;;
   scan)   path=tessq/jobs/scan.py ; tests='"tests/test_scan.py", "tests/test_scan_rules.py", "tests/test_scan_tree.py"' ; select='' ;;
-  db)     path=tessq/jobs/db.py ; tests='"tests/test_claim.py", "tests/test_schema.py", "tests/test_history.py", "tests/test_queue.py", "tests/test_scan.py", "tests/test_scan_tree.py", "tests/test_status_table.py"'
+  db)     path=tessq/jobs/db.py ; tests='"tests/test_claim.py", "tests/test_schema.py", "tests/test_history.py", "tests/test_queue.py", "tests/test_scan.py", "tests/test_scan_tree.py", "tests/test_status_table.py", "tests/test_record_candidates.py", "tests/test_upload_ledger.py"'
           select='"-k", "not postgres and not redis",' ;;
   *) echo "unknown module: $module (grid | encode | db | scan)" >&2; exit 2 ;;
 esac

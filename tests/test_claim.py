@@ -132,3 +132,104 @@ def test_four_processes_racing_never_claim_an_image_twice(db_url: str) -> None:
     db.open_database(db_url)
     with db.session():
         assert db.Image.select().where(db.Image.attempts != 1).count() == 0
+
+
+def test_a_finish_records_what_was_cut_and_from_which_source_state(db_url: str) -> None:
+    ids = _setup(db_url, 2)
+    with db.session():
+        c0, c1 = db.claim(ids[0], "host:1", 60), db.claim(ids[1], "host:1", 60)
+        done = dict(n_slices=8, bytes_out=1234, duration_s=2.5, options_hash="h", pixel_bytes=4096)
+        assert db.finish_done(c0, **done, source_state=(555, 7.25), dimensions=(96, 64))
+        assert db.finish_done(c1, **done)  # no source state known: the scan's stays
+        cut, kept = db.image(ids[0]), db.image(ids[1])
+    assert (cut.status, cut.n_slices, cut.bytes_out, cut.duration_s, cut.pixel_bytes) == (db.DONE, 8, 1234, 2.5, 4096)
+    assert (cut.src_size, cut.src_mtime, cut.width, cut.height) == (555, 7.25, 96, 64)
+    assert cut.lease_until is None and cut.finished_at is not None and cut.error_type is None
+    assert (kept.src_size, kept.src_mtime, kept.width, kept.height) == (1, 1.0, None, None)
+
+
+def test_a_finish_is_refused_once_a_scan_changed_the_jobs_settings(db_url: str) -> None:
+    [image_id] = _setup(db_url, 1)
+    with db.session():
+        c = db.claim(image_id, "host:1", 60)
+        db.Job.update(options_hash="other").execute()
+        assert not db.finish_done(c, n_slices=8, bytes_out=1, duration_s=1, options_hash="h", pixel_bytes=1)
+        assert db.image(image_id).status == db.RUNNING
+
+
+def test_a_failure_is_recorded_with_its_error_only_by_the_holder_of_the_claim(db_url: str) -> None:
+    [image_id] = _setup(db_url, 1)
+    with db.session():
+        old = db.claim(image_id, "host:1", 0.05)
+        time.sleep(0.2)
+        new = db.claim(image_id, "host:2", 60)
+        assert not db.finish_failed(old, error_type="io", message="stale", duration_s=1.0)
+        assert db.finish_failed(new, error_type="corrupt", message="a.tif: bad strip", duration_s=0.5)
+        row = db.image(image_id)
+    assert (row.status, row.error_type, row.error_message, row.duration_s) == (
+        db.FAILED,
+        "corrupt",
+        "a.tif: bad strip",
+        0.5,
+    )
+    assert row.lease_until is None and row.finished_at is not None
+
+
+def test_a_lease_is_renewed_by_its_holder_and_its_time_left_read_on_the_server_clock(db_url: str) -> None:
+    [image_id] = _setup(db_url, 1)
+    with db.session():
+        old = db.claim(image_id, "host:1", 0.05)
+        time.sleep(0.2)
+        assert db.lease_left(old) is not None and db.lease_left(old) < 0  # expired, still held until reaped
+        new = db.claim(image_id, "host:2", 5)
+        assert db.lease_left(old) is None and not db.renew_lease(old, 60)  # lost
+        assert 0 < db.lease_left(new) <= 5
+        assert db.renew_lease(new, 600)
+        assert 590 < db.lease_left(new) <= 600
+
+
+def test_a_retry_release_keeps_the_error_and_an_interrupted_one_clears_it(db_url: str) -> None:
+    ids = _setup(db_url, 2)
+    with db.session():
+        stopped, failing = db.claim(ids[0], "host:1", 60), db.claim(ids[1], "host:1", 60)
+        assert db.release_interrupted(stopped) and db.release_for_retry(failing, error_type="io", message="EIO")
+        assert not db.release_for_retry(failing, error_type="io", message="again")  # no longer held
+        rows = [db.image(i) for i in ids]
+    assert [(r.error_type, r.error_message, r.worker, r.lease_until) for r in rows] == [
+        (None, None, None, None),
+        ("io", "EIO", None, None),
+    ]
+
+
+def test_the_reaper_fails_exhausted_images_as_lost_and_keeps_their_last_error(db_url: str) -> None:
+    ids = _setup(db_url, 3)
+    with db.session():
+        for image_id in ids:
+            db.claim(image_id, "host:1", 0.01)
+        db.Image.update(attempts=3).where(db.Image.id.in_(ids[1:])).execute()
+        db.Image.update(error_message="a.tif: timed out").where(db.Image.id == ids[2]).execute()
+        time.sleep(0.1)
+        requeued, failed = db.reap_expired(max_attempts=3)
+        again, plain, kept = (db.image(i) for i in ids)
+    assert requeued == [ids[0]] and sorted(failed) == ids[1:]
+    assert (again.status, again.attempts, again.worker, again.lease_until) == (db.QUEUED, 1, None, None)
+    assert (plain.status, plain.error_type, plain.error_message) == (
+        db.FAILED,
+        "lost",
+        "worker died or lost its lease on every attempt",
+    )
+    assert plain.finished_at is not None and plain.lease_until is None
+    assert (kept.error_type, kept.error_message) == ("lost", "a.tif: timed out")
+
+
+def test_reaping_a_dead_worker_touches_only_its_running_images(db_url: str) -> None:
+    ids = _setup(db_url, 3)
+    with db.session():
+        finished = db.claim(ids[0], "host:9", 3600)
+        db.finish_done(finished, n_slices=1, bytes_out=1, duration_s=0, options_hash="h", pixel_bytes=1)
+        db.claim(ids[1], "host:9", 3600)
+        db.claim(ids[2], "host:5", 3600)  # alive: its lease runs
+        requeued, failed = db.reap_expired(3, dead_workers=["host:9"], interrupted=["host:9"])
+        states = [(r.status, r.attempts) for r in (db.image(i) for i in ids)]
+    assert requeued == [ids[1]] and failed == []
+    assert states == [(db.DONE, 1), (db.QUEUED, 0), (db.RUNNING, 1)]  # the first attempt refunded

@@ -276,11 +276,38 @@ def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(tmp_path: 
     for image_id in scan_once(src, out).enqueue_ids:
         task.process_image(image_id)
     task.wait_for_commit()
+    fields = ("n_slices", "bytes_out", "pixel_bytes", "width", "height", "worker", "attempts")
+    before_loss = rows()["a.tif"]
+    cut = {name: getattr(before_loss, name) for name in fields}
     db.database.close()
     (tmp_path / "ws" / "tessq.db").unlink()  # the status table is lost; the output folders are intact
     open_table(tmp_path)
     (out / "b" / "metadata.json").unlink()  # ... but for this one
     again = scan_once(src, out)
     assert again.already_done == 1 and again.queued == 1
-    assert rows()["a.tif"].status == db.DONE and rows()["b.tif"].status == db.QUEUED
+    adopted = rows()["a.tif"]
+    assert adopted.status == db.DONE and rows()["b.tif"].status == db.QUEUED
+    assert {name: getattr(adopted, name) for name in fields} == cut and cut["n_slices"] == 8
+    assert adopted.finished_at == (out / "a" / "metadata.json").stat().st_mtime and adopted.duration_s > 0
+    assert abs(adopted.started_at - before_loss.started_at) < 5  # batch_metadata.json's, not the claim's clock
     assert again.enqueue_ids == [rows()["b.tif"].id]
+
+
+def test_a_folder_made_from_another_source_state_is_not_adopted_after_a_lost_table(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "a.tif", 64, 96, seed=1)
+    write_tiff(src / "b.tif", 64, 96, seed=2)
+    open_table(tmp_path)
+    for image_id in scan_once(src, out).enqueue_ids:
+        task.process_image(image_id)
+    task.wait_for_commit()
+    db.database.close()
+    (tmp_path / "ws" / "tessq.db").unlink()
+    open_table(tmp_path)
+    write_tiff(src / "a.tif", 64, 96, seed=3)  # a.tif changed after it was cut: its folder is stale
+    os.utime(src / "a.tif", (1e9, 1e9))
+    os.rename(out / "b", out / "b_moved")  # b's folder is elsewhere; a folder for c names b's source
+    os.rename(out / "b_moved", out / "c")
+    write_tiff(src / "c.tif", 64, 96, seed=2)
+    again = scan_once(src, out)
+    assert again.already_done == 0 and again.queued == 3
