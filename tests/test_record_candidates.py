@@ -100,12 +100,12 @@ def test_a_changed_source_or_changed_settings_requeue_a_done_image_reset(job: in
 
 
 def test_a_failed_image_waits_for_retry_unless_its_source_changed(job: int) -> None:
-    record(job, cand("a.tif"), cand("b.tif"))
-    set_status("a.tif", db.FAILED, error_type="corrupt")
-    set_status("b.tif", db.FAILED, error_type="corrupt")
-    outcome = record(job, cand("a.tif"), cand("b.tif", size=9))
-    assert outcome.requeued == [row("b.tif").id] and outcome.unchanged_other == 1
-    assert row("a.tif").status == db.FAILED and row("b.tif").status == db.QUEUED
+    record(job, cand("a.tif"), cand("b.tif"), cand("c.tif"))
+    for name in ("a.tif", "b.tif", "c.tif"):
+        set_status(name, db.FAILED, error_type="corrupt")
+    outcome = record(job, cand("a.tif"), cand("b.tif", size=9), cand("c.tif"))
+    assert outcome.requeued == [row("b.tif").id] and outcome.unchanged_other == 2
+    assert [row(n).status for n in ("a.tif", "b.tif", "c.tif")] == [db.FAILED, db.QUEUED, db.FAILED]
 
 
 def test_a_file_now_skipped_is_recorded_so_but_a_queued_one_is_left_to_its_message(job: int) -> None:
@@ -140,14 +140,16 @@ def test_an_output_path_now_anothers_moves_queued_failed_and_done_images_to_thei
     assert row("q.tif").out_rel == "x_1" and row("q.tif").status == db.QUEUED  # not cut yet: renamed in place
     assert sorted(outcome.requeued) == sorted(row(n).id for n in ("f.tif", "d.tif"))
     assert (row("f.tif").out_rel, row("d.tif").out_rel) == ("y_1", "z_1")
-    assert row("k.tif").status == db.DONE and row("x.tif").out_rel == "x" and len(outcome.new_queued) == 3
+    assert (row("k.tif").status, row("k.tif").out_rel) == (db.DONE, "k")
+    assert row("x.tif").out_rel == "x" and len(outcome.new_queued) == 3
 
 
-def test_a_new_name_alone_moves_nothing_that_is_cut(job: int) -> None:
-    record(job, cand("d.tif", out="d"))
+def test_a_new_name_alone_moves_no_image(job: int) -> None:
+    record(job, cand("d.tif", out="d"), cand("q.tif", out="q"))
     set_status("d.tif", db.DONE)
-    outcome = record(job, cand("d.tif", out="d_renamed"))  # no other image claims "d": the done folder stays
-    assert outcome.unchanged_done == 1 and row("d.tif").out_rel == "d"
+    outcome = record(job, cand("d.tif", out="d_renamed"), cand("q.tif", out="q_renamed"))  # nobody else claims d, q
+    assert (outcome.unchanged_done, outcome.unchanged_other) == (1, 1)
+    assert (row("d.tif").out_rel, row("q.tif").out_rel) == ("d", "q")
 
 
 def test_each_job_has_its_own_rows_for_the_same_relative_path(job: int) -> None:

@@ -268,10 +268,13 @@ def test_a_check_output_mode_is_recorded_and_an_unknown_one_is_refused_by_name(t
         scan_once(src, out, check_output="bogus")
 
 
-def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(tmp_path: Path) -> None:
+def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     write_tiff(src / "a.tif", 64, 96, seed=1)
     write_tiff(src / "b.tif", 64, 96, seed=2)
+    write_tiff(src / "c.tif", 64, 96, seed=3)
     open_table(tmp_path)
     for image_id in scan_once(src, out).enqueue_ids:
         task.process_image(image_id)
@@ -284,7 +287,9 @@ def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(tmp_path: 
     open_table(tmp_path)
     (out / "b" / "metadata.json").unlink()  # ... but for this one
     again = scan_once(src, out)
-    assert again.already_done == 1 and again.queued == 1
+    assert again.already_done == 2 and again.queued == 1
+    assert f"kept 2 image folder(s) already complete in {out} as done" in caplog.text
+    assert rows()["c.tif"].status == db.DONE
     adopted = rows()["a.tif"]
     assert adopted.status == db.DONE and rows()["b.tif"].status == db.QUEUED
     assert {name: getattr(adopted, name) for name in fields} == cut and cut["n_slices"] == 8
@@ -311,3 +316,17 @@ def test_a_folder_made_from_another_source_state_is_not_adopted_after_a_lost_tab
     write_tiff(src / "c.tif", 64, 96, seed=2)
     again = scan_once(src, out)
     assert again.already_done == 0 and again.queued == 3
+
+
+def test_a_rescan_counts_done_rows_and_folders_adopted_for_rows_it_lost_together(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "a.tif", 64, 96, seed=1)
+    write_tiff(src / "b.tif", 64, 96, seed=2)
+    open_table(tmp_path)
+    for image_id in scan_once(src, out).enqueue_ids:
+        task.process_image(image_id)
+    task.wait_for_commit()
+    with db.session():
+        db.Image.delete().where(db.Image.rel_path == "b.tif").execute()  # one row lost, its folder intact
+    again = scan_once(src, out)
+    assert (again.already_done, again.queued, again.enqueue_ids) == (2, 0, [])

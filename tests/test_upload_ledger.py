@@ -21,6 +21,7 @@ def test_an_upload_is_recorded_with_what_was_sent_and_found_by_its_key(ledger: d
     assert ledger.get("s3://b/out/a/slice_0.png") is None
     before = time.time()
     ledger.record("s3://b/out/a/slice_0.png", "/out/a/slice_0.png", 100, 5.5, "sha-a", '"etag-a"')
+    ledger.record("s3://b/out/a/slice_1.png", "/out/a/slice_1.png", 7, 5.5, "sha-b", '"etag-b"')
     got = ledger.get("s3://b/out/a/slice_0.png")
     assert got is not None
     assert (got.local_path, got.size, got.mtime, got.checksum, got.etag) == (

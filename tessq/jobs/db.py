@@ -655,16 +655,12 @@ def _complete_folder(
         return None
     if check.folder_problem(folder, n_slices, bytes_out) is not None:
         return None
-    source = meta.get("source") or {}
     timings = batch.get("timings") or {}
-    fields = {
+    fields = {  # (width, height and pixel_bytes: the row has them from the header the scan just read)
         "status": DONE,
         "n_slices": n_slices,
         "bytes_out": bytes_out,
         "options_hash": options_hash,
-        "pixel_bytes": totals.get("pixel_bytes"),
-        "width": source.get("width"),
-        "height": source.get("height"),
         "worker": batch.get("worker"),
         "attempts": int(batch.get("attempt") or 1),
         "started_at": batch.get("started_at"),
@@ -1203,7 +1199,7 @@ class UploadLedger:
             if local_prefix is not None:
                 prefix = local_prefix.rstrip("/") + "/"
                 row = row.where(peewee.fn.SUBSTR(Upload.local_path, 1, len(prefix)) == prefix)
-            count, total = next(_tuples(row), (0, 0))
+            [(count, total)] = _tuples(row)  # an aggregate: always one row
             return {"objects": int(count), "bytes": int(total)}
 
 
