@@ -146,7 +146,7 @@ def test_a_file_moved_away_and_back_is_queued_again_with_its_header_from_the_tab
     src, out = tmp_path / "in", tmp_path / "out"
     write_tiff(src / "sub" / "a.tif", 64, 48, seed=1)
     open_table(tmp_path)
-    scan_once(src, out)
+    assert scan_once(src, out).already_done == 0  # OUT does not exist yet: nothing to adopt
     before = rows()["sub/a.tif"]
     away = tmp_path / "away.tif"
     os.rename(src / "sub" / "a.tif", away)  # rename keeps size and mtime: the known header applies
@@ -275,6 +275,7 @@ def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(
     write_tiff(src / "a.tif", 64, 96, seed=1)
     write_tiff(src / "b.tif", 64, 96, seed=2)
     write_tiff(src / "c.tif", 64, 96, seed=3)
+    write_tiff(src / "0tiny.tif", 8, 8)  # listed first, skipped: adoption goes on past it
     open_table(tmp_path)
     for image_id in scan_once(src, out).enqueue_ids:
         task.process_image(image_id)
@@ -286,10 +287,13 @@ def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(
     (tmp_path / "ws" / "tessq.db").unlink()  # the status table is lost; the output folders are intact
     open_table(tmp_path)
     (out / "b" / "metadata.json").unlink()  # ... but for this one
+    batch = json.loads((out / "c" / "batch_metadata.json").read_text())
+    (out / "c" / "batch_metadata.json").write_text(json.dumps({**batch, "attempt": 3}))  # cut on its third try
     again = scan_once(src, out)
     assert again.already_done == 2 and again.queued == 1
-    assert f"kept 2 image folder(s) already complete in {out} as done" in caplog.text
-    assert rows()["c.tif"].status == db.DONE
+    kept = "kept 2 image folder(s) already complete in %s as done (their metadata matches the source and the options)"
+    assert kept % out in [r.getMessage() for r in caplog.records]
+    assert (rows()["c.tif"].status, rows()["c.tif"].attempts) == (db.DONE, 3)
     adopted = rows()["a.tif"]
     assert adopted.status == db.DONE and rows()["b.tif"].status == db.QUEUED
     assert {name: getattr(adopted, name) for name in fields} == cut and cut["n_slices"] == 8

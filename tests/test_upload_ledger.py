@@ -32,6 +32,8 @@ def test_an_upload_is_recorded_with_what_was_sent_and_found_by_its_key(ledger: d
         '"etag-a"',
     )
     assert before <= got.uploaded_at <= time.time()
+    other = ledger.get("s3://b/out/a/slice_1.png")
+    assert other is not None and (other.size, other.checksum) == (7, "sha-b")
 
 
 def test_an_upload_sent_again_replaces_its_record(ledger: db.UploadLedger) -> None:
