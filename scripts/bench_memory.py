@@ -36,6 +36,8 @@ MB = 1024 * 1024
 CHILD_SLICE = """
 import json, resource, sys, time
 from tessq.cut.core import tessellate_image
+from tessq.malloc import keep_freed_memory
+keep_freed_memory()  # as a worker process does when it starts
 from tessq.options import SliceOptions
 t = time.perf_counter()
 r = tessellate_image(sys.argv[1], sys.argv[2], SliceOptions(num_pieces=int(sys.argv[3]), min_size=1))

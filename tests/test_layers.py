@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tessq"
-BASE = {"defaults", "errors", "options", "logs", "redact", "perprocess", "progress", "hashing"}
+BASE = {"defaults", "errors", "options", "logs", "redact", "perprocess", "progress", "hashing", "malloc"}
 APP = {"cli", "api", "demo", "samples", "entry", "pipeline", "__main__", "__init__"}
 ORDER = ["base", "storage", "cut", "jobs", "ship", "app"]
 

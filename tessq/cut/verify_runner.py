@@ -15,6 +15,7 @@ from typing import Any
 
 from tessq import defaults, storage
 from tessq.cut import verify
+from tessq.malloc import keep_freed_memory
 
 MAX_PROBLEMS = 20  # per image in the summary (the full list stays in the worker's result)
 
@@ -77,7 +78,7 @@ def run(jobs: Iterable[VerifyJob], workers: int | None = None) -> Iterator[dict[
     old = os.environ.get("TESSQ_THREADS")
     os.environ["TESSQ_THREADS"] = "1"
     try:
-        with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_context(), initializer=keep_freed_memory) as pool:
             pending: set[Future[dict[str, Any]]] = set()
             queue = iter(jobs)
             for job in queue:  # a bounded number in flight: results stream back while the rest wait

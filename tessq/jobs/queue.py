@@ -22,6 +22,7 @@ from huey import Huey
 from tessq import defaults
 from tessq.jobs import backends, db
 from tessq.jobs.settings import Workspace
+from tessq.malloc import keep_freed_memory
 from tessq.storage.archive import use_state_dir
 
 log = logging.getLogger("tessq.queue")
@@ -193,8 +194,10 @@ def close_connection() -> None:
 
 
 def _init_worker_process() -> None:
-    """Runs in each forked worker: die with the parent, and never reuse the parent's connection."""
+    """Runs in each forked worker: die with the parent, keep freed pixel buffers for reuse (tessq.malloc), and
+    never reuse the parent's connection."""
     die_with_parent()
+    keep_freed_memory()
     db.database.obj.dispose() if hasattr(db.database.obj, "dispose") else None
 
 
