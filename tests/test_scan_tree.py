@@ -31,6 +31,30 @@ def scan_once(src: Path, out: Path, **kwargs: object) -> scan.ScanSummary:
     return scan.scan_tree(src, out, OPTIONS, options_fingerprint(OPTIONS), **kwargs)  # type: ignore[arg-type]
 
 
+def cut_queued(summary: scan.ScanSummary) -> None:
+    """Cut what the scan queued, in this process, as a worker would (claim, cut, commit)."""
+    for image_id in summary.enqueue_ids:
+        task.process_image(image_id)
+    task.wait_for_commit()
+
+
+def lose_table(tmp_path: Path) -> None:
+    """The status table is deleted and made again, empty; the output folders stay."""
+    db.database.close()
+    (tmp_path / "ws" / "tessq.db").unlink()
+    open_table(tmp_path)
+
+
+def two_images_cut(tmp_path: Path) -> tuple[Path, Path]:
+    """in/a.tif and in/b.tif, scanned and cut into out/a and out/b."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tiff(src / "a.tif", 64, 96, seed=1)
+    write_tiff(src / "b.tif", 64, 96, seed=2)
+    open_table(tmp_path)
+    cut_queued(scan_once(src, out))
+    return src, out
+
+
 def rows() -> dict[str, db.Image]:
     with db.session():
         return {r.rel_path: r for r in db.Image.select()}
@@ -245,9 +269,7 @@ def test_a_damaged_done_image_is_queued_again_and_one_whose_source_is_gone_is_fo
     write_tiff(src / "b.tif", 64, 96, seed=2)
     open_table(tmp_path)
     first = scan_once(src, out)
-    for image_id in first.enqueue_ids:
-        task.process_image(image_id)
-    task.wait_for_commit()
+    cut_queued(first)
     assert {r.status for r in rows().values()} == {db.DONE}
     (out / "a" / "metadata.json").unlink()
     (out / "b" / "metadata.json").unlink()
@@ -277,15 +299,11 @@ def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(
     write_tiff(src / "c.tif", 64, 96, seed=3)
     write_tiff(src / "0tiny.tif", 8, 8)  # listed first, skipped: adoption goes on past it
     open_table(tmp_path)
-    for image_id in scan_once(src, out).enqueue_ids:
-        task.process_image(image_id)
-    task.wait_for_commit()
+    cut_queued(scan_once(src, out))
     fields = ("n_slices", "bytes_out", "pixel_bytes", "width", "height", "worker", "attempts")
     before_loss = rows()["a.tif"]
     cut = {name: getattr(before_loss, name) for name in fields}
-    db.database.close()
-    (tmp_path / "ws" / "tessq.db").unlink()  # the status table is lost; the output folders are intact
-    open_table(tmp_path)
+    lose_table(tmp_path)  # the output folders are intact
     (out / "b" / "metadata.json").unlink()  # ... but for this one
     batch = json.loads((out / "c" / "batch_metadata.json").read_text())
     (out / "c" / "batch_metadata.json").write_text(json.dumps({**batch, "attempt": 3}))  # cut on its third try
@@ -303,16 +321,8 @@ def test_a_rebuilt_status_table_keeps_complete_output_folders_as_done(
 
 
 def test_a_folder_made_from_another_source_state_is_not_adopted_after_a_lost_table(tmp_path: Path) -> None:
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tiff(src / "a.tif", 64, 96, seed=1)
-    write_tiff(src / "b.tif", 64, 96, seed=2)
-    open_table(tmp_path)
-    for image_id in scan_once(src, out).enqueue_ids:
-        task.process_image(image_id)
-    task.wait_for_commit()
-    db.database.close()
-    (tmp_path / "ws" / "tessq.db").unlink()
-    open_table(tmp_path)
+    src, out = two_images_cut(tmp_path)
+    lose_table(tmp_path)
     write_tiff(src / "a.tif", 64, 96, seed=3)  # a.tif changed after it was cut: its folder is stale
     os.utime(src / "a.tif", (1e9, 1e9))
     os.rename(out / "b", out / "b_moved")  # b's folder is elsewhere; a folder for c names b's source
@@ -323,13 +333,7 @@ def test_a_folder_made_from_another_source_state_is_not_adopted_after_a_lost_tab
 
 
 def test_a_rescan_counts_done_rows_and_folders_adopted_for_rows_it_lost_together(tmp_path: Path) -> None:
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tiff(src / "a.tif", 64, 96, seed=1)
-    write_tiff(src / "b.tif", 64, 96, seed=2)
-    open_table(tmp_path)
-    for image_id in scan_once(src, out).enqueue_ids:
-        task.process_image(image_id)
-    task.wait_for_commit()
+    src, out = two_images_cut(tmp_path)
     with db.session():
         db.Image.delete().where(db.Image.rel_path == "b.tif").execute()  # one row lost, its folder intact
     again = scan_once(src, out)
