@@ -546,7 +546,7 @@ def test_a_member_of_a_changed_or_shrunken_archive_is_a_source_change(tmp_path: 
         archive.member(path, "x.tif")
 
 
-@pytest.mark.parametrize("one_shot", [True, False], ids=["libdeflate-at-once", "zlib-streamed"])
+@pytest.mark.parametrize("one_shot", [True, False], ids=["libdeflate-at-once", "zlib-ng-streamed"])
 def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
     one_shot: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -576,6 +576,29 @@ def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
     ):
         with pytest.raises(CorruptImageError, match=why):
             archive.member(path, name).fetch(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
+
+
+@pytest.mark.parametrize("one_shot", [True, False], ids=["libdeflate-at-once", "zlib-ng-streamed"])
+def test_damaged_deflate_data_is_a_corrupt_member_not_a_crash(
+    one_shot: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tessq.errors import CorruptImageError
+    from tessq.storage import archive
+
+    if not one_shot:
+        monkeypatch.setattr(archive, "ONE_SHOT_MAX", 0)
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.tif", write_tiff(tmp_path / "x.tif", 256, 256).read_bytes())
+        info = zf.infolist()[0]
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, 26)
+    middle = 30 + name_len + extra_len + info.compress_size // 2
+    data[middle : middle + 64] = b"\xff" * 64  # not a valid deflate stream from here on
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptImageError, match=r"deflate data is damaged|CRC-32"):
+        archive.member(path, "x.tif").fetch(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
 
 

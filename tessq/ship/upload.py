@@ -15,13 +15,14 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from zlib_ng import zlib_ng
 
 from tessq.errors import ChecksumMismatchError, UploadError
 from tessq.ship.export import shipped_files
@@ -97,7 +98,7 @@ def file_crc32(path: Path) -> str:
     crc = 0
     with open_nofollow(path) as f:
         while chunk := f.read(CHUNK):
-            crc = zlib.crc32(chunk, crc)
+            crc = zlib_ng.crc32(chunk, crc)  # SIMD: ~5x zlib's, same value
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from zlib_ng import zlib_ng
+
 from tessq import defaults, hashing
 from tessq.errors import (
     ConfigError,
@@ -637,7 +639,7 @@ class _Inflater:
         self._left_in = info.csize
         self._left_out = info.size
         self._crc = 0
-        self._d = zlib.decompressobj(-15)
+        self._d = zlib_ng.decompressobj(-15)  # zlib-ng's inflate: ~1.35x zlib's streamed, same bytes
         self._buf = bytearray()  # inflated, not yet read: at most one CHUNK beyond what a read asked
 
     def read(self, n: int = -1) -> bytes:
@@ -655,14 +657,14 @@ class _Inflater:
                 self._left_in -= len(data)
             try:
                 chunk = self._d.decompress(data, CHUNK)  # never more than CHUNK out per call: bombs stay small
-            except zlib.error as exc:
+            except zlib_ng.error as exc:  # type: ignore[misc]  # (zlib_ng.pyi types `error` as an instance)
                 raise CorruptImageError(str(self.member), f"deflate data is damaged ({exc})") from exc
             if not chunk and self._d.eof:
                 break
             self._buf += chunk
         data = bytes(self._buf[:n])
         del self._buf[:n]
-        self._crc = zlib.crc32(data, self._crc)
+        self._crc = zlib_ng.crc32(data, self._crc)  # SIMD: ~5x zlib's, same value
         self._left_out -= len(data)
         if len(data) < n:
             raise CorruptImageError(
@@ -942,7 +944,7 @@ class ArchiveMember:
                 f"deflate data ends {info.size - len(data)} bytes before the member's "
                 f"declared size (truncated or damaged)",
             )
-        if info.crc is not None and zlib.crc32(data) != info.crc:
+        if info.crc is not None and zlib_ng.crc32(data) != info.crc:
             raise CorruptImageError(str(self), "CRC-32 of the inflated member differs from the archive's")
         sha.update(data)
         out.write(data)
