@@ -77,6 +77,10 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# glibc malloc settings of a worker (tessq.malloc; TESSQ_MALLOPT overrides): the heap grows 64 MiB at a time and
+# is trimmed only above 1 GiB of free top (a worker keeps what its largest image needed, bounded by the slice
+# budget, until it exits); chunks up to 32 MiB (glibc's ceiling for this one) come from the heap, not fresh mmaps
+MALLOPT = "top_pad=67108864,trim=1073741824,mmap=33554432"
 # Worker processes when none are asked for (`tessq run`, `tessq workers`, `tessq demo`): one per usable core
 WORKERS = usable_cores()
 # The Python API's BatchJob.max_workers: the seed documented 4 whatever the machine, and notebooks written

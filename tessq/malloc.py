@@ -11,13 +11,12 @@ import ctypes
 import logging
 import os
 
+from tessq import defaults
+
 log = logging.getLogger("tessq.malloc")
 
-# mallopt(3) parameters and the values set: the heap grows 64 MiB at a time and is trimmed only above 1 GiB of
-# free top (a worker keeps what its largest image needed, bounded by the slice budget, until it exits); chunks up
-# to 32 MiB (glibc's ceiling for this setting) come from the heap rather than from fresh mmaps.
-PARAMETERS = {"trim": -1, "top_pad": -2, "mmap": -3}
-DEFAULT = "top_pad=67108864,trim=1073741824,mmap=33554432"
+PARAMETERS = {"trim": -1, "top_pad": -2, "mmap": -3}  # mallopt(3)'s M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
+DEFAULT = defaults.MALLOPT
 ENV = "TESSQ_MALLOPT"  # "name=value,...", or empty for glibc's own behaviour
 
 
