@@ -3,6 +3,7 @@ depth, and the worker's self-check that keeps a slice that does not decode to it
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tessq.cut import core, encode, selfcheck
-from tessq.cut.verify import verify_image
+from tessq.cut import bits, core, encode, selfcheck
+from tessq.cut.verify import verify_image, verify_images_identical
 from tessq.errors import SelfCheckError
 from tessq.options import SliceOptions
 
@@ -271,3 +272,72 @@ def test_verify_notices_a_palette_slice_whose_colour_table_changed(tmp_path: Pat
     result = verify_image(out, src)
     assert not result["overall_identical"]
     assert any("colour table differs" in e for e in result["errors"])
+
+
+def _nan_raster(dtype: str, h: int = 70, w: int = 90) -> np.ndarray:
+    """A float DEM as GIS tools write them: NaN nodata borders, a NaN with its own payload, -0.0 and inf."""
+    rng = np.random.default_rng(11)
+    data = (rng.random((h, w)) * 900 - 100).astype(dtype)
+    data[:5] = np.nan
+    data[:, -7:] = np.nan
+    data[_signed_zero(h, w)] = -0.0
+    data[h // 2 + 1, w // 2 + 1] = np.inf
+    bits_dtype = np.dtype(f"u{data.dtype.itemsize}")
+    payload = data.view(bits_dtype)
+    payload[_odd_nan(h, w)] = payload[0, 0] | bits_dtype.type(1)  # a quiet NaN with another payload
+    return data
+
+
+def _signed_zero(h: int, w: int) -> tuple[int, int]:
+    return h // 2, w // 2
+
+
+def _odd_nan(h: int, w: int) -> tuple[int, int]:
+    return h * 3 // 4, w // 3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", ">f4"])
+def test_a_float_raster_with_nan_nodata_is_cut_done_and_verified_bit_for_bit(
+    tmp_path: Path, sqlite_env: dict[str, str], dtype: str
+) -> None:
+    from tests.conftest import tessq_cmd
+
+    data = _nan_raster(dtype)
+    src = tmp_path / "in" / "dem.tif"
+    src.parent.mkdir()
+    tifffile.imwrite(src, data, compression="zlib", predictor=dtype != "float16", tile=(32, 32))
+    out = tmp_path / "out"
+    run = tessq_cmd("run", str(src.parent), str(out), "--min-size=1", "--self-check=full", env=sqlite_env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr  # the self-check took NaN for a changed pixel before
+    meta = json.loads((out / "dem" / "metadata.json").read_text())
+    want = tifffile.imread(src)
+    for rec in meta["slices"]:
+        got = tifffile.imread(out / "dem" / rec["file"])
+        piece = want[rec["y0"] : rec["y1"], rec["x0"] : rec["x1"]]
+        assert got.dtype.kind == "f" and got.dtype.itemsize == piece.dtype.itemsize
+        assert bits.identical(got, piece), rec["file"]  # NaN payloads and the sign of zero kept
+    check = tessq_cmd("verify", "--json", str(out), env=sqlite_env, cwd=tmp_path)
+    assert check.returncode == 0 and json.loads(check.stdout)["identical"] == 1, check.stdout + check.stderr
+
+
+def test_the_self_check_and_verify_tell_a_nan_payload_or_a_signed_zero_from_the_value_encoded(tmp_path: Path) -> None:
+    data = _nan_raster("float32", 20, 24)
+    kind = encode.slice_kind("float32", 1, "minisblack")
+    written = io.BytesIO()
+    tifffile.imwrite(written, data)
+    selfcheck.check_slice(written.getvalue(), data, kind, "s.tif", "dem.tif")  # NaN is itself: passes
+    for change in (_odd_nan(20, 24), _signed_zero(20, 24)):
+        other = data.copy()
+        raw = other.view(np.uint32)
+        raw[change] ^= np.uint32(0x80000000 if np.isfinite(other[change]) else 0x2)
+        with pytest.raises(SelfCheckError, match="1 values differ"):
+            selfcheck.check_slice(written.getvalue(), other, kind, "s.tif", "dem.tif")
+    assert bits.count_different(np.array([0.0]), np.array([-0.0])) == 1
+    assert bits.identical(np.array([np.nan]), np.array([np.nan]))
+    a, b, c = tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "c.tif"
+    tifffile.imwrite(a, data)
+    tifffile.imwrite(b, data)
+    tifffile.imwrite(c, other)
+    assert verify_images_identical(a, b)["overall_identical"]
+    changed = verify_images_identical(a, c)
+    assert not changed["overall_identical"] and changed["pixels_different"] == 1

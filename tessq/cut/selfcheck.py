@@ -21,6 +21,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from tessq.cut.bits import count_different, identical
 from tessq.cut.encode import PngSettings, SliceKind, png_settings, stored_values
 from tessq.errors import SelfCheckError
 from tessq.options import SliceOptions
@@ -122,8 +123,8 @@ def check_slice(data: bytes, array: np.ndarray, kind: SliceKind, name: str, sour
         raise SelfCheckError(
             source, f"slice {name} decodes to shape {decoded.shape}, the encoded pixels are {expected.shape}"
         )
-    if not np.array_equal(decoded, expected):
-        differ = int(np.count_nonzero(decoded != expected))
+    if not identical(decoded, expected):
+        differ = count_different(decoded, expected)
         raise SelfCheckError(source, f"slice {name} decodes to different pixels ({differ:,} values differ)")
 
 

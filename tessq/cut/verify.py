@@ -19,6 +19,7 @@ import tifffile
 from PIL import Image
 
 from tessq import hashing, storage
+from tessq.cut import bits
 from tessq.cut.tiff import RegionReader, reference_pixels
 from tessq.defaults import METADATA_FILENAME
 from tessq.errors import ImageError, VerificationError
@@ -64,17 +65,18 @@ def decode_slice(path: Path, meta: dict[str, Any], data: bytes | None = None) ->
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
-    """(pixels that differ, max absolute difference); NaNs at the same place count as equal."""
+    """(pixels that differ in any sample's bits, max absolute difference): floats bit for bit (bits.py), so a
+    NaN matches only itself; two dtypes are compared by value."""
     if a.shape != b.shape:
         return int(max(a.size, b.size)), float("inf")
-    if a.dtype == b.dtype and np.array_equal(a, b):
+    if a.dtype == b.dtype and np.array_equal(bits.bit_view(a), bits.bit_view(b)):
         return 0, 0.0  # the common case, at memory speed (the per-pixel reduction below is 10x slower)
     if a.dtype.kind == "b" or b.dtype.kind == "b":
         a, b = a.astype(np.uint8), b.astype(np.uint8)
-    floats = a.dtype.kind == "f" or b.dtype.kind == "f"
-    same = ((a == b) | (np.isnan(a) & np.isnan(b))) if floats else a == b
-    if same.ndim == 3:
-        same = same.all(axis=-1)
+    same_width = a.dtype.kind == b.dtype.kind and a.dtype.itemsize == b.dtype.itemsize
+    same = (bits.bit_view(a) == bits.bit_view(b)) if same_width else a == b
+    if same.ndim > 2:  # a pixel differs when any of its samples does
+        same = same.reshape(*same.shape[:2], -1).all(axis=-1)
     different = int(same.size - np.count_nonzero(same))
     if not different:
         return 0, 0.0
