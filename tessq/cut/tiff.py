@@ -101,7 +101,7 @@ class _WarningCollector(logging.Handler):
 
 
 @contextlib.contextmanager
-def _captured_tifffile_warnings() -> Iterator[list[str]]:
+def captured_tifffile_warnings() -> Iterator[list[str]]:
     """Collect tifffile's logged warnings (recorded in metadata) instead of spraying them on stderr."""
     logger = logging.getLogger("tifffile")
     handler = _WarningCollector()
@@ -571,7 +571,7 @@ def probe(path: str | Path, series: int = 0, level: int = 0) -> TiffInfo:
     Also decides who decodes it (info.decoder); for old-style and planar-separate JPEG that costs one trial
     segment decode, for a fallback a Pillow/GDAL header parse."""
     path = _as_path(path)
-    with _captured_tifffile_warnings() as warns:
+    with captured_tifffile_warnings() as warns:
         tif = _open_tifffile(path)
         try:
             page, ctx = _select_page(tif, path, series, level)
@@ -615,7 +615,7 @@ class RegionReader:
         self.memory_budget = memory_budget or defaults.MEMORY_BUDGET_BYTES
         self._fallback: tiffcodec.PillowReader | tiffcodec.GdalReader | None = None
         self._fallback_rows = 1
-        with _captured_tifffile_warnings() as warns:
+        with captured_tifffile_warnings() as warns:
             self._tif = _open_tifffile(self.path)
             try:
                 self.page, ctx = _select_page(self._tif, self.path, series, level)
@@ -887,7 +887,7 @@ def _interleave(array: np.ndarray, info: TiffInfo) -> np.ndarray:
 
 def reference_pixels(path: str | Path, series: int = 0, level: int = 0) -> np.ndarray:
     """The whole chosen page as tifffile's own page.asarray() decodes it, in our layout (tests/verify)."""
-    with _captured_tifffile_warnings(), tifffile.TiffFile(path) as tif:
+    with captured_tifffile_warnings(), tifffile.TiffFile(path) as tif:
         page, ctx = _select_page(tif, Path(path), series, level)
         info = _page_info(tif, page, Path(path), {**ctx, "series": series, "level": level}, [])
         return _interleave(page.asarray(maxworkers=1), info)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from tessq import hashing, storage
 from tessq.cut import bits
-from tessq.cut.tiff import RegionReader, reference_pixels
+from tessq.cut.tiff import RegionReader, captured_tifffile_warnings, reference_pixels
 from tessq.defaults import METADATA_FILENAME
 from tessq.errors import ImageError, VerificationError
 
@@ -56,7 +56,8 @@ def decode_slice(path: Path, meta: dict[str, Any], data: bytes | None = None) ->
             fast = fast_png_decode(data)  # None-, Sub- and Up-filtered PNGs; everything else by libpng
             array = imagecodecs.png_decode(data) if fast is None else fast
     else:
-        array = tifffile.imread(io.BytesIO(data))
+        with captured_tifffile_warnings():  # tags copied from the source (a GDAL_NODATA tifffile cannot parse)
+            array = tifffile.imread(io.BytesIO(data))
         if output.get("tiff_planar") == "separate" and array.ndim == 3:
             array = np.moveaxis(array, 0, -1)  # planar-separate slices (multi-sample 1-bit) back to interleaved
     if meta["source"]["dtype"] == "bool":
