@@ -81,6 +81,11 @@ BUILDERS = {
     "zip-tool-deflated.zip": zip_tool("-9"),
     "tar-tool.tar": tar_tool(),
     "tar-tool.tgz": tar_tool("-z"),
+    "tarfile.tar.bz2": tar_with("w:bz2"),
+    "tarfile.tar.xz": tar_with("w:xz"),
+    "tar-tool.txz": tar_tool("-J"),
+    "tar-tool-pax.tar": tar_tool("--format=pax"),
+    "zip-tool-descriptors.zip": zip_tool("-fd"),
 }
 
 
@@ -160,6 +165,21 @@ def test_an_archive_as_in_gives_the_same_output_as_the_tree_as_a_folder(
     again = tessq_cmd("scan", str(archive), "--out", str(out), MIN, "--json", env=env, cwd=tmp_path, check=True)
     summary = json.loads(again.stdout)
     assert (summary["queued"], summary["requeued"], summary["already_done"]) == (0, 0, len(SEED_DONE))
+
+
+@pytest.mark.parametrize("name", ["data.7z", "data.tar.zst", "data.rar", "notes.bin"])
+def test_a_file_given_as_in_that_is_no_archive_tessq_reads_is_refused_with_what_to_do(
+    name: str, tmp_path: Path
+) -> None:
+    given = tmp_path / name
+    given.write_bytes(b"not read")
+    proc = tessq_cmd("run", str(given), str(tmp_path / "out"), env=clean_env(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"input {given} is a file, not a folder" in proc.stderr
+    assert ".tar.xz" in proc.stderr  # the archives it does read are named
+    if name != "notes.bin":
+        assert "extract it and pass the folder" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_deflated_member_over_the_spool_budget_is_read_in_place_from_the_inflated_stream(
@@ -603,7 +623,8 @@ def test_damaged_deflate_data_is_a_corrupt_member_not_a_crash(
 
 
 @pytest.mark.parametrize(
-    ("name", "mode", "files"), [("data.tgz", "w:gz", [".gzidx", ".json"]), ("data.tar", "w", [".json"])]
+    ("name", "mode", "files"),
+    [("data.tgz", "w:gz", [".gzidx", ".json"]), ("data.tar", "w", [".json"]), ("data.tar.xz", "w:xz", [".json"])],
 )
 def test_a_tar_scan_saves_its_listing_so_workers_started_apart_need_not_read_every_header_again(
     reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, mode: str, files: list[str]

@@ -1,4 +1,5 @@
-"""Archives as input: a .zip, .tar, .tar.gz or .tgz file (local or s3://) whose member paths are the tree.
+"""Archives as input: a .zip, .tar, .tar.gz/.tgz, .tar.bz2 or .tar.xz file (local or s3://) whose member paths
+are the tree.
 
 Nothing is extracted. The scan lists the members (a ZIP's central directory; a TAR's headers) and reads
 each TIFF member's header in place. A stored ZIP member or a TAR member is a byte range of the archive:
@@ -7,7 +8,9 @@ ZIP member is inflated only as far as a read needs (zlib, bounded by its declare
 to a temp file first (within a disk budget, deleted after; sha256 computed on the way). A .tar.gz is read
 through indexed_gzip when installed (``pip install 'tessq[archive]'``: random access into the gzip stream
 from an index built once per process), else by plain gzip (each member costs a decompression from the
-start of the archive); its members are spooled like deflated ones.
+start of the archive); its members are spooled like deflated ones. A .tar.bz2 or .tar.xz is read the same
+way through the standard library's bz2/lzma readers (no index exists for either: a member read out of
+order decompresses again from the start).
 
 A member is a source object the way s3.RemoteSource is one: name, stat(), resolve(), open('rb'), and
 ``tiff_range()`` for tiff._open_tifffile. Its identity is its path in the tree (rel_path); size and
@@ -23,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import lzma
 import os
 import shutil
 import stat as stat_mod
@@ -55,6 +59,7 @@ from tessq.storage.base import OutputFolder, Storage
 from tessq.storage.local import LocalStorage
 from tessq.storage.tree import (
     METADATA_NAME,
+    READABLE_ARCHIVES,
     FolderEntries,
     is_image_name,
     is_skipped_dir,
@@ -64,7 +69,18 @@ from tessq.storage.tree import (
 
 log = logging.getLogger("tessq.archive")
 
-SUFFIXES = ((".tar.gz", "tgz"), (".tgz", "tgz"), (".zip", "zip"), (".tar", "tar"))
+SUFFIXES = (
+    (".tar.gz", "tgz"),
+    (".tgz", "tgz"),
+    (".tar.bz2", "tbz2"),
+    (".tbz2", "tbz2"),
+    (".tbz", "tbz2"),
+    (".tar.xz", "txz"),
+    (".txz", "txz"),
+    (".zip", "zip"),
+    (".tar", "tar"),
+)
+COMPRESSED_TARS = {"tgz": "gzip", "tbz2": "bzip2", "txz": "xz"}  # kind -> the codec of the whole stream
 CHUNK = 1024 * 1024
 HEAD_CACHE = 1024 * 1024  # the first bytes of a streamed member are kept: headers are re-read without re-inflating
 ONE_SHOT_MAX = 256 * 1024 * 1024  # a deflated member whose packed + inflated bytes fit is inflated in one call
@@ -82,7 +98,7 @@ ZIP_METHODS = {
 
 
 def archive_kind(location: object) -> str | None:
-    """'zip', 'tar' or 'tgz' from a name's suffix (any letter case), else None."""
+    """'zip', 'tar', 'tgz', 'tbz2' or 'txz' from a name's suffix (any letter case), else None."""
     if not isinstance(location, str | os.PathLike):
         return None
     name = os.fspath(location).lower().rstrip("/")
@@ -283,13 +299,13 @@ class Archive:
     def _load_tar(self) -> None:
         raw = self.raw()
         try:
-            fh = _gzip_reader(raw, self) if self.kind == "tgz" else raw
+            fh = _decompressed_reader(raw, self) if self.kind in COMPRESSED_TARS else raw
             try:
                 tf = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115
             except Exception as exc:  # tarfile, gzip, zlib and indexed_gzip errors alike: not a readable archive
                 raise ConfigError(
                     f"input {self.location} is not a readable "
-                    f"{'gzip-compressed TAR' if self.kind == 'tgz' else 'TAR'} archive ({exc}): "
+                    f"{_tar_description(self.kind)} archive ({exc}): "
                     f"truncated, damaged or not an archive at all"
                 ) from exc
             data_end = self.st.st_size if self.kind == "tar" else None
@@ -312,9 +328,9 @@ class Archive:
                     links.append(ti)
                     continue
                 self._add_tar(ti, data_end)
-            if self.kind == "tgz":
-                self._mark_past_end(_stream_end(fh))
-                if hasattr(fh, "export_index"):
+            if self.kind in COMPRESSED_TARS:
+                if hasattr(fh, "export_index"):  # indexed_gzip: the end is known without another pass
+                    self._mark_past_end(_stream_end(fh))
                     self.gz_index = _export_gz_index(fh)
                 self._gz = (os.getpid(), fh, raw, threading.Lock())  # kept: the scan's probes read through it
                 raw = None
@@ -375,7 +391,7 @@ class Archive:
         with self._lock:
             if self._gz is None or self._gz[0] != os.getpid():
                 raw = self.raw()
-                self._gz = (os.getpid(), _gzip_reader(raw, self), raw, threading.Lock())
+                self._gz = (os.getpid(), _decompressed_reader(raw, self), raw, threading.Lock())
             return self._gz[1], self._gz[3]
 
     def _add_tar(self, ti: tarfile.TarInfo, data_end: int | None) -> None:
@@ -431,7 +447,7 @@ def get_archive(location: str | os.PathLike[str], *, fresh: bool = True) -> Arch
     location = _location(location)
     kind = archive_kind(location)
     if kind is None:
-        raise ConfigError(f"{location} is not named like an archive (.zip, .tar, .tar.gz, .tgz)")
+        raise ConfigError(f"{location} is not named like an archive ({READABLE_ARCHIVES})")
     with _archives_lock:
         cached = _ARCHIVES.get(location)
     if cached is not None and not fresh:
@@ -457,7 +473,7 @@ def get_archive(location: str | os.PathLike[str], *, fresh: bool = True) -> Arch
 # index) in the job's state dir (OUT/.tessq/archives/), so each worker process loads it instead of listing the
 # archive again. A ZIP's central directory is one read: it is not saved.
 SAVED_FORMAT = 1
-SAVED_KINDS = ("tar", "tgz")
+SAVED_KINDS = ("tar", *COMPRESSED_TARS)
 
 
 _STATE: dict[str, Path | None] = {"dir": None}
@@ -552,6 +568,23 @@ def indexed_gzip_available() -> bool:
 
 
 _warned_plain_gzip = False
+
+
+def _tar_description(kind: str) -> str:
+    return f"{COMPRESSED_TARS[kind]}-compressed TAR" if kind in COMPRESSED_TARS else "TAR"
+
+
+def _decompressed_reader(raw: Any, archive: Archive) -> Any:
+    """A seekable reader of a compressed TAR's decompressed stream: gzip as below; bzip2 and xz by the standard
+    library (no index exists for them: a backward seek decompresses again from the start, so members are best
+    read in archive order, as the queue hands them out)."""
+    if archive.kind == "tbz2":
+        import bz2
+
+        return bz2.BZ2File(raw, mode="rb")
+    if archive.kind == "txz":
+        return lzma.LZMAFile(raw, mode="rb")
+    return _gzip_reader(raw, archive)
 
 
 def _gzip_reader(raw: Any, archive: Archive) -> Any:
@@ -698,8 +731,9 @@ class _TarGzStream:
             with self._lock:
                 self._fh.seek(self._pos)
                 data = self._fh.read(n)
-        except (OSError, EOFError, zlib.error, ValueError) as exc:
-            raise CorruptImageError(str(self.member), f"gzip data is damaged or ends early ({exc})") from exc
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+            codec = COMPRESSED_TARS.get(self.member.archive.kind, "compressed")
+            raise CorruptImageError(str(self.member), f"{codec} data is damaged or ends early ({exc})") from exc
         if len(data) < n:
             raise CorruptImageError(str(self.member), "the archive ends inside this member (truncated)")
         self._pos += len(data)

@@ -17,11 +17,13 @@ from tessq.storage import folder
 from tessq.storage.base import Source, Storage
 from tessq.storage.tree import (
     METADATA_NAME,
+    READABLE_ARCHIVES,
     FolderEntries,
     is_image_name,
     is_skipped_dir,
     is_tessq_output,
     is_tiff_name,
+    unreadable_archive_advice,
 )
 
 log = logging.getLogger("tessq.scan")
@@ -137,6 +139,12 @@ class LocalStorage(Storage):
         return LocalStorage(self.path.parent / f"{self.path.name}_tessq")
 
     def check_input(self) -> None:
+        if self.given.is_file():
+            advice = unreadable_archive_advice(self.given)
+            raise ConfigError(
+                f"input {self.given_text} is a file, not a folder"
+                + (f": {advice}" if advice else f" or an archive tessq reads ({READABLE_ARCHIVES})")
+            )
         if not self.given.is_dir():
             raise ConfigError(f"input folder {self.given_text} does not exist or is not a folder")
 

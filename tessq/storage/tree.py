@@ -57,3 +57,22 @@ def is_tessq_output(folder: str | os.PathLike[str]) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return is_tessq_metadata(meta)
+
+
+# ---------------------------------------------------------------- archive names
+
+READABLE_ARCHIVES = ".zip, .tar, .tar.gz/.tgz, .tar.bz2/.tbz2, .tar.xz/.txz"
+# named like archives tessq does not read: refused with advice (unreadable_archive_advice), not "not a folder"
+UNREADABLE_SUFFIXES = (".tar.zst", ".tzst", ".tar.zstd", ".7z", ".rar", ".tar.lz", ".tar.lz4", ".zst")
+
+
+def unreadable_archive_advice(location: str | os.PathLike[str]) -> str | None:
+    """For a file named like an archive tessq cannot read (.7z, .rar, .tar.zst...): what to do instead."""
+    name = os.fspath(location).lower().rstrip("/")
+    suffix = next((s for s in UNREADABLE_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        return None
+    return (
+        f"{suffix} archives are not read in place (tessq reads {READABLE_ARCHIVES}): extract it and pass the folder, "
+        f"or repack it, e.g. as .tar (fastest: members are byte ranges) or .zip"
+    )
