@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import numpy as np
 
@@ -488,12 +488,15 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
     method, engine, level = cut.png
     pool = encode.thread_pool()
     files, writers = [], []
-    digests = [selfcheck.StreamDigest(kind) if cut.check.wants(box.index) else None for box in row]
+    digests = [
+        selfcheck.StreamDigest(kind, threaded=pool is not None) if cut.check.wants(box.index) else None for box in row
+    ]
     try:
-        for box in row:
+        for box, digest in zip(row, digests, strict=True):
             fh = cut.folder.open_for_write(slice_name(box, kind.ext))
             files.append(fh)
-            writers.append(encode.PngStreamWriter(fh, box.width, box.height, kind, method, engine, level))
+            sink = fh if digest is None else cast(IO[bytes], _Tee(fh, digest.written))
+            writers.append(encode.PngStreamWriter(sink, box.width, box.height, kind, method, engine, level))
         step = _chunk_rows(reader, xb - xa)
         for ya, yb in _row_steps(y0, y1, step, reader.band_alignment):
             with timer.phase("read_s"):
@@ -523,12 +526,28 @@ def _stream_png_slices(cut: _Cut, row: list[Box], records: dict[int, dict[str, A
     finally:
         for fh in files:
             fh.close()
+        for digest in digests:
+            if digest is not None:
+                digest.stop()
     with timer.phase("check_s"):
-        # one decoded slice at a time: two at once (tried, in the pool) took the peak over 2 x slice + 200 MB
+        # decoded as written (StreamDigest); a fallback decodes one whole slice at a time: two at once (tried,
+        # in the pool) took the peak over 2 x slice + 200 MB
         for box, digest in zip(row, digests, strict=True):
             if digest is not None:
                 name = slice_name(box, kind.ext)
                 digest.check_file(cut.folder.path_for(name), name, reader.path)
+
+
+class _Tee:
+    """A file a PngStreamWriter writes into that also hands every written chunk to the slice's self-check."""
+
+    def __init__(self, fh: IO[bytes], sink: Callable[[bytes], None]) -> None:
+        self._fh, self._sink = fh, sink
+
+    def write(self, data: bytes) -> int:
+        written = self._fh.write(data)
+        self._sink(bytes(data))
+        return written
 
 
 def _stream_tiff_slice(cut: _Cut, box: Box) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The worker's self-check: slices just written are decoded again by an independent reader (libpng via
-imagecodecs for PNG, tifffile for TIFF) and compared with the pixels that were encoded, before the commit.
+imagecodecs for PNG, tifffile for TIFF; a streamed PNG slice by pngdecode's streaming decoder as it is
+written, see StreamDigest) and compared with the pixels that were encoded, before the commit.
 
 A mismatch raises SelfCheckError naming the slice, so the image fails with type `self_check` instead of done.
 Decoding costs about as much as encoding (libpng decode ~1.0x tessq's encode per slice, measured), so the
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ import tifffile
 
 from tessq.cut.bits import count_different, identical
 from tessq.cut.encode import PngSettings, SliceKind, png_settings, stored_values
+from tessq.cut.pngdecode import PngRowDecoder, UnsupportedPng
 from tessq.errors import SelfCheckError
 from tessq.options import SliceOptions
 
@@ -129,17 +133,87 @@ def check_slice(data: bytes, array: np.ndarray, kind: SliceKind, name: str, sour
 
 
 class StreamDigest:
-    """Digest of the pixels fed to a streamed slice, chunk by chunk, in the decoder's view (for slices too big
-    to keep in memory: the written file is decoded once and its digest compared)."""
+    """The self-check of a slice too big to keep in memory (streamed band by band): the pixels fed to the encoder
+    are digested chunk by chunk (`update`), and so are the pixels its written bytes decode to.
 
-    def __init__(self, kind: SliceKind) -> None:
+    Plain 8/16-bit PNG slices are decoded while they are written (`written`: the writer's bytes, in order) by
+    tessq's own streaming decoder (pngdecode.PngRowDecoder: ISA-L inflate, numpy unfiltering, chunk CRCs; it
+    shares no code with the encoder and is tested against libpng), on a thread of its own when a codec pool is
+    running, so the check holds a few MiB and overlaps the encoding instead of decoding 2x the slice at the
+    end. Other kinds, or a PNG that decoder declines, are decoded whole by libpng/tifffile from the file
+    (`check_file`), one slice at a time."""
+
+    QUEUE = 1  # written chunks (<= one 16 MiB IDAT each) waiting for the decoding thread, beside the one decoded
+
+    def __init__(self, kind: SliceKind, threaded: bool = False) -> None:
         self.kind = kind
         self._hash = hashlib.blake2b(digest_size=20)
+        self._decoded = hashlib.blake2b(digest_size=20)
+        self._decoder: PngRowDecoder | None = None
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        if kind.format == "png" and kind.color_type in (0, 2, 4, 6) and (kind.bit_depth or 8) in (8, 16):
+            self._decoder = PngRowDecoder(self._digest_rows)
+            if threaded:
+                self._queue = queue.Queue(self.QUEUE)
+                self._thread = threading.Thread(target=self._decode_queued, name="slice-check", daemon=True)
+                self._thread.start()
 
     def update(self, chunk: np.ndarray) -> None:
         self._hash.update(np.ascontiguousarray(decoded_view(chunk, self.kind)).data)
 
+    def written(self, data: bytes) -> None:
+        """Bytes the writer has just written (immutable: they may wait in the queue)."""
+        if self._queue is not None:
+            self._queue.put(data)
+        elif self._decoder is not None and self._error is None:
+            self._decode(data)
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            assert self._decoder is not None
+            self._decoder.feed(data)
+        except BaseException as exc:  # kept for check_file: it decides between a fallback and a failure
+            self._error = exc
+
+    def _decode_queued(self) -> None:
+        assert self._queue is not None
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._error is None:
+                self._decode(data)
+            del data  # not held while waiting for the next chunk
+
+    def _digest_rows(self, rows: np.ndarray) -> None:
+        if (self.kind.bit_depth or 8) == 16:
+            rows = rows.view(">u2").astype(np.uint16)  # PNG's big-endian samples, in the decoder's native view
+        self._decoded.update(rows.data)
+
+    def stop(self) -> None:
+        """End the decoding thread (after the slice's last byte, or when the cut is abandoned)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
     def check_file(self, path: Path, name: str, source: Any) -> None:
+        self.stop()
+        if self._decoder is not None and not isinstance(self._error, UnsupportedPng):
+            if self._error is None:
+                try:
+                    self._decoder.finish()
+                except ValueError as exc:
+                    self._error = exc
+            if self._error is not None:
+                raise SelfCheckError(
+                    source, f"slice {name} does not decode ({type(self._error).__name__}: {self._error})"
+                )
+            if self._decoded.digest() != self._hash.digest():
+                raise SelfCheckError(source, f"slice {name} decodes to different pixels than were encoded")
+            return
         try:
             decoded = np.ascontiguousarray(decode(path, self.kind))
         except Exception as exc:
