@@ -1665,6 +1665,9 @@ def fault_secrets(ctx: Ctx, budget: float) -> Result:
         moto.client().create_bucket(Bucket="chaos-secrets")
         for i, wire in enumerate(("0", "1")):
             tq.env["TESSQ_LOG_WIRE"] = wire
+            s3_ws = base / f"ws-s3-{i}"  # one job per workspace: each S3 output keeps its own state
+            s3_ws.mkdir(exist_ok=True)
+            tq.env["TESSQ_WORKSPACE"] = str(s3_ws)
             proc = tq.run(
                 "--log-level", "DEBUG", "run", str(tree.root), f"s3://chaos-secrets/cut{i}", MIN_ARG, "--workers", "2"
             )
@@ -1672,6 +1675,7 @@ def fault_secrets(ctx: Ctx, budget: float) -> Result:
             texts.append((f"run (wire log {wire})", proc.stdout + proc.stderr))
             if proc.returncode != 0:
                 res.findings.add("other", f"DEBUG run to S3 exited {proc.returncode}: {proc.stderr[-300:]}")
+        tq.env["TESSQ_WORKSPACE"] = str(tq.ws)
         out = base / "out"
         proc = tq.run("run", str(tree.root), str(out), MIN_ARG, "--workers", "2")
         proc = tq.run("--log-level", "DEBUG", "upload", "s3://chaos-secrets/ship", "--endpoint-url", moto.url)
@@ -2051,7 +2055,10 @@ def fault_races_messages(ctx: Ctx, budget: float) -> Result:
         workers = tq.popen("workers", "--workers", "1", "--drain")
         if wait_until(lambda tq=tq: tq.query("SELECT status FROM image")[0]["status"] == "running", 60, every=0.02):
             time.sleep(ctx.rng.uniform(0, 1.0))
-            run_ok(tq, f, "options", "scan", str(src), "--out", str(out), MIN_ARG, "--num-pieces", "4")
+            # the user accepts redoing what is already done with the old options (refused without it)
+            run_ok(
+                tq, f, "options", "scan", str(src), "--out", str(out), MIN_ARG, "--num-pieces", "4", "--force-options"
+            )
             res.injected += 1
         if wait_or_kill(workers, 300) != 0 or (tq.outstanding() and drain(tq, 1, 300) != 0):
             f.add("other", "options: the workers did not drain")  # (a rescan after the commit queues it again)
