@@ -86,6 +86,9 @@ BUILDERS = {
     "tar-tool.txz": tar_tool("-J"),
     "tar-tool-pax.tar": tar_tool("--format=pax"),
     "zip-tool-descriptors.zip": zip_tool("-fd"),
+    "zipfile-bzip2.zip": zip_with(zipfile.ZIP_BZIP2),
+    "zipfile-lzma.zip": zip_with(zipfile.ZIP_LZMA),
+    "zip-tool-bzip2.zip": zip_tool("-Z", "bzip2"),
 }
 
 
@@ -314,6 +317,7 @@ def test_odd_members_give_a_clear_per_member_error_and_never_fill_the_disk(tmp_p
         zf.writestr("secret.tif", tif)
         zf.writestr("bomb.tif", tif)
         zf.writestr("bzip.tif", tif, zipfile.ZIP_BZIP2)
+        zf.writestr("zstd.tif", tif)
         link = zipfile.ZipInfo("link.tif")
         link.create_system, link.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
         zf.writestr(link, "ok.tif")
@@ -329,7 +333,11 @@ def test_odd_members_give_a_clear_per_member_error_and_never_fill_the_disk(tmp_p
     def bomb(buf: bytearray, pos: int, central: bool) -> None:
         struct.pack_into("<I", buf, pos + (24 if central else 22), 0xFFFF0000)  # declared size: ~4 GiB
 
+    def zstd(buf: bytearray, pos: int, central: bool) -> None:
+        struct.pack_into("<H", buf, pos + (10 if central else 8), 93)  # method 93: Zstandard
+
     data = _patch_zip(archive.read_bytes(), b"secret.tif", encrypt)
+    data = _patch_zip(data, b"zstd.tif", zstd)
     archive.write_bytes(_patch_zip(data, b"bomb.tif", bomb))
     env, out = clean_env(tmp_path), tmp_path / "out"
     skipped = scanned_skips(env, tmp_path, archive, out)
@@ -339,10 +347,10 @@ def test_odd_members_give_a_clear_per_member_error_and_never_fill_the_disk(tmp_p
     errors = {e["file"]: (e["type"], e["message"]) for e in rep["errors"]}
     assert errors["secret.tif"][0] == "unsupported" and "encrypted" in errors["secret.tif"][1]
     assert errors["bomb.tif"][0] == "corrupt" and "zip bomb" in errors["bomb.tif"][1]
-    assert errors["bzip.tif"][0] == "unsupported" and "bzip2" in errors["bzip.tif"][1]
+    assert errors["zstd.tif"][0] == "unsupported" and "zstd" in errors["zstd.tif"][1]
     assert {("link.tif", "symlink"), ("inner/nested.zip", "nested_archive"), ("__MACOSX", "hidden")} <= skipped
     done = {p.parent.relative_to(out).as_posix() for p in out.rglob("metadata.json") if ".tessq" not in p.parts}
-    assert done == {"ok", "_../escape/evil", "abs/rooted"}  # names that would escape OUT stay inside it
+    assert done == {"ok", "bzip", "_../escape/evil", "abs/rooted"}  # names that would escape OUT stay inside it
     assert not list((tmp_path / "tmp").iterdir())
 
 
@@ -596,6 +604,45 @@ def test_deflate_data_that_disagrees_with_its_declared_size_or_crc_is_corrupt(
     ):
         with pytest.raises(CorruptImageError, match=why):
             archive.member(path, name).fetch(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_bzip2_and_lzma_members_that_disagree_with_their_declared_size_or_crc_or_are_damaged_are_corrupt(
+    method: int, tmp_path: Path
+) -> None:
+    from tessq.errors import CorruptImageError
+    from tessq.storage import archive
+
+    tif = write_tiff(tmp_path / "x.tif", 256, 256).read_bytes()
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", method) as zf:
+        for name in ("short.tif", "long.tif", "damaged.tif", "fine.tif"):
+            zf.writestr(name, tif)
+        damaged = next(i for i in zf.infolist() if i.filename == "damaged.tif")
+
+    def size(value: int) -> Callable[[bytearray, int, bool], None]:
+        def patch(buf: bytearray, pos: int, central: bool) -> None:
+            struct.pack_into("<I", buf, pos + (24 if central else 22), value)
+
+        return patch
+
+    data = _patch_zip(path.read_bytes(), b"short.tif", size(len(tif) - 100))
+    data = bytearray(_patch_zip(data, b"long.tif", size(len(tif) + 100)))
+    start = damaged.header_offset + 30 + len(b"damaged.tif") + len(damaged.extra)
+    middle = start + damaged.compress_size // 2
+    data[middle : middle + 64] = bytes(64)  # no longer a valid stream from here on
+    path.write_bytes(bytes(data))
+    for name, why in (
+        ("short.tif", "CRC-32"),
+        ("long.tif", "before the member's declared size"),
+        ("damaged.tif", r"data is damaged|CRC-32|before the member's declared size"),
+    ):
+        with pytest.raises(CorruptImageError, match=why):
+            archive.member(path, name).fetch(tmp_path)
+    spool = archive.member(path, "fine.tif").fetch(tmp_path)
+    assert Path(spool).read_bytes() == tif
+    Path(spool).unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "x.tif"]  # no spool left behind
 
 

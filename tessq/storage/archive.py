@@ -20,6 +20,7 @@ CRC is a change) are what change detection compares, exactly where a file's size
 
 from __future__ import annotations
 
+import bz2
 import calendar
 import contextlib
 import dataclasses
@@ -86,6 +87,7 @@ HEAD_CACHE = 1024 * 1024  # the first bytes of a streamed member are kept: heade
 ONE_SHOT_MAX = 256 * 1024 * 1024  # a deflated member whose packed + inflated bytes fit is inflated in one call
 HEAD_STEP = 256 * 1024  # ... and read ahead in steps of this size (tifffile's header reads are many and small)
 DEFLATE_MAX_RATIO = 1032  # deflate cannot expand more than this: a larger declared size is a lie (a zip bomb)
+ZIP_READABLE = ("stored", "deflated", "bzip2", "lzma")
 ZIP_METHODS = {
     zipfile.ZIP_STORED: "stored",
     zipfile.ZIP_DEFLATED: "deflated",
@@ -266,8 +268,8 @@ class Archive:
             problem = None
             if zi.flag_bits & 0x1:
                 problem = "encrypted (tessq reads no encrypted archive members)"
-            elif method not in ("stored", "deflated"):
-                problem = f"compressed with {method} (tessq reads stored and deflated ZIP members)"
+            elif method not in ZIP_READABLE:
+                problem = f"compressed with {method} (tessq reads stored, deflated, bzip2 and LZMA ZIP members)"
             elif zi.header_offset + zi.compress_size > size:
                 problem = "truncated: the archive ends inside this member"
             elif method == "stored" and zi.compress_size != zi.file_size:
@@ -661,8 +663,9 @@ class RangeView(remote.SeekableFile):
 
 
 class _Inflater:
-    """A forward-only stream of one deflated ZIP member: raw deflate from its data offset, never more than
-    the declared size (more is refused as corrupt), CRC-32 checked at the end."""
+    """A forward-only stream of one compressed ZIP member (deflated, bzip2 or LZMA): decompressed from its data
+    offset in bounded steps (never more than CHUNK out per call, so a bomb stays small), never more than the
+    declared size (more is refused as corrupt), CRC-32 checked at the end."""
 
     def __init__(self, member: ArchiveMember) -> None:
         self.member = member
@@ -672,29 +675,64 @@ class _Inflater:
         self._left_in = info.csize
         self._left_out = info.size
         self._crc = 0
-        self._d = zlib_ng.decompressobj(-15)  # zlib-ng's inflate: ~1.35x zlib's streamed, same bytes
-        self._buf = bytearray()  # inflated, not yet read: at most one CHUNK beyond what a read asked
+        self._method = info.method
+        self._d: Any = None
+        if info.method == "deflated":
+            self._d = zlib_ng.decompressobj(-15)  # zlib-ng's inflate: ~1.35x zlib's streamed, same bytes
+        elif info.method == "bzip2":
+            self._d = bz2.BZ2Decompressor()
+        self._buf = bytearray()  # decompressed, not yet read: at most one CHUNK beyond what a read asked
+
+    def _read_in(self) -> bytes:
+        """The member's next compressed bytes from the archive (b"" at its end or the file's)."""
+        data = self._raw.read(min(CHUNK, self._left_in))
+        self._left_in = self._left_in - len(data) if data else 0
+        if self._d is None:  # LZMA: ZIP's own 4-byte header and the LZMA1 properties come first
+            data = self._start_lzma(data)
+        return data
+
+    def _start_lzma(self, data: bytes) -> bytes:
+        size = struct.unpack("<H", data[2:4])[0] if len(data) >= 4 else 0
+        props = data[4 : 4 + size]
+        if size != 5 or len(props) != 5 or props[0] >= 9 * 5 * 5:
+            raise CorruptImageError(str(self.member), "the LZMA header of this member is missing or damaged")
+        pb, rest = divmod(props[0], 45)
+        lp, lc = divmod(rest, 9)
+        dict_size = struct.unpack("<I", props[1:5])[0]
+        spec = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
+        self._d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[spec])
+        return data[4 + size :]
+
+    def _more(self) -> bool:
+        """Decompress one bounded step into the buffer; False when the data is used up or its stream ended."""
+        if self._d is not None and self._d.eof:
+            return False
+        if self._method == "deflated":
+            data = self._d.unconsumed_tail  # zlib keeps what it did not use after CHUNK out
+            if not data:
+                if self._left_in <= 0:
+                    return False
+                data = self._read_in()
+        elif self._d is None or self._d.needs_input:  # bz2/lzma keep it themselves: ask with b"" for more
+            if self._left_in <= 0:
+                return False
+            data = self._read_in()
+        else:
+            data = b""
+        try:
+            self._buf += self._d.decompress(data, CHUNK)  # never more than CHUNK out per call: bombs stay small
+        except zlib_ng.error as exc:  # type: ignore[misc]  # (zlib_ng.pyi types `error` as an instance)
+            raise CorruptImageError(str(self.member), f"deflate data is damaged ({exc})") from exc
+        except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:  # bz2 raises OSError
+            raise CorruptImageError(str(self.member), f"{self._method} data is damaged ({exc})") from exc
+        return True
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = self._left_out
         n = min(n, self._left_out)
-        while len(self._buf) < n:
-            data = self._d.unconsumed_tail
-            if not data:
-                if self._left_in <= 0 or self._d.eof:
-                    break
-                data = self._raw.read(min(CHUNK, self._left_in))
-                if not data:
-                    break
-                self._left_in -= len(data)
-            try:
-                chunk = self._d.decompress(data, CHUNK)  # never more than CHUNK out per call: bombs stay small
-            except zlib_ng.error as exc:  # type: ignore[misc]  # (zlib_ng.pyi types `error` as an instance)
-                raise CorruptImageError(str(self.member), f"deflate data is damaged ({exc})") from exc
-            if not chunk and self._d.eof:
-                break
-            self._buf += chunk
+        while len(self._buf) < n and self._more():
+            pass
         data = bytes(self._buf[:n])
         del self._buf[:n]
         self._crc = zlib_ng.crc32(data, self._crc)  # SIMD: ~5x zlib's, same value
@@ -702,7 +740,8 @@ class _Inflater:
         if len(data) < n:
             raise CorruptImageError(
                 str(self.member),
-                f"deflate data ends {self._left_out} bytes before the member's declared size (truncated or damaged)",
+                f"{self._method} data ends {self._left_out} bytes before the member's declared size "
+                f"(truncated or damaged)",
             )
         if self._left_out == 0 and self.member.info.crc is not None and self._crc != self.member.info.crc:
             raise CorruptImageError(str(self.member), "CRC-32 of the inflated member differs from the archive's")
