@@ -2170,6 +2170,7 @@ def fault_lost_state(ctx: Ctx, budget: float) -> Result:
             res.findings.merge(check(tq, tree, out, Expect(redo_ok=set(tree.good) | set(tree.bad))))
             res.notes.append(f"round {n} (queue.db deleted): drain exit {rc}, {tq.counts()['done']} done")
             continue
+        left = tq.outstanding()  # images not yet finished when the table goes (0: the drain may end first)
         if how == "delete":
             tq.db_path.unlink()
         else:
@@ -2185,6 +2186,9 @@ def fault_lost_state(ctx: Ctx, budget: float) -> Result:
                 f"round {n} ({how}): `tessq workers` still running {LOST_STOP_S:.0f} s after "
                 "tessq.db was lost (a hang)",
             )
+        elif rc == 0 and left == 0:
+            res.notes.append(f"round {n} ({how}): every image was finished as the table went; the drain ended (0)")
+            continue
         elif rc == 0:
             res.findings.add("other", f"round {n} ({how}): `tessq workers` exited 0 with its status table lost")
         elif "status table" not in text or "tessq run IN" not in text:

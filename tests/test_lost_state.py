@@ -263,3 +263,34 @@ def test_a_supervisor_error_that_repeats_backs_off_and_then_gives_up(caplog: pyt
     assert tries == _Trouble.GIVE_UP
     assert 30 < now < 300, f"gave up after {now:.1f} s of backoff"
     assert len(caplog.records) <= 4, [r.getMessage() for r in caplog.records]
+
+
+def test_a_status_table_whose_pages_were_cut_and_grown_back_is_caught_before_a_drain_ends(tmp_path: Path) -> None:
+    """A truncation SQLite's checkpoints grew back past the held size passes the size check; the drain's last
+    check reads every page and stops with the way out instead of ending the job as if all were done."""
+    from tessq.jobs import db
+
+    path = tmp_path / "tessq.db"
+    db.open_database(f"sqlite:///{path}")
+    db.create_schema()
+    with db.session():
+        job = db.upsert_job("/in", "/out", {}, "h")
+        rows = [
+            {"rel_path": f"d/img_{i:04d}.tif", "folder": "d", "out_rel": f"d/img_{i:04d}", "src_size": i}
+            | {"src_mtime": 1.0, "status": db.QUEUED, "attempts": 0}
+            for i in range(3000)
+        ]
+        db.record_candidates(job.id, rows, "h")
+    db.hold_database()
+    try:
+        db.check_intact()  # a sound table passes
+        db.database.obj.close()
+        size = path.stat().st_size
+        with open(path, "r+b") as fh:  # zeros where pages were, the file as long as before
+            fh.seek(size // 2)
+            fh.write(bytes(size - size // 2))
+        with pytest.raises(db.StateLostError, match="became unreadable"):
+            db.check_intact()
+    finally:
+        db.release_database()
+        db.database.obj.close()

@@ -169,6 +169,7 @@ def run_workers(n: int, *, drain: bool = False, health_interval: float = 2.0, po
                 if drain and now - last_drain >= poll_interval:
                     last_drain, checked = now, True
                     if _drained():
+                        db.check_intact()  # "nothing left" from a damaged table would end the job silently
                         stopped_by = "drained"
                         consumer.stop(graceful=True)
                         break

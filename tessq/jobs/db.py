@@ -264,6 +264,19 @@ def check_database() -> None:
     held.size = st.st_size  # SQLite never shrinks the file here (no VACUUM, no auto_vacuum)
 
 
+def check_intact() -> None:
+    """Raise StateLostError unless the held SQLite status table passes PRAGMA quick_check: pages cut away by a
+    truncation that SQLite's checkpoints then grew back past the size check_database knew read as zeros, and
+    only a read of every page tells. Once, as a drain ends (it reads the whole file)."""
+    held = _held
+    if held is None:
+        return
+    check_database()
+    rows = database.obj.execute_sql("PRAGMA quick_check").fetchall()
+    if [row[0] for row in rows] != ["ok"]:
+        raise StateLostError(lost_message(held.path, f"became unreadable (quick_check: {rows[0][0]})"))
+
+
 def database_problem(exc: BaseException) -> StateLostError | None:
     """What a database error raised in a long-running process means: the held file is lost or damaged (an error
     to stop on), or None (something else, e.g. a lock: retry)."""
