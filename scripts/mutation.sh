@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Mutation run (issue #17 item 7): mutate one module of a frozen copy of HEAD against the fast tests that cover it.
-# Usage: scripts/mutation.sh MODULE [WORKDIR [MUTANT-NAME...]]   (MODULE: grid | encode | db | scan; WORKDIR
+# Usage: scripts/mutation.sh MODULE [WORKDIR [MUTANT-NAME...]]   (MODULE: grid | encode | db | scan | pngdecode |
+# bits; WORKDIR
 # defaults to /tmp/tessq-mutation; MUTANT-NAMEs, e.g. "tessq.jobs.scan.x_safe_component*", limit the run to those).
 # MUTATION_REV=<commit> mutates that commit's tree instead of HEAD (the baseline before new tests).
 set -euo pipefail
 
-module=${1:?usage: scripts/mutation.sh grid|encode|db|scan [WORKDIR]}
+module=${1:?usage: scripts/mutation.sh grid|encode|db|scan|pngdecode|bits [WORKDIR]}
 workdir=${2:-/tmp/tessq-mutation}
 repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 
@@ -16,7 +17,9 @@ case "$module" in
   scan)   path=tessq/jobs/scan.py ; tests='"tests/test_scan.py", "tests/test_scan_rules.py", "tests/test_scan_tree.py"' ; select='' ;;
   db)     path=tessq/jobs/db.py ; tests='"tests/test_claim.py", "tests/test_schema.py", "tests/test_history.py", "tests/test_queue.py", "tests/test_scan.py", "tests/test_scan_tree.py", "tests/test_status_table.py", "tests/test_record_candidates.py", "tests/test_upload_ledger.py"'
           select='"-k", "not postgres and not redis",' ;;
-  *) echo "unknown module: $module (grid | encode | db | scan)" >&2; exit 2 ;;
+  pngdecode) path=tessq/cut/pngdecode.py ; tests='"tests/test_stream_check.py", "tests/test_verify.py"' ; select='' ;;
+  bits)   path=tessq/cut/bits.py ; tests='"tests/test_fidelity.py", "tests/test_verify.py"' ; select='' ;;
+  *) echo "unknown module: $module (grid | encode | db | scan | pngdecode | bits)" >&2; exit 2 ;;
 esac
 
 # A frozen copy: other branches edit these modules meanwhile, and mutmut writes mutants/ beside the sources.
