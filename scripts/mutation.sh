@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Mutation run (issue #17 item 7): mutate one module of a frozen copy of HEAD against the fast tests that cover it.
-# Usage: scripts/mutation.sh MODULE [WORKDIR [MUTANT-NAME...]]   (MODULE: grid | encode | db | scan | pngdecode |
-# bits; WORKDIR
-# defaults to /tmp/tessq-mutation; MUTANT-NAMEs, e.g. "tessq.jobs.scan.x_safe_component*", limit the run to those).
+# Usage: scripts/mutation.sh MODULE [WORKDIR [MUTANT-NAME...]]
+# (MODULE: grid | encode | db | scan | pngdecode | bits; WORKDIR defaults to /tmp/tessq-mutation; MUTANT-NAMEs, e.g. "tessq.jobs.scan.x_safe_component*", limit the run to those).
 # MUTATION_REV=<commit> mutates that commit's tree instead of HEAD (the baseline before new tests).
 set -euo pipefail
 
