@@ -79,8 +79,11 @@ def as_png_bytes(pixels: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
-@pytest.mark.parametrize("step", [1, 7, 4096, 1 << 30], ids=["1B", "7B", "4KiB", "whole"])
-def test_the_streaming_decoder_gives_libpngs_pixels_for_every_chunking_and_filter_mix(name: str, step: int) -> None:
+@pytest.mark.parametrize("step", [1, 7, 40, 4096, 1 << 30], ids=["1B", "7B", "40B", "4KiB", "whole"])
+def test_the_streaming_decoder_gives_libpngs_pixels_for_every_chunking_and_filter_mix(
+    name: str, step: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(PngRowDecoder, "INFLATE_STEP", 97)  # rows arrive in many blocks: Up/Sub across blocks
     channels, dtype, color = KINDS[name]
     rng = np.random.default_rng(len(name))
     shape = (23, 17, channels) if channels > 1 else (23, 17)
@@ -113,6 +116,33 @@ def test_the_streaming_decoder_declines_avg_paeth_palette_and_low_bit_pngs() -> 
         stream_decode(palette.getvalue(), 1 << 20)
 
 
+def test_the_streaming_decoder_reads_a_big_slice_in_many_blocks_like_libpng() -> None:
+    image = np.random.default_rng(8).integers(0, 255, (300, 1500, 3)).astype(np.uint8)  # 1.35 MB of rows
+    kind = encode.slice_kind("uint8", 3, "rgb")
+    data = encode.png_encode(image, kind, "up", "auto", 1)
+    assert np.array_equal(stream_decode(data, 65536), as_png_bytes(image))
+
+
+def _with_ihdr_byte(data: bytes, offset: int, value: int) -> bytes:
+    """The PNG with one IHDR field byte changed (offset into the 13-byte body) and its CRC fixed."""
+    body = bytearray(data[16:29])
+    body[offset] = value
+    return data[:8] + _chunk(b"IHDR", bytes(body)) + data[33:]
+
+
+def test_the_streaming_decoder_refuses_what_it_cannot_check() -> None:
+    image = np.random.default_rng(10).integers(0, 255, (20, 10)).astype(np.uint8)
+    data = png_with_row_filters(image, [2] * 20, 0)
+    with pytest.raises(UnsupportedPng):
+        stream_decode(_with_ihdr_byte(data, 12, 1), 1 << 20)  # Adam7 interlaced
+    with pytest.raises(UnsupportedPng):
+        stream_decode(_with_ihdr_byte(data, 11, 1), 1 << 20)  # an unknown filter method
+    with pytest.raises(ValueError, match="incomplete"):
+        stream_decode(data[:8] + _chunk(b"IEND", b""), 1 << 20)  # no IHDR, no IDAT
+    with pytest.raises(ValueError, match="not a PNG"):
+        stream_decode(b"GIF89a" + data[6:], 1 << 20)
+
+
 def test_the_streaming_decoder_refuses_a_damaged_chunk_a_truncated_stream_and_a_missing_end() -> None:
     image = np.random.default_rng(7).integers(0, 255, (20, 10)).astype(np.uint8)
     data = png_with_row_filters(image, [2] * 20, 0)
@@ -127,6 +157,13 @@ def test_the_streaming_decoder_refuses_a_damaged_chunk_a_truncated_stream_and_a_
     short = data[:idat_start] + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
     with pytest.raises(ValueError, match="5 rows"):
         stream_decode(short, 1 << 20)
+    rows = zlib.decompress(data[idat_start + 8 : data.index(b"IEND") - 8])
+    long = data[:idat_start] + _chunk(b"IDAT", zlib.compress(rows + rows[:11])) + _chunk(b"IEND", b"")
+    with pytest.raises(ValueError, match="more than 20 rows"):
+        stream_decode(long, 1 << 20)
+    unended = data[:idat_start] + _chunk(b"IDAT", zlib.compress(rows)[:-4]) + _chunk(b"IEND", b"")
+    with pytest.raises(ValueError, match="incomplete"):
+        stream_decode(unended, 1 << 20)  # every row there, but no Adler-32: the stream never ended
 
 
 @pytest.fixture(autouse=True)
