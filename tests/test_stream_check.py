@@ -116,11 +116,29 @@ def test_the_streaming_decoder_declines_avg_paeth_palette_and_low_bit_pngs() -> 
         stream_decode(palette.getvalue(), 1 << 20)
 
 
-def test_the_streaming_decoder_reads_a_big_slice_in_many_blocks_like_libpng() -> None:
-    image = np.random.default_rng(8).integers(0, 255, (300, 1500, 3)).astype(np.uint8)  # 1.35 MB of rows
+@pytest.mark.parametrize("content", ["photo", "flat"])
+def test_the_streaming_decoder_reads_a_big_slice_in_many_blocks_like_libpng(content: str) -> None:
+    shape = (300, 1500, 3)  # 1.35 MB of rows; flat: a few KiB that inflate past one step's output
+    rng = np.random.default_rng(8)
+    image = rng.integers(0, 255, shape).astype(np.uint8) if content == "photo" else np.full(shape, 7, np.uint8)
     kind = encode.slice_kind("uint8", 3, "rgb")
     data = encode.png_encode(image, kind, "up", "auto", 1)
     assert np.array_equal(stream_decode(data, 65536), as_png_bytes(image))
+
+
+def test_the_streaming_decoder_gives_the_same_rows_wherever_the_bytes_are_split() -> None:
+    image = np.random.default_rng(12).integers(0, 255, (6, 5, 3)).astype(np.uint8)
+    data = png_with_row_filters(image, [0, 1, 2, 2, 1, 0], 2)
+    at = data.index(b"IDAT") - 4
+    data = data[:at] + _chunk(b"tEXt", b"Comment\x00split me") + _chunk(b"tIME", bytes(7)) + data[at:]
+    want = as_png_bytes(image)
+    for cut in range(1, len(data)):
+        blocks: list[np.ndarray] = []
+        decoder = PngRowDecoder(lambda rows, blocks=blocks: blocks.append(rows.copy()))
+        decoder.feed(data[:cut])
+        decoder.feed(data[cut:])
+        decoder.finish()
+        assert np.array_equal(np.concatenate(blocks), want), cut
 
 
 def _with_ihdr_byte(data: bytes, offset: int, value: int) -> bytes:
