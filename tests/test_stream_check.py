@@ -253,3 +253,43 @@ def test_stream_digests_of_fed_and_decoded_pixels_agree_for_16_bit_rows() -> Non
     digest.written(encode.png_encode(image, kind, "up", "auto", 1))
     digest.check_file(Path("unused.png"), "s.png", "src.tif")  # decoded as written: the file is never read
     assert hashlib.blake2b(image.data, digest_size=20).digest() == digest._hash.digest()
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+@pytest.mark.parametrize("row_filter", [0, 1, 2], ids=["none", "sub", "up"])
+def test_verifys_whole_slice_decoder_gives_libpngs_pixels_for_each_filter_it_takes(name: str, row_filter: int) -> None:
+    from tessq.cut.pngdecode import fast_png_decode
+
+    channels, dtype, color = KINDS[name]
+    rng = np.random.default_rng(row_filter)
+    shape = (19, 13, channels) if channels > 1 else (19, 13)
+    image = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+    got = fast_png_decode(png_with_row_filters(image, [row_filter] * 19, color))
+    assert got is not None and got.dtype == image.dtype and np.array_equal(got, image)
+
+
+def test_verifys_whole_slice_decoder_leaves_other_pngs_to_libpng_and_refuses_damaged_ones() -> None:
+    from tessq.cut.pngdecode import fast_png_decode
+
+    image = np.random.default_rng(13).integers(0, 255, (20, 10)).astype(np.uint8)
+    assert fast_png_decode(png_with_row_filters(image, [0, 1, 2] * 6 + [0, 1], 0)) is None  # mixed filters
+    kind = encode.slice_kind("uint8", 1, "minisblack")
+    assert fast_png_decode(encode.png_encode(image, kind, "avg", "zlib-ng-rle", 1)) is None
+    data = png_with_row_filters(image, [2] * 20, 0)
+    assert fast_png_decode(_with_ihdr_byte(data, 12, 1)) is None  # interlaced
+    assert fast_png_decode(b"GIF89a" + data[6:]) is None
+    damaged = bytearray(data)
+    damaged[60] ^= 0x40
+    with pytest.raises(ValueError, match="CRC mismatch"):
+        fast_png_decode(bytes(damaged))
+    at = data.index(b"IDAT") - 4
+    short = data[:at] + _chunk(b"IDAT", zlib.compress(bytes(5 * 11))) + _chunk(b"IEND", b"")
+    with pytest.raises(ValueError, match="rows of 11 expected"):
+        fast_png_decode(short)
+    with pytest.raises(ValueError, match="no IHDR or IDAT"):
+        fast_png_decode(data[:8] + _chunk(b"IEND", b""))
+    split = (
+        data[:at] + _chunk(b"IDAT", data[at + 8 : at + 20]) + _chunk(b"IDAT", data[at + 20 : data.index(b"IEND") - 8])
+    )
+    assert np.array_equal(fast_png_decode(split + _chunk(b"IEND", b"")), image)  # IDAT split in two chunks
+    assert np.array_equal(fast_png_decode(data + b"trailing"), image)  # bytes after IEND are ignored
