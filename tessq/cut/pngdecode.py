@@ -14,6 +14,14 @@ from isal import isal_zlib
 from zlib_ng import zlib_ng
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # the colour types decoded here -> samples: gray, RGB, gray+alpha, RGBA
+
+
+def _decodable(ihdr: tuple[int, ...]) -> bool:
+    """Whether an unpacked IHDR (width, height, depth, colour, method, filter, interlace) is one decoded here:
+    8/16-bit gray/RGB(A), the standard compression and filter methods, not interlaced."""
+    _, _, depth, color, method, filtering, interlace = ihdr
+    return depth in (8, 16) and color in CHANNELS and not (method or filtering or interlace)
 
 
 def fast_png_decode(data: bytes) -> np.ndarray | None:
@@ -41,10 +49,10 @@ def fast_png_decode(data: bytes) -> np.ndarray | None:
         pos = end
     if ihdr is None or not idat:
         raise ValueError("no IHDR or IDAT chunk")
-    width, height, depth, color, method, filtering, interlace = ihdr
-    if depth not in (8, 16) or color not in (0, 2, 4, 6) or method or filtering or interlace:
+    if not _decodable(ihdr):
         return None
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
+    width, height, depth, color = ihdr[:4]
+    channels = CHANNELS[color]
     bpp = channels * depth // 8
     raw = isal_zlib.decompress(b"".join(idat))
     if len(raw) != height * (width * bpp + 1):
@@ -139,11 +147,14 @@ class PngRowDecoder:
         return pos
 
     def _header(self, body: bytes) -> None:
-        width, height, depth, color, method, filtering, interlace = struct.unpack(">IIBBBBB", body)
-        if depth not in (8, 16) or color not in (0, 2, 4, 6) or method or filtering or interlace:
-            raise UnsupportedPng(f"depth {depth}, colour type {color}, interlace {interlace}")
+        ihdr = struct.unpack(">IIBBBBB", body)
+        width, height, depth, color, method, filtering, interlace = ihdr
+        if not _decodable(ihdr):
+            raise UnsupportedPng(
+                f"depth {depth}, colour type {color}, methods {method}/{filtering}, interlace {interlace}"
+            )
         self.width, self.height = width, height
-        self._bpp = {0: 1, 2: 3, 4: 2, 6: 4}[color] * depth // 8
+        self._bpp = CHANNELS[color] * depth // 8
         self._rowbytes = width * self._bpp + 1
         self._prev = np.zeros(width * self._bpp, np.uint8)
         self._inflate = isal_zlib.decompressobj()

@@ -26,7 +26,7 @@ import tifffile
 
 from tessq.cut.bits import count_different, identical
 from tessq.cut.encode import PngSettings, SliceKind, png_settings, stored_values
-from tessq.cut.pngdecode import PngRowDecoder, UnsupportedPng
+from tessq.cut.pngdecode import CHANNELS, PngRowDecoder, UnsupportedPng
 from tessq.errors import SelfCheckError
 from tessq.options import SliceOptions
 
@@ -153,7 +153,7 @@ class StreamDigest:
         self._error: BaseException | None = None
         self._queue: queue.Queue[bytes | None] | None = None
         self._thread: threading.Thread | None = None
-        if kind.format == "png" and kind.color_type in (0, 2, 4, 6) and (kind.bit_depth or 8) in (8, 16):
+        if kind.format == "png" and kind.color_type in CHANNELS and (kind.bit_depth or 8) in (8, 16):
             self._decoder = PngRowDecoder(self._digest_rows)
             if threaded:
                 self._queue = queue.Queue(self.QUEUE)

@@ -581,8 +581,6 @@ def _decompressed_reader(raw: Any, archive: Archive) -> Any:
     library (no index exists for them: a backward seek decompresses again from the start, so members are best
     read in archive order, as the queue hands them out)."""
     if archive.kind == "tbz2":
-        import bz2
-
         return bz2.BZ2File(raw, mode="rb")
     if archive.kind == "txz":
         return lzma.LZMAFile(raw, mode="rb")
