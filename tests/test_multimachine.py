@@ -105,12 +105,14 @@ def test_a_machine_that_disappears_loses_nothing_and_every_image_is_done_exactly
         wait_for(lambda: sum(r[1] == "done" for r in rows(shared)) >= 2 and hosts_busy(shared).get("machine-a"))
         daemon_b = tessq_popen("workers", "--workers", "2", "--drain", env=b, cwd=tmp_path)
         seen = wait_for(lambda: (lambda h: h if {"machine-a", "machine-b"} <= set(h) else None)(hosts_busy(shared)))
-        status = json.loads(tessq_cmd("status", "--json", env=b, cwd=tmp_path, check=True).stdout)
-        assert set(status["hosts"]) <= {"machine-a", "machine-b"} and status["counts"]["done"] >= 2
+        # machine-a goes while it holds an image: at once, before anything slow (a status command) lets the queue
+        # run dry under it on a fast host
         wait_for(lambda: hosts_busy(shared).get("machine-a"))
         kill_group(daemon_a)  # the whole machine goes: daemon and workers, no goodbye
         held = {r[0] for r in rows(shared) if r[1] == "running" and r[2].startswith("machine-a:")}
         assert held, "machine-a held no image when it was killed"
+        status = json.loads(tessq_cmd("status", "--json", env=b, cwd=tmp_path, check=True).stdout)
+        assert set(status["hosts"]) <= {"machine-a", "machine-b"} and status["counts"]["done"] >= 2
         assert daemon_b.wait(timeout=120) == 0, daemon_b.stdout.read() if daemon_b.stdout else ""
     finally:
         kill_group(daemon_a)
